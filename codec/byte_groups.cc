@@ -1,0 +1,206 @@
+#include "codec/byte_groups.h"
+
+#include <cstring>
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+#include "codec/bytes.h"
+
+namespace zipnn::internal {
+namespace {
+
+enum class Kind { kFloat, kSigned, kUnsigned };
+
+Kind KindOf(DType t) {
+  switch (t) {
+    case DType::kBF16:
+    case DType::kF16:
+    case DType::kF32:
+    case DType::kF64:
+    case DType::kF8E4M3:
+    case DType::kF8E5M2:
+      return Kind::kFloat;
+    case DType::kI8:
+    case DType::kI16:
+    case DType::kI32:
+    case DType::kI64:
+      return Kind::kSigned;
+    default:
+      return Kind::kUnsigned;
+  }
+}
+
+template <class U>
+inline U Rotl1(U v) {
+  constexpr int kBits = sizeof(U) * 8;
+  return static_cast<U>(static_cast<U>(v << 1) | static_cast<U>(v >> (kBits - 1)));
+}
+template <class U>
+inline U Rotr1(U v) {
+  constexpr int kBits = sizeof(U) * 8;
+  return static_cast<U>(static_cast<U>(v >> 1) | static_cast<U>(v << (kBits - 1)));
+}
+
+// The 16- and 32-bit float kernels carry most of the bytes: give them AVX2 clones.
+#define ZIPNN_SIMD __attribute__((target_clones("avx2", "default")))
+
+// 16-bit floats are most of what we serve: SSE2 (every x86-64 has it) does 16 at a time.
+void SplitF16(const uint8_t* in, size_t n, uint8_t* s0, uint8_t* s1) {
+  size_t i = 0;
+#ifdef __SSE2__
+  const __m128i low = _mm_set1_epi16(0xff);
+  for (; i + 16 <= n; i += 16) {
+    __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 2 * i));
+    __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 2 * i + 16));
+    a = _mm_or_si128(_mm_slli_epi16(a, 1), _mm_srli_epi16(a, 15));
+    b = _mm_or_si128(_mm_slli_epi16(b, 1), _mm_srli_epi16(b, 15));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(s0 + i),
+                     _mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(s1 + i),
+                     _mm_packus_epi16(_mm_and_si128(a, low), _mm_and_si128(b, low)));
+  }
+#endif
+  for (; i < n; i++) {
+    const uint16_t r = Rotl1(Load16(in + 2 * i));
+    s0[i] = static_cast<uint8_t>(r >> 8);
+    s1[i] = static_cast<uint8_t>(r);
+  }
+}
+
+void MergeF16(const uint8_t* s0, const uint8_t* s1, size_t n, uint8_t* out) {
+  size_t i = 0;
+#ifdef __SSE2__
+  for (; i + 16 <= n; i += 16) {
+    const __m128i e = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s0 + i));
+    const __m128i m = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s1 + i));
+    __m128i a = _mm_unpacklo_epi8(m, e), b = _mm_unpackhi_epi8(m, e);
+    a = _mm_or_si128(_mm_srli_epi16(a, 1), _mm_slli_epi16(a, 15));
+    b = _mm_or_si128(_mm_srli_epi16(b, 1), _mm_slli_epi16(b, 15));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * i), a);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * i + 16), b);
+  }
+#endif
+  for (; i < n; i++) {
+    const uint16_t r = static_cast<uint16_t>(s0[i] << 8 | s1[i]);
+    Store16(out + 2 * i, Rotr1(r));
+  }
+}
+
+ZIPNN_SIMD void SplitF32(const uint8_t* in, size_t n, uint8_t* s0, uint8_t* s1, uint8_t* s2,
+                         uint8_t* s3) {
+  for (size_t i = 0; i < n; i++) {
+    const uint32_t r = Rotl1(Load32(in + 4 * i));
+    s0[i] = static_cast<uint8_t>(r >> 24);
+    s1[i] = static_cast<uint8_t>(r >> 16);
+    s2[i] = static_cast<uint8_t>(r >> 8);
+    s3[i] = static_cast<uint8_t>(r);
+  }
+}
+
+ZIPNN_SIMD void MergeF32(const uint8_t* s0, const uint8_t* s1, const uint8_t* s2, const uint8_t* s3,
+                         size_t n, uint8_t* out) {
+  for (size_t i = 0; i < n; i++) {
+    const uint32_t r = uint32_t{s0[i]} << 24 | uint32_t{s1[i]} << 16 | uint32_t{s2[i]} << 8 | s3[i];
+    Store32(out + 4 * i, Rotr1(r));
+  }
+}
+
+template <class U>
+U LoadElem(const uint8_t* p) {
+  U v;
+  std::memcpy(&v, p, sizeof(U));
+  return v;
+}
+template <class U>
+void StoreElem(uint8_t* p, U v) {
+  std::memcpy(p, &v, sizeof(U));
+}
+
+// Generic split: value transform, then bytes MSB first into streams[first..].
+template <class U>
+void SplitGeneric(Kind kind, size_t n, const uint8_t* in, uint8_t* const* streams) {
+  constexpr int E = sizeof(U);
+  const int first = kind == Kind::kSigned ? 1 : 0;
+  if (kind == Kind::kSigned) std::memset(streams[0], 0, (n + 7) / 8);
+  for (size_t i = 0; i < n; i++) {
+    U v = LoadElem<U>(in + E * i);
+    if (kind == Kind::kFloat) {
+      v = Rotl1(v);
+    } else if (kind == Kind::kSigned) {
+      const bool neg = v >> (E * 8 - 1);
+      if (neg) {
+        streams[0][i >> 3] |= static_cast<uint8_t>(1u << (i & 7));
+        v = static_cast<U>(U{0} - v);  // the magnitude; INT_MIN maps to itself, as unsigned
+      }
+    }
+    for (int b = 0; b < E; b++) streams[first + b][i] = static_cast<uint8_t>(v >> (8 * (E - 1 - b)));
+  }
+}
+
+template <class U>
+void MergeGeneric(Kind kind, size_t n, const uint8_t* const* streams, uint8_t* out) {
+  constexpr int E = sizeof(U);
+  const int first = kind == Kind::kSigned ? 1 : 0;
+  for (size_t i = 0; i < n; i++) {
+    U v = 0;
+    for (int b = 0; b < E; b++) v = static_cast<U>(v | U{streams[first + b][i]} << (8 * (E - 1 - b)));
+    if (kind == Kind::kFloat) {
+      v = Rotr1(v);
+    } else if (kind == Kind::kSigned && (streams[0][i >> 3] >> (i & 7) & 1)) {
+      v = static_cast<U>(U{0} - v);
+    }
+    StoreElem<U>(out + E * i, v);
+  }
+}
+
+}  // namespace
+
+GroupLayout LayoutFor(DType t, size_t raw_size) {
+  GroupLayout l;
+  l.elem = DTypeSize(t);
+  l.elements = raw_size / l.elem;
+  l.tail = raw_size % l.elem;
+  const Kind kind = KindOf(t);
+  l.sign_stream = t != DType::kBytes && kind == Kind::kSigned;
+  l.exponent_stream = kind == Kind::kFloat;
+  l.streams = static_cast<int>(l.elem) + (l.sign_stream ? 1 : 0);
+  return l;
+}
+
+void SplitStreams(DType t, const GroupLayout& l, const uint8_t* in, uint8_t* const* s) {
+  const Kind kind = KindOf(t);
+  const size_t n = l.elements;
+  if (kind == Kind::kFloat && l.elem == 2) return SplitF16(in, n, s[0], s[1]);
+  if (kind == Kind::kFloat && l.elem == 4) return SplitF32(in, n, s[0], s[1], s[2], s[3]);
+  switch (l.elem) {
+    case 1:
+      return SplitGeneric<uint8_t>(kind, n, in, s);
+    case 2:
+      return SplitGeneric<uint16_t>(kind, n, in, s);
+    case 4:
+      return SplitGeneric<uint32_t>(kind, n, in, s);
+    default:
+      return SplitGeneric<uint64_t>(kind, n, in, s);
+  }
+}
+
+void MergeStreams(DType t, const GroupLayout& l, const uint8_t* const* s, uint8_t* out) {
+  const Kind kind = KindOf(t);
+  const size_t n = l.elements;
+  if (kind == Kind::kFloat && l.elem == 2) return MergeF16(s[0], s[1], n, out);
+  if (kind == Kind::kFloat && l.elem == 4) return MergeF32(s[0], s[1], s[2], s[3], n, out);
+  switch (l.elem) {
+    case 1:
+      return MergeGeneric<uint8_t>(kind, n, s, out);
+    case 2:
+      return MergeGeneric<uint16_t>(kind, n, s, out);
+    case 4:
+      return MergeGeneric<uint32_t>(kind, n, s, out);
+    default:
+      return MergeGeneric<uint64_t>(kind, n, s, out);
+  }
+}
+
+}  // namespace zipnn::internal

@@ -1,0 +1,64 @@
+// Little helpers for reading and writing integers in byte buffers. Internal to codec/.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <vector>
+
+namespace zipnn::internal {
+
+inline uint16_t Load16(const uint8_t* p) { uint16_t v; std::memcpy(&v, p, 2); return v; }
+inline uint32_t Load32(const uint8_t* p) { uint32_t v; std::memcpy(&v, p, 4); return v; }
+inline uint64_t Load64(const uint8_t* p) { uint64_t v; std::memcpy(&v, p, 8); return v; }
+inline void Store16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+inline void Store32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
+inline void Store64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
+inline uint64_t LoadBE64(const uint8_t* p) { return __builtin_bswap64(Load64(p)); }
+inline void StoreBE32(uint8_t* p, uint32_t v) { Store32(p, __builtin_bswap32(v)); }
+
+inline void PutVarint(std::vector<uint8_t>& out, uint64_t v) {
+  while (v >= 0x80) {
+    out.push_back(static_cast<uint8_t>(v | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<uint8_t>(v));
+}
+
+// A bounds-checked reader over a byte span: every read fails cleanly past the end.
+class ByteReader {
+ public:
+  explicit ByteReader(std::span<const uint8_t> s) : p_(s.data()), end_(s.data() + s.size()) {}
+  bool GetU8(uint8_t* v) {
+    if (p_ >= end_) return false;
+    *v = *p_++;
+    return true;
+  }
+  bool GetVarint(uint64_t* v) {
+    uint64_t r = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      uint8_t b;
+      if (!GetU8(&b)) return false;
+      r |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) {
+        *v = r;
+        return true;
+      }
+    }
+    return false;
+  }
+  bool GetBytes(size_t n, std::span<const uint8_t>* out) {
+    if (static_cast<size_t>(end_ - p_) < n) return false;
+    *out = {p_, n};
+    p_ += n;
+    return true;
+  }
+  size_t remaining() const { return static_cast<size_t>(end_ - p_); }
+  const uint8_t* pos() const { return p_; }
+
+ private:
+  const uint8_t* p_;
+  const uint8_t* end_;
+};
+
+}  // namespace zipnn::internal

@@ -1,0 +1,375 @@
+// Frames: the header, the choice of method, and the grouped payload.
+//
+// Header (32 bytes, little-endian): "ZNF" 0x01 | method u8 | dtype u8 | flags u8 = 0 | 0 u8 |
+// raw_size u32 | payload_size u32 | XXH3-64 of the raw bytes u64 | 0 u32 | low 32 bits of the
+// XXH3-64 of bytes 0..27.
+//
+// Grouped payload: u8 stream count, then per stream u8 coding + varint length, then the streams'
+// bytes in order, then the chunk's trailing partial element, raw.
+#include <xxhash.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "codec/byte_groups.h"
+#include "codec/bytes.h"
+#include "codec/codec.h"
+#include "codec/huffman.h"
+
+namespace zipnn {
+namespace {
+
+using internal::GroupLayout;
+using internal::Histogram;
+using internal::HufPlan;
+
+constexpr uint8_t kMagic[4] = {'Z', 'N', 'F', 1};
+
+enum class StreamCoding : uint8_t { kRaw = 0, kZero = 1, kHuffman = 2, kZstd = 3 };
+
+void WriteHeader(uint8_t* h, Method m, DType t, uint32_t raw, uint32_t payload, uint64_t sum) {
+  std::memset(h, 0, kFrameHeaderSize);
+  std::memcpy(h, kMagic, 4);
+  h[4] = static_cast<uint8_t>(m);
+  h[5] = static_cast<uint8_t>(t);
+  internal::Store32(h + 8, raw);
+  internal::Store32(h + 12, payload);
+  internal::Store64(h + 16, sum);
+  internal::Store32(h + 28, static_cast<uint32_t>(XXH3_64bits(h, 28)));
+}
+
+bool AllZero(std::span<const uint8_t> d) {
+  const uint8_t* p = d.data();
+  size_t n = d.size(), i = 0;
+  uint64_t acc = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc |= internal::Load64(p + i) | internal::Load64(p + i + 8) | internal::Load64(p + i + 16) |
+           internal::Load64(p + i + 24);
+    if (acc) return false;
+  }
+  for (; i < n; i++) acc |= p[i];
+  return acc == 0;
+}
+
+double ByteEntropyBits(std::span<const uint8_t> d) {
+  Histogram h;
+  internal::CountSymbols(d, h);
+  return internal::EntropyBits(h);
+}
+
+}  // namespace
+
+uint64_t Checksum(std::span<const uint8_t> data) { return XXH3_64bits(data.data(), data.size()); }
+
+Result<FrameInfo> ParseFrameHeader(std::span<const uint8_t> f) {
+  if (f.size() < kFrameHeaderSize) return Status::Corrupt("truncated frame header");
+  const uint8_t* h = f.data();
+  if (std::memcmp(h, kMagic, 3) != 0) return Status::Corrupt("not a zipnn frame (bad magic)");
+  if (h[3] != kMagic[3]) return Status::Unsupported("unknown frame version " + std::to_string(h[3]));
+  if (internal::Load32(h + 28) != static_cast<uint32_t>(XXH3_64bits(h, 28)))
+    return Status::Corrupt("frame header check failed");
+  FrameInfo info;
+  if (h[4] >= kNumMethods || h[5] >= kNumDTypes || h[6] != 0 || h[7] != 0 ||
+      internal::Load32(h + 24) != 0)
+    return Status::Corrupt("frame header has unknown fields");
+  info.method = static_cast<Method>(h[4]);
+  info.dtype = static_cast<DType>(h[5]);
+  info.raw_size = internal::Load32(h + 8);
+  info.payload_size = internal::Load32(h + 12);
+  info.checksum = internal::Load64(h + 16);
+  if (info.raw_size > kMaxChunkSize) return Status::Corrupt("frame declares an oversized chunk");
+  const bool size_ok = info.method == Method::kRaw    ? info.payload_size == info.raw_size
+                       : info.method == Method::kZero ? info.payload_size == 0
+                                                      : info.payload_size < info.raw_size;
+  if (!size_ok) return Status::Corrupt("frame sizes do not fit its method");
+  return info;
+}
+
+// ---- Encoder -------------------------------------------------------------------------------
+
+struct FrameEncoder::Impl {
+  EncodeOptions opts;
+  ZSTD_CCtx* zstd = ZSTD_createCCtx();
+  std::vector<uint8_t> streams[9];  // split streams
+  std::vector<uint8_t> coded[9];    // their coded forms
+  std::vector<uint8_t> tmp;
+  HufPlan plan;
+
+  ~Impl() { ZSTD_freeCCtx(zstd); }
+
+  // zstd into `out` (replacing it); false when zstd fails or saves nothing.
+  bool Zstd(std::span<const uint8_t> in, int level, std::vector<uint8_t>& out) {
+    out.resize(ZSTD_compressBound(in.size()));
+    size_t r = ZSTD_compressCCtx(zstd, out.data(), out.size(), in.data(), in.size(), level);
+    if (ZSTD_isError(r) || r >= in.size()) return false;
+    out.resize(r);
+    return true;
+  }
+
+  // Codes one stream into coded[s]; returns its coding. Adds its order-0 entropy to *entropy.
+  StreamCoding CodeStream(std::span<const uint8_t> in, bool exponent,
+                          std::span<const uint32_t> segments, double* entropy, int s) {
+    std::vector<uint8_t>& out = coded[s];
+    out.clear();
+    if (AllZero(in)) return StreamCoding::kZero;
+    // Mantissa streams are usually incompressible: a sample tells without a full count.
+    if (!exponent && in.size() > (64u << 10)) {
+      Histogram h{};
+      for (size_t i = 0; i < 4; i++) {
+        Histogram part;
+        internal::CountSymbols(in.subspan(i * (in.size() - 4096) / 3, 4096), part);
+        for (int k = 0; k < 256; k++) h[k] += part[k];
+      }
+      const double bits = internal::EntropyBits(h);
+      if (bits > 7.9 * 4 * 4096) {
+        *entropy += bits / (4 * 4096) * static_cast<double>(in.size());
+        return StreamCoding::kRaw;
+      }
+    }
+    internal::PlanHuffman(in, segments, plan);
+    *entropy += plan.entropy_bits;
+    const size_t keep_below = static_cast<size_t>(in.size() * (1 - opts.min_saving));
+    StreamCoding best = StreamCoding::kRaw;
+    size_t best_size = in.size();
+    if (plan.cost_bytes < keep_below) {
+      best = StreamCoding::kHuffman;
+      best_size = plan.cost_bytes;
+    }
+    // zstd finds what order-0 coding cannot (repeats in integer or "clean" mantissa data), but
+    // costs time: try it only on low-entropy streams that are not float exponents.
+    if (!exponent && plan.entropy_bits < 0.75 * 8 * in.size() && Zstd(in, opts.zstd_level, tmp) &&
+        tmp.size() < std::min(best_size, keep_below)) {
+      out.swap(tmp);
+      return StreamCoding::kZstd;
+    }
+    if (best == StreamCoding::kHuffman) internal::EncodeHuffman(in, plan, out);
+    return best;
+  }
+
+  // Appends a grouped payload for `chunk` as `dtype`; false if it saves too little.
+  bool Grouped(std::span<const uint8_t> chunk, DType dtype, std::span<const uint32_t> segments,
+               std::vector<uint8_t>& out, double* entropy) {
+    const GroupLayout l = internal::LayoutFor(dtype, chunk.size());
+    uint8_t* ptrs[9];
+    for (int s = 0; s < l.streams; s++) {
+      streams[s].resize(l.StreamSize(s));
+      ptrs[s] = streams[s].data();
+    }
+    internal::SplitStreams(dtype, l, chunk.data(), ptrs);
+    StreamCoding coding[9];
+    size_t total = 1 + l.tail;
+    for (int s = 0; s < l.streams; s++) {
+      const bool per_element = !(l.sign_stream && s == 0);
+      coding[s] = CodeStream(streams[s], l.exponent_stream && s == 0,
+                             per_element ? segments : std::span<const uint32_t>{}, entropy, s);
+      total += 6 + (coding[s] == StreamCoding::kRaw ? streams[s].size() : coded[s].size());
+    }
+    if (total >= chunk.size() * (1 - opts.min_saving) && !opts.force_method) return false;
+    if (total >= chunk.size()) return false;  // a frame never grows
+    out.push_back(static_cast<uint8_t>(l.streams));
+    for (int s = 0; s < l.streams; s++) {
+      out.push_back(static_cast<uint8_t>(coding[s]));
+      internal::PutVarint(out, coding[s] == StreamCoding::kRaw ? streams[s].size() : coded[s].size());
+    }
+    for (int s = 0; s < l.streams; s++) {
+      const auto& src = coding[s] == StreamCoding::kRaw ? streams[s] : coded[s];
+      out.insert(out.end(), src.begin(), src.end());
+    }
+    out.insert(out.end(), chunk.end() - l.tail, chunk.end());
+    return true;
+  }
+
+  // For untyped bytes: estimates from a sample what codes them best, without a full attempt.
+  // Returns the method and the type to group as (kBytes: one stream of bytes).
+  std::pair<Method, DType> Detect(std::span<const uint8_t> chunk) {
+    std::span<const uint8_t> sample = chunk;
+    if (chunk.size() > (64u << 10)) {
+      tmp.clear();
+      const size_t piece = 8u << 10, step = (chunk.size() - piece) / 3 & ~size_t{7};
+      for (size_t i = 0; i < 4; i++)
+        tmp.insert(tmp.end(), chunk.begin() + i * step, chunk.begin() + i * step + piece);
+      sample = tmp;
+    }
+    const double n = static_cast<double>(sample.size());
+    std::vector<uint8_t> z;
+    double best = Zstd(sample, 1, z) ? static_cast<double>(z.size()) : n;
+    std::pair<Method, DType> choice = {Method::kZstd, DType::kBytes};
+    // Grouped candidates: order-0 entropy of each byte stream, plus a little for tables.
+    for (DType t : {DType::kBytes, DType::kBF16, DType::kF32}) {
+      const GroupLayout l = internal::LayoutFor(t, sample.size());
+      uint8_t* ptrs[4];
+      std::vector<uint8_t> bufs[4];
+      for (int s = 0; s < l.streams; s++) {
+        bufs[s].resize(l.elements);
+        ptrs[s] = bufs[s].data();
+      }
+      internal::SplitStreams(t, l, sample.data(), ptrs);
+      double est = 0;
+      for (int s = 0; s < l.streams; s++)
+        est += std::min(ByteEntropyBits(bufs[s]) / 8 + 64, static_cast<double>(bufs[s].size()));
+      // Prefer grouping on near ties: it decodes faster than zstd.
+      if (est < best * 1.02) {
+        best = est;
+        choice = {Method::kGrouped, t};
+      }
+    }
+    if (best >= n * (1 - opts.min_saving)) return {Method::kRaw, DType::kBytes};
+    return choice;
+  }
+};
+
+FrameEncoder::FrameEncoder(const EncodeOptions& opts) : impl_(std::make_unique<Impl>()) {
+  impl_->opts = opts;
+}
+FrameEncoder::~FrameEncoder() = default;
+
+Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::vector<uint8_t>& out,
+                            std::span<const uint32_t> segments, EncodeStats* stats) {
+  if (chunk.size() > kMaxChunkSize) return Status::InvalidArgument("chunk larger than 64 MiB");
+  if (static_cast<int>(dtype) >= kNumDTypes) return Status::InvalidArgument("unknown dtype");
+  Impl& im = *impl_;
+  const uint32_t raw = static_cast<uint32_t>(chunk.size());
+  const uint64_t sum = Checksum(chunk);
+  const size_t start = out.size();
+  out.resize(start + kFrameHeaderSize);
+  double entropy = 0;
+  Method method = Method::kRaw;
+  DType coded_as = dtype;
+
+  auto try_zstd = [&] {
+    if (!im.Zstd(chunk, im.opts.zstd_level, im.tmp)) return false;
+    if (!im.opts.force_method && im.tmp.size() >= chunk.size() * (1 - im.opts.min_saving)) return false;
+    out.insert(out.end(), im.tmp.begin(), im.tmp.end());
+    return true;
+  };
+  auto try_grouped = [&](DType t) {
+    if (!im.Grouped(chunk, t, segments, out, &entropy)) {
+      out.resize(start + kFrameHeaderSize);
+      return false;
+    }
+    coded_as = t;
+    return true;
+  };
+
+  const bool zero = AllZero(chunk);
+  if (im.opts.force_method) {
+    const Method f = *im.opts.force_method;
+    if (f == Method::kZero && !zero) return Status::InvalidArgument("forced zero on non-zero data");
+    if (f == Method::kZero || (f == Method::kZstd && try_zstd()) ||
+        (f == Method::kGrouped && try_grouped(dtype)))
+      method = f;
+  } else if (zero) {
+    method = Method::kZero;
+  } else if (dtype == DType::kBytes) {
+    const auto [m, t] = im.Detect(chunk);
+    if (m == Method::kZstd && try_zstd()) method = Method::kZstd;
+    if (m == Method::kGrouped && try_grouped(t)) method = Method::kGrouped;
+  } else if (try_grouped(dtype)) {
+    method = Method::kGrouped;
+  }
+
+  if (method == Method::kRaw) {
+    out.resize(start + kFrameHeaderSize);
+    out.insert(out.end(), chunk.begin(), chunk.end());
+    coded_as = dtype;
+  }
+  if (stats) {
+    if (method == Method::kRaw || method == Method::kZstd) entropy = ByteEntropyBits(chunk);
+    stats->entropy_bits = static_cast<uint64_t>(entropy);
+  }
+  const uint32_t payload = static_cast<uint32_t>(out.size() - start - kFrameHeaderSize);
+  WriteHeader(out.data() + start, method, coded_as, raw, payload, sum);
+  return Status::Ok();
+}
+
+// ---- Decoder -------------------------------------------------------------------------------
+
+struct FrameDecoder::Impl {
+  ZSTD_DCtx* zstd = ZSTD_createDCtx();
+  internal::HuffmanDecoder huffman;
+  std::vector<uint8_t> scratch[9];
+  ~Impl() { ZSTD_freeDCtx(zstd); }
+
+  Status Grouped(std::span<const uint8_t> payload, DType dtype, std::span<uint8_t> out) {
+    const GroupLayout l = internal::LayoutFor(dtype, out.size());
+    internal::ByteReader r(payload);
+    uint8_t n;
+    if (!r.GetU8(&n) || n != l.streams) return Status::Corrupt("grouped frame: wrong stream count");
+    uint8_t coding[9];
+    uint64_t size[9];
+    for (int s = 0; s < l.streams; s++) {
+      if (!r.GetU8(&coding[s]) || !r.GetVarint(&size[s]) || coding[s] > 3 || size[s] > r.remaining())
+        return Status::Corrupt("grouped frame: bad stream header");
+      const auto c = static_cast<StreamCoding>(coding[s]);
+      if ((c == StreamCoding::kRaw && size[s] != l.StreamSize(s)) ||
+          (c == StreamCoding::kZero && size[s] != 0))
+        return Status::Corrupt("grouped frame: stream size does not match");
+    }
+    const uint8_t* ptrs[9];
+    for (int s = 0; s < l.streams; s++) {
+      std::span<const uint8_t> data;
+      if (!r.GetBytes(size[s], &data)) return Status::Corrupt("grouped frame: truncated stream");
+      const size_t want = l.StreamSize(s);
+      std::vector<uint8_t>& buf = scratch[s];
+      switch (static_cast<StreamCoding>(coding[s])) {
+        case StreamCoding::kRaw:
+          ptrs[s] = data.data();  // straight from the payload, no copy
+          continue;
+        case StreamCoding::kZero:
+          buf.assign(want, 0);
+          break;
+        case StreamCoding::kHuffman:
+          buf.resize(want);
+          if (!huffman.Decode(data, buf)) return Status::Corrupt("grouped frame: bad Huffman stream");
+          break;
+        case StreamCoding::kZstd: {
+          buf.resize(want);
+          size_t got = ZSTD_decompressDCtx(zstd, buf.data(), want, data.data(), data.size());
+          if (ZSTD_isError(got) || got != want) return Status::Corrupt("grouped frame: bad zstd stream");
+          break;
+        }
+      }
+      ptrs[s] = buf.data();
+    }
+    std::span<const uint8_t> tail;
+    if (!r.GetBytes(l.tail, &tail) || r.remaining() != 0)
+      return Status::Corrupt("grouped frame: payload size does not match");
+    internal::MergeStreams(dtype, l, ptrs, out.data());
+    if (l.tail) std::memcpy(out.data() + out.size() - l.tail, tail.data(), l.tail);
+    return Status::Ok();
+  }
+};
+
+FrameDecoder::FrameDecoder() : impl_(std::make_unique<Impl>()) {}
+FrameDecoder::~FrameDecoder() = default;
+
+Status FrameDecoder::Decode(std::span<const uint8_t> frame, std::span<uint8_t> out) {
+  Result<FrameInfo> info = ParseFrameHeader(frame);
+  if (!info.ok()) return info.status();
+  if (frame.size() < info->frame_size()) return Status::Corrupt("truncated frame");
+  if (out.size() != info->raw_size)
+    return Status::InvalidArgument("output size does not match the frame's raw size");
+  const std::span<const uint8_t> payload = frame.subspan(kFrameHeaderSize, info->payload_size);
+  switch (info->method) {
+    case Method::kRaw:
+      if (!out.empty()) std::memcpy(out.data(), payload.data(), out.size());
+      break;
+    case Method::kZero:
+      std::memset(out.data(), 0, out.size());
+      break;
+    case Method::kZstd: {
+      size_t got = ZSTD_decompressDCtx(impl_->zstd, out.data(), out.size(), payload.data(), payload.size());
+      if (ZSTD_isError(got) || got != out.size()) return Status::Corrupt("bad zstd payload");
+      break;
+    }
+    case Method::kGrouped:
+      ZIPNN_RETURN_IF_ERROR(impl_->Grouped(payload, info->dtype, out));
+      break;
+  }
+  if (Checksum(out) != info->checksum)
+    return Status::ChecksumMismatch("decoded chunk does not match its checksum");
+  return Status::Ok();
+}
+
+}  // namespace zipnn

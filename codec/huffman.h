@@ -1,0 +1,64 @@
+// The Huffman stream coder: the entropy stage of the codec (internal to codec/).
+//
+// A stream of byte symbols is coded as blocks, each with its own length-limited canonical Huffman
+// table and four interleaved bitstreams (the stream split in four quarters) so the decoder runs
+// four independent dependency chains. Blocks follow statistics: the encoder merges segments
+// (tensor starts) whose joint table costs less than separate ones. The decoder reads up to four
+// symbols per table lookup, and caches built tables by their serialized form, so consecutive
+// chunks of one tensor (whose tables are usually identical) skip the build.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+namespace zipnn::internal {
+
+inline constexpr int kHufMaxBits = 11;  // code length limit = decoder lookup width
+
+using Histogram = std::array<uint32_t, 256>;
+
+void CountSymbols(std::span<const uint8_t> syms, Histogram& h);
+
+// Order-0 entropy of a histogram, in bits.
+double EntropyBits(const Histogram& h);
+
+struct HufBlockPlan {
+  uint32_t begin = 0, end = 0;  // symbol range
+  Histogram hist{};
+  std::array<uint8_t, 256> len{};  // code lengths (0 = unused); all 0 for a single-symbol block
+  int single = -1;                 // the symbol when the block holds only one
+  uint64_t cost_bits = 0;          // payload + table + block header
+};
+
+struct HufPlan {
+  std::vector<HufBlockPlan> blocks;
+  uint64_t cost_bytes = 0;  // estimated encoded size
+  double entropy_bits = 0;  // sum of the blocks' order-0 entropy
+};
+
+// Plans the blocks of `syms`. `segments` are sorted symbol offsets where statistics may change.
+void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segments, HufPlan& plan);
+
+// Appends the coded stream for `syms` following `plan`.
+void EncodeHuffman(std::span<const uint8_t> syms, const HufPlan& plan, std::vector<uint8_t>& out);
+
+// Decodes one coded stream into exactly out.size() symbols. Keeps a cache of decode tables.
+class HuffmanDecoder {
+ public:
+  HuffmanDecoder();
+  ~HuffmanDecoder();
+  // Returns false if `in` is malformed or does not decode to exactly out.size() symbols.
+  bool Decode(std::span<const uint8_t> in, std::span<uint8_t> out);
+
+ private:
+  struct Table;
+  Table* GetTable(std::span<const uint8_t> desc, const std::array<uint8_t, 256>& len, bool multi);
+  static constexpr int kCacheSize = 8;
+  std::array<std::unique_ptr<Table>, kCacheSize> cache_;
+  int next_victim_ = 0;
+};
+
+}  // namespace zipnn::internal

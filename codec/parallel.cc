@@ -1,0 +1,123 @@
+// ThreadPool and ParallelCodec: chunk-level parallelism with one codec context per thread.
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "codec/codec.h"
+
+namespace zipnn {
+
+struct ThreadPool::Impl {
+  std::mutex mu;
+  std::condition_variable work_cv, done_cv;
+  const std::function<void(size_t, unsigned)>* fn = nullptr;
+  size_t n = 0;
+  std::atomic<size_t> next{0};
+  size_t active = 0;  // workers still inside the current job
+  uint64_t generation = 0;
+  bool stop = false;
+  std::mutex call_mu;  // one ParallelFor at a time
+  std::vector<std::thread> threads;
+
+  void Drain(unsigned id) {
+    for (size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) (*fn)(i, id);
+  }
+
+  void Run(unsigned id) {
+    uint64_t seen = 0;
+    std::unique_lock lk(mu);
+    for (;;) {
+      work_cv.wait(lk, [&] { return stop || generation != seen; });
+      if (stop) return;
+      seen = generation;
+      lk.unlock();
+      Drain(id);
+      lk.lock();
+      if (--active == 0) done_cv.notify_all();
+    }
+  }
+};
+
+ThreadPool::ThreadPool(unsigned threads) : impl_(std::make_unique<Impl>()) {
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 1; i < threads; i++) impl_->threads.emplace_back([this, i] { impl_->Run(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard lk(impl_->mu);
+    impl_->stop = true;
+  }
+  impl_->work_cv.notify_all();
+  for (auto& t : impl_->threads) t.join();
+}
+
+unsigned ThreadPool::size() const { return static_cast<unsigned>(impl_->threads.size()) + 1; }
+
+void ThreadPool::ParallelFor(size_t n, const std::function<void(size_t, unsigned)>& fn) {
+  if (n == 0) return;
+  if (impl_->threads.empty() || n == 1) {
+    for (size_t i = 0; i < n; i++) fn(i, 0);
+    return;
+  }
+  std::lock_guard call(impl_->call_mu);
+  {
+    std::lock_guard lk(impl_->mu);
+    impl_->fn = &fn;
+    impl_->n = n;
+    impl_->next.store(0);
+    impl_->active = impl_->threads.size();
+    impl_->generation++;
+  }
+  impl_->work_cv.notify_all();
+  impl_->Drain(0);
+  std::unique_lock lk(impl_->mu);
+  impl_->done_cv.wait(lk, [&] { return impl_->active == 0; });
+}
+
+ParallelCodec::ParallelCodec(unsigned threads, const EncodeOptions& opts) : pool_(threads) {
+  for (unsigned i = 0; i < pool_.size(); i++) {
+    encoders_.push_back(std::make_unique<FrameEncoder>(opts));
+    decoders_.push_back(std::make_unique<FrameDecoder>());
+  }
+}
+ParallelCodec::~ParallelCodec() = default;
+
+unsigned ParallelCodec::threads() const { return pool_.size(); }
+
+namespace {
+Status FirstError(const std::vector<Status>& st) {
+  for (const Status& s : st)
+    if (!s.ok()) return s;
+  return Status::Ok();
+}
+}  // namespace
+
+Status ParallelCodec::EncodeAll(std::span<const uint8_t> data, uint64_t base,
+                                std::span<const ChunkSpec> plan, std::vector<std::vector<uint8_t>>& frames,
+                                std::vector<EncodeStats>* stats) {
+  for (const ChunkSpec& c : plan)
+    if (c.offset < base || c.offset - base + c.size > data.size())
+      return Status::InvalidArgument("chunk outside the data given");
+  frames.resize(plan.size());
+  if (stats) stats->assign(plan.size(), {});
+  std::vector<Status> st(plan.size());
+  pool_.ParallelFor(plan.size(), [&](size_t i, unsigned w) {
+    const ChunkSpec& c = plan[i];
+    frames[i].clear();
+    st[i] = encoders_[w]->Encode(data.subspan(c.offset - base, c.size), c.dtype, frames[i], c.segments,
+                                 stats ? &(*stats)[i] : nullptr);
+  });
+  return FirstError(st);
+}
+
+Status ParallelCodec::DecodeAll(std::span<const std::span<const uint8_t>> frames,
+                                std::span<const std::span<uint8_t>> outs) {
+  if (frames.size() != outs.size()) return Status::InvalidArgument("frames and outputs differ in number");
+  std::vector<Status> st(frames.size());
+  pool_.ParallelFor(frames.size(), [&](size_t i, unsigned w) { st[i] = decoders_[w]->Decode(frames[i], outs[i]); });
+  return FirstError(st);
+}
+
+}  // namespace zipnn
