@@ -8,6 +8,9 @@
 // bytes in order, then the chunk's trailing partial element, raw.
 #include <xxhash.h>
 #include <zstd.h>
+#if defined(__x86_64__)
+#include <xxh_x86dispatch.h>  // picks the AVX2 XXH3 kernel at run time where the CPU has it
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -60,7 +63,13 @@ double ByteEntropyBits(std::span<const uint8_t> d) {
 
 }  // namespace
 
-uint64_t Checksum(std::span<const uint8_t> data) { return XXH3_64bits(data.data(), data.size()); }
+uint64_t Checksum(std::span<const uint8_t> data) {
+#if defined(__x86_64__)
+  return XXH3_64bits_dispatch(data.data(), data.size());
+#else
+  return XXH3_64bits(data.data(), data.size());
+#endif
+}
 
 Result<FrameInfo> ParseFrameHeader(std::span<const uint8_t> f) {
   if (f.size() < kFrameHeaderSize) return Status::Corrupt("truncated frame header");
@@ -95,6 +104,8 @@ struct FrameEncoder::Impl {
   std::vector<uint8_t> coded[9];    // their coded forms
   std::vector<uint8_t> tmp;
   HufPlan plan;
+  // Per stream, the code lengths last used, offered to the next chunk (see PlanHuffman).
+  std::array<uint8_t, 256> last_len[9] = {};
 
   ~Impl() { ZSTD_freeCCtx(zstd); }
 
@@ -127,7 +138,7 @@ struct FrameEncoder::Impl {
         return StreamCoding::kRaw;
       }
     }
-    internal::PlanHuffman(in, segments, plan);
+    internal::PlanHuffman(in, segments, plan, &last_len[s]);
     *entropy += plan.entropy_bits;
     const size_t keep_below = static_cast<size_t>(in.size() * (1 - opts.min_saving));
     StreamCoding best = StreamCoding::kRaw;

@@ -237,6 +237,38 @@ struct BitWriter {
   }
 };
 
+// Codes the first `count` (rounded down to 5) symbols of two lanes in step, keeping both
+// writers in registers: two dependency chains are enough to fill the core, four spill.
+// Returns the number of symbols coded.
+uint32_t EncodePair(const uint32_t* entry, const uint8_t* sa, const uint8_t* sb, uint32_t count,
+                    BitWriter& wa, BitWriter& wb) {
+  uint64_t aa = wa.acc, ab = wb.acc;
+  uint64_t na = wa.n, nb = wb.n;  // low byte: pending bits (code bits above are ignored)
+  uint8_t *pa = wa.p, *pb = wb.p;
+  uint32_t i = 0;
+  for (; i + 5 <= count; i += 5) {
+    for (int j = 0; j < 5; j++) {
+      const uint32_t ea = entry[sa[i + j]], eb = entry[sb[i + j]];
+      aa = (aa << (ea & 63)) | (ea >> 8);
+      ab = (ab << (eb & 63)) | (eb >> 8);
+      na += ea;
+      nb += eb;
+    }
+    na &= 0xff;
+    nb &= 0xff;
+    Store64(pa, __builtin_bswap64(aa << (64 - na)));
+    Store64(pb, __builtin_bswap64(ab << (64 - nb)));
+    pa += na >> 3;
+    pb += nb >> 3;
+    na &= 7;
+    nb &= 7;
+  }
+  wa.acc = aa, wb.acc = ab;
+  wa.n = static_cast<uint32_t>(na), wb.n = static_cast<uint32_t>(nb);
+  wa.p = pa, wb.p = pb;
+  return i;
+}
+
 inline uint64_t PeekSafe(const uint8_t* in, size_t nbytes, size_t bitpos) {
   size_t byte = bitpos >> 3;
   uint8_t tmp[8] = {};
@@ -307,7 +339,8 @@ double EntropyBits(const Histogram& h) {
   return total > 0 ? static_cast<double>(total) * FastLog2(static_cast<double>(total)) - sum : 0;
 }
 
-void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segments, HufPlan& plan) {
+void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segments, HufPlan& plan,
+                 std::array<uint8_t, 256>* prefer) {
   plan.blocks.clear();
   plan.cost_bytes = 0;
   plan.entropy_bits = 0;
@@ -361,8 +394,20 @@ void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segmen
         if (b.hist[s]) b.single = s;
       b.cost_bits = 8 * 8;
     } else {
-      uint64_t payload = 0;
-      for (int s = 0; s < 256; s++) payload += uint64_t{b.hist[s]} * b.len[s];
+      uint64_t payload = 0, preferred = 0;
+      bool covers = prefer != nullptr;
+      for (int s = 0; s < 256; s++) {
+        payload += uint64_t{b.hist[s]} * b.len[s];
+        if (prefer) {
+          preferred += uint64_t{b.hist[s]} * (*prefer)[s];
+          covers = covers && (!b.hist[s] || (*prefer)[s]);
+        }
+      }
+      if (covers && preferred * 1000 <= payload * 1001) {
+        b.len = *prefer;
+        payload = preferred;
+      }
+      if (prefer) *prefer = b.len;
       WriteTable(b, table);
       b.cost_bits = payload + 8 * table.size() + kBlockHeaderBits;
     }
@@ -395,30 +440,15 @@ void EncodeHuffman(std::span<const uint8_t> syms, const HufPlan& plan, std::vect
     const size_t header = out.size();
     out.resize(header + 16 + cap[0] + cap[1] + cap[2] + cap[3]);
     uint8_t* base = out.data() + header + 16;
-    BitWriter w[4];
     uint8_t* region[4];
     region[0] = base;
     for (int k = 1; k < 4; k++) region[k] = region[k - 1] + cap[k - 1];
+    const uint8_t* sp[4];
+    for (int k = 0; k < 4; k++) sp[k] = syms.data() + qbeg[k];
+    BitWriter w[4];
     for (int k = 0; k < 4; k++) w[k].p = region[k];
-    const uint8_t* s0 = syms.data() + qbeg[0];
-    const uint8_t* s1 = syms.data() + qbeg[1];
-    const uint8_t* s2 = syms.data() + qbeg[2];
-    const uint8_t* s3 = syms.data() + qbeg[3];
-    const uint32_t common = qlen[3];  // the last quarter is the shortest
-    uint32_t i = 0;
-    for (; i + 5 <= common; i += 5) {
-      for (int j = 0; j < 5; j++) {
-        w[0].Put(entry[s0[i + j]]);
-        w[1].Put(entry[s1[i + j]]);
-        w[2].Put(entry[s2[i + j]]);
-        w[3].Put(entry[s3[i + j]]);
-      }
-      w[0].Flush();
-      w[1].Flush();
-      w[2].Flush();
-      w[3].Flush();
-    }
-    const uint8_t* sp[4] = {s0, s1, s2, s3};
+    const uint32_t i = EncodePair(entry, sp[0], sp[1], qlen[3], w[0], w[1]);
+    EncodePair(entry, sp[2], sp[3], qlen[3], w[2], w[3]);
     for (int k = 0; k < 4; k++) {
       for (uint32_t j = i; j < qlen[k]; j++) {
         w[k].Put(entry[sp[k][j]]);
