@@ -17,6 +17,10 @@ constexpr int kTableSize = 1 << kL;
 // table would cost more than it saves.
 constexpr uint32_t kMinMultiSymbols = 4096;
 constexpr uint64_t kBlockHeaderBits = 8 * 20;  // count varint + 4 stream sizes
+// The decoder's multi-symbol table holds up to this many symbols per entry; a lane step of five
+// lookups writes at most kStepOut bytes (the last 8-byte store included).
+constexpr uint32_t kMaxSymbolsPerLookup = 5;
+constexpr ptrdiff_t kStepOut = 5 * kMaxSymbolsPerLookup + 3;
 
 // Moffat & Katajainen's in-place computation of Huffman code lengths. `a` holds n >= 2
 // frequencies in non-decreasing order; on return a[i] is the code length of symbol i.
@@ -240,7 +244,7 @@ struct BitWriter {
 // Codes the first `count` (rounded down to 5) symbols of two lanes in step, keeping both
 // writers in registers: two dependency chains are enough to fill the core, four spill.
 // Returns the number of symbols coded.
-uint32_t EncodePair(const uint32_t* entry, const uint8_t* sa, const uint8_t* sb, uint32_t count,
+__attribute__((target_clones("bmi2", "default"))) uint32_t EncodePair(const uint32_t* entry, const uint8_t* sa, const uint8_t* sb, uint32_t count,
                     BitWriter& wa, BitWriter& wb) {
   uint64_t aa = wa.acc, ab = wb.acc;
   uint64_t na = wa.n, nb = wb.n;  // low byte: pending bits (code bits above are ignored)
@@ -474,7 +478,7 @@ struct HuffmanDecoder::Table {
   std::vector<uint8_t> desc;
   bool has_multi = false;
   uint16_t single[kTableSize];  // symbol | length << 8
-  uint64_t multi[kTableSize];   // bits | count << 8 | up to 4 symbols << 32
+  uint64_t multi[kTableSize];   // bits | count << 8 | up to 5 symbols << 16
 };
 
 HuffmanDecoder::HuffmanDecoder() = default;
@@ -509,16 +513,17 @@ HuffmanDecoder::Table* HuffmanDecoder::GetTable(std::span<const uint8_t> desc,
   }
   if (multi && !t->has_multi) {
     for (uint32_t w = 0; w < kTableSize; w++) {
-      uint32_t syms = 0, n = 0, used = 0;
-      while (n < 4) {
+      uint64_t syms = 0;
+      uint32_t n = 0, used = 0;
+      while (n < kMaxSymbolsPerLookup) {
         const uint16_t e = t->single[(w << used) & (kTableSize - 1)];
         const uint32_t l = e >> 8;
         if (used + l > kL) break;
-        syms |= static_cast<uint32_t>(e & 0xff) << (8 * n);
+        syms |= uint64_t{e & 0xffu} << (8 * n);
         n++;
         used += l;
       }
-      t->multi[w] = used | n << 8 | uint64_t{syms} << 32;
+      t->multi[w] = used | n << 8 | syms << 16;
     }
     t->has_multi = true;
   }
@@ -546,34 +551,42 @@ size_t DecodeTail(const uint16_t* single, const uint8_t* in, size_t nbytes, size
 }
 
 // Decodes the four lanes in lockstep while every lane has room for a step without bounds checks:
-// 20 output symbols and 8 input bytes past the position. The tails are left to DecodeTail.
-void DecodeFast(const uint64_t* mt, const uint8_t* const ip[4], const size_t nb[4], size_t bp[4],
-                uint8_t* op[4], uint8_t* const oe[4]) {
-  const uint8_t *in0 = ip[0], *in1 = ip[1], *in2 = ip[2], *in3 = ip[3];
-  size_t bp0 = bp[0], bp1 = bp[1], bp2 = bp[2], bp3 = bp[3];
+// kStepOut output bytes and 15 input bytes past the position. The tails are left to DecodeTail.
+// The lanes' bitstreams are consecutive in memory, so bit positions are kept relative to the
+// first lane's start: one base register instead of four keeps the loop out of the stack. BMI2's
+// shifts leave the count register free; a clone has them where the CPU does.
+__attribute__((target_clones("bmi2", "default"))) void DecodeFast(const uint64_t* mt,
+                                                                  const uint8_t* const ip[4],
+                                                                  const size_t nb[4], size_t bp[4],
+                                                                  uint8_t* op[4],
+                                                                  uint8_t* const oe[4]) {
+  const uint8_t* in = ip[0];
+  size_t start[4];
+  for (int k = 0; k < 4; k++) start[k] = static_cast<size_t>(ip[k] - in) * 8;
+  size_t bp0 = bp[0] + start[0], bp1 = bp[1] + start[1], bp2 = bp[2] + start[2],
+         bp3 = bp[3] + start[3];
   uint8_t *op0 = op[0], *op1 = op[1], *op2 = op[2], *op3 = op[3];
-  // A lane may step while 20 output bytes and 8 input bytes past its position remain.
   uint8_t* lim[4];
   size_t bit_lim[4];
   bool ok = true;
-  for (int k = 0; k < 4; k++) ok = ok && oe[k] - op[k] >= 20 && nb[k] >= 15;
+  for (int k = 0; k < 4; k++) ok = ok && oe[k] - op[k] >= kStepOut && nb[k] >= 15;
   for (int k = 0; k < 4 && ok; k++) {
-    lim[k] = oe[k] - 20;
-    bit_lim[k] = (nb[k] - 15) * 8;
+    lim[k] = oe[k] - kStepOut;
+    bit_lim[k] = start[k] + (nb[k] - 15) * 8;
   }
   if (ok) {
     while (op0 <= lim[0] && op1 <= lim[1] && op2 <= lim[2] && op3 <= lim[3] && bp0 <= bit_lim[0] &&
            bp1 <= bit_lim[1] && bp2 <= bit_lim[2] && bp3 <= bit_lim[3]) {
       // Each lane: one 64-bit load, then five lookups (<= 55 bits). The lanes are interleaved
       // lookup by lookup so their dependency chains overlap.
-      uint64_t b0 = LoadBE64(in0 + (bp0 >> 3)) << (bp0 & 7);
-      uint64_t b1 = LoadBE64(in1 + (bp1 >> 3)) << (bp1 & 7);
-      uint64_t b2 = LoadBE64(in2 + (bp2 >> 3)) << (bp2 & 7);
-      uint64_t b3 = LoadBE64(in3 + (bp3 >> 3)) << (bp3 & 7);
+      uint64_t b0 = LoadBE64(in + (bp0 >> 3)) << (bp0 & 7);
+      uint64_t b1 = LoadBE64(in + (bp1 >> 3)) << (bp1 & 7);
+      uint64_t b2 = LoadBE64(in + (bp2 >> 3)) << (bp2 & 7);
+      uint64_t b3 = LoadBE64(in + (bp3 >> 3)) << (bp3 & 7);
 #define ZIPNN_LOOKUP(k)                                \
   {                                                    \
     const uint64_t e = mt[b##k >> (64 - kL)];          \
-    Store32(op##k, static_cast<uint32_t>(e >> 32));    \
+    Store64(op##k, e >> 16);                           \
     op##k += (e >> 8) & 0xff;                          \
     b##k <<= (e & 63);                                 \
     bp##k += e & 0xff;                                 \
@@ -584,6 +597,7 @@ void DecodeFast(const uint64_t* mt, const uint8_t* const ip[4], const size_t nb[
 #undef ZIPNN_LOOKUP
     }
   }
+  bp0 -= start[0], bp1 -= start[1], bp2 -= start[2], bp3 -= start[3];
   bp[0] = bp0, bp[1] = bp1, bp[2] = bp2, bp[3] = bp3;
   op[0] = op0, op[1] = op1, op[2] = op2, op[3] = op3;
   // Quarters differ in entropy, so one lane runs out first: finish each lane alone.
@@ -591,11 +605,11 @@ void DecodeFast(const uint64_t* mt, const uint8_t* const ip[4], const size_t nb[
     const uint8_t* in = ip[k];
     size_t pos = bp[k];
     uint8_t* o = op[k];
-    while (oe[k] - o >= 20 && nb[k] >= 15 && (pos >> 3) <= nb[k] - 15) {
+    while (oe[k] - o >= kStepOut && nb[k] >= 15 && (pos >> 3) <= nb[k] - 15) {
       uint64_t b = LoadBE64(in + (pos >> 3)) << (pos & 7);
       for (int j = 0; j < 5; j++) {
         const uint64_t e = mt[b >> (64 - kL)];
-        Store32(o, static_cast<uint32_t>(e >> 32));
+        Store64(o, e >> 16);
         o += (e >> 8) & 0xff;
         b <<= (e & 63);
         pos += e & 0xff;
