@@ -104,8 +104,6 @@ struct FrameEncoder::Impl {
   std::vector<uint8_t> coded[9];    // their coded forms
   std::vector<uint8_t> tmp;
   HufPlan plan;
-  // Per stream, the code lengths last used, offered to the next chunk (see PlanHuffman).
-  std::array<uint8_t, 256> last_len[9] = {};
 
   ~Impl() { ZSTD_freeCCtx(zstd); }
 
@@ -138,7 +136,7 @@ struct FrameEncoder::Impl {
         return StreamCoding::kRaw;
       }
     }
-    internal::PlanHuffman(in, segments, plan, &last_len[s]);
+    internal::PlanHuffman(in, segments, plan);
     *entropy += plan.entropy_bits;
     const size_t keep_below = static_cast<size_t>(in.size() * (1 - opts.min_saving));
     StreamCoding best = StreamCoding::kRaw;

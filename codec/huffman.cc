@@ -343,8 +343,7 @@ double EntropyBits(const Histogram& h) {
   return total > 0 ? static_cast<double>(total) * FastLog2(static_cast<double>(total)) - sum : 0;
 }
 
-void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segments, HufPlan& plan,
-                 std::array<uint8_t, 256>* prefer) {
+void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segments, HufPlan& plan) {
   plan.blocks.clear();
   plan.cost_bytes = 0;
   plan.entropy_bits = 0;
@@ -391,27 +390,25 @@ void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segmen
   std::vector<uint8_t> table;
   for (HufBlockPlan& b : plan.blocks) {
     plan.entropy_bits += EntropyBits(b.hist);
-    int used = BuildLengths(b.hist, b.len);
+    // Code lengths come from counts rounded to three significant bits: they cost next to nothing
+    // (Huffman lengths barely move under such changes) and make chunks of one tensor get the same
+    // table, so the decoder's table cache hits instead of building. Output stays a function of the
+    // chunk alone.
+    Histogram rounded;
+    for (int s = 0; s < 256; s++) {
+      const uint32_t c = b.hist[s];
+      const int shift = c ? std::max(0, 29 - __builtin_clz(c)) : 0;  // keep the top 3 bits
+      rounded[s] = c ? std::max(1u, (c >> shift) << shift) : 0;
+    }
+    int used = BuildLengths(rounded, b.len);
     table.clear();
     if (used < 2) {
       for (int s = 0; s < 256; s++)
         if (b.hist[s]) b.single = s;
       b.cost_bits = 8 * 8;
     } else {
-      uint64_t payload = 0, preferred = 0;
-      bool covers = prefer != nullptr;
-      for (int s = 0; s < 256; s++) {
-        payload += uint64_t{b.hist[s]} * b.len[s];
-        if (prefer) {
-          preferred += uint64_t{b.hist[s]} * (*prefer)[s];
-          covers = covers && (!b.hist[s] || (*prefer)[s]);
-        }
-      }
-      if (covers && preferred * 1000 <= payload * 1001) {
-        b.len = *prefer;
-        payload = preferred;
-      }
-      if (prefer) *prefer = b.len;
+      uint64_t payload = 0;
+      for (int s = 0; s < 256; s++) payload += uint64_t{b.hist[s]} * b.len[s];
       WriteTable(b, table);
       b.cost_bits = payload + 8 * table.size() + kBlockHeaderBits;
     }

@@ -40,11 +40,7 @@ struct HufPlan {
 };
 
 // Plans the blocks of `syms`. `segments` are sorted symbol offsets where statistics may change.
-// `prefer`, if given, holds code lengths used before (e.g. for the previous chunk of the same
-// tensor): a block takes them when they cost at most 0.1% more than its own, so the decoder's
-// table cache hits instead of building a new table. On return it holds the last block's lengths.
-void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segments, HufPlan& plan,
-                 std::array<uint8_t, 256>* prefer = nullptr);
+void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segments, HufPlan& plan);
 
 // Appends the coded stream for `syms` following `plan`.
 void EncodeHuffman(std::span<const uint8_t> syms, const HufPlan& plan, std::vector<uint8_t>& out);

@@ -73,9 +73,12 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const ReadAtFn& read, uint64_t 
   }
   std::sort(h.tensors.begin(), h.tensors.end(),
             [](const TensorInfo& a, const TensorInfo& b) { return a.begin < b.begin || (a.begin == b.begin && a.end < b.end); });
-  for (size_t i = 1; i < h.tensors.size(); i++)
-    if (h.tensors[i].begin < h.tensors[i - 1].end && h.tensors[i].begin != h.tensors[i].end)
-      return Bad("tensors " + h.tensors[i - 1].name + " and " + h.tensors[i].name + " overlap");
+  const TensorInfo* last = nullptr;  // the non-empty tensor reaching furthest so far
+  for (const TensorInfo& t : h.tensors) {
+    if (t.begin == t.end) continue;
+    if (last && t.begin < last->end) return Bad("tensors " + last->name + " and " + t.name + " overlap");
+    last = &t;
+  }
   return h;
 }
 
