@@ -509,19 +509,35 @@ HuffmanDecoder::Table* HuffmanDecoder::GetTable(std::span<const uint8_t> desc,
     }
   }
   if (multi && !t->has_multi) {
-    for (uint32_t w = 0; w < kTableSize; w++) {
-      uint64_t syms = 0;
-      uint32_t n = 0, used = 0;
-      while (n < kMaxSymbolsPerLookup) {
-        const uint16_t e = t->single[(w << used) & (kTableSize - 1)];
-        const uint32_t l = e >> 8;
-        if (used + l > kL) break;
-        syms |= uint64_t{e & 0xffu} << (8 * n);
-        n++;
-        used += l;
+    // Dynamic programming over window widths: the decoding of an r-bit window is its first
+    // symbol followed by the decoding of the (r - length)-bit rest, already computed. level[r]
+    // holds the 2^r entries for width r; width kL is the table. Cheaper than walking each window
+    // symbol by symbol, which matters when chunks bring new tables.
+    uint64_t* level = levels_.data();  // width r at offset 2^r - 1
+    level[0] = 0;
+    for (int r = 1; r <= kL; r++) {
+      uint64_t* cur = level + (1u << r) - 1;
+      const uint64_t* shorter = level;  // base of all narrower widths
+      for (uint32_t x = 0; x < (1u << r); x++) {
+        const uint16_t e = t->single[x << (kL - r)];
+        const int l = e >> 8;
+        if (l > r) {
+          cur[x] = 0;
+          continue;
+        }
+        const int rest_w = r - l;
+        uint64_t rest = shorter[(1u << rest_w) - 1 + (x & ((1u << rest_w) - 1))];
+        uint64_t n = (rest >> 8) & 0xff;
+        if (n == kMaxSymbolsPerLookup) {  // no room for the last one
+          const uint8_t last = static_cast<uint8_t>(rest >> (16 + 8 * (n - 1)));
+          rest = ((rest & 0xff) - len[last]) | (n - 1) << 8 |
+                 (rest >> 16 & ((uint64_t{1} << (8 * (n - 1))) - 1)) << 16;
+          n--;
+        }
+        cur[x] = ((rest & 0xff) + l) | (n + 1) << 8 | ((rest >> 16) << 8 | (e & 0xff)) << 16;
       }
-      t->multi[w] = used | n << 8 | syms << 16;
     }
+    std::memcpy(t->multi, level + kTableSize - 1, sizeof(t->multi));
     t->has_multi = true;
   }
   return t;

@@ -58,6 +58,7 @@ class HuffmanDecoder {
   Table* GetTable(std::span<const uint8_t> desc, const std::array<uint8_t, 256>& len, bool multi);
   static constexpr int kCacheSize = 8;
   std::array<std::unique_ptr<Table>, kCacheSize> cache_;
+  std::vector<uint64_t> levels_ = std::vector<uint64_t>(2u << kHufMaxBits);  // table-build scratch
   int next_victim_ = 0;
 };
 
