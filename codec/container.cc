@@ -348,7 +348,8 @@ ContainerReader& ContainerReader::operator=(ContainerReader&&) noexcept = defaul
 ContainerReader::~ContainerReader() = default;
 
 Result<ContainerReader> ContainerReader::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not hang before the regular-file check (no effect on files).
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return Status::FromErrno(errno, path);
   return OpenFd(UniqueFd(fd));
 }

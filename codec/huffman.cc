@@ -563,12 +563,20 @@ size_t DecodeTail(const uint16_t* single, const uint8_t* in, size_t nbytes, size
   return out < end ? SIZE_MAX : bitpos;
 }
 
+// The 64 bits at bit position `pos`, MSB first, with the low 9 bits (never looked up within a
+// step of five 11-bit lookups) replaced by a sentinel bit at bit 8.
+inline uint64_t Window(const uint8_t* in, size_t pos) {
+  return ((LoadBE64(in + (pos >> 3)) << (pos & 7)) & ~uint64_t{0x1ff}) | 0x100;
+}
+// Bits shifted out of a Window since it was loaded.
+inline size_t Consumed(uint64_t window) { return static_cast<size_t>(__builtin_ctzll(window)) - 8; }
+
 // Decodes the four lanes in lockstep while every lane has room for a step without bounds checks:
 // kStepOut output bytes and 15 input bytes past the position. The tails are left to DecodeTail.
 // The lanes' bitstreams are consecutive in memory, so bit positions are kept relative to the
 // first lane's start: one base register instead of four keeps the loop out of the stack. BMI2's
 // shifts leave the count register free; a clone has them where the CPU does.
-__attribute__((target_clones("bmi2", "default"))) void DecodeFast(const uint64_t* mt,
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void DecodeFast(const uint64_t* mt,
                                                                   const uint8_t* const ip[4],
                                                                   const size_t nb[4], size_t bp[4],
                                                                   uint8_t* op[4],
@@ -591,23 +599,21 @@ __attribute__((target_clones("bmi2", "default"))) void DecodeFast(const uint64_t
     while (op0 <= lim[0] && op1 <= lim[1] && op2 <= lim[2] && op3 <= lim[3] && bp0 <= bit_lim[0] &&
            bp1 <= bit_lim[1] && bp2 <= bit_lim[2] && bp3 <= bit_lim[3]) {
       // Each lane: one 64-bit load, then five lookups (<= 55 bits). The lanes are interleaved
-      // lookup by lookup so their dependency chains overlap.
-      uint64_t b0 = LoadBE64(in + (bp0 >> 3)) << (bp0 & 7);
-      uint64_t b1 = LoadBE64(in + (bp1 >> 3)) << (bp1 & 7);
-      uint64_t b2 = LoadBE64(in + (bp2 >> 3)) << (bp2 & 7);
-      uint64_t b3 = LoadBE64(in + (bp3 >> 3)) << (bp3 & 7);
+      // lookup by lookup so their dependency chains overlap. Lookups never reach the low 9 bits,
+      // so a sentinel bit there counts the bits consumed (trailing zeros) without a register.
+      uint64_t b0 = Window(in, bp0), b1 = Window(in, bp1), b2 = Window(in, bp2), b3 = Window(in, bp3);
 #define ZIPNN_LOOKUP(k)                                \
   {                                                    \
     const uint64_t e = mt[b##k >> (64 - kL)];          \
     Store64(op##k, e >> 16);                           \
     op##k += (e >> 8) & 0xff;                          \
     b##k <<= (e & 63);                                 \
-    bp##k += e & 0xff;                                 \
   }
 #define ZIPNN_LOOKUP4 ZIPNN_LOOKUP(0) ZIPNN_LOOKUP(1) ZIPNN_LOOKUP(2) ZIPNN_LOOKUP(3)
       ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4
 #undef ZIPNN_LOOKUP4
 #undef ZIPNN_LOOKUP
+      bp0 += Consumed(b0), bp1 += Consumed(b1), bp2 += Consumed(b2), bp3 += Consumed(b3);
     }
   }
   bp0 -= start[0], bp1 -= start[1], bp2 -= start[2], bp3 -= start[3];
@@ -619,14 +625,14 @@ __attribute__((target_clones("bmi2", "default"))) void DecodeFast(const uint64_t
     size_t pos = bp[k];
     uint8_t* o = op[k];
     while (oe[k] - o >= kStepOut && nb[k] >= 15 && (pos >> 3) <= nb[k] - 15) {
-      uint64_t b = LoadBE64(in + (pos >> 3)) << (pos & 7);
+      uint64_t b = Window(in, pos);
       for (int j = 0; j < 5; j++) {
         const uint64_t e = mt[b >> (64 - kL)];
         Store64(o, e >> 16);
         o += (e >> 8) & 0xff;
         b <<= (e & 63);
-        pos += e & 0xff;
       }
+      pos += Consumed(b);
     }
     bp[k] = pos;
     op[k] = o;
