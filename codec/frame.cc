@@ -365,7 +365,7 @@ Status FrameDecoder::Decode(std::span<const uint8_t> frame, std::span<uint8_t> o
       if (!out.empty()) std::memcpy(out.data(), payload.data(), out.size());
       break;
     case Method::kZero:
-      std::memset(out.data(), 0, out.size());
+      if (!out.empty()) std::memset(out.data(), 0, out.size());
       break;
     case Method::kZstd: {
       size_t got = ZSTD_decompressDCtx(impl_->zstd, out.data(), out.size(), payload.data(), payload.size());

@@ -682,8 +682,10 @@ bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out)
     if (multi) DecodeFast(t->multi, ip, nb, bp, op, oe);
     for (int k = 0; k < 4; k++) {
       const size_t end = DecodeTail(t->single, ip[k], nb[k], bp[k], op[k], oe[k]);
-      // The encoder pads each stream to a byte: it must be consumed exactly.
+      // The encoder pads each stream with zero bits to a byte: it must be consumed exactly, so
+      // that no bit of a frame goes unchecked.
       if (end == SIZE_MAX || (end + 7) / 8 != nb[k]) return false;
+      if ((end & 7) && (ip[k][nb[k] - 1] & (0xffu >> (end & 7)))) return false;
     }
   }
   return pos == out.size() && r.remaining() == 0;

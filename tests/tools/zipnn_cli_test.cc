@@ -1,0 +1,273 @@
+// Tests of the zipnn command-line tool, run as a separate process like a user would.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "tools/synth_model.h"
+
+#ifndef ZIPNN_BINARY
+#error "ZIPNN_BINARY must name the zipnn executable"
+#endif
+
+namespace zipnn::tool {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void WriteAll(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+struct ToolRun {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+class ZipnnCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::temp_directory_path() / "zipnn-cli-test-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  std::string Path(const std::string& name) const { return dir_ + "/" + name; }
+
+  // Runs the zipnn binary with `args`, capturing its exit code, stdout and stderr.
+  ToolRun Zipnn(const std::vector<std::string>& args) {
+    const std::string out_path = Path(".stdout"), err_path = Path(".stderr");
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      ::dup2(out, STDOUT_FILENO);
+      ::dup2(err, STDERR_FILENO);
+      std::vector<char*> argv{const_cast<char*>(ZIPNN_BINARY)};
+      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(ZIPNN_BINARY, argv.data());
+      ::_exit(127);
+    }
+    ToolRun r;
+    int status = 0;
+    if (pid > 0 && ::waitpid(pid, &status, 0) == pid && WIFEXITED(status)) {
+      r.exit_code = WEXITSTATUS(status);
+    }
+    r.out = ReadAll(out_path);
+    r.err = ReadAll(err_path);
+    fs::remove(out_path);
+    fs::remove(err_path);
+    return r;
+  }
+
+  // Files in the test directory, to check that no temporary file was left behind.
+  std::vector<std::string> Listing() const {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir_)) names.push_back(e.path().filename());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+  std::string MakeModel(const std::string& name, DType dtype) {
+    SynthModelOptions o;
+    o.dtype = dtype;
+    o.layers = 2;
+    o.dim = 192;
+    const std::string path = Path(name);
+    EXPECT_TRUE(WriteSyntheticSafetensors(path, o).ok());
+    return path;
+  }
+
+  std::string MakeRandom(const std::string& name, size_t size, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::string bytes(size, '\0');
+    for (size_t i = 0; i < size; ++i) bytes[i] = static_cast<char>(rng() % (i % 3 ? 256 : 7));
+    WriteAll(Path(name), bytes);
+    return Path(name);
+  }
+
+  // compress then decompress to a new name; the result must equal the input byte for byte.
+  void ExpectRoundTrip(const std::string& input, const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args{"compress", "-q", input, "-o", input + ".test.znn"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    ToolRun c = Zipnn(args);
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+    ToolRun d = Zipnn({"decompress", "-q", input + ".test.znn", "-o", input + ".restored"});
+    ASSERT_EQ(d.exit_code, 0) << d.err;
+    EXPECT_TRUE(ReadAll(input) == ReadAll(input + ".restored")) << input;
+    fs::remove(input + ".test.znn");
+    fs::remove(input + ".restored");
+  }
+
+  std::string dir_;
+};
+
+TEST_F(ZipnnCliTest, RoundTripsAreByteExact) {
+  ExpectRoundTrip(MakeModel("m.bf16.safetensors", DType::kBF16));
+  ExpectRoundTrip(MakeModel("m.f32.safetensors", DType::kF32), {"--threads", "1"});
+  ExpectRoundTrip(MakeRandom("random.bin", 1000003, 1), {"--chunk-size", "64K", "--level", "1"});
+  ExpectRoundTrip(MakeRandom("tiny.bin", 5, 2));
+  ExpectRoundTrip(MakeRandom("empty.bin", 0, 3));
+  EXPECT_EQ(Listing().size(), 5u) << "temporary files left";
+}
+
+TEST_F(ZipnnCliTest, DefaultNamesAndOverwrite) {
+  const std::string model = MakeModel("m.safetensors", DType::kBF16);
+  const std::string original = ReadAll(model);
+  ToolRun c = Zipnn({"compress", model});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_NE(c.err.find("m.safetensors.znn"), std::string::npos) << "summary: " << c.err;
+  ASSERT_TRUE(fs::exists(model + ".znn"));
+
+  // Existing outputs are refused without -f and left alone.
+  const std::string compressed = ReadAll(model + ".znn");
+  WriteAll(model + ".znn", "precious");
+  ToolRun again = Zipnn({"compress", model});
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_NE(again.err.find("exists"), std::string::npos) << again.err;
+  EXPECT_EQ(ReadAll(model + ".znn"), "precious");
+  ToolRun forced = Zipnn({"compress", "-f", "-q", model});
+  EXPECT_EQ(forced.exit_code, 0) << forced.err;
+  EXPECT_EQ(ReadAll(model + ".znn"), compressed) << "output is deterministic";
+
+  ToolRun d = Zipnn({"decompress", "-q", model + ".znn"});
+  EXPECT_EQ(d.exit_code, 1) << "the original is still there";
+  EXPECT_EQ(ReadAll(model), original);
+  fs::remove(model);
+  d = Zipnn({"decompress", "-q", model + ".znn"});
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  EXPECT_TRUE(ReadAll(model) == original);
+  EXPECT_EQ(Listing(), (std::vector<std::string>{"m.safetensors", "m.safetensors.znn"}));
+}
+
+TEST_F(ZipnnCliTest, InputErrors) {
+  ToolRun missing = Zipnn({"compress", Path("nope.bin")});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find("nope.bin"), std::string::npos) << missing.err;
+  EXPECT_EQ(Zipnn({"decompress", Path("nope.znn")}).exit_code, 1);
+  EXPECT_EQ(Zipnn({"compress", dir_}).exit_code, 1) << "a directory";
+
+  MakeRandom("fake.znn", 10000, 4);
+  ToolRun fake = Zipnn({"decompress", Path("fake.znn")});
+  EXPECT_EQ(fake.exit_code, 1);
+  EXPECT_NE(fake.err.find("fake.znn: not a zipnn container"), std::string::npos) << fake.err;
+  EXPECT_EQ(Zipnn({"info", Path("fake.znn")}).exit_code, 1);
+  EXPECT_EQ(Zipnn({"cat", Path("fake.znn")}).exit_code, 1);
+
+  MakeRandom("plain.bin", 100, 5);
+  ToolRun suffix = Zipnn({"decompress", Path("plain.bin")});
+  EXPECT_EQ(suffix.exit_code, 1);
+  EXPECT_NE(suffix.err.find("-o"), std::string::npos) << suffix.err;
+  EXPECT_EQ(Listing(), (std::vector<std::string>{"fake.znn", "plain.bin"}));
+}
+
+TEST_F(ZipnnCliTest, CorruptContainerLeavesNoOutput) {
+  const std::string model = MakeModel("m.safetensors", DType::kBF16);
+  ASSERT_EQ(Zipnn({"compress", "-q", model}).exit_code, 0);
+  fs::remove(model);
+  std::string znn = ReadAll(model + ".znn");
+  znn[znn.size() / 2] ^= 0x10;  // inside a frame payload: only decoding can tell
+  WriteAll(model + ".znn", znn);
+  ToolRun d = Zipnn({"decompress", "-q", model + ".znn"});
+  EXPECT_EQ(d.exit_code, 1);
+  EXPECT_FALSE(d.err.empty());
+  EXPECT_EQ(Listing(), std::vector<std::string>{"m.safetensors.znn"}) << "partial output left";
+  znn.resize(znn.size() - 1);
+  WriteAll(model + ".znn", znn);
+  EXPECT_EQ(Zipnn({"decompress", "-q", model + ".znn"}).exit_code, 1) << "truncated";
+}
+
+TEST_F(ZipnnCliTest, CatGivesTheBytesOfARange) {
+  const std::string model = MakeModel("m.safetensors", DType::kBF16);
+  const std::string original = ReadAll(model);
+  ASSERT_EQ(Zipnn({"compress", "-q", "--chunk-size", "16K", model}).exit_code, 0);
+  std::mt19937_64 rng(9);
+  for (int i = 0; i < 8; ++i) {
+    const uint64_t offset = rng() % original.size();
+    const uint64_t length = rng() % 100000;
+    ToolRun r = Zipnn({"cat", model + ".znn", "--offset", std::to_string(offset), "--length",
+                       std::to_string(length)});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(r.out == original.substr(offset, length)) << offset << "+" << length;
+  }
+  ToolRun all = Zipnn({"cat", model + ".znn"});
+  EXPECT_TRUE(all.out == original);
+  ToolRun k = Zipnn({"cat", model + ".znn", "--offset", "1K", "--length", "1K"});
+  EXPECT_TRUE(k.out == original.substr(1024, 1024));
+  ToolRun past = Zipnn({"cat", model + ".znn", "--offset", std::to_string(original.size() + 1)});
+  EXPECT_EQ(past.exit_code, 1);
+}
+
+TEST_F(ZipnnCliTest, InfoShowsMethodsAndDtypes) {
+  const std::string model = MakeModel("m.safetensors", DType::kF32);
+  ASSERT_EQ(Zipnn({"compress", "-q", model}).exit_code, 0);
+  ToolRun r = Zipnn({"info", model + ".znn"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("| method |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| F32 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| **total** |"), std::string::npos) << r.out;
+}
+
+TEST_F(ZipnnCliTest, UsageErrorsExitWithTwo) {
+  EXPECT_EQ(Zipnn({}).exit_code, 2);
+  EXPECT_EQ(Zipnn({"frobnicate"}).exit_code, 2);
+  EXPECT_EQ(Zipnn({"compress"}).exit_code, 2);
+  EXPECT_EQ(Zipnn({"compress", "x", "--bogus"}).exit_code, 2);
+  EXPECT_EQ(Zipnn({"compress", "x", "--chunk-size", "12Q"}).exit_code, 2);
+  EXPECT_EQ(Zipnn({"compress", "x", "--chunk-size", "1G"}).exit_code, 2);
+  EXPECT_EQ(Zipnn({"compress", "x", "--threads", "-1"}).exit_code, 2);
+  ToolRun help = Zipnn({"--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.out.find("decompress"), std::string::npos);
+  ToolRun sub = Zipnn({"compress", "--help"});
+  EXPECT_EQ(sub.exit_code, 0);
+  EXPECT_NE(sub.out.find("--chunk-size"), std::string::npos);
+}
+
+TEST_F(ZipnnCliTest, BenchOnGivenFiles) {
+  const std::string a = MakeModel("a.safetensors", DType::kBF16);
+  const std::string b = MakeModel("b.safetensors", DType::kF32);
+  ToolRun r = Zipnn({"bench", "--min-time", "0", a, b});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("| BF16 | 1 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| F32 | 1 |"), std::string::npos) << r.out;
+}
+
+TEST_F(ZipnnCliTest, CorpusRoundTrips) {
+  const char* env = ::getenv("ZIPNN_CORPUS");
+  const fs::path corpus = env && *env ? env : ZIPNN_CORPUS_DIR;
+  if (!fs::is_directory(corpus)) GTEST_SKIP() << "no real-weights corpus at " << corpus;
+  int files = 0;
+  for (const char* sub : {"bf16", "f16", "f32", "fp8"}) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(corpus / sub, ec)) {
+      if (e.path().extension() != ".safetensors") continue;
+      const std::string copy = Path(e.path().filename());
+      fs::copy_file(e.path(), copy);
+      ExpectRoundTrip(copy);
+      fs::remove(copy);
+      if (++files % 6 == 0) break;  // a few per dtype keep the test quick
+    }
+  }
+  EXPECT_GT(files, 0);
+}
+
+}  // namespace
+}  // namespace zipnn::tool

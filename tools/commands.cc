@@ -1,0 +1,254 @@
+// compress, decompress, cat and info.
+#include "tools/commands.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <future>
+#include <string_view>
+
+#include "codec/codec.h"
+#include "codec/container.h"
+#include "tools/file_io.h"
+
+namespace zipnn::tool {
+namespace {
+
+// A batch is what is read, coded in parallel and written before the next: enough chunks to keep
+// every thread busy, few enough to bound memory.
+constexpr size_t kBatchChunksPerThread = 8;
+constexpr uint64_t kMaxBatchBytes = 256u << 20;
+constexpr size_t kCatPieceSize = 4u << 20;
+
+std::string_view BaseName(std::string_view path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string_view::npos ? path : path.substr(slash + 1);
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// One line on stderr: sizes, the ratio compressed/original, time and speed over original bytes.
+void PrintSummary(const std::string& from, const std::string& to, uint64_t from_bytes,
+                  uint64_t to_bytes, uint64_t original, uint64_t compressed, double seconds) {
+  std::fprintf(stderr, "%s -> %s: %.2f MB -> %.2f MB (ratio %.3f) in %.2f s, %.0f MB/s\n",
+               from.c_str(), to.c_str(), from_bytes / 1e6, to_bytes / 1e6,
+               original ? static_cast<double>(compressed) / original : 0.0, seconds,
+               seconds > 0 ? original / 1e6 / seconds : 0.0);
+}
+
+Result<ContainerReader> OpenContainer(const std::string& path, mode_t* mode) {
+  Result<InputFile> in = OpenInput(path);
+  if (!in.ok()) return in.status();
+  if (mode) *mode = in->mode;
+  Result<ContainerReader> reader = ContainerReader::OpenFd(std::move(in->fd));
+  if (!reader.ok()) return WithPath(path, reader.status());
+  return reader;
+}
+
+}  // namespace
+
+Status Compress(const CompressOptions& opts) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string out_path = opts.output.empty() ? opts.input + ".znn" : opts.output;
+  Result<InputFile> in = OpenInput(opts.input);
+  if (!in.ok()) return in.status();
+  if (!opts.force && PathExists(out_path)) {
+    return Status::Exists(out_path + ": already exists (use -f to overwrite)");
+  }
+  const int fd = in->fd.get();
+  ReadAtFn read_at = [fd](uint64_t offset, std::span<uint8_t> out) {
+    return PreadFull(fd, offset, out);
+  };
+  PlanOptions plan_opts;
+  plan_opts.chunk_size = opts.chunk_size;
+  Result<std::vector<ChunkSpec>> plan =
+      PlanChunks(BaseName(opts.input), read_at, in->size, plan_opts);
+  if (!plan.ok()) return WithPath(opts.input, plan.status());
+
+  Result<AtomicOutputFile> out = AtomicOutputFile::Create(out_path, opts.force, in->mode);
+  if (!out.ok()) return out.status();
+  ContainerWriter writer = ContainerWriter::ForFd(out->fd());
+  EncodeOptions enc;
+  enc.zstd_level = opts.level;
+  ParallelCodec codec(opts.threads, enc);
+
+  const std::vector<ChunkSpec>& chunks = *plan;
+  const size_t max_chunks = static_cast<size_t>(codec.threads()) * kBatchChunksPerThread;
+  std::vector<uint8_t> data;
+  std::vector<std::vector<uint8_t>> frames, frames_writing;
+  // Batch k is written on another thread while batch k + 1 is coded (declared last: its
+  // destructor waits for the write, which uses the objects above).
+  std::future<Status> writing;
+  auto wait_for_write = [&writing] { return writing.valid() ? writing.get() : Status::Ok(); };
+  for (size_t first = 0; first < chunks.size();) {
+    size_t end = first;
+    uint64_t bytes = 0;
+    while (end < chunks.size() && end - first < max_chunks &&
+           (end == first || bytes + chunks[end].size <= kMaxBatchBytes)) {
+      if (chunks[end].offset != chunks[first].offset + bytes) {
+        return Status::Corrupt(opts.input + ": chunk plan is not contiguous");  // a codec bug
+      }
+      bytes += chunks[end++].size;
+    }
+    data.resize(bytes);
+    ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, PreadFull(fd, chunks[first].offset, data)));
+    ZIPNN_RETURN_IF_ERROR(WithPath(
+        opts.input, codec.EncodeAll(data, chunks[first].offset,
+                                    std::span(chunks).subspan(first, end - first), frames)));
+    ZIPNN_RETURN_IF_ERROR(wait_for_write());
+    std::swap(frames, frames_writing);
+    writing = std::async(std::launch::async, [&, n = end - first] {
+      for (size_t i = 0; i < n; ++i) ZIPNN_RETURN_IF_ERROR(writer.Append(frames_writing[i]));
+      return Status::Ok();
+    });
+    first = end;
+  }
+  ZIPNN_RETURN_IF_ERROR(WithPath(out_path, wait_for_write()));
+  ZIPNN_RETURN_IF_ERROR(WithPath(out_path, writer.Finish()));
+  ZIPNN_RETURN_IF_ERROR(out->Commit());
+  if (!opts.quiet) {
+    PrintSummary(opts.input, out_path, in->size, writer.bytes_written(), in->size,
+                 writer.bytes_written(), SecondsSince(t0));
+  }
+  return Status::Ok();
+}
+
+Status Decompress(const DecompressOptions& opts) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string out_path = opts.output;
+  if (out_path.empty()) {
+    constexpr std::string_view kSuffix = ".znn";
+    if (opts.input.size() <= kSuffix.size() || !opts.input.ends_with(kSuffix)) {
+      return Status::InvalidArgument(opts.input + ": no .znn suffix; name the output with -o");
+    }
+    out_path = opts.input.substr(0, opts.input.size() - kSuffix.size());
+  }
+  mode_t mode = 0644;
+  Result<ContainerReader> reader = OpenContainer(opts.input, &mode);
+  if (!reader.ok()) return reader.status();
+  Result<AtomicOutputFile> out = AtomicOutputFile::Create(out_path, opts.force, mode);
+  if (!out.ok()) return out.status();
+  ParallelCodec codec(opts.threads);
+
+  const std::vector<ContainerEntry>& entries = reader->entries();
+  const size_t max_frames = static_cast<size_t>(codec.threads()) * kBatchChunksPerThread;
+  std::vector<uint8_t> compressed, raw, raw_writing;
+  std::vector<std::span<const uint8_t>> frames;
+  std::vector<std::span<uint8_t>> outs;
+  // Batch k is written on another thread while batch k + 1 is decoded.
+  std::future<Status> writing;
+  auto wait_for_write = [&writing] { return writing.valid() ? writing.get() : Status::Ok(); };
+  for (size_t first = 0; first < entries.size();) {
+    size_t end = first;
+    uint64_t raw_bytes = 0;
+    while (end < entries.size() && end - first < max_frames &&
+           (end == first || raw_bytes + entries[end].raw_size <= kMaxBatchBytes)) {
+      raw_bytes += entries[end++].raw_size;
+    }
+    ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, reader->ReadFrames(first, end - first, compressed)));
+    raw.resize(raw_bytes);
+    frames.clear();
+    outs.clear();
+    for (size_t i = first; i < end; ++i) {
+      const ContainerEntry& e = entries[i];
+      frames.push_back(std::span<const uint8_t>(compressed)
+                           .subspan(e.offset - entries[first].offset, e.frame_size));
+      outs.push_back(std::span(raw).subspan(e.raw_offset - entries[first].raw_offset, e.raw_size));
+    }
+    ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, codec.DecodeAll(frames, outs)));
+    ZIPNN_RETURN_IF_ERROR(WithPath(out_path, wait_for_write()));
+    std::swap(raw, raw_writing);
+    writing = std::async(std::launch::async, [&] { return WriteFull(out->fd(), raw_writing); });
+    first = end;
+  }
+  ZIPNN_RETURN_IF_ERROR(WithPath(out_path, wait_for_write()));
+  ZIPNN_RETURN_IF_ERROR(out->Commit());
+  if (!opts.quiet) {
+    PrintSummary(opts.input, out_path, reader->file_size(), reader->total_raw_size(),
+                 reader->total_raw_size(), reader->file_size(), SecondsSince(t0));
+  }
+  return Status::Ok();
+}
+
+Status Cat(const CatOptions& opts) {
+  Result<ContainerReader> reader = OpenContainer(opts.input, nullptr);
+  if (!reader.ok()) return reader.status();
+  const uint64_t total = reader->total_raw_size();
+  if (opts.offset > total) {
+    return Status::InvalidArgument(opts.input + ": offset " + std::to_string(opts.offset) +
+                                   " is past the end (" + std::to_string(total) + " bytes)");
+  }
+  const uint64_t end = opts.offset + std::min(opts.length.value_or(total), total - opts.offset);
+  std::vector<uint8_t> piece;
+  for (uint64_t pos = opts.offset; pos < end;) {
+    piece.resize(static_cast<size_t>(std::min<uint64_t>(kCatPieceSize, end - pos)));
+    ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, reader->ReadRangeInto(pos, piece)));
+    ZIPNN_RETURN_IF_ERROR(WithPath("stdout", WriteFull(STDOUT_FILENO, piece)));
+    pos += piece.size();
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+struct Tally {
+  uint64_t frames = 0, raw = 0, stored = 0;
+  void Add(const ContainerEntry& e) {
+    ++frames;
+    raw += e.raw_size;
+    stored += e.frame_size;
+  }
+};
+
+void PrintTallyRow(std::string_view name, const Tally& t) {
+  std::printf("| %.*s | %" PRIu64 " | %" PRIu64 " | %" PRIu64 " | %.4f |\n",
+              static_cast<int>(name.size()), name.data(), t.frames, t.raw, t.stored,
+              t.raw ? static_cast<double>(t.stored) / t.raw : 0.0);
+}
+
+template <size_t N, class NameFn>
+void PrintTallyTable(std::string_view what, const std::array<Tally, N>& tallies, const Tally& total,
+                     NameFn name) {
+  std::printf(
+      "\n| %.*s | frames | raw bytes | stored bytes | stored/raw |\n|---|--:|--:|--:|--:|\n",
+      static_cast<int>(what.size()), what.data());
+  for (size_t i = 0; i < N; ++i) {
+    if (tallies[i].frames) PrintTallyRow(name(i), tallies[i]);
+  }
+  PrintTallyRow("**total**", total);
+}
+
+}  // namespace
+
+Status Info(const std::string& input) {
+  Result<ContainerReader> reader = OpenContainer(input, nullptr);
+  if (!reader.ok()) return reader.status();
+  std::array<Tally, kNumMethods> by_method{};
+  std::array<Tally, kNumDTypes> by_dtype{};
+  Tally total;
+  for (const ContainerEntry& e : reader->entries()) {
+    by_method[static_cast<size_t>(e.method)].Add(e);
+    by_dtype[static_cast<size_t>(e.dtype)].Add(e);
+    total.Add(e);
+  }
+  const uint64_t overhead = reader->file_size() - total.stored;
+  std::printf("%s: %" PRIu64 " bytes holding %" PRIu64 " original bytes (%.4f) in %" PRIu64
+              " frames; container overhead %" PRIu64 " bytes\n",
+              input.c_str(), reader->file_size(), reader->total_raw_size(),
+              total.raw ? static_cast<double>(reader->file_size()) / total.raw : 0.0, total.frames,
+              overhead);
+  PrintTallyTable("method", by_method, total,
+                  [](size_t i) { return MethodName(static_cast<Method>(i)); });
+  PrintTallyTable("dtype", by_dtype, total,
+                  [](size_t i) { return DTypeName(static_cast<DType>(i)); });
+  return std::fflush(stdout) == 0 ? Status::Ok() : Status::FromErrno(errno, "stdout");
+}
+
+}  // namespace zipnn::tool

@@ -1,0 +1,223 @@
+#include "tools/file_io.h"
+
+#include <fcntl.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+namespace zipnn::tool {
+namespace {
+
+// The temporary file to remove if a signal ends the process. One output at a time is enough
+// for this tool; the buffer is fixed so the handler touches no allocator.
+char g_pending_temp[4096];
+volatile sig_atomic_t g_have_pending_temp = 0;
+
+extern "C" void RemoveTempAndDie(int sig) {
+  if (g_have_pending_temp) ::unlink(g_pending_temp);
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+
+void SetPendingTemp(const std::string& path) {
+  static bool installed = false;
+  if (!installed) {
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::signal(sig, RemoveTempAndDie);
+    installed = true;
+  }
+  g_have_pending_temp = 0;
+  if (path.size() < sizeof g_pending_temp) {
+    std::memcpy(g_pending_temp, path.c_str(), path.size() + 1);
+    g_have_pending_temp = 1;
+  }
+}
+
+void ClearPendingTemp(const std::string& path) {
+  if (g_have_pending_temp && path == g_pending_temp) g_have_pending_temp = 0;
+}
+
+std::string DirName(const std::string& path) {
+  std::string copy = path;
+  return ::dirname(copy.data());
+}
+
+mode_t CurrentUmask() {
+  mode_t m = ::umask(0);
+  ::umask(m);
+  return m;
+}
+
+}  // namespace
+
+Status WithPath(const std::string& path, const Status& s) {
+  if (s.ok()) return s;
+  return Status(s.code(), path + ": " + s.message());
+}
+
+Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out) {
+  size_t done = 0;
+  while (done < out.size()) {
+    ssize_t n =
+        ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "read");
+    }
+    if (n == 0) return Status::Io("unexpected end of file (did it shrink?)");
+    done += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+Status WriteFull(int fd, std::span<const uint8_t> bytes) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "write");
+    }
+    done += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+Result<InputFile> OpenInput(const std::string& path) {
+  // O_NONBLOCK: opening a FIFO must not hang before the regular-file check (no effect on files).
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return Status::FromErrno(errno, path);
+  InputFile in;
+  in.fd = UniqueFd(fd);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, path);
+  if (S_ISDIR(st.st_mode)) return Status::FromErrno(EISDIR, path);
+  if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(path + ": not a regular file");
+  in.size = static_cast<uint64_t>(st.st_size);
+  in.mode = st.st_mode & 07777;
+  return in;
+}
+
+bool PathExists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+std::optional<uint64_t> ParseSize(std::string_view s) {
+  uint64_t value = 0;
+  size_t i = 0;
+  for (; i < s.size() && std::isdigit(static_cast<unsigned char>(s[i])); ++i) {
+    if (value > (UINT64_MAX - 9) / 10) return std::nullopt;
+    value = value * 10 + static_cast<uint64_t>(s[i] - '0');
+  }
+  if (i == 0) return std::nullopt;
+  std::string suffix;
+  for (; i < s.size(); ++i)
+    suffix += static_cast<char>(std::toupper(static_cast<unsigned char>(s[i])));
+  int shift = 0;
+  if (!suffix.empty()) {
+    switch (suffix[0]) {
+      case 'K':
+        shift = 10;
+        break;
+      case 'M':
+        shift = 20;
+        break;
+      case 'G':
+        shift = 30;
+        break;
+      case 'B':
+        shift = 0;
+        break;
+      default:
+        return std::nullopt;
+    }
+    std::string_view rest = std::string_view(suffix).substr(suffix[0] == 'B' ? 0 : 1);
+    if (!rest.empty() && rest != "B" && rest != "IB") return std::nullopt;
+  }
+  if (value > (UINT64_MAX >> shift)) return std::nullopt;
+  return value << shift;
+}
+
+// ---- AtomicOutputFile ------------------------------------------------------------------------
+
+AtomicOutputFile::AtomicOutputFile(UniqueFd fd, std::string path, std::string temp_path,
+                                   bool overwrite)
+    : fd_(std::move(fd)),
+      path_(std::move(path)),
+      temp_path_(std::move(temp_path)),
+      overwrite_(overwrite) {}
+
+AtomicOutputFile::AtomicOutputFile(AtomicOutputFile&& o) noexcept
+    : fd_(std::move(o.fd_)),
+      path_(std::move(o.path_)),
+      temp_path_(std::exchange(o.temp_path_, std::string())),
+      overwrite_(o.overwrite_) {}
+
+AtomicOutputFile::~AtomicOutputFile() { Discard(); }
+
+void AtomicOutputFile::Discard() {
+  fd_.Reset();
+  if (temp_path_.empty()) return;
+  ::unlink(temp_path_.c_str());
+  ClearPendingTemp(temp_path_);
+  temp_path_.clear();
+}
+
+Result<AtomicOutputFile> AtomicOutputFile::Create(const std::string& path, bool overwrite,
+                                                  mode_t mode) {
+  if (!overwrite && PathExists(path)) {
+    return Status::Exists(path + ": already exists (use -f to overwrite)");
+  }
+  std::string temp = path + ".tmp.XXXXXX";
+  int fd = ::mkostemp(temp.data(), O_CLOEXEC);
+  if (fd < 0) return Status::FromErrno(errno, path);
+  SetPendingTemp(temp);
+  AtomicOutputFile out(UniqueFd(fd), path, temp, overwrite);
+  if (::fchmod(fd, mode & 0666 & ~CurrentUmask()) != 0) return Status::FromErrno(errno, path);
+  return out;
+}
+
+Status AtomicOutputFile::Commit() {
+  if (temp_path_.empty()) return Status::InvalidArgument(path_ + ": already committed");
+  Status s;
+  if (::fsync(fd_.get()) != 0) s = Status::FromErrno(errno, path_);
+  // close() can report a deferred write error (NFS, quotas): check it.
+  if (s.ok() && ::close(fd_.Release()) != 0) s = Status::FromErrno(errno, path_);
+  if (s.ok()) {
+    int rc = overwrite_ ? ::rename(temp_path_.c_str(), path_.c_str())
+                        : ::renameat2(AT_FDCWD, temp_path_.c_str(), AT_FDCWD, path_.c_str(),
+                                      RENAME_NOREPLACE);
+    if (rc != 0 && !overwrite_ && (errno == EINVAL || errno == ENOSYS)) {
+      // A file system without RENAME_NOREPLACE: link(2) refuses to replace too.
+      rc = ::link(temp_path_.c_str(), path_.c_str());
+      if (rc == 0) ::unlink(temp_path_.c_str());
+    }
+    if (rc != 0) {
+      s = errno == EEXIST ? Status::Exists(path_ + ": already exists (use -f to overwrite)")
+                          : Status::FromErrno(errno, path_);
+    }
+  }
+  if (!s.ok()) {
+    Discard();
+    return s;
+  }
+  ClearPendingTemp(temp_path_);
+  temp_path_.clear();
+  // Make the rename itself durable.
+  int dir = ::open(DirName(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
+  }
+  return Status::Ok();
+}
+
+}  // namespace zipnn::tool

@@ -1,0 +1,124 @@
+// zipnn: compress model weights into .znn containers and back, inspect them, benchmark the codec.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <string>
+
+#include "codec/codec.h"
+#include "tools/commands.h"
+#include "tools/file_io.h"
+
+#ifndef ZIPNN_VERSION
+#define ZIPNN_VERSION "dev"
+#endif
+
+namespace {
+
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+
+// A CLI11 option whose value is a byte size such as 256K or 1M.
+CLI::Validator SizeValidator() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        return zipnn::tool::ParseSize(s) ? "" : "not a size (e.g. 262144, 256K, 1M): " + s;
+      },
+      "SIZE");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace zipnn::tool;
+  CLI::App app{"zipnn: lossless compression of AI model weights (.znn files)", "zipnn"};
+  app.set_version_flag("--version", "zipnn " ZIPNN_VERSION);
+  app.require_subcommand(1);
+  app.fallthrough(false);
+
+  CompressOptions copts;
+  std::string chunk_size = "256K";
+  CLI::App* compress = app.add_subcommand("compress", "Compress FILE into FILE.znn");
+  compress->add_option("FILE", copts.input, "File to compress")->required();
+  compress->add_option("-o,--output", copts.output, "Output file (default: FILE.znn)");
+  compress->add_flag("-f,--force", copts.force, "Replace an existing output file");
+  compress->add_flag("-q,--quiet", copts.quiet, "Print no summary");
+  compress->add_option("--threads", copts.threads, "Threads (0: all cores)")
+      ->check(CLI::Range(0u, 1024u))
+      ->capture_default_str();
+  compress->add_option("--chunk-size", chunk_size, "Chunk size, e.g. 256K, 1M (at most 64M)")
+      ->check(SizeValidator())
+      ->capture_default_str();
+  compress->add_option("--level", copts.level, "zstd level for zstd-coded streams (1-19)")
+      ->check(CLI::Range(1, 19))
+      ->capture_default_str();
+
+  DecompressOptions dopts;
+  CLI::App* decompress = app.add_subcommand("decompress", "Restore the original of FILE.znn");
+  decompress->add_option("FILE", dopts.input, "A .znn file")->required();
+  decompress->add_option("-o,--output", dopts.output, "Output file (default: FILE without .znn)");
+  decompress->add_flag("-f,--force", dopts.force, "Replace an existing output file");
+  decompress->add_flag("-q,--quiet", dopts.quiet, "Print no summary");
+  decompress->add_option("--threads", dopts.threads, "Threads (0: all cores)")
+      ->check(CLI::Range(0u, 1024u))
+      ->capture_default_str();
+
+  CatOptions catopts;
+  std::string cat_offset = "0", cat_length;
+  CLI::App* cat = app.add_subcommand(
+      "cat", "Write original bytes of FILE.znn to stdout, decoding only the frames needed");
+  cat->add_option("FILE", catopts.input, "A .znn file")->required();
+  cat->add_option("--offset", cat_offset, "First byte (suffixes K, M, G allowed)")
+      ->check(SizeValidator())
+      ->capture_default_str();
+  cat->add_option("--length", cat_length, "Number of bytes (default: to the end)")
+      ->check(SizeValidator());
+
+  std::string info_input;
+  CLI::App* info = app.add_subcommand("info", "Show what FILE.znn holds, per method and dtype");
+  info->add_option("FILE", info_input, "A .znn file")->required();
+
+  BenchOptions bopts;
+  CLI::App* bench = app.add_subcommand(
+      "bench",
+      "Compare ratio and speed with zstd per dtype, on FILES or the real-weights corpus "
+      "($ZIPNN_CORPUS, else ../shared/corpus; a synthetic model if there is none)");
+  bench->add_option("FILES", bopts.files, "Files to benchmark");
+  bench->add_option("--threads", bopts.threads, "Threads of the multi-threaded run (0: all)")
+      ->check(CLI::Range(0u, 1024u))
+      ->capture_default_str();
+  bench->add_option("--min-time", bopts.min_seconds, "Seconds each measurement runs at least")
+      ->check(CLI::Range(0.0, 60.0))
+      ->capture_default_str();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);  // prints help, version or the error
+    return rc == 0 ? 0 : kExitUsage;
+  }
+
+  zipnn::Status status;
+  if (app.got_subcommand(compress)) {
+    copts.chunk_size = static_cast<uint32_t>(
+        std::min<uint64_t>(*ParseSize(chunk_size), uint64_t{zipnn::kMaxChunkSize} + 1));
+    if (copts.chunk_size < 4096 || copts.chunk_size > zipnn::kMaxChunkSize) {
+      std::fprintf(stderr, "zipnn: --chunk-size must be between 4K and 64M\n");
+      return kExitUsage;
+    }
+    status = Compress(copts);
+  } else if (app.got_subcommand(decompress)) {
+    status = Decompress(dopts);
+  } else if (app.got_subcommand(cat)) {
+    catopts.offset = *ParseSize(cat_offset);
+    if (!cat_length.empty()) catopts.length = *ParseSize(cat_length);
+    status = Cat(catopts);
+  } else if (app.got_subcommand(info)) {
+    status = Info(info_input);
+  } else if (app.got_subcommand(bench)) {
+    status = Bench(bopts);
+  }
+  if (!status.ok()) {
+    std::fprintf(stderr, "zipnn: %s\n", status.message().c_str());
+    return kExitError;
+  }
+  return 0;
+}
