@@ -14,14 +14,8 @@ namespace {
 enum class Kind { kFloat, kSigned, kUnsigned };
 
 Kind KindOf(DType t) {
+  if (IsFloat(t)) return Kind::kFloat;
   switch (t) {
-    case DType::kBF16:
-    case DType::kF16:
-    case DType::kF32:
-    case DType::kF64:
-    case DType::kF8E4M3:
-    case DType::kF8E5M2:
-      return Kind::kFloat;
     case DType::kI8:
     case DType::kI16:
     case DType::kI32:

@@ -175,6 +175,8 @@ Result<ContainerIndex> ParseTable(std::span<const uint8_t> table, const Footer& 
   return index;
 }
 
+}  // namespace
+
 Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out) {
   size_t done = 0;
   while (done < out.size()) {
@@ -184,7 +186,7 @@ Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out) {
       if (errno == EINTR) continue;
       return Status::FromErrno(errno, "read");
     }
-    if (n == 0) return Status::Corrupt("truncated container: file shrank while reading");
+    if (n == 0) return Status::Io("unexpected end of file (did it shrink?)");
     done += static_cast<size_t>(n);
   }
   return Status::Ok();
@@ -203,7 +205,6 @@ Status WriteFull(int fd, std::span<const uint8_t> bytes) {
   return Status::Ok();
 }
 
-}  // namespace
 
 void UniqueFd::Reset(int fd) {
   if (fd_ >= 0) ::close(fd_);

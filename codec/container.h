@@ -57,6 +57,11 @@ class UniqueFd {
   int fd_ = -1;
 };
 
+// pread/write that finish the whole span (retrying short transfers and EINTR). A read past the
+// end of the file is an I/O error.
+Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out);
+Status WriteFull(int fd, std::span<const uint8_t> bytes);
+
 // One frame as the seek table describes it.
 struct ContainerEntry {
   uint64_t offset = 0;  // of the frame, from the start of the file

@@ -62,34 +62,6 @@ Status WithPath(const std::string& path, const Status& s) {
   return Status(s.code(), path + ": " + s.message());
 }
 
-Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out) {
-  size_t done = 0;
-  while (done < out.size()) {
-    ssize_t n =
-        ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "read");
-    }
-    if (n == 0) return Status::Io("unexpected end of file (did it shrink?)");
-    done += static_cast<size_t>(n);
-  }
-  return Status::Ok();
-}
-
-Status WriteFull(int fd, std::span<const uint8_t> bytes) {
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "write");
-    }
-    done += static_cast<size_t>(n);
-  }
-  return Status::Ok();
-}
-
 Result<InputFile> OpenInput(const std::string& path) {
   // O_NONBLOCK: opening a FIFO must not hang before the regular-file check (no effect on files).
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);

@@ -17,11 +17,6 @@ namespace zipnn::tool {
 // `s` with "path: " in front of its message (the tool's error messages name the file).
 Status WithPath(const std::string& path, const Status& s);
 
-// Reads exactly out.size() bytes at `offset`; a short file is an error.
-Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out);
-// Writes all of `bytes` (ENOSPC comes back as kNoSpace).
-Status WriteFull(int fd, std::span<const uint8_t> bytes);
-
 struct InputFile {
   UniqueFd fd;
   uint64_t size = 0;
