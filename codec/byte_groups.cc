@@ -166,6 +166,10 @@ GroupLayout LayoutFor(DType t, size_t raw_size) {
 void SplitStreams(DType t, const GroupLayout& l, const uint8_t* in, uint8_t* const* s) {
   const Kind kind = KindOf(t);
   const size_t n = l.elements;
+  if (l.streams == 1) {  // one byte per element: the bytes themselves (a rotation gains nothing)
+    if (s[0] != in) std::memcpy(s[0], in, n);
+    return;
+  }
   if (kind == Kind::kFloat && l.elem == 2) return SplitF16(in, n, s[0], s[1]);
   if (kind == Kind::kFloat && l.elem == 4) return SplitF32(in, n, s[0], s[1], s[2], s[3]);
   switch (l.elem) {
@@ -183,6 +187,10 @@ void SplitStreams(DType t, const GroupLayout& l, const uint8_t* in, uint8_t* con
 void MergeStreams(DType t, const GroupLayout& l, const uint8_t* const* s, uint8_t* out) {
   const Kind kind = KindOf(t);
   const size_t n = l.elements;
+  if (l.streams == 1) {
+    if (s[0] != out) std::memcpy(out, s[0], n);
+    return;
+  }
   if (kind == Kind::kFloat && l.elem == 2) return MergeF16(s[0], s[1], n, out);
   if (kind == Kind::kFloat && l.elem == 4) return MergeF32(s[0], s[1], s[2], s[3], n, out);
   switch (l.elem) {

@@ -4,7 +4,8 @@
 // byte holds the exponent (all 8 bits for BF16/F32, the 5 exponent bits and 3 mantissa bits for
 // F16), then split into one stream per byte, most significant first: stream 0 is the exponent
 // stream. Signed integers become a sign bitmap (stream 0) and magnitudes split by byte, so small
-// magnitudes give all-zero high streams. Unsigned integers split by byte.
+// magnitudes give all-zero high streams. Unsigned integers split by byte. One-byte types other
+// than I8 are one stream: the bytes themselves.
 #pragma once
 
 #include <cstddef>

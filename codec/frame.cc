@@ -145,9 +145,13 @@ struct FrameEncoder::Impl {
       best = StreamCoding::kHuffman;
       best_size = plan.cost_bytes;
     }
-    // zstd finds what order-0 coding cannot (repeats in integer or "clean" mantissa data), but
-    // costs time: try it only on low-entropy streams that are not float exponents.
-    if (!exponent && plan.entropy_bits < 0.75 * 8 * in.size() && Zstd(in, opts.zstd_level, tmp) &&
+    // zstd finds what order-0 coding cannot (repeats in integer or "clean" mantissa data, runs
+    // in sparse tensors, where Huffman cannot go below a bit per symbol), but costs time: try it
+    // on low-entropy streams that are not float exponents, and where Huffman is far off the
+    // entropy.
+    const bool huffman_poor = plan.cost_bytes * 8 > 1.25 * plan.entropy_bits + 512;
+    if (((!exponent && plan.entropy_bits < 0.75 * 8 * in.size()) || huffman_poor) &&
+        Zstd(in, opts.zstd_level, tmp) &&
         tmp.size() < std::min(best_size, keep_below)) {
       out.swap(tmp);
       return StreamCoding::kZstd;
@@ -160,29 +164,35 @@ struct FrameEncoder::Impl {
   bool Grouped(std::span<const uint8_t> chunk, DType dtype, std::span<const uint32_t> segments,
                std::vector<uint8_t>& out, double* entropy) {
     const GroupLayout l = internal::LayoutFor(dtype, chunk.size());
-    uint8_t* ptrs[9];
-    for (int s = 0; s < l.streams; s++) {
-      streams[s].resize(l.StreamSize(s));
-      ptrs[s] = streams[s].data();
+    std::span<const uint8_t> in[9];
+    if (l.streams == 1) {
+      in[0] = chunk.first(l.elements);  // the stream is the chunk: no copy
+    } else {
+      uint8_t* ptrs[9];
+      for (int s = 0; s < l.streams; s++) {
+        streams[s].resize(l.StreamSize(s));
+        ptrs[s] = streams[s].data();
+        in[s] = streams[s];
+      }
+      internal::SplitStreams(dtype, l, chunk.data(), ptrs);
     }
-    internal::SplitStreams(dtype, l, chunk.data(), ptrs);
     StreamCoding coding[9];
     size_t total = 1 + l.tail;
     for (int s = 0; s < l.streams; s++) {
       const bool per_element = !(l.sign_stream && s == 0);
-      coding[s] = CodeStream(streams[s], l.exponent_stream && s == 0,
+      coding[s] = CodeStream(in[s], l.exponent_stream && s == 0,
                              per_element ? segments : std::span<const uint32_t>{}, entropy, s);
-      total += 6 + (coding[s] == StreamCoding::kRaw ? streams[s].size() : coded[s].size());
+      total += 6 + (coding[s] == StreamCoding::kRaw ? in[s].size() : coded[s].size());
     }
     if (total >= chunk.size() * (1 - opts.min_saving) && !opts.force_method) return false;
     if (total >= chunk.size()) return false;  // a frame never grows
     out.push_back(static_cast<uint8_t>(l.streams));
     for (int s = 0; s < l.streams; s++) {
       out.push_back(static_cast<uint8_t>(coding[s]));
-      internal::PutVarint(out, coding[s] == StreamCoding::kRaw ? streams[s].size() : coded[s].size());
+      internal::PutVarint(out, coding[s] == StreamCoding::kRaw ? in[s].size() : coded[s].size());
     }
     for (int s = 0; s < l.streams; s++) {
-      const auto& src = coding[s] == StreamCoding::kRaw ? streams[s] : coded[s];
+      const std::span<const uint8_t> src = coding[s] == StreamCoding::kRaw ? in[s] : coded[s];
       out.insert(out.end(), src.begin(), src.end());
     }
     out.insert(out.end(), chunk.end() - l.tail, chunk.end());
@@ -276,6 +286,16 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
     if (m == Method::kGrouped && try_grouped(t)) method = Method::kGrouped;
   } else if (try_grouped(dtype)) {
     method = Method::kGrouped;
+    // Mostly-zero tensors: grouping codes the zeros' positions once per stream, while zstd on the
+    // whole chunk codes them once. Such chunks compress so well that trying zstd costs little.
+    const size_t grouped = out.size() - start - kFrameHeaderSize;
+    if (grouped < chunk.size() / 8 && im.Zstd(chunk, im.opts.zstd_level, im.tmp) &&
+        im.tmp.size() < grouped) {
+      out.resize(start + kFrameHeaderSize);
+      out.insert(out.end(), im.tmp.begin(), im.tmp.end());
+      method = Method::kZstd;
+      coded_as = dtype;
+    }
   }
 
   if (method == Method::kRaw) {
@@ -300,6 +320,11 @@ struct FrameDecoder::Impl {
   std::vector<uint8_t> scratch[9];
   ~Impl() { ZSTD_freeDCtx(zstd); }
 
+  std::span<uint8_t> Scratch(int s, size_t size) {
+    scratch[s].resize(size);
+    return scratch[s];
+  }
+
   Status Grouped(std::span<const uint8_t> payload, DType dtype, std::span<uint8_t> out) {
     const GroupLayout l = internal::LayoutFor(dtype, out.size());
     internal::ByteReader r(payload);
@@ -320,20 +345,19 @@ struct FrameDecoder::Impl {
       std::span<const uint8_t> data;
       if (!r.GetBytes(size[s], &data)) return Status::Corrupt("grouped frame: truncated stream");
       const size_t want = l.StreamSize(s);
-      std::vector<uint8_t>& buf = scratch[s];
+      // A lone stream is the output itself: decode in place.
+      std::span<uint8_t> buf = l.streams == 1 ? out.first(want) : Scratch(s, want);
       switch (static_cast<StreamCoding>(coding[s])) {
         case StreamCoding::kRaw:
           ptrs[s] = data.data();  // straight from the payload, no copy
           continue;
         case StreamCoding::kZero:
-          buf.assign(want, 0);
+          std::fill(buf.begin(), buf.end(), 0);
           break;
         case StreamCoding::kHuffman:
-          buf.resize(want);
           if (!huffman.Decode(data, buf)) return Status::Corrupt("grouped frame: bad Huffman stream");
           break;
         case StreamCoding::kZstd: {
-          buf.resize(want);
           size_t got = ZSTD_decompressDCtx(zstd, buf.data(), want, data.data(), data.size());
           if (ZSTD_isError(got) || got != want) return Status::Corrupt("grouped frame: bad zstd stream");
           break;
