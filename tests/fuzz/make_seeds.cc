@@ -1,0 +1,108 @@
+// Writes seed inputs for the fuzz targets: small valid frames of every method and several element
+// types, chunks for the round-trip target and (when built with ZIPNN_FUZZ_CONTAINER) containers.
+// Usage: make_seeds OUT_DIR   (creates OUT_DIR/frame, OUT_DIR/roundtrip, OUT_DIR/container)
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "codec/codec.h"
+#ifdef ZIPNN_FUZZ_CONTAINER
+#include "codec/container.h"
+#endif
+
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+namespace fs = std::filesystem;
+
+void Write(const fs::path& path, const Bytes& b) {
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+// Small chunks of a few kinds: weights-like floats, small ints, zeros, text, random.
+std::vector<std::pair<zipnn::DType, Bytes>> Chunks() {
+  using zipnn::DType;
+  std::mt19937_64 rng(1);
+  std::normal_distribution<float> gauss(0.0f, 0.02f);
+  std::vector<std::pair<DType, Bytes>> v;
+  Bytes f32(4 * 600), bf16(2 * 1500), f16(2 * 700), i32(4 * 300 + 3), text, random(500);
+  for (size_t i = 0; i < f32.size(); i += 4) {
+    const float f = gauss(rng);
+    std::memcpy(&f32[i], &f, 4);
+  }
+  for (size_t i = 0; i < bf16.size(); i += 2) {
+    const float f = gauss(rng);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    bf16[i] = static_cast<uint8_t>(u >> 16), bf16[i + 1] = static_cast<uint8_t>(u >> 24);
+  }
+  for (size_t i = 0; i < f16.size(); i += 2) {  // exponent around 2^-6, random mantissa
+    const uint16_t h = static_cast<uint16_t>((rng() & 0x83ff) | (0x2000 + (rng() % 3) * 0x400));
+    f16[i] = static_cast<uint8_t>(h), f16[i + 1] = static_cast<uint8_t>(h >> 8);
+  }
+  for (size_t i = 0; i + 4 <= i32.size(); i += 4) {
+    const int32_t x = static_cast<int32_t>(rng() % 17) - 8;
+    std::memcpy(&i32[i], &x, 4);
+  }
+  for (int i = 0; i < 80; i++) text.insert(text.end(), {'l', 'a', 'y', 'e', 'r', '.', '0', ' '});
+  for (auto& b : random) b = static_cast<uint8_t>(rng());
+  v.push_back({DType::kF32, f32});
+  v.push_back({DType::kBF16, bf16});
+  v.push_back({DType::kF16, f16});
+  v.push_back({DType::kI32, i32});
+  v.push_back({DType::kBytes, text});
+  v.push_back({DType::kF8E4M3, random});
+  v.push_back({DType::kBF16, Bytes(1000, 0)});
+  v.push_back({DType::kU8, Bytes{}});
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace zipnn;
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s OUT_DIR\n", argv[0]);
+    return 2;
+  }
+  const fs::path out = argv[1];
+  for (const char* d : {"frame", "roundtrip", "container"}) fs::create_directories(out / d);
+  int n = 0;
+  std::vector<Bytes> frames;
+  for (const auto& [dtype, chunk] : Chunks()) {
+    for (std::optional<Method> m : {std::optional<Method>{}, std::optional<Method>{Method::kZstd},
+                                    std::optional<Method>{Method::kRaw}}) {
+      EncodeOptions opts;
+      opts.force_method = m;
+      Bytes frame;
+      if (!FrameEncoder(opts).Encode(chunk, dtype, frame).ok()) return 1;
+      frames.push_back(frame);
+      for (uint8_t mode : {uint8_t{0}, uint8_t{1}}) {
+        Bytes seed{mode};
+        seed.insert(seed.end(), frame.begin(), frame.end());
+        Write(out / "frame" / ("seed" + std::to_string(n++)), seed);
+      }
+    }
+    Bytes rt{static_cast<uint8_t>(dtype), 0x07};  // no forced method, no segments
+    rt.insert(rt.end(), chunk.begin(), chunk.end());
+    Write(out / "roundtrip" / ("seed" + std::to_string(n++)), rt);
+  }
+#ifdef ZIPNN_FUZZ_CONTAINER
+  for (size_t count : {size_t{0}, size_t{1}, size_t{3}, frames.size()}) {
+    const fs::path path = out / "container" / ("seed" + std::to_string(n++));
+    Result<ContainerWriter> w = ContainerWriter::Create(path.string());
+    if (!w.ok()) return 1;
+    for (size_t i = 0; i < count; i++)
+      if (!w->Append(frames[i]).ok()) return 1;
+    if (!w->Finish().ok()) return 1;
+  }
+#endif
+  std::printf("wrote %d seeds to %s\n", n, out.c_str());
+  return 0;
+}
