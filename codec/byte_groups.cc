@@ -166,6 +166,7 @@ GroupLayout LayoutFor(DType t, size_t raw_size) {
 void SplitStreams(DType t, const GroupLayout& l, const uint8_t* in, uint8_t* const* s) {
   const Kind kind = KindOf(t);
   const size_t n = l.elements;
+  if (n == 0) return;  // (empty streams may have no buffer at all)
   if (l.streams == 1) {  // one byte per element: the bytes themselves (a rotation gains nothing)
     if (s[0] != in) std::memcpy(s[0], in, n);
     return;
@@ -187,6 +188,7 @@ void SplitStreams(DType t, const GroupLayout& l, const uint8_t* in, uint8_t* con
 void MergeStreams(DType t, const GroupLayout& l, const uint8_t* const* s, uint8_t* out) {
   const Kind kind = KindOf(t);
   const size_t n = l.elements;
+  if (n == 0) return;
   if (l.streams == 1) {
     if (s[0] != out) std::memcpy(out, s[0], n);
     return;
