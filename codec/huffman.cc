@@ -21,6 +21,10 @@ constexpr uint64_t kBlockHeaderBits = 8 * 20;  // count varint + 4 stream sizes
 // lookups writes at most kStepOut bytes (the last 8-byte store included).
 constexpr uint32_t kMaxSymbolsPerLookup = 5;
 constexpr ptrdiff_t kStepOut = 5 * kMaxSymbolsPerLookup + 3;
+// The encoder codes symbol pairs with one lookup where the alphabet is this small (the pair table
+// has its square filled) and the block long enough to pay for filling it.
+constexpr int kMaxPairAlphabet = 48;
+constexpr uint32_t kMinPairSymbols = 16384;
 
 // Moffat & Katajainen's in-place computation of Huffman code lengths. `a` holds n >= 2
 // frequencies in non-decreasing order; on return a[i] is the code length of symbol i.
@@ -273,6 +277,38 @@ __attribute__((target_clones("bmi2", "default"))) uint32_t EncodePair(const uint
   return i;
 }
 
+// As EncodePair, two symbols per lookup from a pair table (codes of <= 22 bits): four symbols
+// (<= 44 bits) per lane between flushes. Returns the number of symbols coded (a multiple of 4).
+__attribute__((target_clones("bmi2", "default"))) uint32_t EncodePairOfPairs(
+    const uint32_t* pair, const uint8_t* sa, const uint8_t* sb, uint32_t count, BitWriter& wa,
+    BitWriter& wb) {
+  uint64_t aa = wa.acc, ab = wb.acc;
+  uint64_t na = wa.n, nb = wb.n;
+  uint8_t *pa = wa.p, *pb = wb.p;
+  uint32_t i = 0;
+  for (; i + 4 <= count; i += 4) {
+    for (int j = 0; j < 4; j += 2) {
+      const uint32_t ea = pair[Load16(sa + i + j)], eb = pair[Load16(sb + i + j)];
+      aa = (aa << (ea & 63)) | (ea >> 8);
+      ab = (ab << (eb & 63)) | (eb >> 8);
+      na += ea;
+      nb += eb;
+    }
+    na &= 0xff;
+    nb &= 0xff;
+    Store64(pa, __builtin_bswap64(aa << (64 - na)));
+    Store64(pb, __builtin_bswap64(ab << (64 - nb)));
+    pa += na >> 3;
+    pb += nb >> 3;
+    na &= 7;
+    nb &= 7;
+  }
+  wa.acc = aa, wb.acc = ab;
+  wa.n = static_cast<uint32_t>(na), wb.n = static_cast<uint32_t>(nb);
+  wa.p = pa, wb.p = pb;
+  return i;
+}
+
 inline uint64_t PeekSafe(const uint8_t* in, size_t nbytes, size_t bitpos) {
   size_t byte = bitpos >> 3;
   uint8_t tmp[8] = {};
@@ -417,7 +453,7 @@ void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segmen
   plan.cost_bytes = (bits + 7) / 8;
 }
 
-void EncodeHuffman(std::span<const uint8_t> syms, const HufPlan& plan, std::vector<uint8_t>& out) {
+void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uint8_t>& out) {
   PutVarint(out, plan.blocks.size());
   for (const HufBlockPlan& b : plan.blocks) {
     const uint32_t count = b.end - b.begin;
@@ -448,8 +484,26 @@ void EncodeHuffman(std::span<const uint8_t> syms, const HufPlan& plan, std::vect
     for (int k = 0; k < 4; k++) sp[k] = syms.data() + qbeg[k];
     BitWriter w[4];
     for (int k = 0; k < 4; k++) w[k].p = region[k];
-    const uint32_t i = EncodePair(entry, sp[0], sp[1], qlen[3], w[0], w[1]);
-    EncodePair(entry, sp[2], sp[3], qlen[3], w[2], w[3]);
+    // Small alphabets (exponents) take two symbols per lookup from a table of pair codes,
+    // indexed by the two bytes as one little-endian 16-bit load; only used pairs are filled.
+    int used[256], nused = 0;
+    for (int s = 0; s < 256; s++)
+      if (b.len[s]) used[nused++] = s;
+    uint32_t i;
+    if (nused <= kMaxPairAlphabet && count >= kMinPairSymbols) {
+      plan.pair_codes.resize(1u << 16);
+      uint32_t* pair = plan.pair_codes.data();
+      for (int x = 0; x < nused; x++)
+        for (int y = 0; y < nused; y++) {
+          const int s1 = used[x], s2 = used[y];
+          pair[s1 | s2 << 8] = (code[s1] << b.len[s2] | code[s2]) << 8 | (b.len[s1] + b.len[s2]);
+        }
+      i = EncodePairOfPairs(pair, sp[0], sp[1], qlen[3], w[0], w[1]);
+      EncodePairOfPairs(pair, sp[2], sp[3], qlen[3], w[2], w[3]);
+    } else {
+      i = EncodePair(entry, sp[0], sp[1], qlen[3], w[0], w[1]);
+      EncodePair(entry, sp[2], sp[3], qlen[3], w[2], w[3]);
+    }
     for (int k = 0; k < 4; k++) {
       for (uint32_t j = i; j < qlen[k]; j++) {
         w[k].Put(entry[sp[k][j]]);

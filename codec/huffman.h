@@ -37,13 +37,14 @@ struct HufPlan {
   std::vector<HufBlockPlan> blocks;
   uint64_t cost_bytes = 0;  // estimated encoded size
   double entropy_bits = 0;  // sum of the blocks' order-0 entropy
+  std::vector<uint32_t> pair_codes;  // EncodeHuffman's scratch: codes of symbol pairs
 };
 
 // Plans the blocks of `syms`. `segments` are sorted symbol offsets where statistics may change.
 void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segments, HufPlan& plan);
 
 // Appends the coded stream for `syms` following `plan`.
-void EncodeHuffman(std::span<const uint8_t> syms, const HufPlan& plan, std::vector<uint8_t>& out);
+void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uint8_t>& out);
 
 // Decodes one coded stream into exactly out.size() symbols. Keeps a cache of decode tables.
 class HuffmanDecoder {
