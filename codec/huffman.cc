@@ -625,16 +625,28 @@ inline uint64_t Window(const uint8_t* in, size_t pos) {
 // Bits shifted out of a Window since it was loaded.
 inline size_t Consumed(uint64_t window) { return static_cast<size_t>(__builtin_ctzll(window)) - 8; }
 
+// One table lookup: emits the symbols the window starts with and shifts them out.
+inline void Lookup(const uint64_t* mt, uint64_t& b, uint8_t*& op) {
+  const uint64_t e = mt[b >> (64 - kL)];
+  Store64(op, e >> 16);
+  op += (e >> 8) & 0xff;
+  b <<= (e & 63);
+}
+inline void Lookup(const uint16_t* st, uint64_t& b, uint8_t*& op) {
+  const uint16_t e = st[b >> (64 - kL)];
+  *op++ = static_cast<uint8_t>(e);
+  b <<= (e >> 8);
+}
+
 // Decodes the four lanes in lockstep while every lane has room for a step without bounds checks:
 // kStepOut output bytes and 15 input bytes past the position. The tails are left to DecodeTail.
 // The lanes' bitstreams are consecutive in memory, so bit positions are kept relative to the
 // first lane's start: one base register instead of four keeps the loop out of the stack. BMI2's
 // shifts leave the count register free; a clone has them where the CPU does.
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void DecodeFast(const uint64_t* mt,
-                                                                  const uint8_t* const ip[4],
-                                                                  const size_t nb[4], size_t bp[4],
-                                                                  uint8_t* op[4],
-                                                                  uint8_t* const oe[4]) {
+template <class Entry>  // uint64_t: multi-symbol table; uint16_t: one-symbol table
+__attribute__((always_inline)) inline void DecodeLanes(const Entry* mt, const uint8_t* const ip[4],
+                                                       const size_t nb[4], size_t bp[4],
+                                                       uint8_t* op[4], uint8_t* const oe[4]) {
   const uint8_t* in = ip[0];
   size_t start[4];
   for (int k = 0; k < 4; k++) start[k] = static_cast<size_t>(ip[k] - in) * 8;
@@ -656,13 +668,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void DecodeFast(cons
       // lookup by lookup so their dependency chains overlap. Lookups never reach the low 9 bits,
       // so a sentinel bit there counts the bits consumed (trailing zeros) without a register.
       uint64_t b0 = Window(in, bp0), b1 = Window(in, bp1), b2 = Window(in, bp2), b3 = Window(in, bp3);
-#define ZIPNN_LOOKUP(k)                                \
-  {                                                    \
-    const uint64_t e = mt[b##k >> (64 - kL)];          \
-    Store64(op##k, e >> 16);                           \
-    op##k += (e >> 8) & 0xff;                          \
-    b##k <<= (e & 63);                                 \
-  }
+#define ZIPNN_LOOKUP(k) Lookup(mt, b##k, op##k);
 #define ZIPNN_LOOKUP4 ZIPNN_LOOKUP(0) ZIPNN_LOOKUP(1) ZIPNN_LOOKUP(2) ZIPNN_LOOKUP(3)
       ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4
 #undef ZIPNN_LOOKUP4
@@ -680,17 +686,24 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void DecodeFast(cons
     uint8_t* o = op[k];
     while (oe[k] - o >= kStepOut && nb[k] >= 15 && (pos >> 3) <= nb[k] - 15) {
       uint64_t b = Window(in, pos);
-      for (int j = 0; j < 5; j++) {
-        const uint64_t e = mt[b >> (64 - kL)];
-        Store64(o, e >> 16);
-        o += (e >> 8) & 0xff;
-        b <<= (e & 63);
-      }
+      for (int j = 0; j < 5; j++) Lookup(mt, b, o);
       pos += Consumed(b);
     }
     bp[k] = pos;
     op[k] = o;
   }
+}
+
+// The decode loops proper: clones with BMI2's shifts where the CPU has them.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void DecodeMulti(
+    const uint64_t* t, const uint8_t* const ip[4], const size_t nb[4], size_t bp[4], uint8_t* op[4],
+    uint8_t* const oe[4]) {
+  DecodeLanes(t, ip, nb, bp, op, oe);
+}
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void DecodeSingle(
+    const uint16_t* t, const uint8_t* const ip[4], const size_t nb[4], size_t bp[4], uint8_t* op[4],
+    uint8_t* const oe[4]) {
+  DecodeLanes(t, ip, nb, bp, op, oe);
 }
 
 }  // namespace
@@ -716,7 +729,12 @@ bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out)
     }
     const uint8_t* desc_begin = r.pos() - 1;
     if (mode != 1 || !ReadTable(r, len)) return false;
-    const bool multi = count >= kMinMultiSymbols;
+    // Several symbols per lookup pay where codes are short and the block long enough to build
+    // the table; where no two codes fit in a lookup, the one-symbol table is leaner.
+    int min_len = kL;
+    for (int s = 0; s < 256; s++)
+      if (len[s]) min_len = std::min<int>(min_len, len[s]);
+    const bool multi = count >= kMinMultiSymbols && 2 * min_len <= kL;
     const Table* t = GetTable({desc_begin, static_cast<size_t>(r.pos() - desc_begin)}, len, multi);
     std::span<const uint8_t> sizes, data[4];
     if (!r.GetBytes(16, &sizes)) return false;
@@ -733,7 +751,11 @@ bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out)
       op[k] = dst + std::min(k * q, size_t{count});
       oe[k] = dst + std::min((k + 1) * q, size_t{count});
     }
-    if (multi) DecodeFast(t->multi, ip, nb, bp, op, oe);
+    if (multi) {
+      DecodeMulti(t->multi, ip, nb, bp, op, oe);
+    } else {
+      DecodeSingle(t->single, ip, nb, bp, op, oe);
+    }
     for (int k = 0; k < 4; k++) {
       const size_t end = DecodeTail(t->single, ip[k], nb[k], bp[k], op[k], oe[k]);
       // The encoder pads each stream with zero bits to a byte: it must be consumed exactly, so
