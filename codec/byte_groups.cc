@@ -129,7 +129,8 @@ void SplitGeneric(Kind kind, size_t n, const uint8_t* in, uint8_t* const* stream
         v = static_cast<U>(U{0} - v);  // the magnitude; INT_MIN maps to itself, as unsigned
       }
     }
-    for (int b = 0; b < E; b++) streams[first + b][i] = static_cast<uint8_t>(v >> (8 * (E - 1 - b)));
+    for (int b = 0; b < E; b++)
+      streams[first + b][i] = static_cast<uint8_t>(v >> (8 * (E - 1 - b)));
   }
 }
 
@@ -139,7 +140,8 @@ void MergeGeneric(Kind kind, size_t n, const uint8_t* const* streams, uint8_t* o
   const int first = kind == Kind::kSigned ? 1 : 0;
   for (size_t i = 0; i < n; i++) {
     U v = 0;
-    for (int b = 0; b < E; b++) v = static_cast<U>(v | U{streams[first + b][i]} << (8 * (E - 1 - b)));
+    for (int b = 0; b < E; b++)
+      v = static_cast<U>(v | U{streams[first + b][i]} << (8 * (E - 1 - b)));
     if (kind == Kind::kFloat) {
       v = Rotr1(v);
     } else if (kind == Kind::kSigned && (streams[0][i >> 3] >> (i & 7) & 1)) {
@@ -166,7 +168,7 @@ GroupLayout LayoutFor(DType t, size_t raw_size) {
 void SplitStreams(DType t, const GroupLayout& l, const uint8_t* in, uint8_t* const* s) {
   const Kind kind = KindOf(t);
   const size_t n = l.elements;
-  if (n == 0) return;  // (empty streams may have no buffer at all)
+  if (n == 0) return;    // (empty streams may have no buffer at all)
   if (l.streams == 1) {  // one byte per element: the bytes themselves (a rotation gains nothing)
     if (s[0] != in) std::memcpy(s[0], in, n);
     return;

@@ -16,11 +16,11 @@
 namespace zipnn::internal {
 
 struct GroupLayout {
-  int streams = 1;         // number of byte streams
-  size_t elem = 1;         // element size in bytes
-  size_t elements = 0;     // whole elements in the chunk
-  size_t tail = 0;         // trailing bytes that are not a whole element (stored raw)
-  bool sign_stream = false;  // stream 0 is a sign bitmap of ceil(elements / 8) bytes
+  int streams = 1;               // number of byte streams
+  size_t elem = 1;               // element size in bytes
+  size_t elements = 0;           // whole elements in the chunk
+  size_t tail = 0;               // trailing bytes that are not a whole element (stored raw)
+  bool sign_stream = false;      // stream 0 is a sign bitmap of ceil(elements / 8) bytes
   bool exponent_stream = false;  // stream 0 is a float exponent stream
   size_t StreamSize(int s) const { return sign_stream && s == 0 ? (elements + 7) / 8 : elements; }
 };

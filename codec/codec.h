@@ -66,8 +66,8 @@ inline constexpr size_t MaxFrameSize(size_t raw_size) { return kFrameHeaderSize 
 
 struct FrameInfo {
   Method method = Method::kRaw;
-  DType dtype = DType::kBytes;
-  uint32_t raw_size = 0;      // uncompressed bytes
+  DType dtype = DType::kBytes;  // as coded: for untyped input, the float type detected, if any
+  uint32_t raw_size = 0;        // uncompressed bytes
   uint32_t payload_size = 0;  // bytes after the header
   uint64_t checksum = 0;      // XXH3-64 of the uncompressed bytes
   size_t frame_size() const { return kFrameHeaderSize + payload_size; }
@@ -81,9 +81,9 @@ Result<FrameInfo> ParseFrameHeader(std::span<const uint8_t> frame);
 uint64_t Checksum(std::span<const uint8_t> data);
 
 struct EncodeOptions {
-  int zstd_level = 3;                   // for untyped bytes and zstd-coded streams
-  std::optional<Method> force_method;   // tests and tools: skip the automatic choice
-  double min_saving = 0.02;             // below this saving, store raw
+  int zstd_level = 3;                  // for untyped bytes and zstd-coded streams
+  std::optional<Method> force_method;  // tests and tools: skip the automatic choice
+  double min_saving = 0.02;            // below this saving, store raw
 };
 
 // Per-frame statistics an encoder reports, for `zipnn bench`/`info`.
@@ -152,7 +152,7 @@ struct TensorInfo {
   uint64_t end = 0;
 };
 struct SafetensorsHeader {
-  uint64_t data_start = 0;  // 8 + header length
+  uint64_t data_start = 0;          // 8 + header length
   std::vector<TensorInfo> tensors;  // ordered by begin
 };
 inline constexpr uint64_t kMaxSafetensorsHeader = 100u << 20;
@@ -201,7 +201,8 @@ class ParallelCodec {
 
   // frames[i] = the frame of data[plan[i].offset - base, +plan[i].size).
   Status EncodeAll(std::span<const uint8_t> data, uint64_t base, std::span<const ChunkSpec> plan,
-                   std::vector<std::vector<uint8_t>>& frames, std::vector<EncodeStats>* stats = nullptr);
+                   std::vector<std::vector<uint8_t>>& frames,
+                   std::vector<EncodeStats>* stats = nullptr);
   // Decodes frames[i] into outs[i]. Returns the first error, if any (all frames are attempted).
   Status DecodeAll(std::span<const std::span<const uint8_t>> frames,
                    std::span<const std::span<uint8_t>> outs);

@@ -205,7 +205,6 @@ Status WriteFull(int fd, std::span<const uint8_t> bytes) {
   return Status::Ok();
 }
 
-
 void UniqueFd::Reset(int fd) {
   if (fd_ >= 0) ::close(fd_);
   fd_ = fd;

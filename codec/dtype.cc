@@ -103,9 +103,9 @@ Status Status::FromErrno(int err, const std::string& what) {
 }
 
 std::string Status::ToString() const {
-  static constexpr std::string_view kNames[] = {"OK",        "invalid argument", "corrupt",
-                                                "checksum mismatch", "I/O error", "not found",
-                                                "exists",    "no space",  "unsupported", "busy"};
+  static constexpr std::string_view kNames[] = {
+      "OK",        "invalid argument", "corrupt",  "checksum mismatch", "I/O error",
+      "not found", "exists",           "no space", "unsupported",       "busy"};
   const auto i = static_cast<size_t>(code_);
   std::string s(i < std::size(kNames) ? kNames[i] : "error");
   if (!msg_.empty()) s += ": " + msg_;

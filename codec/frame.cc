@@ -75,7 +75,8 @@ Result<FrameInfo> ParseFrameHeader(std::span<const uint8_t> f) {
   if (f.size() < kFrameHeaderSize) return Status::Corrupt("truncated frame header");
   const uint8_t* h = f.data();
   if (std::memcmp(h, kMagic, 3) != 0) return Status::Corrupt("not a zipnn frame (bad magic)");
-  if (h[3] != kMagic[3]) return Status::Unsupported("unknown frame version " + std::to_string(h[3]));
+  if (h[3] != kMagic[3])
+    return Status::Unsupported("unknown frame version " + std::to_string(h[3]));
   if (internal::Load32(h + 28) != static_cast<uint32_t>(XXH3_64bits(h, 28)))
     return Status::Corrupt("frame header check failed");
   FrameInfo info;
@@ -151,8 +152,7 @@ struct FrameEncoder::Impl {
     // entropy.
     const bool huffman_poor = plan.cost_bytes * 8 > 1.25 * plan.entropy_bits + 512;
     if (((!exponent && plan.entropy_bits < 0.75 * 8 * in.size()) || huffman_poor) &&
-        Zstd(in, opts.zstd_level, tmp) &&
-        tmp.size() < std::min(best_size, keep_below)) {
+        Zstd(in, opts.zstd_level, tmp) && tmp.size() < std::min(best_size, keep_below)) {
       out.swap(tmp);
       return StreamCoding::kZstd;
     }
@@ -258,7 +258,8 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
 
   auto try_zstd = [&] {
     if (!im.Zstd(chunk, im.opts.zstd_level, im.tmp)) return false;
-    if (!im.opts.force_method && im.tmp.size() >= chunk.size() * (1 - im.opts.min_saving)) return false;
+    if (!im.opts.force_method && im.tmp.size() >= chunk.size() * (1 - im.opts.min_saving))
+      return false;
     out.insert(out.end(), im.tmp.begin(), im.tmp.end());
     return true;
   };
@@ -333,7 +334,8 @@ struct FrameDecoder::Impl {
     uint8_t coding[9];
     uint64_t size[9];
     for (int s = 0; s < l.streams; s++) {
-      if (!r.GetU8(&coding[s]) || !r.GetVarint(&size[s]) || coding[s] > 3 || size[s] > r.remaining())
+      if (!r.GetU8(&coding[s]) || !r.GetVarint(&size[s]) || coding[s] > 3 ||
+          size[s] > r.remaining())
         return Status::Corrupt("grouped frame: bad stream header");
       const auto c = static_cast<StreamCoding>(coding[s]);
       if ((c == StreamCoding::kRaw && size[s] != l.StreamSize(s)) ||
@@ -355,11 +357,13 @@ struct FrameDecoder::Impl {
           std::fill(buf.begin(), buf.end(), 0);
           break;
         case StreamCoding::kHuffman:
-          if (!huffman.Decode(data, buf)) return Status::Corrupt("grouped frame: bad Huffman stream");
+          if (!huffman.Decode(data, buf))
+            return Status::Corrupt("grouped frame: bad Huffman stream");
           break;
         case StreamCoding::kZstd: {
           size_t got = ZSTD_decompressDCtx(zstd, buf.data(), want, data.data(), data.size());
-          if (ZSTD_isError(got) || got != want) return Status::Corrupt("grouped frame: bad zstd stream");
+          if (ZSTD_isError(got) || got != want)
+            return Status::Corrupt("grouped frame: bad zstd stream");
           break;
         }
       }
@@ -392,7 +396,8 @@ Status FrameDecoder::Decode(std::span<const uint8_t> frame, std::span<uint8_t> o
       if (!out.empty()) std::memset(out.data(), 0, out.size());
       break;
     case Method::kZstd: {
-      size_t got = ZSTD_decompressDCtx(impl_->zstd, out.data(), out.size(), payload.data(), payload.size());
+      size_t got =
+          ZSTD_decompressDCtx(impl_->zstd, out.data(), out.size(), payload.data(), payload.size());
       if (ZSTD_isError(got) || got != out.size()) return Status::Corrupt("bad zstd payload");
       break;
     }

@@ -35,8 +35,8 @@ struct HufBlockPlan {
 
 struct HufPlan {
   std::vector<HufBlockPlan> blocks;
-  uint64_t cost_bytes = 0;  // estimated encoded size
-  double entropy_bits = 0;  // sum of the blocks' order-0 entropy
+  uint64_t cost_bytes = 0;           // estimated encoded size
+  double entropy_bits = 0;           // sum of the blocks' order-0 entropy
   std::vector<uint32_t> pair_codes;  // EncodeHuffman's scratch: codes of symbol pairs
 };
 

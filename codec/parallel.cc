@@ -95,7 +95,8 @@ Status FirstError(const std::vector<Status>& st) {
 }  // namespace
 
 Status ParallelCodec::EncodeAll(std::span<const uint8_t> data, uint64_t base,
-                                std::span<const ChunkSpec> plan, std::vector<std::vector<uint8_t>>& frames,
+                                std::span<const ChunkSpec> plan,
+                                std::vector<std::vector<uint8_t>>& frames,
                                 std::vector<EncodeStats>* stats) {
   for (const ChunkSpec& c : plan)
     if (c.offset < base || c.offset - base + c.size > data.size())
@@ -106,17 +107,20 @@ Status ParallelCodec::EncodeAll(std::span<const uint8_t> data, uint64_t base,
   pool_.ParallelFor(plan.size(), [&](size_t i, unsigned w) {
     const ChunkSpec& c = plan[i];
     frames[i].clear();
-    st[i] = encoders_[w]->Encode(data.subspan(c.offset - base, c.size), c.dtype, frames[i], c.segments,
-                                 stats ? &(*stats)[i] : nullptr);
+    st[i] = encoders_[w]->Encode(data.subspan(c.offset - base, c.size), c.dtype, frames[i],
+                                 c.segments, stats ? &(*stats)[i] : nullptr);
   });
   return FirstError(st);
 }
 
 Status ParallelCodec::DecodeAll(std::span<const std::span<const uint8_t>> frames,
                                 std::span<const std::span<uint8_t>> outs) {
-  if (frames.size() != outs.size()) return Status::InvalidArgument("frames and outputs differ in number");
+  if (frames.size() != outs.size())
+    return Status::InvalidArgument("frames and outputs differ in number");
   std::vector<Status> st(frames.size());
-  pool_.ParallelFor(frames.size(), [&](size_t i, unsigned w) { st[i] = decoders_[w]->Decode(frames[i], outs[i]); });
+  pool_.ParallelFor(frames.size(), [&](size_t i, unsigned w) {
+    st[i] = decoders_[w]->Decode(frames[i], outs[i]);
+  });
   return FirstError(st);
 }
 

@@ -1,7 +1,6 @@
 // safetensors awareness: parse the header strictly and plan chunks along tensors.
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "codec/bytes.h"
@@ -71,12 +70,14 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const ReadAtFn& read, uint64_t 
     ZIPNN_RETURN_IF_ERROR(ParseTensor(name, v, h.data_start, file_size - h.data_start, &t));
     h.tensors.push_back(std::move(t));
   }
-  std::sort(h.tensors.begin(), h.tensors.end(),
-            [](const TensorInfo& a, const TensorInfo& b) { return a.begin < b.begin || (a.begin == b.begin && a.end < b.end); });
+  std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin < b.begin || (a.begin == b.begin && a.end < b.end);
+  });
   const TensorInfo* last = nullptr;  // the non-empty tensor reaching furthest so far
   for (const TensorInfo& t : h.tensors) {
     if (t.begin == t.end) continue;
-    if (last && t.begin < last->end) return Bad("tensors " + last->name + " and " + t.name + " overlap");
+    if (last && t.begin < last->end)
+      return Bad("tensors " + last->name + " and " + t.name + " overlap");
     last = &t;
   }
   return h;

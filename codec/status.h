@@ -27,7 +27,9 @@ class [[nodiscard]] Status {
   Status(StatusCode code, std::string msg) : code_(code), msg_(std::move(msg)) {}
 
   static Status Ok() { return {}; }
-  static Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+  static Status InvalidArgument(std::string m) {
+    return {StatusCode::kInvalidArgument, std::move(m)};
+  }
   static Status Corrupt(std::string m) { return {StatusCode::kCorrupt, std::move(m)}; }
   static Status ChecksumMismatch(std::string m) { return {StatusCode::kChecksum, std::move(m)}; }
   static Status Io(std::string m) { return {StatusCode::kIo, std::move(m)}; }
@@ -73,10 +75,10 @@ class [[nodiscard]] Result {
   std::variant<T, Status> v_;
 };
 
-#define ZIPNN_RETURN_IF_ERROR(expr)         \
-  do {                                      \
-    ::zipnn::Status _st = (expr);           \
-    if (!_st.ok()) return _st;              \
+#define ZIPNN_RETURN_IF_ERROR(expr) \
+  do {                              \
+    ::zipnn::Status _st = (expr);   \
+    if (!_st.ok()) return _st;      \
   } while (0)
 
 }  // namespace zipnn

@@ -37,6 +37,7 @@ if ! "$cxx" -fsanitize=fuzzer,address,undefined "$probe/probe.cc" -o "$probe/pro
   exit 0
 fi
 
+# shellcheck disable=SC2054  # the commas belong to -fsanitize=
 flags=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
   -fno-sanitize-recover=undefined -I"$src")
 libs=(-lzstd -lxxhash -lpthread)
@@ -51,6 +52,7 @@ fi
 # Codec objects, instrumented for coverage; rebuilt when a codec source or header is newer.
 objdir="$build/obj"
 mkdir -p "$objdir"
+# shellcheck disable=SC2012  # codec headers have plain names
 newest_header=$(ls -t "$src"/codec/*.h | head -1)
 pids=()
 objs=()

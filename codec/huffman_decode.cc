@@ -1,0 +1,279 @@
+// The Huffman stream decoder: cached tables and four-lane multi-symbol decoding.
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "codec/huffman_table.h"
+
+namespace zipnn::internal {
+namespace {
+
+// Below this many symbols a block decodes with the one-symbol table: building the multi-symbol
+// table would cost more than it saves.
+constexpr uint32_t kMinMultiSymbols = 4096;
+// The multi-symbol table holds up to this many symbols per entry; a lane step of five lookups
+// writes at most kStepOut bytes (the last 8-byte store included).
+constexpr uint32_t kMaxSymbolsPerLookup = 5;
+constexpr ptrdiff_t kStepOut = 5 * kMaxSymbolsPerLookup + 3;
+
+inline uint64_t PeekSafe(const uint8_t* in, size_t nbytes, size_t bitpos) {
+  size_t byte = bitpos >> 3;
+  uint8_t tmp[8] = {};
+  if (byte + 8 <= nbytes) {
+    std::memcpy(tmp, in + byte, 8);
+  } else if (byte < nbytes) {
+    std::memcpy(tmp, in + byte, nbytes - byte);
+  }
+  return LoadBE64(tmp) << (bitpos & 7);
+}
+
+}  // namespace
+
+struct HuffmanDecoder::Table {
+  uint64_t hash = 0;
+  std::vector<uint8_t> desc;
+  bool has_multi = false;
+  uint16_t single[kTableSize];  // symbol | length << 8
+  uint64_t multi[kTableSize];   // bits | count << 8 | up to 5 symbols << 16
+};
+
+HuffmanDecoder::HuffmanDecoder() = default;
+HuffmanDecoder::~HuffmanDecoder() = default;
+
+HuffmanDecoder::Table* HuffmanDecoder::GetTable(std::span<const uint8_t> desc,
+                                                const std::array<uint8_t, 256>& len, bool multi) {
+  const uint64_t hash = XXH3_64bits(desc.data(), desc.size());
+  Table* t = nullptr;
+  for (auto& c : cache_) {
+    if (c && c->hash == hash && c->desc.size() == desc.size() &&
+        std::equal(desc.begin(), desc.end(), c->desc.begin())) {
+      t = c.get();
+      break;
+    }
+  }
+  if (!t) {
+    auto& slot = cache_[next_victim_];
+    next_victim_ = (next_victim_ + 1) % kCacheSize;
+    if (!slot) slot = std::make_unique<Table>();
+    t = slot.get();
+    t->hash = hash;
+    t->desc.assign(desc.begin(), desc.end());
+    t->has_multi = false;
+    std::array<uint32_t, 256> code;
+    AssignCodes(len, code);
+    for (int s = 0; s < 256; s++) {
+      if (!len[s]) continue;
+      const uint32_t lo = code[s] << (kL - len[s]), hi = (code[s] + 1) << (kL - len[s]);
+      for (uint32_t w = lo; w < hi; w++) t->single[w] = static_cast<uint16_t>(s | len[s] << 8);
+    }
+  }
+  if (multi && !t->has_multi) {
+    // Dynamic programming over window widths: the decoding of an r-bit window is its first
+    // symbol followed by the decoding of the (r - length)-bit rest, already computed. level[r]
+    // holds the 2^r entries for width r; width kL is the table. Cheaper than walking each window
+    // symbol by symbol, which matters when chunks bring new tables.
+    uint64_t* level = levels_.data();  // width r at offset 2^r - 1
+    level[0] = 0;
+    for (int r = 1; r <= kL; r++) {
+      uint64_t* cur = level + (1u << r) - 1;
+      const uint64_t* shorter = level;  // base of all narrower widths
+      for (uint32_t x = 0; x < (1u << r); x++) {
+        const uint16_t e = t->single[x << (kL - r)];
+        const int l = e >> 8;
+        if (l > r) {
+          cur[x] = 0;
+          continue;
+        }
+        const int rest_w = r - l;
+        uint64_t rest = shorter[(1u << rest_w) - 1 + (x & ((1u << rest_w) - 1))];
+        uint64_t n = (rest >> 8) & 0xff;
+        if (n == kMaxSymbolsPerLookup) {  // no room for the last one
+          const uint8_t last = static_cast<uint8_t>(rest >> (16 + 8 * (n - 1)));
+          rest = ((rest & 0xff) - len[last]) | (n - 1) << 8 |
+                 (rest >> 16 & ((uint64_t{1} << (8 * (n - 1))) - 1)) << 16;
+          n--;
+        }
+        cur[x] = ((rest & 0xff) + l) | (n + 1) << 8 | ((rest >> 16) << 8 | (e & 0xff)) << 16;
+      }
+    }
+    std::memcpy(t->multi, level + kTableSize - 1, sizeof(t->multi));
+    t->has_multi = true;
+  }
+  return t;
+}
+
+namespace {
+
+// Decodes symbols one at a time until `out` reaches `end`. Returns the final bit position.
+size_t DecodeTail(const uint16_t* single, const uint8_t* in, size_t nbytes, size_t bitpos,
+                  uint8_t* out, uint8_t* end) {
+  while (out < end && bitpos <= nbytes * 8) {
+    uint64_t b = PeekSafe(in, nbytes, bitpos);
+    const int avail = 57;
+    int used = 0;
+    while (out < end && used + kL <= avail) {
+      const uint16_t e = single[b >> (64 - kL)];
+      *out++ = static_cast<uint8_t>(e);
+      b <<= e >> 8;
+      used += e >> 8;
+    }
+    bitpos += used;
+  }
+  return out < end ? SIZE_MAX : bitpos;
+}
+
+// The 64 bits at bit position `pos`, MSB first, with the low 9 bits (never looked up within a
+// step of five 11-bit lookups) replaced by a sentinel bit at bit 8.
+inline uint64_t Window(const uint8_t* in, size_t pos) {
+  return ((LoadBE64(in + (pos >> 3)) << (pos & 7)) & ~uint64_t{0x1ff}) | 0x100;
+}
+// Bits shifted out of a Window since it was loaded.
+inline size_t Consumed(uint64_t window) { return static_cast<size_t>(__builtin_ctzll(window)) - 8; }
+
+// One table lookup: emits the symbols the window starts with and shifts them out.
+inline void Lookup(const uint64_t* mt, uint64_t& b, uint8_t*& op) {
+  const uint64_t e = mt[b >> (64 - kL)];
+  Store64(op, e >> 16);
+  op += (e >> 8) & 0xff;
+  b <<= (e & 63);
+}
+inline void Lookup(const uint16_t* st, uint64_t& b, uint8_t*& op) {
+  const uint16_t e = st[b >> (64 - kL)];
+  *op++ = static_cast<uint8_t>(e);
+  b <<= (e >> 8);
+}
+
+// Decodes the four lanes in lockstep while every lane has room for a step without bounds checks:
+// kStepOut output bytes and 15 input bytes past the position. The tails are left to DecodeTail.
+// The lanes' bitstreams are consecutive in memory, so bit positions are kept relative to the
+// first lane's start: one base register instead of four keeps the loop out of the stack. BMI2's
+// shifts leave the count register free; a clone has them where the CPU does.
+template <class Entry>  // uint64_t: multi-symbol table; uint16_t: one-symbol table
+__attribute__((always_inline)) inline void DecodeLanes(const Entry* mt, const uint8_t* const ip[4],
+                                                       const size_t nb[4], size_t bp[4],
+                                                       uint8_t* op[4], uint8_t* const oe[4]) {
+  const uint8_t* in = ip[0];
+  size_t start[4];
+  for (int k = 0; k < 4; k++) start[k] = static_cast<size_t>(ip[k] - in) * 8;
+  size_t bp0 = bp[0] + start[0], bp1 = bp[1] + start[1], bp2 = bp[2] + start[2],
+         bp3 = bp[3] + start[3];
+  uint8_t *op0 = op[0], *op1 = op[1], *op2 = op[2], *op3 = op[3];
+  uint8_t* lim[4];
+  size_t bit_lim[4];
+  bool ok = true;
+  for (int k = 0; k < 4; k++) ok = ok && oe[k] - op[k] >= kStepOut && nb[k] >= 15;
+  for (int k = 0; k < 4 && ok; k++) {
+    lim[k] = oe[k] - kStepOut;
+    bit_lim[k] = start[k] + (nb[k] - 15) * 8;
+  }
+  if (ok) {
+    while (op0 <= lim[0] && op1 <= lim[1] && op2 <= lim[2] && op3 <= lim[3] && bp0 <= bit_lim[0] &&
+           bp1 <= bit_lim[1] && bp2 <= bit_lim[2] && bp3 <= bit_lim[3]) {
+      // Each lane: one 64-bit load, then five lookups (<= 55 bits). The lanes are interleaved
+      // lookup by lookup so their dependency chains overlap. Lookups never reach the low 9 bits,
+      // so a sentinel bit there counts the bits consumed (trailing zeros) without a register.
+      uint64_t b0 = Window(in, bp0), b1 = Window(in, bp1), b2 = Window(in, bp2),
+               b3 = Window(in, bp3);
+#define ZIPNN_LOOKUP(k) Lookup(mt, b##k, op##k);
+#define ZIPNN_LOOKUP4 ZIPNN_LOOKUP(0) ZIPNN_LOOKUP(1) ZIPNN_LOOKUP(2) ZIPNN_LOOKUP(3)
+      ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4
+#undef ZIPNN_LOOKUP4
+#undef ZIPNN_LOOKUP
+          bp0 += Consumed(b0),
+          bp1 += Consumed(b1), bp2 += Consumed(b2), bp3 += Consumed(b3);
+    }
+  }
+  bp0 -= start[0], bp1 -= start[1], bp2 -= start[2], bp3 -= start[3];
+  bp[0] = bp0, bp[1] = bp1, bp[2] = bp2, bp[3] = bp3;
+  op[0] = op0, op[1] = op1, op[2] = op2, op[3] = op3;
+  // Quarters differ in entropy, so one lane runs out first: finish each lane alone.
+  for (int k = 0; k < 4; k++) {
+    const uint8_t* in = ip[k];
+    size_t pos = bp[k];
+    uint8_t* o = op[k];
+    while (oe[k] - o >= kStepOut && nb[k] >= 15 && (pos >> 3) <= nb[k] - 15) {
+      uint64_t b = Window(in, pos);
+      for (int j = 0; j < 5; j++) Lookup(mt, b, o);
+      pos += Consumed(b);
+    }
+    bp[k] = pos;
+    op[k] = o;
+  }
+}
+
+// The decode loops proper: clones with BMI2's shifts where the CPU has them.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void DecodeMulti(
+    const uint64_t* t, const uint8_t* const ip[4], const size_t nb[4], size_t bp[4], uint8_t* op[4],
+    uint8_t* const oe[4]) {
+  DecodeLanes(t, ip, nb, bp, op, oe);
+}
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void DecodeSingle(
+    const uint16_t* t, const uint8_t* const ip[4], const size_t nb[4], size_t bp[4], uint8_t* op[4],
+    uint8_t* const oe[4]) {
+  DecodeLanes(t, ip, nb, bp, op, oe);
+}
+
+}  // namespace
+
+bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out) {
+  ByteReader r(in);
+  uint64_t nblocks;
+  if (!r.GetVarint(&nblocks) || nblocks > out.size() || (nblocks == 0 && !out.empty()))
+    return false;
+  size_t pos = 0;
+  std::array<uint8_t, 256> len;
+  for (uint64_t b = 0; b < nblocks; b++) {
+    uint64_t count;
+    uint8_t mode;
+    if (!r.GetVarint(&count) || count == 0 || count > out.size() - pos || !r.GetU8(&mode))
+      return false;
+    uint8_t* dst = out.data() + pos;
+    pos += count;
+    if (mode == 0) {
+      uint8_t sym;
+      if (!r.GetU8(&sym)) return false;
+      std::memset(dst, sym, count);
+      continue;
+    }
+    const uint8_t* desc_begin = r.pos() - 1;
+    if (mode != 1 || !ReadTable(r, len)) return false;
+    // Several symbols per lookup pay where codes are short and the block long enough to build
+    // the table; where no two codes fit in a lookup, the one-symbol table is leaner.
+    int min_len = kL;
+    for (int s = 0; s < 256; s++)
+      if (len[s]) min_len = std::min<int>(min_len, len[s]);
+    const bool multi = count >= kMinMultiSymbols && 2 * min_len <= kL;
+    const Table* t = GetTable({desc_begin, static_cast<size_t>(r.pos() - desc_begin)}, len, multi);
+    std::span<const uint8_t> sizes, data[4];
+    if (!r.GetBytes(16, &sizes)) return false;
+    for (int k = 0; k < 4; k++)
+      if (!r.GetBytes(Load32(sizes.data() + 4 * k), &data[k])) return false;
+
+    const size_t q = (count + 3) / 4;
+    const uint8_t* ip[4];
+    size_t nb[4], bp[4] = {0, 0, 0, 0};
+    uint8_t *op[4], *oe[4];
+    for (int k = 0; k < 4; k++) {
+      ip[k] = data[k].data();
+      nb[k] = data[k].size();
+      op[k] = dst + std::min(k * q, size_t{count});
+      oe[k] = dst + std::min((k + 1) * q, size_t{count});
+    }
+    if (multi) {
+      DecodeMulti(t->multi, ip, nb, bp, op, oe);
+    } else {
+      DecodeSingle(t->single, ip, nb, bp, op, oe);
+    }
+    for (int k = 0; k < 4; k++) {
+      const size_t end = DecodeTail(t->single, ip[k], nb[k], bp[k], op[k], oe[k]);
+      // The encoder pads each stream with zero bits to a byte: it must be consumed exactly, so
+      // that no bit of a frame goes unchecked.
+      if (end == SIZE_MAX || (end + 7) / 8 != nb[k]) return false;
+      if ((end & 7) && (ip[k][nb[k] - 1] & (0xffu >> (end & 7)))) return false;
+    }
+  }
+  return pos == out.size() && r.remaining() == 0;
+}
+
+}  // namespace zipnn::internal

@@ -1,0 +1,257 @@
+// The Huffman stream encoder: block planning and four-lane bit writing.
+#include <algorithm>
+#include <cstring>
+
+#include "codec/huffman_table.h"
+
+namespace zipnn::internal {
+namespace {
+
+constexpr uint64_t kBlockHeaderBits = 8 * 20;  // count varint + 4 stream sizes
+// Symbol pairs are coded with one lookup where the alphabet is this small (the pair table has its
+// square filled) and the block long enough to pay for filling it.
+constexpr int kMaxPairAlphabet = 48;
+constexpr uint32_t kMinPairSymbols = 16384;
+
+double Cost(const Histogram& h) {
+  int used = 0;
+  for (uint32_t c : h) used += c != 0;
+  return EntropyBits(h) + 24 + 5.0 * used + kBlockHeaderBits;
+}
+
+// MSB-first bit writer. Put() at most five 11-bit codes between Flush() calls.
+struct BitWriter {
+  uint64_t acc = 0;
+  uint32_t n = 0;
+  uint8_t* p = nullptr;
+  inline void Put(uint32_t e) {  // e = code << 8 | length
+    acc = (acc << (e & 0xff)) | (e >> 8);
+    n += e & 0xff;
+  }
+  inline void Flush() {  // writes 8 bytes, of which n/8 are kept
+    if (n == 0) return;
+    internal::Store64(p, __builtin_bswap64(acc << (64 - n)));
+    p += n >> 3;
+    n &= 7;
+  }
+  uint8_t* Finish() {
+    Flush();
+    if (n) *p++ = static_cast<uint8_t>(acc << (8 - n));
+    n = 0;
+    return p;
+  }
+};
+
+// Codes the first `count` (rounded down to 5) symbols of two lanes in step, keeping both
+// writers in registers: two dependency chains are enough to fill the core, four spill.
+// Returns the number of symbols coded.
+__attribute__((target_clones("bmi2", "default"))) uint32_t EncodePair(const uint32_t* entry,
+                                                                      const uint8_t* sa,
+                                                                      const uint8_t* sb,
+                                                                      uint32_t count, BitWriter& wa,
+                                                                      BitWriter& wb) {
+  uint64_t aa = wa.acc, ab = wb.acc;
+  uint64_t na = wa.n, nb = wb.n;  // low byte: pending bits (code bits above are ignored)
+  uint8_t *pa = wa.p, *pb = wb.p;
+  uint32_t i = 0;
+  for (; i + 5 <= count; i += 5) {
+    for (int j = 0; j < 5; j++) {
+      const uint32_t ea = entry[sa[i + j]], eb = entry[sb[i + j]];
+      aa = (aa << (ea & 63)) | (ea >> 8);
+      ab = (ab << (eb & 63)) | (eb >> 8);
+      na += ea;
+      nb += eb;
+    }
+    na &= 0xff;
+    nb &= 0xff;
+    Store64(pa, __builtin_bswap64(aa << (64 - na)));
+    Store64(pb, __builtin_bswap64(ab << (64 - nb)));
+    pa += na >> 3;
+    pb += nb >> 3;
+    na &= 7;
+    nb &= 7;
+  }
+  wa.acc = aa, wb.acc = ab;
+  wa.n = static_cast<uint32_t>(na), wb.n = static_cast<uint32_t>(nb);
+  wa.p = pa, wb.p = pb;
+  return i;
+}
+
+// As EncodePair, two symbols per lookup from a pair table (codes of <= 22 bits): four symbols
+// (<= 44 bits) per lane between flushes. Returns the number of symbols coded (a multiple of 4).
+__attribute__((target_clones("bmi2", "default"))) uint32_t EncodePairOfPairs(
+    const uint32_t* pair, const uint8_t* sa, const uint8_t* sb, uint32_t count, BitWriter& wa,
+    BitWriter& wb) {
+  uint64_t aa = wa.acc, ab = wb.acc;
+  uint64_t na = wa.n, nb = wb.n;
+  uint8_t *pa = wa.p, *pb = wb.p;
+  uint32_t i = 0;
+  for (; i + 4 <= count; i += 4) {
+    for (int j = 0; j < 4; j += 2) {
+      const uint32_t ea = pair[Load16(sa + i + j)], eb = pair[Load16(sb + i + j)];
+      aa = (aa << (ea & 63)) | (ea >> 8);
+      ab = (ab << (eb & 63)) | (eb >> 8);
+      na += ea;
+      nb += eb;
+    }
+    na &= 0xff;
+    nb &= 0xff;
+    Store64(pa, __builtin_bswap64(aa << (64 - na)));
+    Store64(pb, __builtin_bswap64(ab << (64 - nb)));
+    pa += na >> 3;
+    pb += nb >> 3;
+    na &= 7;
+    nb &= 7;
+  }
+  wa.acc = aa, wb.acc = ab;
+  wa.n = static_cast<uint32_t>(na), wb.n = static_cast<uint32_t>(nb);
+  wa.p = pa, wb.p = pb;
+  return i;
+}
+
+}  // namespace
+
+void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segments, HufPlan& plan) {
+  plan.blocks.clear();
+  plan.cost_bytes = 0;
+  plan.entropy_bits = 0;
+  const uint32_t n = static_cast<uint32_t>(syms.size());
+  if (n == 0) {
+    plan.cost_bytes = 1;
+    return;
+  }
+  // Greedy left-to-right merge of segments while one table is cheaper than two.
+  HufBlockPlan cur;
+  double cur_cost = 0;
+  uint32_t begin = 0;
+  auto next_cut = segments.begin();
+  while (begin < n) {
+    while (next_cut != segments.end() && *next_cut <= begin) ++next_cut;
+    uint32_t end = next_cut != segments.end() ? std::min(*next_cut, n) : n;
+    HufBlockPlan seg;
+    seg.begin = begin;
+    seg.end = end;
+    CountSymbols(syms.subspan(begin, end - begin), seg.hist);
+    const double seg_cost = Cost(seg.hist);
+    if (plan.blocks.empty() && cur.end == 0) {
+      cur = seg;
+      cur_cost = seg_cost;
+    } else {
+      Histogram merged;
+      for (int s = 0; s < 256; s++) merged[s] = cur.hist[s] + seg.hist[s];
+      const double merged_cost = Cost(merged);
+      if (merged_cost <= cur_cost + seg_cost) {
+        cur.hist = merged;
+        cur.end = end;
+        cur_cost = merged_cost;
+      } else {
+        plan.blocks.push_back(cur);
+        cur = seg;
+        cur_cost = seg_cost;
+      }
+    }
+    begin = end;
+  }
+  plan.blocks.push_back(cur);
+
+  uint64_t bits = 8 * 4;  // block count
+  std::vector<uint8_t> table;
+  for (HufBlockPlan& b : plan.blocks) {
+    plan.entropy_bits += EntropyBits(b.hist);
+    // Code lengths come from counts rounded to three significant bits: they cost next to nothing
+    // (Huffman lengths barely move under such changes) and make chunks of one tensor get the same
+    // table, so the decoder's table cache hits instead of building. Output stays a function of the
+    // chunk alone.
+    Histogram rounded;
+    for (int s = 0; s < 256; s++) {
+      const uint32_t c = b.hist[s];
+      const int shift = c ? std::max(0, 29 - __builtin_clz(c)) : 0;  // keep the top 3 bits
+      rounded[s] = c ? std::max(1u, (c >> shift) << shift) : 0;
+    }
+    int used = BuildLengths(rounded, b.len);
+    table.clear();
+    if (used < 2) {
+      for (int s = 0; s < 256; s++)
+        if (b.hist[s]) b.single = s;
+      b.cost_bits = 8 * 8;
+    } else {
+      uint64_t payload = 0;
+      for (int s = 0; s < 256; s++) payload += uint64_t{b.hist[s]} * b.len[s];
+      WriteTable(b, table);
+      b.cost_bits = payload + 8 * table.size() + kBlockHeaderBits;
+    }
+    bits += b.cost_bits;
+  }
+  plan.cost_bytes = (bits + 7) / 8;
+}
+
+void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uint8_t>& out) {
+  PutVarint(out, plan.blocks.size());
+  for (const HufBlockPlan& b : plan.blocks) {
+    const uint32_t count = b.end - b.begin;
+    PutVarint(out, count);
+    WriteTable(b, out);
+    if (b.single >= 0) continue;
+    std::array<uint32_t, 256> code;
+    AssignCodes(b.len, code);
+    uint32_t entry[256];
+    for (int s = 0; s < 256; s++) entry[s] = code[s] << 8 | b.len[s];
+
+    // Four quarters, each into its own worst-case region, then compacted.
+    const uint32_t q = (count + 3) / 4;
+    uint32_t qbeg[4], qlen[4];
+    size_t cap[4];
+    for (int k = 0; k < 4; k++) {
+      qbeg[k] = std::min(b.begin + k * q, b.end);
+      qlen[k] = std::min(b.begin + (k + 1) * q, b.end) - qbeg[k];
+      cap[k] = (size_t{qlen[k]} * kL + 7) / 8 + 16;
+    }
+    const size_t header = out.size();
+    out.resize(header + 16 + cap[0] + cap[1] + cap[2] + cap[3]);
+    uint8_t* base = out.data() + header + 16;
+    uint8_t* region[4];
+    region[0] = base;
+    for (int k = 1; k < 4; k++) region[k] = region[k - 1] + cap[k - 1];
+    const uint8_t* sp[4];
+    for (int k = 0; k < 4; k++) sp[k] = syms.data() + qbeg[k];
+    BitWriter w[4];
+    for (int k = 0; k < 4; k++) w[k].p = region[k];
+    // Small alphabets (exponents) take two symbols per lookup from a table of pair codes,
+    // indexed by the two bytes as one little-endian 16-bit load; only used pairs are filled.
+    int used[256], nused = 0;
+    for (int s = 0; s < 256; s++)
+      if (b.len[s]) used[nused++] = s;
+    uint32_t i;
+    if (nused <= kMaxPairAlphabet && count >= kMinPairSymbols) {
+      plan.pair_codes.resize(1u << 16);
+      uint32_t* pair = plan.pair_codes.data();
+      for (int x = 0; x < nused; x++)
+        for (int y = 0; y < nused; y++) {
+          const int s1 = used[x], s2 = used[y];
+          pair[s1 | s2 << 8] = (code[s1] << b.len[s2] | code[s2]) << 8 | (b.len[s1] + b.len[s2]);
+        }
+      i = EncodePairOfPairs(pair, sp[0], sp[1], qlen[3], w[0], w[1]);
+      EncodePairOfPairs(pair, sp[2], sp[3], qlen[3], w[2], w[3]);
+    } else {
+      i = EncodePair(entry, sp[0], sp[1], qlen[3], w[0], w[1]);
+      EncodePair(entry, sp[2], sp[3], qlen[3], w[2], w[3]);
+    }
+    for (int k = 0; k < 4; k++) {
+      for (uint32_t j = i; j < qlen[k]; j++) {
+        w[k].Put(entry[sp[k][j]]);
+        if ((j - i) % 5 == 4) w[k].Flush();
+      }
+    }
+    uint8_t* dst = base;
+    for (int k = 0; k < 4; k++) {
+      uint8_t* end = w[k].Finish();
+      size_t len = end - region[k];
+      Store32(out.data() + header + 4 * k, static_cast<uint32_t>(len));
+      std::memmove(dst, region[k], len);
+      dst += len;
+    }
+    out.resize(dst - out.data());
+  }
+}
+
+}  // namespace zipnn::internal

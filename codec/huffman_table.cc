@@ -1,0 +1,262 @@
+// Huffman tables: code lengths, canonical codes, serialization, and symbol statistics.
+#include "codec/huffman_table.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace zipnn::internal {
+namespace {
+
+// Moffat & Katajainen's in-place computation of Huffman code lengths. `a` holds n >= 2
+// frequencies in non-decreasing order; on return a[i] is the code length of symbol i.
+void MinimumRedundancyLengths(uint32_t* a, int n) {
+  a[0] += a[1];
+  int root = 0, leaf = 2;
+  for (int next = 1; next < n - 1; next++) {
+    if (leaf >= n || a[root] < a[leaf]) {
+      a[next] = a[root];
+      a[root++] = next;
+    } else {
+      a[next] = a[leaf++];
+    }
+    if (leaf >= n || (root < next && a[root] < a[leaf])) {
+      a[next] += a[root];
+      a[root++] = next;
+    } else {
+      a[next] += a[leaf++];
+    }
+  }
+  a[n - 2] = 0;
+  for (int next = n - 3; next >= 0; next--) a[next] = a[a[next]] + 1;
+  int avail = 1, used = 0, depth = 0;
+  int root2 = n - 2, next = n - 1;
+  while (avail > 0) {
+    while (root2 >= 0 && static_cast<int>(a[root2]) == depth) {
+      used++;
+      root2--;
+    }
+    while (avail > used) {
+      a[next--] = depth;
+      avail--;
+    }
+    avail = 2 * used;
+    depth++;
+    used = 0;
+  }
+}
+
+}  // namespace
+
+// Fills `len` with complete, length-limited code lengths for `h`. Returns the number of symbols
+// used; with fewer than two, `len` stays all zero.
+int BuildLengths(const Histogram& h, std::array<uint8_t, 256>& len) {
+  len.fill(0);
+  struct Sym {
+    uint32_t f;
+    int s;
+  };
+  Sym v[256];
+  int n = 0;
+  for (int s = 0; s < 256; s++)
+    if (h[s]) v[n++] = {h[s], s};
+  if (n < 2) return n;
+  std::sort(v, v + n,
+            [](const Sym& x, const Sym& y) { return x.f < y.f || (x.f == y.f && x.s < y.s); });
+  uint32_t a[256];
+  for (int i = 0; i < n; i++) a[i] = v[i].f;
+  MinimumRedundancyLengths(a, n);
+  if (static_cast<int>(a[0]) > kL) {
+    // Clamp, then restore Kraft equality: lengthen the least probable codes until the sum fits,
+    // then shorten the most probable ones into any slack left.
+    int64_t kraft = 0;
+    for (int i = 0; i < n; i++) {
+      a[i] = std::min<uint32_t>(a[i], kL);
+      kraft += int64_t{1} << (kL - a[i]);
+    }
+    int64_t over = kraft - kTableSize;
+    while (over > 0) {
+      for (int i = 0; i < n && over > 0; i++) {
+        if (static_cast<int>(a[i]) < kL) {
+          over -= int64_t{1} << (kL - a[i] - 1);
+          a[i]++;
+        }
+      }
+    }
+    for (int i = n - 1; i >= 0 && over < 0; i--) {
+      while (a[i] > 1 && -over >= (int64_t{1} << (kL - a[i]))) {
+        over += int64_t{1} << (kL - a[i]);
+        a[i]--;
+      }
+    }
+  }
+  for (int i = 0; i < n; i++) len[v[i].s] = static_cast<uint8_t>(a[i]);
+  return n;
+}
+
+// Canonical codes, MSB first, as deflate assigns them.
+void AssignCodes(const std::array<uint8_t, 256>& len, std::array<uint32_t, 256>& code) {
+  int count[kL + 2] = {};
+  for (int s = 0; s < 256; s++) count[len[s]]++;
+  count[0] = 0;
+  uint32_t next[kL + 2] = {};
+  uint32_t c = 0;
+  for (int l = 1; l <= kL; l++) {
+    c = (c + count[l - 1]) << 1;
+    next[l] = c;
+  }
+  for (int s = 0; s < 256; s++) code[s] = len[s] ? next[len[s]]++ : 0;
+}
+
+// Serialized table: mode 0 = one symbol (its byte follows); mode 1 = min and max symbol, then
+// one nibble per symbol in [min, max]: 0..11 a length, 12 k = a run of 2+k unused symbols,
+// 13 k1 k2 = a run of 18+(k1<<4|k2).
+void WriteTable(const HufBlockPlan& b, std::vector<uint8_t>& out) {
+  if (b.single >= 0) {
+    out.push_back(0);
+    out.push_back(static_cast<uint8_t>(b.single));
+    return;
+  }
+  int lo = 0, hi = 255;
+  while (!b.len[lo]) lo++;
+  while (!b.len[hi]) hi--;
+  out.push_back(1);
+  out.push_back(static_cast<uint8_t>(lo));
+  out.push_back(static_cast<uint8_t>(hi));
+  std::vector<uint8_t> nib;
+  for (int s = lo; s <= hi;) {
+    if (b.len[s]) {
+      nib.push_back(b.len[s++]);
+      continue;
+    }
+    int run = 0;
+    while (s + run <= hi && !b.len[s + run]) run++;
+    s += run;
+    while (run > 0) {
+      if (run == 1) {
+        nib.push_back(0);
+        run = 0;
+      } else if (run <= 17) {
+        nib.push_back(12);
+        nib.push_back(static_cast<uint8_t>(run - 2));
+        run = 0;
+      } else {
+        int k = std::min(run, 273);
+        nib.push_back(13);
+        nib.push_back(static_cast<uint8_t>((k - 18) >> 4));
+        nib.push_back(static_cast<uint8_t>((k - 18) & 15));
+        run -= k;
+      }
+    }
+  }
+  if (nib.size() & 1) nib.push_back(0);
+  for (size_t i = 0; i < nib.size(); i += 2)
+    out.push_back(static_cast<uint8_t>(nib[i] << 4 | nib[i + 1]));
+}
+
+// Parses a mode-1 table (after the mode byte) into `len`; checks the code is complete.
+bool ReadTable(ByteReader& r, std::array<uint8_t, 256>& len) {
+  uint8_t lo, hi;
+  if (!r.GetU8(&lo) || !r.GetU8(&hi) || hi <= lo) return false;
+  len.fill(0);
+  int s = lo, pending = -1;
+  auto nibble = [&](int* v) {
+    if (pending >= 0) {
+      *v = pending;
+      pending = -1;
+      return true;
+    }
+    uint8_t b;
+    if (!r.GetU8(&b)) return false;
+    *v = b >> 4;
+    pending = b & 15;
+    return true;
+  };
+  while (s <= hi) {
+    int v;
+    if (!nibble(&v)) return false;
+    if (v <= kL) {
+      len[s++] = static_cast<uint8_t>(v);
+      continue;
+    }
+    int run;
+    if (v == 12) {
+      int k;
+      if (!nibble(&k)) return false;
+      run = 2 + k;
+    } else if (v == 13) {
+      int k1, k2;
+      if (!nibble(&k1) || !nibble(&k2)) return false;
+      run = 18 + (k1 << 4 | k2);
+    } else {
+      return false;
+    }
+    if (s + run > hi + 1) return false;
+    s += run;
+  }
+  if (pending > 0) return false;  // padding must be zero
+  if (!len[lo] || !len[hi]) return false;
+  int64_t kraft = 0;
+  for (int i = 0; i < 256; i++)
+    if (len[i]) kraft += int64_t{1} << (kL - len[i]);
+  return kraft == kTableSize;
+}
+
+void CountSymbols(std::span<const uint8_t> s, Histogram& h) {
+  uint32_t c[4][256] = {};  // four tables break the dependency on runs of one symbol
+  const uint8_t* p = s.data();
+  size_t n = s.size(), i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t v = Load64(p + i);
+    c[0][v & 0xff]++;
+    c[1][(v >> 8) & 0xff]++;
+    c[2][(v >> 16) & 0xff]++;
+    c[3][(v >> 24) & 0xff]++;
+    c[0][(v >> 32) & 0xff]++;
+    c[1][(v >> 40) & 0xff]++;
+    c[2][(v >> 48) & 0xff]++;
+    c[3][v >> 56]++;
+  }
+  for (; i < n; i++) c[0][p[i]]++;
+  for (int k = 0; k < 256; k++) h[k] = c[0][k] + c[1][k] + c[2][k] + c[3][k];
+}
+
+namespace {
+
+// log2 for cost estimates: exact to ~1e-5, several times faster than libm.
+inline double FastLog2(double x) {
+  uint64_t bits;
+  std::memcpy(&bits, &x, 8);
+  const int e = static_cast<int>(bits >> 52) - 1023;
+  bits = (bits & ((uint64_t{1} << 52) - 1)) | (uint64_t{1023} << 52);
+  double m;
+  std::memcpy(&m, &bits, 8);                       // m in [1, 2)
+  const double t = (m - 1) / (m + 1), t2 = t * t;  // log(m) = 2 atanh(t)
+  return e + 2.8853900817779268 * t * (1 + t2 * (1.0 / 3 + t2 * (1.0 / 5 + t2 * (1.0 / 7))));
+}
+
+// c * log2(c), from a table for the small counts that dominate.
+struct XLogX {
+  static constexpr uint32_t kSize = 4096;
+  double v[kSize];
+  XLogX() {
+    v[0] = 0;
+    for (uint32_t c = 1; c < kSize; c++) v[c] = c * std::log2(static_cast<double>(c));
+  }
+  double operator()(uint32_t c) const { return c < kSize ? v[c] : c * FastLog2(c); }
+};
+const XLogX kXLogX;
+
+}  // namespace
+
+double EntropyBits(const Histogram& h) {
+  uint64_t total = 0;
+  double sum = 0;
+  for (uint32_t c : h) {
+    total += c;
+    sum += kXLogX(c);
+  }
+  return total > 0 ? static_cast<double>(total) * FastLog2(static_cast<double>(total)) - sum : 0;
+}
+
+}  // namespace zipnn::internal
