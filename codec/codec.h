@@ -68,8 +68,8 @@ struct FrameInfo {
   Method method = Method::kRaw;
   DType dtype = DType::kBytes;  // as coded: for untyped input, the float type detected, if any
   uint32_t raw_size = 0;        // uncompressed bytes
-  uint32_t payload_size = 0;  // bytes after the header
-  uint64_t checksum = 0;      // XXH3-64 of the uncompressed bytes
+  uint32_t payload_size = 0;    // bytes after the header
+  uint64_t checksum = 0;        // XXH3-64 of the uncompressed bytes
   size_t frame_size() const { return kFrameHeaderSize + payload_size; }
 };
 
