@@ -12,6 +12,10 @@ constexpr uint64_t kBlockHeaderBits = 8 * 20;  // count varint + 4 stream sizes
 // square filled) and the block long enough to pay for filling it.
 constexpr int kMaxPairAlphabet = 48;
 constexpr uint32_t kMinPairSymbols = 16384;
+// Segments (tensors) shorter than this always share their neighbour's table.
+constexpr uint32_t kMinSegmentSymbols = 32;
+constexpr uint32_t kSubBlockSymbols = 16384;
+constexpr double kSubBlockSplitPenalty = 0.03;
 
 double Cost(const Histogram& h) {
   int used = 0;
@@ -120,33 +124,46 @@ void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segmen
     plan.cost_bytes = 1;
     return;
   }
-  // Greedy left-to-right merge of segments while one table is cheaper than two.
+  // Greedy left-to-right merge of segments while one table is cheaper than two. Segments too
+  // short to pay for a table of their own join the current block without the cost estimate.
   HufBlockPlan cur;
-  double cur_cost = 0;
+  double cur_cost = -1;  // < 0: not computed since the block last grew
   uint32_t begin = 0;
   auto next_cut = segments.begin();
   while (begin < n) {
     while (next_cut != segments.end() && *next_cut <= begin) ++next_cut;
     uint32_t end = next_cut != segments.end() ? std::min(*next_cut, n) : n;
-    HufBlockPlan seg;
-    seg.begin = begin;
-    seg.end = end;
-    CountSymbols(syms.subspan(begin, end - begin), seg.hist);
-    const double seg_cost = Cost(seg.hist);
-    if (plan.blocks.empty() && cur.end == 0) {
-      cur = seg;
-      cur_cost = seg_cost;
+    // Statistics drift inside long tensors too (rows of different scale): cut them into
+    // sub-blocks the merge below may keep apart.
+    const bool at_segment = next_cut != segments.begin() && *(next_cut - 1) == begin;
+    if (end - begin > 2 * kSubBlockSymbols) end = begin + kSubBlockSymbols;
+    Histogram hist;
+    CountSymbols(syms.subspan(begin, end - begin), hist);
+    if (begin == 0) {
+      cur.begin = 0;
+      cur.end = end;
+      cur.hist = hist;
+    } else if (end - begin < kMinSegmentSymbols) {
+      for (int s = 0; s < 256; s++) cur.hist[s] += hist[s];
+      cur.end = end;
+      cur_cost = -1;
     } else {
       Histogram merged;
-      for (int s = 0; s < 256; s++) merged[s] = cur.hist[s] + seg.hist[s];
-      const double merged_cost = Cost(merged);
-      if (merged_cost <= cur_cost + seg_cost) {
+      for (int s = 0; s < 256; s++) merged[s] = cur.hist[s] + hist[s];
+      if (cur_cost < 0) cur_cost = Cost(cur.hist);
+      const double seg_cost = Cost(hist), merged_cost = Cost(merged);
+      // A new table inside a tensor must save more: each costs the decoder a table build.
+      const double penalty = at_segment ? 0 : kSubBlockSplitPenalty * merged_cost;
+      if (merged_cost <= cur_cost + seg_cost + penalty) {
         cur.hist = merged;
         cur.end = end;
         cur_cost = merged_cost;
       } else {
         plan.blocks.push_back(cur);
-        cur = seg;
+        cur = HufBlockPlan{};
+        cur.begin = begin;
+        cur.end = end;
+        cur.hist = hist;
         cur_cost = seg_cost;
       }
     }

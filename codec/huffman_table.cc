@@ -203,9 +203,14 @@ bool ReadTable(ByteReader& r, std::array<uint8_t, 256>& len) {
 }
 
 void CountSymbols(std::span<const uint8_t> s, Histogram& h) {
-  uint32_t c[4][256] = {};  // four tables break the dependency on runs of one symbol
   const uint8_t* p = s.data();
   size_t n = s.size(), i = 0;
+  if (n < 2048) {  // small tensors: clearing four tables would cost more than counting
+    h.fill(0);
+    for (; i < n; i++) h[p[i]]++;
+    return;
+  }
+  uint32_t c[4][256] = {};  // four tables break the dependency on runs of one symbol
   for (; i + 8 <= n; i += 8) {
     uint64_t v = Load64(p + i);
     c[0][v & 0xff]++;

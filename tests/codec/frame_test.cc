@@ -365,8 +365,9 @@ TEST(FrameCompressionTest, EncodeStatsReportEntropy) {
 // ---- Segments (tensor starts) -------------------------------------------------------------------
 
 TEST(FrameSegmentsTest, SegmentsSeparateDifferentStatistics) {
-  // Two "tensors" whose exponents do not overlap: one table each saves ~1 bit per element.
-  const size_t n = 65536;
+  // Two "tensors" whose exponents do not overlap: one table each saves ~1 bit per element. Short
+  // enough that the encoder does not cut the stream into sub-blocks on its own.
+  const size_t n = 32768;
   Bytes data = test::GaussianWeights(DType::kBF16, n / 2, 1e-3, 13);
   const Bytes second = test::GaussianWeights(DType::kBF16, n / 2, 100.0, 14);
   data.insert(data.end(), second.begin(), second.end());
@@ -376,6 +377,21 @@ TEST(FrameSegmentsTest, SegmentsSeparateDifferentStatistics) {
   ASSERT_TRUE(RoundTrip(data, DType::kBF16, {}, {}, &without));
   EXPECT_LT(with.size() + n / 16, without.size())
       << "segments did not give the two halves their own statistics";
+}
+
+TEST(FrameSegmentsTest, LongStreamsFindStatisticsChangesWithoutHints) {
+  // The same two "tensors", long: the encoder's own sub-blocks must find the change, so hints
+  // add (almost) nothing.
+  const size_t n = 131072;
+  Bytes data = test::GaussianWeights(DType::kBF16, n / 2, 1e-3, 13);
+  const Bytes second = test::GaussianWeights(DType::kBF16, n / 2, 100.0, 14);
+  data.insert(data.end(), second.begin(), second.end());
+  const uint32_t seg[] = {static_cast<uint32_t>(n / 2)};
+  Bytes with, without;
+  ASSERT_TRUE(RoundTrip(data, DType::kBF16, {}, seg, &with));
+  ASSERT_TRUE(RoundTrip(data, DType::kBF16, {}, {}, &without));
+  EXPECT_LT(without.size(), with.size() + with.size() / 100)
+      << "without hints, the encoder kept one table for both halves";
 }
 
 TEST(FrameSegmentsTest, ManyAndOddSegmentsRoundTrip) {
