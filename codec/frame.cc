@@ -117,6 +117,14 @@ struct FrameEncoder::Impl {
     return true;
   }
 
+  // Whether zstd -1 on the first kZstdSample bytes, scaled up, comes under `target` bytes.
+  bool ZstdSampleWins(std::span<const uint8_t> in, size_t target) {
+    constexpr size_t kZstdSample = 16u << 10;
+    if (in.size() <= 2 * kZstdSample) return true;
+    if (!Zstd(in.first(kZstdSample), 1, tmp)) return false;
+    return tmp.size() * (in.size() / kZstdSample) < target;
+  }
+
   // Codes one stream into coded[s]; returns its coding. Adds its order-0 entropy to *entropy.
   StreamCoding CodeStream(std::span<const uint8_t> in, bool exponent,
                           std::span<const uint32_t> segments, double* entropy, int s) {
@@ -150,9 +158,11 @@ struct FrameEncoder::Impl {
     // in sparse tensors, where Huffman cannot go below a bit per symbol), but costs time: try it
     // on low-entropy streams that are not float exponents, and where Huffman is far off the
     // entropy.
+    // entropy. A fast pass over a sample says first whether the full attempt can win.
     const bool huffman_poor = plan.cost_bytes * 8 > 1.25 * plan.entropy_bits + 512;
+    const size_t target = std::min(best_size, keep_below);
     if (((!exponent && plan.entropy_bits < 0.75 * 8 * in.size()) || huffman_poor) &&
-        Zstd(in, opts.zstd_level, tmp) && tmp.size() < std::min(best_size, keep_below)) {
+        ZstdSampleWins(in, target) && Zstd(in, opts.zstd_level, tmp) && tmp.size() < target) {
       out.swap(tmp);
       return StreamCoding::kZstd;
     }
