@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/tools/cli_util.h"
 #include "tools/synth_model.h"
 
 #ifndef ZIPNN_BINARY
@@ -22,60 +23,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 void WriteAll(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
 }
 
-struct ToolRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-class ZipnnCliTest : public ::testing::Test {
+class ZipnnCliTest : public test::TempDirTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "zipnn-cli-test-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
-  std::string Path(const std::string& name) const { return dir_ + "/" + name; }
-
-  // Runs the zipnn binary with `args`, capturing its exit code, stdout and stderr.
-  ToolRun Zipnn(const std::vector<std::string>& args) {
-    const std::string out_path = Path(".stdout"), err_path = Path(".stderr");
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      ::dup2(out, STDOUT_FILENO);
-      ::dup2(err, STDERR_FILENO);
-      std::vector<char*> argv{const_cast<char*>(ZIPNN_BINARY)};
-      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      ::execv(ZIPNN_BINARY, argv.data());
-      ::_exit(127);
-    }
-    ToolRun r;
-    int status = 0;
-    if (pid > 0 && ::waitpid(pid, &status, 0) == pid && WIFEXITED(status)) {
-      r.exit_code = WEXITSTATUS(status);
-    }
-    r.out = ReadAll(out_path);
-    r.err = ReadAll(err_path);
-    fs::remove(out_path);
-    fs::remove(err_path);
-    return r;
-  }
+  test::ToolRun Zipnn(const std::vector<std::string>& args) { return RunTool(ZIPNN_BINARY, args); }
 
   // Files in the test directory, to check that no temporary file was left behind.
   std::vector<std::string> Listing() const {
@@ -107,16 +61,14 @@ class ZipnnCliTest : public ::testing::Test {
   void ExpectRoundTrip(const std::string& input, const std::vector<std::string>& extra = {}) {
     std::vector<std::string> args{"compress", "-q", input, "-o", input + ".test.znn"};
     args.insert(args.end(), extra.begin(), extra.end());
-    ToolRun c = Zipnn(args);
+    test::ToolRun c = Zipnn(args);
     ASSERT_EQ(c.exit_code, 0) << c.err;
-    ToolRun d = Zipnn({"decompress", "-q", input + ".test.znn", "-o", input + ".restored"});
+    test::ToolRun d = Zipnn({"decompress", "-q", input + ".test.znn", "-o", input + ".restored"});
     ASSERT_EQ(d.exit_code, 0) << d.err;
-    EXPECT_TRUE(ReadAll(input) == ReadAll(input + ".restored")) << input;
+    EXPECT_TRUE(test::ReadAll(input) == test::ReadAll(input + ".restored")) << input;
     fs::remove(input + ".test.znn");
     fs::remove(input + ".restored");
   }
-
-  std::string dir_;
 };
 
 TEST_F(ZipnnCliTest, RoundTripsAreByteExact) {
@@ -130,49 +82,49 @@ TEST_F(ZipnnCliTest, RoundTripsAreByteExact) {
 
 TEST_F(ZipnnCliTest, DefaultNamesAndOverwrite) {
   const std::string model = MakeModel("m.safetensors", DType::kBF16);
-  const std::string original = ReadAll(model);
-  ToolRun c = Zipnn({"compress", model});
+  const std::string original = test::ReadAll(model);
+  test::ToolRun c = Zipnn({"compress", model});
   ASSERT_EQ(c.exit_code, 0) << c.err;
   EXPECT_NE(c.err.find("m.safetensors.znn"), std::string::npos) << "summary: " << c.err;
   ASSERT_TRUE(fs::exists(model + ".znn"));
 
   // Existing outputs are refused without -f and left alone.
-  const std::string compressed = ReadAll(model + ".znn");
+  const std::string compressed = test::ReadAll(model + ".znn");
   WriteAll(model + ".znn", "precious");
-  ToolRun again = Zipnn({"compress", model});
+  test::ToolRun again = Zipnn({"compress", model});
   EXPECT_EQ(again.exit_code, 1);
   EXPECT_NE(again.err.find("exists"), std::string::npos) << again.err;
-  EXPECT_EQ(ReadAll(model + ".znn"), "precious");
-  ToolRun forced = Zipnn({"compress", "-f", "-q", model});
+  EXPECT_EQ(test::ReadAll(model + ".znn"), "precious");
+  test::ToolRun forced = Zipnn({"compress", "-f", "-q", model});
   EXPECT_EQ(forced.exit_code, 0) << forced.err;
-  EXPECT_EQ(ReadAll(model + ".znn"), compressed) << "output is deterministic";
+  EXPECT_EQ(test::ReadAll(model + ".znn"), compressed) << "output is deterministic";
 
-  ToolRun d = Zipnn({"decompress", "-q", model + ".znn"});
+  test::ToolRun d = Zipnn({"decompress", "-q", model + ".znn"});
   EXPECT_EQ(d.exit_code, 1) << "the original is still there";
-  EXPECT_EQ(ReadAll(model), original);
+  EXPECT_EQ(test::ReadAll(model), original);
   fs::remove(model);
   d = Zipnn({"decompress", "-q", model + ".znn"});
   ASSERT_EQ(d.exit_code, 0) << d.err;
-  EXPECT_TRUE(ReadAll(model) == original);
+  EXPECT_TRUE(test::ReadAll(model) == original);
   EXPECT_EQ(Listing(), (std::vector<std::string>{"m.safetensors", "m.safetensors.znn"}));
 }
 
 TEST_F(ZipnnCliTest, InputErrors) {
-  ToolRun missing = Zipnn({"compress", Path("nope.bin")});
+  test::ToolRun missing = Zipnn({"compress", Path("nope.bin")});
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.err.find("nope.bin"), std::string::npos) << missing.err;
   EXPECT_EQ(Zipnn({"decompress", Path("nope.znn")}).exit_code, 1);
   EXPECT_EQ(Zipnn({"compress", dir_}).exit_code, 1) << "a directory";
 
   MakeRandom("fake.znn", 10000, 4);
-  ToolRun fake = Zipnn({"decompress", Path("fake.znn")});
+  test::ToolRun fake = Zipnn({"decompress", Path("fake.znn")});
   EXPECT_EQ(fake.exit_code, 1);
   EXPECT_NE(fake.err.find("fake.znn: not a zipnn container"), std::string::npos) << fake.err;
   EXPECT_EQ(Zipnn({"info", Path("fake.znn")}).exit_code, 1);
   EXPECT_EQ(Zipnn({"cat", Path("fake.znn")}).exit_code, 1);
 
   MakeRandom("plain.bin", 100, 5);
-  ToolRun suffix = Zipnn({"decompress", Path("plain.bin")});
+  test::ToolRun suffix = Zipnn({"decompress", Path("plain.bin")});
   EXPECT_EQ(suffix.exit_code, 1);
   EXPECT_NE(suffix.err.find("-o"), std::string::npos) << suffix.err;
   EXPECT_EQ(Listing(), (std::vector<std::string>{"fake.znn", "plain.bin"}));
@@ -182,10 +134,10 @@ TEST_F(ZipnnCliTest, CorruptContainerLeavesNoOutput) {
   const std::string model = MakeModel("m.safetensors", DType::kBF16);
   ASSERT_EQ(Zipnn({"compress", "-q", model}).exit_code, 0);
   fs::remove(model);
-  std::string znn = ReadAll(model + ".znn");
+  std::string znn = test::ReadAll(model + ".znn");
   znn[znn.size() / 2] ^= 0x10;  // inside a frame payload: only decoding can tell
   WriteAll(model + ".znn", znn);
-  ToolRun d = Zipnn({"decompress", "-q", model + ".znn"});
+  test::ToolRun d = Zipnn({"decompress", "-q", model + ".znn"});
   EXPECT_EQ(d.exit_code, 1);
   EXPECT_FALSE(d.err.empty());
   EXPECT_EQ(Listing(), std::vector<std::string>{"m.safetensors.znn"}) << "partial output left";
@@ -196,29 +148,30 @@ TEST_F(ZipnnCliTest, CorruptContainerLeavesNoOutput) {
 
 TEST_F(ZipnnCliTest, CatGivesTheBytesOfARange) {
   const std::string model = MakeModel("m.safetensors", DType::kBF16);
-  const std::string original = ReadAll(model);
+  const std::string original = test::ReadAll(model);
   ASSERT_EQ(Zipnn({"compress", "-q", "--chunk-size", "16K", model}).exit_code, 0);
   std::mt19937_64 rng(9);
   for (int i = 0; i < 8; ++i) {
     const uint64_t offset = rng() % original.size();
     const uint64_t length = rng() % 100000;
-    ToolRun r = Zipnn({"cat", model + ".znn", "--offset", std::to_string(offset), "--length",
-                       std::to_string(length)});
+    test::ToolRun r = Zipnn({"cat", model + ".znn", "--offset", std::to_string(offset), "--length",
+                             std::to_string(length)});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_TRUE(r.out == original.substr(offset, length)) << offset << "+" << length;
   }
-  ToolRun all = Zipnn({"cat", model + ".znn"});
+  test::ToolRun all = Zipnn({"cat", model + ".znn"});
   EXPECT_TRUE(all.out == original);
-  ToolRun k = Zipnn({"cat", model + ".znn", "--offset", "1K", "--length", "1K"});
+  test::ToolRun k = Zipnn({"cat", model + ".znn", "--offset", "1K", "--length", "1K"});
   EXPECT_TRUE(k.out == original.substr(1024, 1024));
-  ToolRun past = Zipnn({"cat", model + ".znn", "--offset", std::to_string(original.size() + 1)});
+  test::ToolRun past =
+      Zipnn({"cat", model + ".znn", "--offset", std::to_string(original.size() + 1)});
   EXPECT_EQ(past.exit_code, 1);
 }
 
 TEST_F(ZipnnCliTest, InfoShowsMethodsAndDtypes) {
   const std::string model = MakeModel("m.safetensors", DType::kF32);
   ASSERT_EQ(Zipnn({"compress", "-q", model}).exit_code, 0);
-  ToolRun r = Zipnn({"info", model + ".znn"});
+  test::ToolRun r = Zipnn({"info", model + ".znn"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("| method |"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("| F32 |"), std::string::npos) << r.out;
@@ -233,10 +186,10 @@ TEST_F(ZipnnCliTest, UsageErrorsExitWithTwo) {
   EXPECT_EQ(Zipnn({"compress", "x", "--chunk-size", "12Q"}).exit_code, 2);
   EXPECT_EQ(Zipnn({"compress", "x", "--chunk-size", "1G"}).exit_code, 2);
   EXPECT_EQ(Zipnn({"compress", "x", "--threads", "-1"}).exit_code, 2);
-  ToolRun help = Zipnn({"--help"});
+  test::ToolRun help = Zipnn({"--help"});
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.out.find("decompress"), std::string::npos);
-  ToolRun sub = Zipnn({"compress", "--help"});
+  test::ToolRun sub = Zipnn({"compress", "--help"});
   EXPECT_EQ(sub.exit_code, 0);
   EXPECT_NE(sub.out.find("--chunk-size"), std::string::npos);
 }
@@ -244,7 +197,7 @@ TEST_F(ZipnnCliTest, UsageErrorsExitWithTwo) {
 TEST_F(ZipnnCliTest, BenchOnGivenFiles) {
   const std::string a = MakeModel("a.safetensors", DType::kBF16);
   const std::string b = MakeModel("b.safetensors", DType::kF32);
-  ToolRun r = Zipnn({"bench", "--min-time", "0", a, b});
+  test::ToolRun r = Zipnn({"bench", "--min-time", "0", a, b});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("| BF16 | 1 |"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("| F32 | 1 |"), std::string::npos) << r.out;

@@ -1,0 +1,267 @@
+// Store::Check, the consistency check behind `zipnnfs fsck`, and the usage figures behind
+// `zipnnfs stats`. Check reads the index in one short read transaction into memory; packs are
+// read and frames decoded after it has ended.
+#include <sys/stat.h>
+
+#include <cstring>
+#include <map>
+#include <unordered_map>
+
+#include "index/store_impl.h"
+
+namespace zipnn::index {
+
+namespace {
+
+struct HashHasher {
+  size_t operator()(const ChunkHash& h) const {
+    size_t v;
+    std::memcpy(&v, h.data(), sizeof(v));
+    return v;
+  }
+};
+
+struct Use {  // one extent: where a chunk is used
+  uint64_t ino, offset;
+  uint32_t raw_size;
+};
+
+uint64_t KeyU64(const MDB_val& k, size_t at) {
+  return rec::GetBE64(static_cast<const uint8_t*>(k.mv_data) + at);
+}
+
+}  // namespace
+
+Result<CheckReport> StoreImpl::Check(bool verify_frames) {
+  CheckReport report;
+  auto problem = [&](std::string what, uint64_t ino = 0, uint64_t begin = 0, uint64_t end = 0) {
+    report.problems.push_back({std::move(what), ino, begin, end});
+  };
+  std::unordered_map<ChunkHash, std::vector<Use>, HashHasher> uses;
+  std::unordered_map<ChunkHash, rec::Chunk, HashHasher> chunks;
+  std::map<uint32_t, uint64_t> pack_lengths;
+  {
+    Result<lmdb::Txn> txn = env_->BeginRead();
+    if (!txn.ok()) return txn.status();
+    Status st;
+    MDB_val k, v;
+    std::map<uint64_t, InodeAttr> inodes;
+    {
+      Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kInodes));
+      if (!cur.ok()) return cur.status();
+      for (bool have = cur->Get(k, v, MDB_FIRST, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
+        if (k.mv_size != 8) {
+          problem("inodes: malformed key");
+          continue;
+        }
+        std::optional<InodeAttr> a = rec::DecodeInode(KeyU64(k, 0), lmdb::Bytes(v));
+        if (!a) {
+          problem("bad inode record", KeyU64(k, 0));
+          continue;
+        }
+        inodes[a->ino] = *a;
+      }
+    }
+    report.inodes = inodes.size();
+    if (!inodes.count(kRootInode)) problem("the root directory (inode 1) is missing");
+    {
+      Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kDirents));
+      if (!cur.ok()) return cur.status();
+      for (bool have = cur->Get(k, v, MDB_FIRST, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
+        if (k.mv_size <= 8 || v.mv_size != rec::kDirentSize) {
+          problem("dirents: malformed record");
+          continue;
+        }
+        const uint64_t parent = KeyU64(k, 0);
+        const uint64_t child = rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data));
+        const std::string name(static_cast<const char*>(k.mv_data) + 8, k.mv_size - 8);
+        auto p = inodes.find(parent);
+        auto c = inodes.find(child);
+        if (p == inodes.end() || p->second.kind != InodeKind::kDirectory) {
+          problem("entry '" + name + "' is in a missing or non-directory inode", parent);
+        }
+        if (c == inodes.end()) problem("entry '" + name + "' names a missing inode", parent);
+      }
+    }
+    for (const auto& [ino, a] : inodes) {
+      if (a.kind == InodeKind::kSymlink) {
+        rec::InodeKey key(ino);
+        MDB_val t;
+        if (!txn->Get(dbi(kSymlinks), lmdb::Val(key.bytes()), t).ok()) {
+          problem("symlink without a target", ino);
+        }
+      }
+      if (a.kind != InodeKind::kFile) continue;
+      // The extents must tile [0, size) in order.
+      Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kExtents));
+      if (!cur.ok()) return cur.status();
+      rec::ExtentKey start(ino, 0);
+      k = lmdb::Val(start.bytes());
+      uint64_t next = 0;
+      for (bool have = cur->Get(k, v, MDB_SET_RANGE, st);
+           have && k.mv_size == 16 && KeyU64(k, 0) == ino; have = cur->Get(k, v, MDB_NEXT, st)) {
+        const uint64_t off = KeyU64(k, 8);
+        std::optional<rec::Extent> e = rec::DecodeExtent(lmdb::Bytes(v));
+        if (!e || e->raw_size == 0) {
+          problem("bad extent record", ino, off, off);
+          continue;
+        }
+        if (off != next)
+          problem("extents leave a gap or overlap", ino, std::min(off, next), std::max(off, next));
+        next = off + e->raw_size;
+        uses[e->hash].push_back({ino, off, e->raw_size});
+      }
+      if (next != a.size) {
+        problem("extents cover " + std::to_string(next) + " bytes of " + std::to_string(a.size),
+                ino, std::min(next, a.size), std::max(next, a.size));
+      }
+    }
+    {
+      Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kChunks));
+      if (!cur.ok()) return cur.status();
+      for (bool have = cur->Get(k, v, MDB_FIRST, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
+        std::optional<rec::Chunk> c = rec::DecodeChunk(lmdb::Bytes(v));
+        if (k.mv_size != 16 || !c) {
+          problem("chunks: malformed record");
+          continue;
+        }
+        ChunkHash h;
+        std::memcpy(h.data(), k.mv_data, 16);
+        chunks[h] = *c;
+      }
+    }
+    {
+      Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kMeta));
+      if (!cur.ok()) return cur.status();
+      const std::string prefix = "pack/";
+      k = lmdb::Val(prefix);
+      for (bool have = cur->Get(k, v, MDB_SET_RANGE, st); have;
+           have = cur->Get(k, v, MDB_NEXT, st)) {
+        if (k.mv_size != 9 || std::memcmp(k.mv_data, "pack/", 5) != 0) break;
+        if (v.mv_size != 8) continue;
+        pack_lengths[rec::GetBE32(static_cast<const uint8_t*>(k.mv_data) + 5)] =
+            rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data));
+      }
+    }
+    if (!st.ok()) return st;
+  }  // the read transaction ends here: packs are checked without it
+
+  for (const auto& [id, length] : pack_lengths) {
+    struct stat s;
+    const std::string path = PackPath(dir_ + "/packs", id);
+    if (::stat(path.c_str(), &s) != 0 || static_cast<uint64_t>(s.st_size) < length) {
+      problem(path + ": shorter than its committed length " + std::to_string(length));
+    }
+  }
+  auto damaged = [&](const ChunkHash& h, const std::string& what) {
+    for (const Use& u : uses[h]) problem(what, u.ino, u.offset, u.offset + u.raw_size);
+  };
+  for (const auto& [h, list] : uses) {
+    auto c = chunks.find(h);
+    if (c == chunks.end()) {
+      damaged(h, "chunk record missing");
+    } else if (c->second.refcount != list.size()) {
+      problem("chunk refcount " + std::to_string(c->second.refcount) + " but " +
+              std::to_string(list.size()) + " references");
+    }
+  }
+  FrameDecoder decoder;
+  std::vector<uint8_t> frame, raw;
+  for (const auto& [h, c] : chunks) {
+    ++report.chunks;
+    const bool used = uses.count(h) != 0;
+    if (!used && c.refcount != 0) {
+      problem("orphan chunk: refcount " + std::to_string(c.refcount) + " but no references");
+    }
+    auto pack = pack_lengths.find(c.pack_id);
+    if (pack == pack_lengths.end() || c.pack_offset + c.frame_size > pack->second) {
+      damaged(h, "chunk lies outside the committed part of pack " + std::to_string(c.pack_id));
+      continue;
+    }
+    if (!verify_frames || !used) continue;
+    ChunkLocation loc;
+    loc.raw_size = c.raw_size;
+    loc.pack_id = c.pack_id;
+    loc.pack_offset = c.pack_offset;
+    loc.frame_size = c.frame_size;
+    loc.method = c.method;
+    Status st = ReadFrame(loc, frame);
+    if (st.ok()) {
+      raw.resize(c.raw_size);
+      st = decoder.Decode(frame, raw);
+    }
+    if (st.ok() && HashChunk(raw) != h)
+      st = Status::ChecksumMismatch("content does not match its hash");
+    if (!st.ok()) damaged(h, "damaged chunk: " + st.message());
+    ++report.frames_verified;
+  }
+  return report;
+}
+
+Result<FileUsage> StoreImpl::GetFileUsage(uint64_t ino) {
+  Result<lmdb::Txn> txn = env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  Result<InodeAttr> attr = GetAttrIn(*txn, ino);
+  if (!attr.ok()) return attr.status();
+  FileUsage u;
+  u.size = attr->size;
+  if (attr->kind != InodeKind::kFile) return u;
+  std::vector<ChunkLocation> chunks;
+  ZIPNN_RETURN_IF_ERROR(ChunksIn(*txn, ino, 0, UINT64_MAX, chunks));
+  for (const ChunkLocation& c : chunks) {
+    ++u.chunks;
+    u.frame_bytes += c.frame_size;
+    u.raw_by_method[static_cast<int>(c.method)] += c.raw_size;
+    u.raw_by_dtype[static_cast<int>(c.dtype)] += c.raw_size;
+  }
+  return u;
+}
+
+Result<StoreUsage> StoreImpl::GetStoreUsage() {
+  Result<lmdb::Txn> txn = env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  StoreUsage u;
+  Status st;
+  MDB_val k, v;
+  {
+    Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kInodes));
+    if (!cur.ok()) return cur.status();
+    for (bool have = cur->Get(k, v, MDB_FIRST, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
+      std::optional<InodeAttr> a = rec::DecodeInode(KeyU64(k, 0), lmdb::Bytes(v));
+      if (!a) return Status::Corrupt("bad inode record");
+      if (a->kind == InodeKind::kFile) ++u.files, u.logical_bytes += a->size;
+      if (a->kind == InodeKind::kDirectory) ++u.directories;
+      if (a->kind == InodeKind::kSymlink) ++u.symlinks;
+    }
+  }
+  {
+    Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kChunks));
+    if (!cur.ok()) return cur.status();
+    for (bool have = cur->Get(k, v, MDB_FIRST, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
+      std::optional<rec::Chunk> c = rec::DecodeChunk(lmdb::Bytes(v));
+      if (!c) return Status::Corrupt("bad chunk record");
+      if (c->refcount == 0) {
+        u.unreferenced_frame_bytes += c->frame_size;
+        continue;
+      }
+      ++u.chunks;
+      u.chunk_frame_bytes += c->frame_size;
+      u.chunk_raw_bytes += c->raw_size;
+    }
+  }
+  {
+    Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kMeta));
+    if (!cur.ok()) return cur.status();
+    const std::string prefix = "pack/";
+    k = lmdb::Val(prefix);
+    for (bool have = cur->Get(k, v, MDB_SET_RANGE, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
+      if (k.mv_size != 9 || std::memcmp(k.mv_data, prefix.data(), 5) != 0) break;
+      if (v.mv_size == 8)
+        u.pack_bytes += rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data));
+    }
+  }
+  if (!st.ok()) return st;
+  return u;
+}
+
+}  // namespace zipnn::index

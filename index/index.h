@@ -1,0 +1,224 @@
+// zipnn store: compressed files in append-only packs of codec frames, found through an LMDB index.
+//
+//   STORE/FORMAT    text: "zipnnfs-store <version>"; other versions are refused
+//   STORE/LOCK      flock()ed exclusively by the one process that opens the store for writing
+//   STORE/index/    the LMDB environment (inodes, directory entries, offset index, chunks, ...)
+//   STORE/packs/    pack-NNNNNN.znp: codec frames back to back, append-only
+//   STORE/staging/  reserved for files being written through the filesystem (later)
+//
+// A file is committed in one LMDB write transaction, after the frames it references are synced to
+// their pack: after a crash every file is entirely its old or its new version. Pack bytes past
+// the committed length of their pack belong to no file and are cut off when a writer opens the
+// store. Identical chunks (same XXH3-128 of their raw bytes) are stored once and refcounted.
+// Every key and value encoding is in docs/format.md, "The store".
+//
+// Inode numbers are stable and never reused while the store lives, so the filesystem can hand
+// them to the kernel as they are; the root directory is inode 1 (FUSE_ROOT_ID).
+//
+// Thread safety: every method may be called from any thread. Reads run concurrently (each takes a
+// short LMDB read transaction and releases it before touching packs); writes are serialised.
+// This module knows nothing of FUSE.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "codec/codec.h"
+#include "codec/status.h"
+
+namespace zipnn::index {
+
+inline constexpr uint32_t kStoreFormatVersion = 1;
+inline constexpr uint64_t kRootInode = 1;
+
+// Values are stored in inode records: never renumber.
+enum class InodeKind : uint8_t { kFile = 1, kDirectory = 2, kSymlink = 3 };
+
+struct InodeAttr {
+  uint64_t ino = 0;
+  InodeKind kind = InodeKind::kFile;
+  uint32_t mode = 0;  // permission bits and the file-type bits of st_mode
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint64_t size = 0;  // files: bytes; symlinks: target length; directories: 0
+  int64_t atime_ns = 0;
+  int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
+  uint32_t nlink = 1;
+};
+
+// Attributes a caller gives a new inode (size, nlink and the inode number come from the store).
+struct NewAttr {
+  uint32_t mode = 0644;  // permission bits; the file-type bits are set from the kind
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  int64_t atime_ns = 0;
+  int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
+  std::vector<std::pair<std::string, std::string>> xattrs;  // extended attributes: name, value
+};
+
+struct DirEntry {
+  std::string name;
+  uint64_t ino = 0;
+  InodeKind kind = InodeKind::kFile;
+};
+
+using ChunkHash = std::array<uint8_t, 16>;  // XXH3-128 of the raw bytes, canonical (big-endian)
+
+// Where one chunk of a file is: its place in the file and its frame in a pack. What the
+// filesystem needs to read and cache chunks itself (the hash is a natural cache key).
+struct ChunkLocation {
+  uint64_t file_offset = 0;
+  uint32_t raw_size = 0;
+  DType dtype = DType::kBytes;  // as planned (tensor dtype); the frame says how it was coded
+  ChunkHash hash{};
+  uint32_t pack_id = 0;
+  uint64_t pack_offset = 0;
+  uint32_t frame_size = 0;
+  Method method = Method::kRaw;
+};
+
+struct StoreOptions {
+  bool writable = false;  // takes STORE/LOCK; fails with kBusy if another process holds it
+  unsigned threads = 0;   // compression threads for AddFile; 0 = all cores
+  uint32_t chunk_size = 256u << 10;
+  EncodeOptions encode;
+  uint64_t batch_bytes = 32u << 20;  // raw bytes compressed per batch (bounds AddFile's memory)
+  uint64_t pack_target_size =
+      1ull << 30;  // a pack this large is closed; the next frame starts a new one
+};
+
+// Progress of AddFile, called after each batch is appended to its pack (before the commit).
+struct AddProgress {
+  uint64_t raw_done = 0;         // bytes of the file read and compressed so far
+  uint64_t raw_total = 0;        // size of the file
+  uint64_t new_frame_bytes = 0;  // bytes appended to packs so far (dedup hits add nothing)
+};
+using AddProgressFn = std::function<void(const AddProgress&)>;
+
+struct AddResult {
+  InodeAttr attr;
+  uint64_t chunks = 0;
+  uint64_t new_chunks = 0;       // chunks not already in the store
+  uint64_t new_frame_bytes = 0;  // bytes appended to packs
+  uint64_t frame_bytes = 0;      // frame bytes of all its chunks, deduplicated or not
+};
+
+// Per-file storage figures for `stats`.
+struct FileUsage {
+  uint64_t size = 0;
+  uint64_t chunks = 0;
+  uint64_t frame_bytes = 0;  // sum of the frame sizes of its chunks (shared chunks counted fully)
+  uint64_t raw_by_method[kNumMethods] = {};
+  uint64_t raw_by_dtype[kNumDTypes] = {};  // by the dtype the frames were coded as
+};
+
+struct StoreUsage {
+  uint64_t files = 0, directories = 0, symlinks = 0;
+  uint64_t logical_bytes = 0;      // sum of file sizes
+  uint64_t chunks = 0;             // distinct chunks with refcount > 0
+  uint64_t chunk_frame_bytes = 0;  // their frame bytes: what the files really take
+  uint64_t chunk_raw_bytes = 0;
+  uint64_t unreferenced_frame_bytes = 0;  // chunks at refcount 0, for gc (later)
+  uint64_t pack_bytes = 0;                // committed bytes of all packs
+};
+
+// What Store::Check found wrong. `ino` is 0 for problems of the store as a whole; for a file,
+// [begin, end) is the byte range affected.
+struct CheckProblem {
+  std::string what;
+  uint64_t ino = 0;
+  uint64_t begin = 0, end = 0;
+};
+struct CheckReport {
+  uint64_t inodes = 0;
+  uint64_t chunks = 0;
+  uint64_t frames_verified = 0;
+  std::vector<CheckProblem> problems;
+  bool clean() const { return problems.empty(); }
+};
+
+struct GcReport {
+  uint64_t chunks_dropped = 0;  // unreferenced chunk records removed
+  uint64_t frames_moved = 0;    // live frames copied out of sparse packs
+  uint64_t bytes_moved = 0;
+  uint64_t packs_removed = 0;
+  uint64_t bytes_reclaimed = 0;  // pack bytes before minus after
+};
+
+class Store {
+ public:
+  // Creates an empty store (FORMAT, LOCK, index with the root directory, packs/, staging/) in
+  // `dir`, which must not exist or be empty.
+  static Status Init(const std::string& dir);
+  // Opens a store: kNotFound without one, kUnsupported for another format version, kBusy when
+  // another process writes it (writable) or this process has it open already (LMDB allows one
+  // environment per process: share the Store instead).
+  static Result<std::unique_ptr<Store>> Open(const std::string& dir, const StoreOptions& opts = {});
+
+  virtual ~Store() = default;
+
+  // ---- Reading ----
+  virtual Result<InodeAttr> GetAttr(uint64_t ino) = 0;
+  virtual Result<InodeAttr> Lookup(uint64_t parent, std::string_view name) = 0;
+  // Resolves "/a/b/c" (or "a/b/c"; "" and "/" are the root) without following symlinks.
+  virtual Result<InodeAttr> LookupPath(std::string_view path) = 0;
+  // Up to `max` entries of directory `parent` whose names sort after `after` (byte order), in
+  // order; "" starts at the beginning. The last name returned is the cookie for the next call.
+  virtual Status ReadDir(uint64_t parent, std::string_view after, size_t max,
+                         std::vector<DirEntry>& out) = 0;
+  virtual Result<std::string> ReadLink(uint64_t ino) = 0;
+  // Extended attributes (stored with the inode, in its commit). GetXattr: kNotFound if absent.
+  virtual Result<std::string> GetXattr(uint64_t ino, std::string_view name) = 0;
+  virtual Status ListXattr(uint64_t ino, std::vector<std::string>& names) = 0;
+  // Like pread: bytes [offset, offset + out.size()) of file `ino`, clamped at its end; returns
+  // the number of bytes read. Every frame touched is verified; a damaged chunk is a kChecksum or
+  // kCorrupt error naming the inode and byte range.
+  virtual Result<size_t> Read(uint64_t ino, uint64_t offset, std::span<uint8_t> out) = 0;
+  // The chunks overlapping [offset, offset + length) of file `ino`, in file order.
+  virtual Result<std::vector<ChunkLocation>> ChunksInRange(uint64_t ino, uint64_t offset,
+                                                           uint64_t length) = 0;
+  // Reads the frame of `chunk` from its pack (resizing `frame`) and checks its header against
+  // the location; the caller decodes it (FrameDecoder verifies the checksum).
+  virtual Status ReadFrame(const ChunkLocation& chunk, std::vector<uint8_t>& frame) = 0;
+  virtual Result<FileUsage> GetFileUsage(uint64_t ino) = 0;
+  virtual Result<StoreUsage> GetStoreUsage() = 0;
+  // Checks the index (directory entries, extents tiling each file, chunk records, refcounts,
+  // pack bounds) and, with `verify_frames`, decodes every referenced frame against its checksum.
+  // A damaged chunk is reported once per file range that uses it. Errors only when the check
+  // itself cannot run; damage goes into the report.
+  virtual Result<CheckReport> Check(bool verify_frames) = 0;
+
+  // ---- Writing (store opened writable) ----
+  // Creates directory `name` in `parent`; kExists if the name is taken.
+  virtual Result<InodeAttr> Mkdir(uint64_t parent, std::string_view name, const NewAttr& attr) = 0;
+  virtual Result<InodeAttr> Symlink(uint64_t parent, std::string_view name, std::string_view target,
+                                    const NewAttr& attr) = 0;
+  // Stores the bytes of `source_fd` (from offset 0 to its size at the call) as file `name` in
+  // `parent`, replacing a file of that name (keeping its inode number). The name also picks the
+  // chunk planning (".safetensors" files get tensor-aware chunks). Commits in one transaction.
+  virtual Result<AddResult> AddFile(uint64_t parent, std::string_view name, int source_fd,
+                                    const NewAttr& attr, const AddProgressFn& progress = {}) = 0;
+  // Drops unreferenced chunks and rewrites packs whose live frames fill less than
+  // `live_fraction` of them: live frames are copied to a new pack, synced, and one transaction
+  // moves their records and forgets the old packs, which are then deleted. A crash at any point
+  // leaves the old or the new layout (an unreferenced pack file is deleted by the next writer).
+  // Meant for a store no filesystem is serving: frames a reader located before the gc may be
+  // gone.
+  virtual Result<GcReport> Gc(double live_fraction = 0.5) = 0;
+  // Sets the times of any inode (import restores directory times after filling them).
+  virtual Status SetTimes(uint64_t ino, int64_t atime_ns, int64_t mtime_ns) = 0;
+};
+
+// Canonical XXH3-128 of `data`, the key of a chunk.
+ChunkHash HashChunk(std::span<const uint8_t> data);
+
+}  // namespace zipnn::index

@@ -1,0 +1,150 @@
+#include "index/lmdb.h"
+
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <string>
+
+namespace zipnn::index::lmdb {
+
+Status Error(int rc, std::string_view what) {
+  std::string msg = "lmdb " + std::string(what) + ": " + mdb_strerror(rc);
+  if (rc == MDB_NOTFOUND) return Status::NotFound(std::move(msg));
+  if (rc == MDB_MAP_FULL || rc == ENOSPC) return Status::NoSpace(std::move(msg));
+  if (rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND || rc == MDB_INVALID) {
+    return Status::Corrupt(std::move(msg));
+  }
+  if (rc == MDB_VERSION_MISMATCH) return Status::Unsupported(std::move(msg));
+  return Status::Io(std::move(msg));
+}
+
+Txn::Txn(Txn&& o) noexcept : txn_(o.txn_), lock_(std::move(o.lock_)), map_full_(o.map_full_) {
+  o.txn_ = nullptr;
+}
+
+Txn::~Txn() {
+  if (txn_ != nullptr) mdb_txn_abort(txn_);
+}
+
+Status Txn::Check(int rc, std::string_view what) {
+  if (rc == MDB_SUCCESS) return Status::Ok();
+  if (rc == MDB_MAP_FULL) map_full_ = true;
+  return Error(rc, what);
+}
+
+Status Txn::Get(MDB_dbi dbi, MDB_val key, MDB_val& value) {
+  return Check(mdb_get(txn_, dbi, &key, &value), "get");
+}
+
+Status Txn::Put(MDB_dbi dbi, MDB_val key, MDB_val value, unsigned flags) {
+  return Check(mdb_put(txn_, dbi, &key, &value, flags), "put");
+}
+
+Status Txn::Del(MDB_dbi dbi, MDB_val key) {
+  return Check(mdb_del(txn_, dbi, &key, nullptr), "del");
+}
+
+Status Txn::Commit() {
+  const int rc = mdb_txn_commit(txn_);
+  txn_ = nullptr;  // freed by LMDB whether or not the commit succeeded
+  lock_ = {};
+  return Check(rc, "commit");
+}
+
+Result<Cursor> Cursor::Open(Txn& txn, MDB_dbi dbi) {
+  MDB_cursor* c = nullptr;
+  const int rc = mdb_cursor_open(txn.get(), dbi, &c);
+  if (rc != MDB_SUCCESS) return Error(rc, "cursor open");
+  return Cursor(c);
+}
+
+bool Cursor::Get(MDB_val& key, MDB_val& value, MDB_cursor_op op, Status& st) {
+  const int rc = mdb_cursor_get(cursor_, &key, &value, op);
+  if (rc == MDB_SUCCESS) return true;
+  if (rc != MDB_NOTFOUND) st = Error(rc, "cursor get");
+  return false;
+}
+
+Result<std::unique_ptr<Env>> Env::Open(const std::string& path, bool writable,
+                                       std::span<const char* const> names, size_t map_size) {
+  std::unique_ptr<Env> env(new Env());
+  env->writable_ = writable;
+  if (names.size() > std::size(env->dbis_)) return Status::InvalidArgument("too many databases");
+  int rc = mdb_env_create(&env->env_);
+  if (rc != MDB_SUCCESS) return Error(rc, "env create");
+  mdb_env_set_maxdbs(env->env_, static_cast<MDB_dbi>(std::size(env->dbis_)));
+  // Address space only: the file grows as used. An existing environment keeps a larger size
+  // recorded in its file.
+  mdb_env_set_mapsize(env->env_, map_size);
+  // NOTLS: read transactions are not tied to threads (FUSE requests hop between workers).
+  unsigned flags = MDB_NOTLS;
+  if (!writable) flags |= MDB_RDONLY;
+  rc = mdb_env_open(env->env_, path.c_str(), flags, 0644);
+  if (rc != MDB_SUCCESS) return Error(rc, "open " + path);
+
+  MDB_txn* txn = nullptr;
+  rc = mdb_txn_begin(env->env_, nullptr, writable ? 0 : MDB_RDONLY, &txn);
+  if (rc != MDB_SUCCESS) return Error(rc, "begin");
+  for (size_t i = 0; i < names.size(); ++i) {
+    rc = mdb_dbi_open(txn, names[i], writable ? MDB_CREATE : 0, &env->dbis_[i]);
+    if (rc != MDB_SUCCESS) {
+      mdb_txn_abort(txn);
+      return Error(rc, std::string("open database ") + names[i]);
+    }
+  }
+  rc = mdb_txn_commit(txn);
+  if (rc != MDB_SUCCESS) return Error(rc, "commit");
+  return env;
+}
+
+Env::~Env() {
+  if (env_ != nullptr) mdb_env_close(env_);
+}
+
+Status Env::Resize(size_t new_size) {
+  std::unique_lock lock(resize_mutex_);
+  const int rc = mdb_env_set_mapsize(env_, new_size);
+  return rc == MDB_SUCCESS ? Status::Ok() : Error(rc, "set map size");
+}
+
+Result<Txn> Env::BeginRead() {
+  for (int attempt = 0;; ++attempt) {
+    std::shared_lock lock(resize_mutex_);
+    MDB_txn* txn = nullptr;
+    const int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &txn);
+    if (rc == MDB_SUCCESS) return Txn(txn, std::move(lock));
+    if (rc != MDB_MAP_RESIZED || attempt > 3) return Error(rc, "begin read");
+    lock.unlock();
+    ZIPNN_RETURN_IF_ERROR(Resize(0));  // another process grew the map
+  }
+}
+
+Status Env::Update(const std::function<Status(Txn&)>& fn) {
+  if (!writable_) return Status::InvalidArgument("store is open read-only");
+  std::lock_guard writer(writer_mutex_);
+  for (int attempt = 0;; ++attempt) {
+    bool map_full = false;
+    {
+      std::shared_lock lock(resize_mutex_);
+      MDB_txn* raw = nullptr;
+      int rc = mdb_txn_begin(env_, nullptr, 0, &raw);
+      if (rc == MDB_MAP_RESIZED) {
+        lock.unlock();
+        ZIPNN_RETURN_IF_ERROR(Resize(0));
+        continue;
+      }
+      if (rc != MDB_SUCCESS) return Error(rc, "begin write");
+      Txn txn(raw, std::move(lock));
+      Status st = fn(txn);
+      if (st.ok()) st = txn.Commit();
+      if (st.ok()) return st;
+      map_full = txn.map_full();
+      if (!map_full || attempt > 20) return st;
+    }  // the transaction is aborted here, before the resize
+    MDB_envinfo info;
+    mdb_env_info(env_, &info);
+    ZIPNN_RETURN_IF_ERROR(Resize(info.me_mapsize * 2));
+  }
+}
+
+}  // namespace zipnn::index::lmdb

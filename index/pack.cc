@@ -1,0 +1,112 @@
+#include "index/pack.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+
+namespace zipnn::index {
+
+namespace {
+constexpr size_t kWriteBufferSize = 8u << 20;
+
+Status PwriteFull(int fd, uint64_t offset, std::span<const uint8_t> bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "pack write");
+    }
+    bytes = bytes.subspan(static_cast<size_t>(n));
+    offset += static_cast<uint64_t>(n);
+  }
+  return Status::Ok();
+}
+}  // namespace
+
+std::string PackPath(const std::string& packs_dir, uint32_t pack_id) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "/pack-%06u.znp", pack_id);
+  return packs_dir + name;
+}
+
+Status PackReader::Read(uint32_t pack_id, uint64_t offset, std::span<uint8_t> out) {
+  int fd = -1;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = fds_.find(pack_id);
+    if (it == fds_.end()) {
+      const std::string path = PackPath(dir_, pack_id);
+      UniqueFd opened(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!opened.valid()) return Status::FromErrno(errno, path);
+      it = fds_.emplace(pack_id, std::move(opened)).first;
+    }
+    fd = it->second.get();  // fds are never closed while the reader lives
+  }
+  Status st = PreadFull(fd, offset, out);
+  if (!st.ok()) {
+    return Status(st.code(),
+                  PackPath(dir_, pack_id) + " at " + std::to_string(offset) + ": " + st.message());
+  }
+  return st;
+}
+
+Result<PackWriter> PackWriter::Open(const std::string& packs_dir, uint32_t pack_id,
+                                    uint64_t committed) {
+  const std::string path = PackPath(packs_dir, pack_id);
+  PackWriter w;
+  w.fd_.Reset(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!w.fd_.valid()) return Status::FromErrno(errno, path);
+  const off_t size = ::lseek(w.fd_.get(), 0, SEEK_END);
+  if (size < 0) return Status::FromErrno(errno, path);
+  if (static_cast<uint64_t>(size) < committed) {
+    return Status::Corrupt(path + ": " + std::to_string(size) + " bytes, but the index says " +
+                           std::to_string(committed) + " are committed");
+  }
+  if (static_cast<uint64_t>(size) > committed) {
+    if (::ftruncate(w.fd_.get(), static_cast<off_t>(committed)) != 0) {
+      return Status::FromErrno(errno, path + ": truncating uncommitted bytes");
+    }
+  }
+  w.id_ = pack_id;
+  w.end_ = w.committed_ = w.flushed_ = committed;
+  return w;
+}
+
+Status PackWriter::Append(std::span<const uint8_t> frame) {
+  if (buffer_.size() + frame.size() > kWriteBufferSize) ZIPNN_RETURN_IF_ERROR(Flush());
+  if (frame.size() >= kWriteBufferSize) {
+    ZIPNN_RETURN_IF_ERROR(PwriteFull(fd_.get(), flushed_, frame));
+    flushed_ += frame.size();
+  } else {
+    buffer_.insert(buffer_.end(), frame.begin(), frame.end());
+  }
+  end_ += frame.size();
+  return Status::Ok();
+}
+
+Status PackWriter::Flush() {
+  if (buffer_.empty()) return Status::Ok();
+  ZIPNN_RETURN_IF_ERROR(PwriteFull(fd_.get(), flushed_, buffer_));
+  flushed_ += buffer_.size();
+  buffer_.clear();
+  return Status::Ok();
+}
+
+Status PackWriter::Sync() {
+  ZIPNN_RETURN_IF_ERROR(Flush());
+  if (::fdatasync(fd_.get()) != 0) return Status::FromErrno(errno, "pack fdatasync");
+  return Status::Ok();
+}
+
+Status PackWriter::Rollback() {
+  buffer_.clear();
+  end_ = flushed_ = committed_;
+  if (::ftruncate(fd_.get(), static_cast<off_t>(committed_)) != 0) {
+    return Status::FromErrno(errno, "pack truncate");
+  }
+  return Status::Ok();
+}
+
+}  // namespace zipnn::index

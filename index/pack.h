@@ -1,0 +1,69 @@
+// Pack files: codec frames back to back, append-only. Internal to index/.
+//
+// A pack has no header or table: the chunks database says where each frame is, and the meta
+// database how many bytes of each pack are committed. Bytes past that length were appended by a
+// writer that did not commit (a crash or an error) and are cut off when a writer opens the pack.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "codec/container.h"
+#include "codec/status.h"
+
+namespace zipnn::index {
+
+std::string PackPath(const std::string& packs_dir, uint32_t pack_id);
+
+// Reads frames from any pack; file descriptors are opened on first use and kept. Thread-safe.
+class PackReader {
+ public:
+  explicit PackReader(std::string packs_dir) : dir_(std::move(packs_dir)) {}
+  Status Read(uint32_t pack_id, uint64_t offset, std::span<uint8_t> out);
+
+ private:
+  std::string dir_;
+  std::mutex mutex_;
+  std::map<uint32_t, UniqueFd> fds_;
+};
+
+// Appends frames to one pack. Frames go to a buffer and reach the file in large writes; Sync
+// makes everything appended durable. Not thread-safe (the store's writer path owns it).
+class PackWriter {
+ public:
+  // Opens (creating) pack `pack_id` and cuts it to `committed` bytes.
+  static Result<PackWriter> Open(const std::string& packs_dir, uint32_t pack_id,
+                                 uint64_t committed);
+  PackWriter(PackWriter&&) = default;
+  PackWriter& operator=(PackWriter&&) = default;
+
+  uint32_t id() const { return id_; }
+  uint64_t end() const { return end_; }              // offset of the next frame
+  uint64_t committed() const { return committed_; }  // what the index references
+
+  // Appends `frame`; its offset in the pack is end() before the call.
+  Status Append(std::span<const uint8_t> frame);
+  // Writes buffered frames and fdatasyncs the pack.
+  Status Sync();
+  // The index now references everything appended (call after the LMDB commit).
+  void MarkCommitted() { committed_ = end_; }
+  // Drops everything appended since the last commit (after a failed add).
+  Status Rollback();
+
+ private:
+  PackWriter() = default;
+  Status Flush();
+
+  UniqueFd fd_;
+  uint32_t id_ = 0;
+  uint64_t end_ = 0;
+  uint64_t committed_ = 0;
+  uint64_t flushed_ = 0;  // file offset where the buffer goes
+  std::vector<uint8_t> buffer_;
+};
+
+}  // namespace zipnn::index

@@ -1,0 +1,506 @@
+// Store: creating and opening a store, and everything that reads it.
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <sstream>
+
+#include "index/store_impl.h"
+
+namespace zipnn::index {
+
+namespace {
+
+constexpr std::string_view kFormatMagic = "zipnnfs-store";
+
+std::string Join(const std::string& a, std::string_view b) { return a + "/" + std::string(b); }
+
+Status MakeDir(const std::string& path) {
+  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) return Status::FromErrno(errno, path);
+  return Status::Ok();
+}
+
+Result<uint32_t> ReadFormatVersion(const std::string& dir) {
+  std::ifstream in(Join(dir, "FORMAT"));
+  if (!in) {
+    struct stat st;
+    if (::stat(dir.c_str(), &st) != 0) return Status::NotFound(dir + ": no such store");
+    return Status::NotFound(dir + ": not a zipnnfs store (no FORMAT file)");
+  }
+  std::string magic;
+  int64_t version = -1;
+  in >> magic >> version;
+  if (magic != kFormatMagic || version < 0) {
+    return Status::Corrupt(dir + "/FORMAT: not a zipnnfs store format line");
+  }
+  if (version != kStoreFormatVersion) {
+    return Status::Unsupported(dir + ": store format version " + std::to_string(version) +
+                               ", this zipnnfs reads version " +
+                               std::to_string(kStoreFormatVersion));
+  }
+  return static_cast<uint32_t>(version);
+}
+
+// flock()s STORE/LOCK exclusively, or fails with kBusy naming the reason.
+Result<UniqueFd> LockStore(const std::string& dir) {
+  const std::string path = Join(dir, "LOCK");
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!fd.valid()) return Status::FromErrno(errno, path);
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      return Status::Busy(dir + ": store is locked by another process (a running import or mount)");
+    }
+    return Status::FromErrno(errno, path);
+  }
+  return fd;
+}
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+uint64_t KeyIno(const MDB_val& k) { return rec::GetBE64(static_cast<const uint8_t*>(k.mv_data)); }
+
+thread_local std::unique_ptr<FrameDecoder> tls_decoder;
+
+// LMDB allows one environment per file per process (a second one would break its locks): the
+// stores open in this process, by real path.
+std::mutex open_stores_mutex;
+std::set<std::string> open_stores;
+
+}  // namespace
+
+ChunkHash HashChunk(std::span<const uint8_t> data) {
+  XXH128_canonical_t c;
+  XXH128_canonicalFromHash(&c, XXH3_128bits(data.data(), data.size()));
+  ChunkHash h;
+  std::memcpy(h.data(), c.digest, h.size());
+  return h;
+}
+
+std::string Quote(std::string_view name) {
+  std::string q;
+  q.reserve(name.size() + 2);
+  q.push_back('\'');
+  q.append(name);
+  q.push_back('\'');
+  return q;
+}
+
+Status ValidateName(std::string_view name) {
+  if (name.empty() || name == "." || name == ".." || name.size() > 255 ||
+      name.find('/') != std::string_view::npos || name.find('\0') != std::string_view::npos) {
+    return Status::InvalidArgument("invalid file name " + Quote(name));
+  }
+  return Status::Ok();
+}
+
+Status Store::Init(const std::string& dir) {
+  ZIPNN_RETURN_IF_ERROR(MakeDir(dir));
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return Status::FromErrno(errno, dir);
+  bool empty = true;
+  while (dirent* e = ::readdir(d)) {
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) empty = false;
+  }
+  ::closedir(d);
+  if (!empty) return Status::Exists(dir + ": exists and is not empty");
+
+  Result<UniqueFd> lock = LockStore(dir);
+  if (!lock.ok()) return lock.status();
+  for (const char* sub : {"index", "packs", "staging"})
+    ZIPNN_RETURN_IF_ERROR(MakeDir(Join(dir, sub)));
+  Result<std::unique_ptr<lmdb::Env>> env = lmdb::Env::Open(Join(dir, "index"), true, kDbNames);
+  if (!env.ok()) return env.status();
+  Status st = (*env)->Update([&](lmdb::Txn& txn) -> Status {
+    uint8_t u32[4], u64[8];
+    rec::PutLE<uint32_t>(u32, kStoreFormatVersion);
+    ZIPNN_RETURN_IF_ERROR(txn.Put((*env)->dbi(kMeta), lmdb::Val(rec::kMetaFormat), lmdb::Val(u32)));
+    rec::PutLE<uint64_t>(u64, kRootInode + 1);
+    ZIPNN_RETURN_IF_ERROR(
+        txn.Put((*env)->dbi(kMeta), lmdb::Val(rec::kMetaNextInode), lmdb::Val(u64)));
+    rec::PutLE<uint32_t>(u32, 1);
+    ZIPNN_RETURN_IF_ERROR(
+        txn.Put((*env)->dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), lmdb::Val(u32)));
+    InodeAttr root;
+    root.ino = kRootInode;
+    root.kind = InodeKind::kDirectory;
+    root.mode = S_IFDIR | 0755;
+    root.uid = ::getuid();
+    root.gid = ::getgid();
+    root.atime_ns = root.mtime_ns = root.ctime_ns = NowNs();
+    root.nlink = 2;
+    uint8_t inode[rec::kInodeSize];
+    rec::EncodeInode(root, inode);
+    rec::InodeKey key(kRootInode);
+    return txn.Put((*env)->dbi(kInodes), lmdb::Val(key.bytes()), lmdb::Val(inode));
+  });
+  if (!st.ok()) return st;
+  // FORMAT last: a directory without it is not a store, so an interrupted init is never opened.
+  const std::string format_path = Join(dir, "FORMAT");
+  {
+    std::ofstream out(format_path, std::ios::trunc);
+    out << kFormatMagic << ' ' << kStoreFormatVersion << '\n';
+    if (!out.flush()) return Status::Io(format_path + ": write failed");
+  }
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<Store>> Store::Open(const std::string& dir, const StoreOptions& opts) {
+  auto store = std::make_unique<StoreImpl>(dir, opts);
+  ZIPNN_RETURN_IF_ERROR(store->OpenImpl());
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+StoreImpl::StoreImpl(std::string dir, StoreOptions opts)
+    : dir_(std::move(dir)), opts_(std::move(opts)), packs_(dir_ + "/packs") {}
+
+StoreImpl::~StoreImpl() {
+  codec_.reset();
+  pack_writer_.reset();
+  env_.reset();  // closed before another Open of this store may proceed
+  if (!registered_path_.empty()) {
+    std::lock_guard lock(open_stores_mutex);
+    open_stores.erase(registered_path_);
+  }
+}
+
+Status StoreImpl::OpenImpl() {
+  Result<uint32_t> version = ReadFormatVersion(dir_);
+  if (!version.ok()) return version.status();
+  if (opts_.writable) {
+    Result<UniqueFd> lock = LockStore(dir_);
+    if (!lock.ok()) return lock.status();
+    lock_fd_ = std::move(*lock);
+  }
+  {
+    char real[PATH_MAX];
+    if (::realpath(dir_.c_str(), real) == nullptr) return Status::FromErrno(errno, dir_);
+    std::lock_guard lock(open_stores_mutex);
+    if (!open_stores.insert(real).second) {
+      return Status::Busy(dir_ + ": store is already open in this process");
+    }
+    registered_path_ = real;
+  }
+  Result<std::unique_ptr<lmdb::Env>> env =
+      lmdb::Env::Open(dir_ + "/index", opts_.writable, kDbNames);
+  if (!env.ok()) return Status(env.status().code(), dir_ + ": " + env.status().message());
+  env_ = std::move(*env);
+  {
+    Result<lmdb::Txn> txn = env_->BeginRead();
+    if (!txn.ok()) return txn.status();
+    MDB_val v;
+    Status st = txn->Get(dbi(kMeta), lmdb::Val(rec::kMetaFormat), v);
+    if (!st.ok() || v.mv_size != 4 ||
+        rec::GetLE<uint32_t>(static_cast<const uint8_t*>(v.mv_data)) != kStoreFormatVersion) {
+      return Status::Corrupt(dir_ + ": index format version missing or not " +
+                             std::to_string(kStoreFormatVersion));
+    }
+  }
+  if (opts_.writable) {
+    ZIPNN_RETURN_IF_ERROR(OpenPacksForWriting());
+    codec_ = std::make_unique<ParallelCodec>(opts_.threads, opts_.encode);
+  }
+  return Status::Ok();
+}
+
+// Cuts every pack to its committed length (bytes past it belong to no committed file) and opens
+// the current pack for appending.
+Status StoreImpl::OpenPacksForWriting() {
+  Result<lmdb::Txn> txn = env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  // A pack's committed length; -1 for a pack the index does not know.
+  auto committed = [&](uint32_t id) -> Result<int64_t> {
+    MDB_val v;
+    const std::string key = rec::PackLengthKey(id);
+    Status st = txn->Get(dbi(kMeta), lmdb::Val(key), v);
+    if (st.code() == StatusCode::kNotFound) return int64_t{-1};
+    if (!st.ok()) return st;
+    if (v.mv_size != 8) return Status::Corrupt("pack length record");
+    return rec::GetLE<int64_t>(static_cast<const uint8_t*>(v.mv_data));
+  };
+  MDB_val v;
+  ZIPNN_RETURN_IF_ERROR(txn->Get(dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), v));
+  if (v.mv_size != 4) return Status::Corrupt("current pack record");
+  const uint32_t current = rec::GetLE<uint32_t>(static_cast<const uint8_t*>(v.mv_data));
+
+  const std::string packs_dir = dir_ + "/packs";
+  DIR* d = ::opendir(packs_dir.c_str());
+  if (d == nullptr) return Status::FromErrno(errno, packs_dir);
+  std::vector<uint32_t> ids;
+  while (dirent* e = ::readdir(d)) {
+    unsigned id = 0;
+    char tail[8] = {};
+    if (std::sscanf(e->d_name, "pack-%u.%7s", &id, tail) == 2 && std::strcmp(tail, "znp") == 0) {
+      ids.push_back(id);
+    }
+  }
+  ::closedir(d);
+  for (uint32_t id : ids) {
+    if (id == current) continue;
+    Result<int64_t> len = committed(id);
+    if (!len.ok()) return len.status();
+    if (*len < 0) {
+      // No committed byte: a pack started by a writer that crashed before its first commit, or
+      // one gc emptied and had not yet removed.
+      const std::string path = PackPath(packs_dir, id);
+      if (::unlink(path.c_str()) != 0) return Status::FromErrno(errno, path);
+      continue;
+    }
+    Result<PackWriter> w = PackWriter::Open(packs_dir, id, static_cast<uint64_t>(*len));
+    if (!w.ok()) return w.status();  // (opening cuts the uncommitted tail)
+  }
+  Result<int64_t> len = committed(current);
+  if (!len.ok()) return len.status();
+  Result<PackWriter> w =
+      PackWriter::Open(packs_dir, current, static_cast<uint64_t>(std::max<int64_t>(*len, 0)));
+  if (!w.ok()) return w.status();
+  pack_writer_.emplace(std::move(*w));
+  return Status::Ok();
+}
+
+Result<InodeAttr> StoreImpl::GetAttrIn(lmdb::Txn& txn, uint64_t ino) {
+  rec::InodeKey key(ino);
+  MDB_val v;
+  Status st = txn.Get(dbi(kInodes), lmdb::Val(key.bytes()), v);
+  if (st.code() == StatusCode::kNotFound)
+    return Status::NotFound("no inode " + std::to_string(ino));
+  if (!st.ok()) return st;
+  std::optional<InodeAttr> a = rec::DecodeInode(ino, lmdb::Bytes(v));
+  if (!a) return Status::Corrupt("inode " + std::to_string(ino) + ": bad record");
+  return *a;
+}
+
+Result<InodeAttr> StoreImpl::LookupIn(lmdb::Txn& txn, uint64_t parent, std::string_view name) {
+  const std::string key = rec::NamedKey(parent, name);
+  MDB_val v;
+  Status st = txn.Get(dbi(kDirents), lmdb::Val(key), v);
+  if (st.code() == StatusCode::kNotFound) {
+    return Status::NotFound("no entry " + Quote(name) + " in inode " + std::to_string(parent));
+  }
+  if (!st.ok()) return st;
+  if (v.mv_size != rec::kDirentSize) return Status::Corrupt("bad directory entry");
+  return GetAttrIn(txn, rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data)));
+}
+
+Result<InodeAttr> StoreImpl::GetAttr(uint64_t ino) {
+  Result<lmdb::Txn> txn = env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  return GetAttrIn(*txn, ino);
+}
+
+Result<InodeAttr> StoreImpl::Lookup(uint64_t parent, std::string_view name) {
+  Result<lmdb::Txn> txn = env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  return LookupIn(*txn, parent, name);
+}
+
+Result<InodeAttr> StoreImpl::LookupPath(std::string_view path) {
+  Result<lmdb::Txn> txn = env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  Result<InodeAttr> cur = GetAttrIn(*txn, kRootInode);
+  while (cur.ok()) {
+    while (!path.empty() && path.front() == '/') path.remove_prefix(1);
+    if (path.empty()) break;
+    const size_t slash = path.find('/');
+    const std::string_view part = path.substr(0, slash);
+    path = slash == std::string_view::npos ? std::string_view() : path.substr(slash);
+    if (part == ".") continue;
+    if (cur->kind != InodeKind::kDirectory) {
+      return Status::NotFound(Quote(part) + ": parent is not a directory");
+    }
+    cur = LookupIn(*txn, cur->ino, part);
+  }
+  return cur;
+}
+
+Status StoreImpl::ReadDir(uint64_t parent, std::string_view after, size_t max,
+                          std::vector<DirEntry>& out) {
+  out.clear();
+  Result<lmdb::Txn> txn = env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kDirents));
+  if (!cur.ok()) return cur.status();
+  std::string start = rec::NamedKey(parent, after);
+  MDB_val k = lmdb::Val(start), v;
+  Status st;
+  bool have = cur->Get(k, v, MDB_SET_RANGE, st);
+  while (have && out.size() < max) {
+    if (k.mv_size < 8 || KeyIno(k) != parent) break;
+    std::string_view name(static_cast<const char*>(k.mv_data) + 8, k.mv_size - 8);
+    if (name != after || after.empty()) {
+      if (v.mv_size != rec::kDirentSize) return Status::Corrupt("bad directory entry");
+      const uint8_t* p = static_cast<const uint8_t*>(v.mv_data);
+      out.push_back({std::string(name), rec::GetLE<uint64_t>(p), static_cast<InodeKind>(p[8])});
+    }
+    have = cur->Get(k, v, MDB_NEXT, st);
+  }
+  return st;
+}
+
+Result<std::string> StoreImpl::ReadLink(uint64_t ino) {
+  Result<lmdb::Txn> txn = env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  rec::InodeKey key(ino);
+  MDB_val v;
+  Status st = txn->Get(dbi(kSymlinks), lmdb::Val(key.bytes()), v);
+  if (st.code() == StatusCode::kNotFound) {
+    return Status::InvalidArgument("inode " + std::to_string(ino) + " is not a symlink");
+  }
+  if (!st.ok()) return st;
+  return std::string(static_cast<const char*>(v.mv_data), v.mv_size);
+}
+
+Result<std::string> StoreImpl::GetXattr(uint64_t ino, std::string_view name) {
+  Result<lmdb::Txn> txn = env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  const std::string key = rec::NamedKey(ino, name);
+  MDB_val v;
+  ZIPNN_RETURN_IF_ERROR(txn->Get(dbi(kXattrs), lmdb::Val(key), v));
+  return std::string(static_cast<const char*>(v.mv_data), v.mv_size);
+}
+
+Status StoreImpl::ListXattr(uint64_t ino, std::vector<std::string>& names) {
+  names.clear();
+  Result<lmdb::Txn> txn = env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kXattrs));
+  if (!cur.ok()) return cur.status();
+  rec::InodeKey start(ino);
+  MDB_val k = lmdb::Val(start.bytes()), v;
+  Status st;
+  for (bool have = cur->Get(k, v, MDB_SET_RANGE, st); have && k.mv_size > 8 && KeyIno(k) == ino;
+       have = cur->Get(k, v, MDB_NEXT, st)) {
+    names.emplace_back(static_cast<const char*>(k.mv_data) + 8, k.mv_size - 8);
+  }
+  return st;
+}
+
+Status StoreImpl::ChunksIn(lmdb::Txn& txn, uint64_t ino, uint64_t offset, uint64_t end,
+                           std::vector<ChunkLocation>& out) {
+  Result<lmdb::Cursor> cur = lmdb::Cursor::Open(txn, dbi(kExtents));
+  if (!cur.ok()) return cur.status();
+  // The extent holding `offset` is the last one starting at or before it: seek to the first key
+  // >= (ino, offset), and step back one unless it starts exactly there.
+  rec::ExtentKey start(ino, offset);
+  MDB_val k = lmdb::Val(start.bytes()), v;
+  Status st;
+  auto key_ok = [&] { return k.mv_size == 16 && KeyIno(k) == ino; };
+  auto key_offset = [&] { return rec::GetBE64(static_cast<const uint8_t*>(k.mv_data) + 8); };
+  bool have = cur->Get(k, v, MDB_SET_RANGE, st);
+  if (!(have && key_ok() && key_offset() == offset)) {
+    const bool back = have ? cur->Get(k, v, MDB_PREV, st) : cur->Get(k, v, MDB_LAST, st);
+    if (back && key_ok()) {
+      have = true;
+    } else {
+      k = lmdb::Val(start.bytes());
+      have = cur->Get(k, v, MDB_SET_RANGE, st);
+    }
+  }
+  while (have && key_ok() && key_offset() < end) {
+    std::optional<rec::Extent> e = rec::DecodeExtent(lmdb::Bytes(v));
+    if (!e) return Status::Corrupt("inode " + std::to_string(ino) + ": bad extent record");
+    const uint64_t ext_offset = key_offset();
+    if (ext_offset + e->raw_size > offset) {
+      MDB_val cv;
+      Status cst = txn.Get(dbi(kChunks), lmdb::Val(e->hash), cv);
+      std::optional<rec::Chunk> c;
+      if (cst.ok()) c = rec::DecodeChunk(lmdb::Bytes(cv));
+      if (!c || c->raw_size != e->raw_size) {
+        return Status::Corrupt(
+            "inode " + std::to_string(ino) + " bytes [" + std::to_string(ext_offset) + ", " +
+            std::to_string(ext_offset + e->raw_size) + "): chunk record missing or inconsistent");
+      }
+      out.push_back({ext_offset, e->raw_size, e->dtype, e->hash, c->pack_id, c->pack_offset,
+                     c->frame_size, c->method});
+    }
+    have = cur->Get(k, v, MDB_NEXT, st);
+  }
+  return st;
+}
+
+Result<std::vector<ChunkLocation>> StoreImpl::ChunksInRange(uint64_t ino, uint64_t offset,
+                                                            uint64_t length) {
+  Result<lmdb::Txn> txn = env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  std::vector<ChunkLocation> out;
+  const uint64_t end = length > UINT64_MAX - offset ? UINT64_MAX : offset + length;
+  ZIPNN_RETURN_IF_ERROR(ChunksIn(*txn, ino, offset, end, out));
+  return out;
+}
+
+Status StoreImpl::ReadFrame(const ChunkLocation& chunk, std::vector<uint8_t>& frame) {
+  if (chunk.frame_size < kFrameHeaderSize || chunk.frame_size > MaxFrameSize(kMaxChunkSize)) {
+    return Status::Corrupt("bad frame size in chunk record");
+  }
+  frame.resize(chunk.frame_size);
+  ZIPNN_RETURN_IF_ERROR(packs_.Read(chunk.pack_id, chunk.pack_offset, frame));
+  Result<FrameInfo> info = ParseFrameHeader(frame);
+  if (!info.ok()) return info.status();
+  if (info->frame_size() != chunk.frame_size || info->raw_size != chunk.raw_size ||
+      info->method != chunk.method) {
+    return Status::Corrupt("frame header does not match its chunk record");
+  }
+  return Status::Ok();
+}
+
+Result<size_t> StoreImpl::Read(uint64_t ino, uint64_t offset, std::span<uint8_t> out) {
+  std::vector<ChunkLocation> chunks;
+  uint64_t end = 0;
+  {
+    // The read transaction ends before any pack is touched: no long-lived readers.
+    Result<lmdb::Txn> txn = env_->BeginRead();
+    if (!txn.ok()) return txn.status();
+    Result<InodeAttr> attr = GetAttrIn(*txn, ino);
+    if (!attr.ok()) return attr.status();
+    if (attr->kind != InodeKind::kFile) {
+      return Status::InvalidArgument("inode " + std::to_string(ino) + " is not a regular file");
+    }
+    if (offset >= attr->size) return size_t{0};
+    end = std::min<uint64_t>(attr->size, offset + out.size());
+    ZIPNN_RETURN_IF_ERROR(ChunksIn(*txn, ino, offset, end, chunks));
+  }
+  if (!tls_decoder) tls_decoder = std::make_unique<FrameDecoder>();
+  std::vector<uint8_t> frame, whole;
+  uint64_t covered = offset;
+  for (const ChunkLocation& c : chunks) {
+    const uint64_t c_end = c.file_offset + c.raw_size;
+    auto fail = [&](const Status& s) {
+      return Status(s.code(), "inode " + std::to_string(ino) + " bytes [" +
+                                  std::to_string(c.file_offset) + ", " + std::to_string(c_end) +
+                                  "): " + s.message());
+    };
+    if (c.file_offset > covered) return fail(Status::Corrupt("hole in the offset index"));
+    Status st = ReadFrame(c, frame);
+    if (!st.ok()) return fail(st);
+    const uint64_t from = std::max(offset, c.file_offset), to = std::min(end, c_end);
+    std::span<uint8_t> dest = out.subspan(from - offset, to - from);
+    if (from == c.file_offset && to == c_end) {
+      st = tls_decoder->Decode(frame, dest);  // whole chunk: decode in place
+    } else {
+      whole.resize(c.raw_size);
+      st = tls_decoder->Decode(frame, whole);
+      if (st.ok()) std::memcpy(dest.data(), whole.data() + (from - c.file_offset), dest.size());
+    }
+    if (!st.ok()) return fail(st);
+    covered = to;
+  }
+  if (covered != end)
+    return Status::Corrupt("inode " + std::to_string(ino) + ": offset index ends early");
+  return static_cast<size_t>(end - offset);
+}
+
+}  // namespace zipnn::index

@@ -1,0 +1,90 @@
+// The Store behind index/index.h. Internal to index/: store.cc opens and reads, store_write.cc
+// writes.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "codec/codec.h"
+#include "codec/container.h"
+#include "index/index.h"
+#include "index/lmdb.h"
+#include "index/pack.h"
+#include "index/records.h"
+
+namespace zipnn::index {
+
+// Named databases, in the order Env::Open gets their names.
+enum Db : size_t { kMeta, kInodes, kDirents, kExtents, kChunks, kSymlinks, kXattrs, kNumDbs };
+inline constexpr const char* kDbNames[kNumDbs] = {"meta",   "inodes",   "dirents", "extents",
+                                                  "chunks", "symlinks", "xattrs"};
+
+class StoreImpl final : public Store {
+ public:
+  StoreImpl(std::string dir, StoreOptions opts);
+  ~StoreImpl() override;
+
+  Status OpenImpl();
+
+  Result<InodeAttr> GetAttr(uint64_t ino) override;
+  Result<InodeAttr> Lookup(uint64_t parent, std::string_view name) override;
+  Result<InodeAttr> LookupPath(std::string_view path) override;
+  Status ReadDir(uint64_t parent, std::string_view after, size_t max,
+                 std::vector<DirEntry>& out) override;
+  Result<std::string> ReadLink(uint64_t ino) override;
+  Result<std::string> GetXattr(uint64_t ino, std::string_view name) override;
+  Status ListXattr(uint64_t ino, std::vector<std::string>& names) override;
+  Result<size_t> Read(uint64_t ino, uint64_t offset, std::span<uint8_t> out) override;
+  Result<std::vector<ChunkLocation>> ChunksInRange(uint64_t ino, uint64_t offset,
+                                                   uint64_t length) override;
+  Status ReadFrame(const ChunkLocation& chunk, std::vector<uint8_t>& frame) override;
+  Result<FileUsage> GetFileUsage(uint64_t ino) override;
+  Result<StoreUsage> GetStoreUsage() override;
+  Result<CheckReport> Check(bool verify_frames) override;
+
+  Result<InodeAttr> Mkdir(uint64_t parent, std::string_view name, const NewAttr& attr) override;
+  Result<InodeAttr> Symlink(uint64_t parent, std::string_view name, std::string_view target,
+                            const NewAttr& attr) override;
+  Result<AddResult> AddFile(uint64_t parent, std::string_view name, int source_fd,
+                            const NewAttr& attr, const AddProgressFn& progress) override;
+  Status SetTimes(uint64_t ino, int64_t atime_ns, int64_t mtime_ns) override;
+  Result<GcReport> Gc(double live_fraction) override;
+
+  // Helpers usable inside any transaction.
+  MDB_dbi dbi(Db db) const { return env_->dbi(db); }
+  Result<InodeAttr> GetAttrIn(lmdb::Txn& txn, uint64_t ino);
+  Result<InodeAttr> LookupIn(lmdb::Txn& txn, uint64_t parent, std::string_view name);
+  // Extents of `ino` overlapping [offset, end), with their chunk records.
+  Status ChunksIn(lmdb::Txn& txn, uint64_t ino, uint64_t offset, uint64_t end,
+                  std::vector<ChunkLocation>& out);
+
+ private:
+  Status OpenPacksForWriting();
+  // Inserts a new directory entry and inode: `parent` must be a directory without `name`.
+  // Replaces the extended attributes of `ino` with `xattrs`.
+  Status PutXattrs(lmdb::Txn& txn, uint64_t ino,
+                   const std::vector<std::pair<std::string, std::string>>& xattrs);
+  Result<InodeAttr> CreateInode(lmdb::Txn& txn, uint64_t parent, std::string_view name,
+                                InodeAttr attr);
+
+  const std::string dir_;
+  const StoreOptions opts_;
+  UniqueFd lock_fd_;
+  std::string registered_path_;  // in the process-wide set of open stores, while open
+  std::unique_ptr<lmdb::Env> env_;
+  PackReader packs_;
+
+  // The writer path: one AddFile (or other change) at a time.
+  std::mutex write_mutex_;
+  std::optional<PackWriter> pack_writer_;
+  std::unique_ptr<ParallelCodec> codec_;
+};
+
+Status ValidateName(std::string_view name);
+// 'name', for messages (out of line: GCC 12 warns falsely on inlined string concatenation).
+std::string Quote(std::string_view name);
+
+}  // namespace zipnn::index

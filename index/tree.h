@@ -1,0 +1,39 @@
+// Copying whole trees between the host filesystem and a store, like `cp -a`: regular files,
+// directories and symlinks (targets kept as they are, so relative ones stay relative), with
+// modes, owners, times and extended attributes. Other file types are skipped and reported.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "index/index.h"
+
+namespace zipnn::index {
+
+struct TreeSummary {
+  uint64_t files = 0, directories = 0, symlinks = 0, skipped = 0;
+  uint64_t raw_bytes = 0;        // file bytes copied
+  uint64_t frame_bytes = 0;      // import: frame bytes of the files' chunks (before dedup)
+  uint64_t new_frame_bytes = 0;  // import: bytes appended to packs
+};
+
+struct ImportOptions {
+  // Called often during long files and after each file: the path being imported and the
+  // running totals (raw_bytes includes the part of the current file done so far).
+  std::function<void(const std::string& path, const TreeSummary& totals)> progress;
+  // Told about each special file skipped (sockets, devices, fifos).
+  std::function<void(const std::string& path, const std::string& why)> skipped;
+};
+
+// Imports host path `src` (a file, directory or symlink; not followed) as entry `name` of store
+// directory `parent`. An existing directory of that name is merged into, an existing file is
+// replaced, an existing symlink with the same target is kept.
+Status ImportTree(Store& store, const std::string& src, uint64_t parent, const std::string& name,
+                  const ImportOptions& opts, TreeSummary& summary);
+
+// Exports store inode `ino` (and, for a directory, everything below it) to host path `dest`,
+// which must not exist. Owners are restored when running as root.
+Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary);
+
+}  // namespace zipnn::index

@@ -1,0 +1,146 @@
+// Tests of the zipnnfs store tool, run as a separate process like a user would.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "tests/tools/cli_util.h"
+#include "tools/synth_model.h"
+
+#ifndef ZIPNNFS_BINARY
+#error "ZIPNNFS_BINARY must name the zipnnfs executable"
+#endif
+
+namespace zipnn::tool {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ZipnnfsCliTest : public test::TempDirTest {
+ protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    store_ = dir_ + "/store";
+  }
+
+  test::ToolRun Run(const std::vector<std::string>& args) { return RunTool(ZIPNNFS_BINARY, args); }
+
+  // A small model directory: two safetensors files, a config, a nested dir and a symlink.
+  std::string MakeModelDir() {
+    const std::string m = Path("model");
+    fs::create_directories(m + "/sub");
+    SynthModelOptions o;
+    o.layers = 2;
+    o.dim = 128;
+    EXPECT_TRUE(WriteSyntheticSafetensors(m + "/a.safetensors", o).ok());
+    o.seed = 2;
+    EXPECT_TRUE(WriteSyntheticSafetensors(m + "/sub/b.safetensors", o).ok());
+    std::ofstream(m + "/config.json") << "{\"hidden_size\": 128}\n";
+    fs::create_symlink("sub/b.safetensors", m + "/b_link");
+    return m;
+  }
+
+  std::string store_;
+};
+
+TEST_F(ZipnnfsCliTest, ImportExportCatStats) {
+  ASSERT_EQ(Run({"init", store_}).exit_code, 0);
+  const std::string model = MakeModelDir();
+  test::ToolRun imp = Run({"import", store_, model, "--to", "/models", "--threads", "2"});
+  ASSERT_EQ(imp.exit_code, 0) << imp.err;
+  EXPECT_NE(imp.err.find("imported 3 files"), std::string::npos) << imp.err;
+
+  test::ToolRun exp = Run({"export", store_, Path("out"), "/models/model"});
+  ASSERT_EQ(exp.exit_code, 0) << exp.err;
+  for (const char* f : {"a.safetensors", "sub/b.safetensors", "config.json"}) {
+    EXPECT_EQ(test::ReadAll(Path("out/") + f), test::ReadAll(model + "/" + f)) << f;
+  }
+  EXPECT_EQ(fs::read_symlink(Path("out/b_link")), "sub/b.safetensors");
+
+  const std::string a = test::ReadAll(model + "/a.safetensors");
+  test::ToolRun cat =
+      Run({"cat", store_, "/models/model/a.safetensors", "--offset", "1000", "--length", "5000"});
+  ASSERT_EQ(cat.exit_code, 0) << cat.err;
+  EXPECT_EQ(cat.out, a.substr(1000, 5000));
+  EXPECT_EQ(Run({"cat", store_, "models/model/config.json"}).out,
+            test::ReadAll(model + "/config.json"));
+
+  // A second import of the same files adds no chunk bytes.
+  ASSERT_EQ(Run({"import", store_, model, "--to", "/copy"}).exit_code, 0);
+  test::ToolRun stats = Run({"stats", store_, "--json"});
+  ASSERT_EQ(stats.exit_code, 0) << stats.err;
+  const nlohmann::json j = nlohmann::json::parse(stats.out);
+  EXPECT_EQ(j["files"].size(), 6u);
+  const auto& s = j["store"];
+  EXPECT_EQ(s["pack_bytes"], s["chunk_frame_bytes"]);
+  // At least the second copy is saved (more when chunks repeat inside a file, like zero biases).
+  EXPECT_GE(s["dedup_saved_bytes"].get<uint64_t>() * 2, j["total"]["stored"].get<uint64_t>());
+  EXPECT_LT(s["dedup_saved_bytes"].get<uint64_t>(), j["total"]["stored"].get<uint64_t>());
+  EXPECT_GT(j["total"]["ratio"].get<double>(), 1.1);
+  // Re-importing a changed file leaves garbage that gc reclaims.
+  std::ofstream(Path("solo.txt")) << "first version\n";
+  ASSERT_EQ(Run({"import", store_, Path("solo.txt"), "--to", "/solo"}).exit_code, 0);
+  std::ofstream(Path("solo.txt"), std::ios::trunc) << "second version\n";
+  ASSERT_EQ(Run({"import", store_, Path("solo.txt"), "--to", "/solo"}).exit_code, 0);
+  test::ToolRun gc = Run({"gc", store_});
+  EXPECT_EQ(gc.exit_code, 0) << gc.err;
+  EXPECT_NE(gc.err.find("1 unreferenced chunks dropped"), std::string::npos) << gc.err;
+  EXPECT_EQ(Run({"cat", store_, "/solo/solo.txt"}).out, "second version\n");
+  test::ToolRun fsck = Run({"fsck", store_});
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.out << fsck.err;
+  EXPECT_NE(fsck.err.find("clean"), std::string::npos) << fsck.err;
+  {  // A flipped byte in the last frame: fsck names the damaged file and exits 1.
+    const std::string pack = store_ + "/packs/pack-000001.znp";
+    std::fstream f(pack, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-2, std::ios::end);
+    char c = 0;
+    f.get(c);
+    f.seekp(-2, std::ios::end);
+    f.put(static_cast<char>(c ^ 0x40));
+  }
+  fsck = Run({"fsck", store_});
+  EXPECT_EQ(fsck.exit_code, 1) << fsck.out << fsck.err;
+  EXPECT_NE(fsck.out.find("bytes ["), std::string::npos) << fsck.out;
+  EXPECT_NE(fsck.err.find("DAMAGED"), std::string::npos) << fsck.err;
+  test::ToolRun text = Run({"stats", store_, "/copy"});
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("/copy/model/sub/b.safetensors"), std::string::npos) << text.out;
+  EXPECT_EQ(text.out.find("/models/"), std::string::npos) << text.out;
+}
+
+TEST_F(ZipnnfsCliTest, ClearErrors) {
+  test::ToolRun missing = Run({"stats", Path("nope")});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find("no such store"), std::string::npos) << missing.err;
+  EXPECT_EQ(Run({"import"}).exit_code, 2);
+
+  ASSERT_EQ(Run({"init", store_}).exit_code, 0);
+  EXPECT_EQ(Run({"init", store_}).exit_code, 1) << "not empty";
+  EXPECT_EQ(Run({"cat", store_, "/absent"}).exit_code, 1);
+  {  // A running writer holds the lock: a second one is refused and the store is untouched.
+    int fd = ::open((store_ + "/LOCK").c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::flock(fd, LOCK_EX), 0);
+    test::ToolRun locked = Run({"import", store_, "/etc/hostname"});
+    ::close(fd);
+    EXPECT_EQ(locked.exit_code, 1);
+    EXPECT_NE(locked.err.find("locked by another process"), std::string::npos) << locked.err;
+  }
+  std::ofstream(store_ + "/FORMAT", std::ios::trunc) << "zipnnfs-store 99\n";
+  test::ToolRun version = Run({"stats", store_});
+  EXPECT_EQ(version.exit_code, 1);
+  EXPECT_NE(version.err.find("format version 99"), std::string::npos) << version.err;
+}
+
+}  // namespace
+}  // namespace zipnn::tool

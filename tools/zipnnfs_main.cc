@@ -1,0 +1,440 @@
+// zipnnfs: manage a store of compressed model files (init, import, export, cat, stats, fsck, gc).
+// The filesystem (mount) comes with the FUSE issue.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "codec/codec.h"
+#include "codec/container.h"
+#include "index/index.h"
+#include "index/tree.h"
+
+#ifndef ZIPNN_VERSION
+#define ZIPNN_VERSION "dev"
+#endif
+
+namespace {
+
+using namespace zipnn;
+using namespace zipnn::index;
+
+constexpr int kExitError = 1;
+constexpr int kExitUsage = 2;
+
+int Fail(const Status& s) {
+  std::fprintf(stderr, "zipnnfs: %s\n", s.message().c_str());
+  return kExitError;
+}
+
+double Mb(uint64_t bytes) { return static_cast<double>(bytes) / 1e6; }
+double Ratio(uint64_t raw, uint64_t stored) {
+  return stored == 0 ? 0.0 : static_cast<double>(raw) / static_cast<double>(stored);
+}
+
+std::string BaseName(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// The name a host path gets in the store: its last component, "." and ".." resolved first.
+std::string ImportName(const std::string& src) {
+  std::error_code ec;
+  const std::filesystem::path p = std::filesystem::absolute(src, ec).lexically_normal();
+  std::string name = BaseName(ec ? src : p.string());
+  return name;
+}
+
+Result<std::unique_ptr<Store>> OpenStore(const std::string& dir, bool writable, unsigned threads) {
+  StoreOptions opts;
+  opts.writable = writable;
+  opts.threads = threads;
+  return Store::Open(dir, opts);
+}
+
+// Store directory `path`, creating missing directories (mode 0755, now) like mkdir -p.
+Result<InodeAttr> MakeStorePath(Store& store, const std::string& path) {
+  Result<InodeAttr> cur = store.GetAttr(kRootInode);
+  size_t pos = 0;
+  while (cur.ok() && pos < path.size()) {
+    const size_t slash = path.find('/', pos);
+    const std::string part = path.substr(pos, slash == std::string::npos ? slash : slash - pos);
+    pos = slash == std::string::npos ? path.size() : slash + 1;
+    if (part.empty() || part == ".") continue;
+    Result<InodeAttr> next = store.Lookup(cur->ino, part);
+    if (!next.ok() && next.status().code() == StatusCode::kNotFound) {
+      NewAttr attr;
+      attr.mode = 0755;
+      attr.uid = ::getuid();
+      attr.gid = ::getgid();
+      attr.atime_ns = attr.mtime_ns = attr.ctime_ns =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(
+              std::chrono::system_clock::now().time_since_epoch())
+              .count();
+      next = store.Mkdir(cur->ino, part, attr);
+    }
+    cur = std::move(next);
+  }
+  if (cur.ok() && cur->kind != InodeKind::kDirectory) {
+    return Status::InvalidArgument(path + ": not a directory in the store");
+  }
+  return cur;
+}
+
+int Import(const std::string& store_dir, const std::vector<std::string>& sources,
+           const std::string& to, unsigned threads, bool quiet) {
+  Result<std::unique_ptr<Store>> store = OpenStore(store_dir, true, threads);
+  if (!store.ok()) return Fail(store.status());
+  Result<InodeAttr> parent = MakeStorePath(**store, to);
+  if (!parent.ok()) return Fail(parent.status());
+
+  const bool tty = ::isatty(STDERR_FILENO) != 0 && !quiet;
+  const auto start = std::chrono::steady_clock::now();
+  auto last_print = start;
+  ImportOptions opts;
+  opts.skipped = [](const std::string& path, const std::string& why) {
+    std::fprintf(stderr, "\rzipnnfs: %s: %s\n", path.c_str(), why.c_str());
+  };
+  if (tty) {
+    opts.progress = [&](const std::string& path, const TreeSummary& t) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_print < std::chrono::milliseconds(100)) return;
+      last_print = now;
+      const double secs = std::chrono::duration<double>(now - start).count();
+      std::fprintf(stderr, "\r\033[K%8.1f MB  %7.1f MB/s  ratio %5.3f  %s", Mb(t.raw_bytes),
+                   Mb(t.raw_bytes) / secs, Ratio(t.raw_bytes, t.new_frame_bytes),
+                   BaseName(path).c_str());
+    };
+  }
+  TreeSummary total;
+  int rc = 0;
+  for (const std::string& src : sources) {
+    Status st = ImportTree(**store, src, parent->ino, ImportName(src), opts, total);
+    if (!st.ok()) {
+      if (tty) std::fputs("\r\033[K", stderr);
+      rc = Fail(st);
+      break;
+    }
+  }
+  if (tty) std::fputs("\r\033[K", stderr);
+  if (!quiet) {
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::fprintf(stderr,
+                 "imported %llu files, %llu directories, %llu symlinks (%llu skipped): %.1f MB "
+                 "-> %.1f MB of frames (ratio %.3f), %.1f MB new after dedup; %.2f s, %.1f MB/s\n",
+                 static_cast<unsigned long long>(total.files),
+                 static_cast<unsigned long long>(total.directories),
+                 static_cast<unsigned long long>(total.symlinks),
+                 static_cast<unsigned long long>(total.skipped), Mb(total.raw_bytes),
+                 Mb(total.frame_bytes), Ratio(total.raw_bytes, total.frame_bytes),
+                 Mb(total.new_frame_bytes), secs, secs > 0 ? Mb(total.raw_bytes) / secs : 0.0);
+  }
+  return rc;
+}
+
+int Export(const std::string& store_dir, const std::string& dest, const std::string& path) {
+  Result<std::unique_ptr<Store>> store = OpenStore(store_dir, false, 1);
+  if (!store.ok()) return Fail(store.status());
+  Result<InodeAttr> top = (*store)->LookupPath(path);
+  if (!top.ok()) return Fail(Status(top.status().code(), path + ": " + top.status().message()));
+  TreeSummary summary;
+  struct stat st;
+  const bool dest_is_dir = ::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  Status result;
+  if (top->ino == kRootInode && dest_is_dir) {
+    // cp -a STORE/. DEST: the root's entries go into DEST.
+    std::vector<DirEntry> page;
+    std::string after;
+    do {
+      result = (*store)->ReadDir(kRootInode, after, 1024, page);
+      for (size_t i = 0; result.ok() && i < page.size(); ++i) {
+        result = ExportTree(**store, page[i].ino, dest + "/" + page[i].name, summary);
+      }
+      if (!page.empty()) after = page.back().name;
+    } while (result.ok() && !page.empty());
+  } else {
+    const std::string target =
+        dest_is_dir ? dest + "/" + BaseName(path.empty() ? std::string("/") : path) : dest;
+    result = ExportTree(**store, top->ino, target, summary);
+  }
+  if (!result.ok()) return Fail(result);
+  return 0;
+}
+
+int Cat(const std::string& store_dir, const std::string& path, uint64_t offset,
+        std::optional<uint64_t> length) {
+  Result<std::unique_ptr<Store>> store = OpenStore(store_dir, false, 1);
+  if (!store.ok()) return Fail(store.status());
+  Result<InodeAttr> file = (*store)->LookupPath(path);
+  if (!file.ok()) return Fail(Status(file.status().code(), path + ": " + file.status().message()));
+  if (file->kind != InodeKind::kFile) return Fail(Status::InvalidArgument(path + ": not a file"));
+  uint64_t end = file->size;
+  if (length && offset + *length < end) end = offset + *length;
+  std::vector<uint8_t> buf(8u << 20);
+  for (uint64_t off = offset; off < end;) {
+    std::span<uint8_t> out(buf.data(), std::min<uint64_t>(buf.size(), end - off));
+    Result<size_t> n = (*store)->Read(file->ino, off, out);
+    if (!n.ok()) return Fail(Status(n.status().code(), path + ": " + n.status().message()));
+    if (*n == 0) break;
+    Status st = WriteFull(STDOUT_FILENO, {buf.data(), *n});
+    if (!st.ok()) return Fail(st);
+    off += *n;
+  }
+  return 0;
+}
+
+// Every regular file at or below `ino`, with its store path.
+Status CollectFiles(Store& store, uint64_t ino, const std::string& path,
+                    std::vector<std::pair<std::string, uint64_t>>& out) {
+  Result<InodeAttr> a = store.GetAttr(ino);
+  if (!a.ok()) return a.status();
+  if (a->kind == InodeKind::kFile) out.emplace_back(path.empty() ? "/" : path, ino);
+  if (a->kind != InodeKind::kDirectory) return Status::Ok();
+  std::vector<DirEntry> page;
+  std::string after;
+  do {
+    ZIPNN_RETURN_IF_ERROR(store.ReadDir(ino, after, 1024, page));
+    for (const DirEntry& e : page) {
+      ZIPNN_RETURN_IF_ERROR(CollectFiles(store, e.ino, path + "/" + e.name, out));
+    }
+    if (!page.empty()) after = page.back().name;
+  } while (!page.empty());
+  return Status::Ok();
+}
+
+int Stats(const std::string& store_dir, std::vector<std::string> paths, bool json) {
+  Result<std::unique_ptr<Store>> store = OpenStore(store_dir, false, 1);
+  if (!store.ok()) return Fail(store.status());
+  if (paths.empty()) paths.push_back("/");
+  std::vector<std::pair<std::string, uint64_t>> files;
+  for (const std::string& p : paths) {
+    Result<InodeAttr> a = (*store)->LookupPath(p);
+    if (!a.ok()) return Fail(Status(a.status().code(), p + ": " + a.status().message()));
+    std::string norm = p;
+    while (!norm.empty() && norm.back() == '/') norm.pop_back();
+    if (!norm.empty() && norm.front() != '/') norm = "/" + norm;
+    Status st = CollectFiles(**store, a->ino, norm, files);
+    if (!st.ok()) return Fail(st);
+  }
+  Result<StoreUsage> usage = (*store)->GetStoreUsage();
+  if (!usage.ok()) return Fail(usage.status());
+
+  nlohmann::json jfiles = nlohmann::json::array();
+  uint64_t total_size = 0, total_stored = 0;
+  if (!json) std::printf("%14s %14s %7s  %-24s %s\n", "size", "stored", "ratio", "dtypes", "path");
+  for (const auto& [path, ino] : files) {
+    Result<FileUsage> u = (*store)->GetFileUsage(ino);
+    if (!u.ok()) return Fail(u.status());
+    total_size += u->size;
+    total_stored += u->frame_bytes;
+    nlohmann::json methods = nlohmann::json::object(), dtypes = nlohmann::json::object();
+    std::string dtype_list;
+    for (int m = 0; m < kNumMethods; ++m) {
+      if (u->raw_by_method[m] != 0) {
+        methods[std::string(MethodName(static_cast<Method>(m)))] = u->raw_by_method[m];
+      }
+    }
+    for (int d = 0; d < kNumDTypes; ++d) {
+      if (u->raw_by_dtype[d] == 0) continue;
+      const std::string name(DTypeName(static_cast<DType>(d)));
+      dtypes[name] = u->raw_by_dtype[d];
+      dtype_list += (dtype_list.empty() ? "" : ",") + name;
+    }
+    if (json) {
+      jfiles.push_back({{"path", path},
+                        {"size", u->size},
+                        {"stored", u->frame_bytes},
+                        {"chunks", u->chunks},
+                        {"ratio", Ratio(u->size, u->frame_bytes)},
+                        {"raw_by_method", methods},
+                        {"raw_by_dtype", dtypes}});
+    } else {
+      std::printf("%14llu %14llu %7.3f  %-24s %s\n", static_cast<unsigned long long>(u->size),
+                  static_cast<unsigned long long>(u->frame_bytes), Ratio(u->size, u->frame_bytes),
+                  dtype_list.c_str(), path.c_str());
+    }
+  }
+  // Dedup savings, store-wide: what the files would take if no chunk were shared, minus what
+  // the distinct chunks take.
+  uint64_t all_stored = 0;
+  if (paths.size() == 1 && (paths[0] == "/" || paths[0].empty())) {
+    all_stored = total_stored;
+  } else {
+    std::vector<std::pair<std::string, uint64_t>> all;
+    Status st = CollectFiles(**store, kRootInode, "", all);
+    if (!st.ok()) return Fail(st);
+    for (const auto& f : all) {
+      Result<FileUsage> u = (*store)->GetFileUsage(f.second);
+      if (!u.ok()) return Fail(u.status());
+      all_stored += u->frame_bytes;
+    }
+  }
+  const uint64_t dedup_saved = all_stored - std::min(all_stored, usage->chunk_frame_bytes);
+  if (json) {
+    nlohmann::json out = {{"files", jfiles},
+                          {"total",
+                           {{"size", total_size},
+                            {"stored", total_stored},
+                            {"ratio", Ratio(total_size, total_stored)}}},
+                          {"store",
+                           {{"files", usage->files},
+                            {"directories", usage->directories},
+                            {"symlinks", usage->symlinks},
+                            {"logical_bytes", usage->logical_bytes},
+                            {"chunks", usage->chunks},
+                            {"chunk_frame_bytes", usage->chunk_frame_bytes},
+                            {"unreferenced_frame_bytes", usage->unreferenced_frame_bytes},
+                            {"pack_bytes", usage->pack_bytes},
+                            {"dedup_saved_bytes", dedup_saved},
+                            {"ratio", Ratio(usage->logical_bytes, usage->pack_bytes)}}}};
+    std::printf("%s\n", out.dump(2).c_str());
+  } else {
+    std::printf("%14llu %14llu %7.3f  %-24s total of %zu files\n",
+                static_cast<unsigned long long>(total_size),
+                static_cast<unsigned long long>(total_stored), Ratio(total_size, total_stored), "",
+                files.size());
+    std::printf(
+        "store: %llu files, %.1f MB logical, %.1f MB in %llu distinct chunks, %.1f MB saved by "
+        "dedup, %.1f MB unreferenced (gc), packs %.1f MB, ratio %.3f\n",
+        static_cast<unsigned long long>(usage->files), Mb(usage->logical_bytes),
+        Mb(usage->chunk_frame_bytes), static_cast<unsigned long long>(usage->chunks),
+        Mb(dedup_saved), Mb(usage->unreferenced_frame_bytes), Mb(usage->pack_bytes),
+        Ratio(usage->logical_bytes, usage->pack_bytes));
+  }
+  return 0;
+}
+
+// Exit code 0: clean; 1: damaged (each problem on stdout) or the check could not run.
+int Fsck(const std::string& store_dir, bool quick) {
+  Result<std::unique_ptr<Store>> store = OpenStore(store_dir, false, 1);
+  if (!store.ok()) return Fail(store.status());
+  Result<CheckReport> report = (*store)->Check(!quick);
+  if (!report.ok()) return Fail(report.status());
+  for (const CheckProblem& p : report->problems) {
+    if (p.ino == 0) {
+      std::printf("store: %s\n", p.what.c_str());
+      continue;
+    }
+    // Name the file by a path when one leads to it (directory walk; fine for a repair tool).
+    std::vector<std::pair<std::string, uint64_t>> files;
+    std::string name = "inode " + std::to_string(p.ino);
+    if (CollectFiles(**store, kRootInode, "", files).ok()) {
+      for (const auto& f : files) {
+        if (f.second == p.ino) name = f.first;
+      }
+    }
+    std::printf("%s: bytes [%llu, %llu): %s\n", name.c_str(),
+                static_cast<unsigned long long>(p.begin), static_cast<unsigned long long>(p.end),
+                p.what.c_str());
+  }
+  std::fprintf(stderr, "%llu inodes, %llu chunks, %llu frames verified: %s\n",
+               static_cast<unsigned long long>(report->inodes),
+               static_cast<unsigned long long>(report->chunks),
+               static_cast<unsigned long long>(report->frames_verified),
+               report->clean() ? "clean" : "DAMAGED");
+  return report->clean() ? 0 : kExitError;
+}
+
+int Gc(const std::string& store_dir) {
+  Result<std::unique_ptr<Store>> store = OpenStore(store_dir, true, 1);
+  if (!store.ok()) return Fail(store.status());
+  Result<GcReport> r = (*store)->Gc(0.5);
+  if (!r.ok()) return Fail(r.status());
+  std::fprintf(stderr,
+               "gc: %llu unreferenced chunks dropped, %llu frames (%.1f MB) moved, %llu packs "
+               "removed, %.1f MB reclaimed\n",
+               static_cast<unsigned long long>(r->chunks_dropped),
+               static_cast<unsigned long long>(r->frames_moved), Mb(r->bytes_moved),
+               static_cast<unsigned long long>(r->packs_removed), Mb(r->bytes_reclaimed));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"zipnnfs: a store of losslessly compressed AI model files", "zipnnfs"};
+  app.set_version_flag("--version", "zipnnfs " ZIPNN_VERSION);
+  app.require_subcommand(1);
+
+  std::string store_dir;
+  CLI::App* init = app.add_subcommand("init", "Create an empty store in STORE");
+  init->add_option("STORE", store_dir, "Store directory (new or empty)")->required();
+
+  std::vector<std::string> sources;
+  std::string to = "/";
+  unsigned threads = 0;
+  bool quiet = false;
+  CLI::App* import = app.add_subcommand(
+      "import",
+      "Copy SRC... into the store like cp -a SRC... PATH/ (trees, modes, times, symlinks)");
+  import->add_option("STORE", store_dir, "Store directory")->required();
+  import->add_option("SRC", sources, "Files or directories to import")->required();
+  import->add_option("--to", to, "Store directory to import into (created if missing)")
+      ->capture_default_str();
+  import->add_option("--threads", threads, "Compression threads (0: all cores)")
+      ->check(CLI::Range(0u, 1024u))
+      ->capture_default_str();
+  import->add_flag("-q,--quiet", quiet, "No progress line or summary");
+
+  std::string dest, path;
+  CLI::App* exp = app.add_subcommand(
+      "export", "Copy the store's root (or PATH) to DEST like cp -a, byte-exact");
+  exp->add_option("STORE", store_dir, "Store directory")->required();
+  exp->add_option("DEST", dest, "Destination on the host")->required();
+  exp->add_option("PATH", path, "Store path to export (default: the root)");
+
+  uint64_t offset = 0, length = 0;
+  CLI::App* cat = app.add_subcommand("cat", "Write bytes of store file PATH to stdout");
+  cat->add_option("STORE", store_dir, "Store directory")->required();
+  cat->add_option("PATH", path, "Store path of a file")->required();
+  cat->add_option("--offset", offset, "First byte")->capture_default_str();
+  CLI::Option* length_opt = cat->add_option("--length", length, "Bytes (default: to the end)");
+
+  std::vector<std::string> stat_paths;
+  bool json = false;
+  CLI::App* stats = app.add_subcommand(
+      "stats", "Per file size, stored size, ratio and dtypes; totals and dedup savings");
+  stats->add_option("STORE", store_dir, "Store directory")->required();
+  stats->add_option("PATH", stat_paths, "Store paths (default: everything)");
+  stats->add_flag("--json", json, "Machine-readable output");
+
+  bool quick = false;
+  CLI::App* fsck = app.add_subcommand(
+      "fsck", "Check the index and every frame's checksum; exit 0 when clean, 1 when damaged");
+  fsck->add_option("STORE", store_dir, "Store directory")->required();
+  fsck->add_flag("--quick", quick, "Check the index only, not the frames");
+
+  CLI::App* gc = app.add_subcommand(
+      "gc", "Reclaim unreferenced chunks and rewrite packs less than half full, crash-safely");
+  gc->add_option("STORE", store_dir, "Store directory")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : kExitUsage;
+  }
+
+  if (*init) {
+    Status st = Store::Init(store_dir);
+    return st.ok() ? 0 : Fail(st);
+  }
+  if (*import) return Import(store_dir, sources, to, threads, quiet);
+  if (*exp) return Export(store_dir, dest, path);
+  if (*cat) {
+    return Cat(store_dir, path, offset,
+               *length_opt ? std::optional<uint64_t>(length) : std::nullopt);
+  }
+  if (*stats) return Stats(store_dir, stat_paths, json);
+  if (*fsck) return Fsck(store_dir, quick);
+  if (*gc) return Gc(store_dir);
+  return kExitUsage;
+}
