@@ -46,21 +46,24 @@ struct BitWriter {
   }
 };
 
-// Codes the first `count` (rounded down to 5) symbols of two lanes in step, keeping both
-// writers in registers: two dependency chains are enough to fill the core, four spill.
+// Codes the first `count` symbols (rounded down to a whole step) of two lanes in step, keeping
+// both writers in registers: two dependency chains are enough to fill the core, four spill. With
+// kPairs the table is indexed by two symbols (one little-endian 16-bit load) and holds both codes
+// (<= 22 bits): a step is 4 symbols (<= 44 bits); else a step is 5 one-symbol codes (<= 55 bits).
 // Returns the number of symbols coded.
-__attribute__((target_clones("bmi2", "default"))) uint32_t EncodePair(const uint32_t* entry,
-                                                                      const uint8_t* sa,
-                                                                      const uint8_t* sb,
-                                                                      uint32_t count, BitWriter& wa,
-                                                                      BitWriter& wb) {
+template <bool kPairs>
+__attribute__((always_inline)) inline uint32_t EncodeLanes(const uint32_t* table, const uint8_t* sa,
+                                                           const uint8_t* sb, uint32_t count,
+                                                           BitWriter& wa, BitWriter& wb) {
+  constexpr uint32_t kStep = kPairs ? 4 : 5, kPerLookup = kPairs ? 2 : 1;
   uint64_t aa = wa.acc, ab = wb.acc;
   uint64_t na = wa.n, nb = wb.n;  // low byte: pending bits (code bits above are ignored)
   uint8_t *pa = wa.p, *pb = wb.p;
   uint32_t i = 0;
-  for (; i + 5 <= count; i += 5) {
-    for (int j = 0; j < 5; j++) {
-      const uint32_t ea = entry[sa[i + j]], eb = entry[sb[i + j]];
+  for (; i + kStep <= count; i += kStep) {
+    for (uint32_t j = 0; j < kStep; j += kPerLookup) {
+      const uint32_t ea = table[kPairs ? Load16(sa + i + j) : sa[i + j]];
+      const uint32_t eb = table[kPairs ? Load16(sb + i + j) : sb[i + j]];
       aa = (aa << (ea & 63)) | (ea >> 8);
       ab = (ab << (eb & 63)) | (eb >> 8);
       na += ea;
@@ -81,36 +84,18 @@ __attribute__((target_clones("bmi2", "default"))) uint32_t EncodePair(const uint
   return i;
 }
 
-// As EncodePair, two symbols per lookup from a pair table (codes of <= 22 bits): four symbols
-// (<= 44 bits) per lane between flushes. Returns the number of symbols coded (a multiple of 4).
+// The encode loops proper: clones with BMI2's shifts where the CPU has them.
+__attribute__((target_clones("bmi2", "default"))) uint32_t EncodePair(const uint32_t* entry,
+                                                                      const uint8_t* sa,
+                                                                      const uint8_t* sb,
+                                                                      uint32_t count, BitWriter& wa,
+                                                                      BitWriter& wb) {
+  return EncodeLanes<false>(entry, sa, sb, count, wa, wb);
+}
 __attribute__((target_clones("bmi2", "default"))) uint32_t EncodePairOfPairs(
     const uint32_t* pair, const uint8_t* sa, const uint8_t* sb, uint32_t count, BitWriter& wa,
     BitWriter& wb) {
-  uint64_t aa = wa.acc, ab = wb.acc;
-  uint64_t na = wa.n, nb = wb.n;
-  uint8_t *pa = wa.p, *pb = wb.p;
-  uint32_t i = 0;
-  for (; i + 4 <= count; i += 4) {
-    for (int j = 0; j < 4; j += 2) {
-      const uint32_t ea = pair[Load16(sa + i + j)], eb = pair[Load16(sb + i + j)];
-      aa = (aa << (ea & 63)) | (ea >> 8);
-      ab = (ab << (eb & 63)) | (eb >> 8);
-      na += ea;
-      nb += eb;
-    }
-    na &= 0xff;
-    nb &= 0xff;
-    Store64(pa, __builtin_bswap64(aa << (64 - na)));
-    Store64(pb, __builtin_bswap64(ab << (64 - nb)));
-    pa += na >> 3;
-    pb += nb >> 3;
-    na &= 7;
-    nb &= 7;
-  }
-  wa.acc = aa, wb.acc = ab;
-  wa.n = static_cast<uint32_t>(na), wb.n = static_cast<uint32_t>(nb);
-  wa.p = pa, wb.p = pb;
-  return i;
+  return EncodeLanes<true>(pair, sa, sb, count, wa, wb);
 }
 
 }  // namespace
