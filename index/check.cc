@@ -179,12 +179,7 @@ Result<CheckReport> StoreImpl::Check(bool verify_frames) {
       continue;
     }
     if (!verify_frames || !used) continue;
-    ChunkLocation loc;
-    loc.raw_size = c.raw_size;
-    loc.pack_id = c.pack_id;
-    loc.pack_offset = c.pack_offset;
-    loc.frame_size = c.frame_size;
-    loc.method = c.method;
+    const ChunkLocation loc = FrameLocation(c);
     Status st = ReadFrame(loc, frame);
     if (st.ok()) {
       raw.resize(c.raw_size);

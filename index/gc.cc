@@ -81,12 +81,7 @@ Result<GcReport> StoreImpl::Gc(double live_fraction) {
     std::vector<uint8_t> frame;
     for (const auto& [hash, c] : chunks) {
       if (c.refcount == 0 || !victims.count(c.pack_id)) continue;
-      ChunkLocation loc;
-      loc.raw_size = c.raw_size;
-      loc.pack_id = c.pack_id;
-      loc.pack_offset = c.pack_offset;
-      loc.frame_size = c.frame_size;
-      loc.method = c.method;
+      const ChunkLocation loc = FrameLocation(c);
       ZIPNN_RETURN_IF_ERROR(ReadFrame(loc, frame));
       rec::Chunk at = c;
       at.pack_id = fresh->id();
