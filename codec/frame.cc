@@ -221,10 +221,9 @@ struct FrameEncoder::Impl {
       sample = tmp;
     }
     const double n = static_cast<double>(sample.size());
-    std::vector<uint8_t> z;
-    double best = Zstd(sample, 1, z) ? static_cast<double>(z.size()) : n;
-    std::pair<Method, DType> choice = {Method::kZstd, DType::kBytes};
     // Grouped candidates: order-0 entropy of each byte stream, plus a little for tables.
+    double grouped = n;
+    DType grouped_as = DType::kBytes;
     for (DType t : {DType::kBytes, DType::kBF16, DType::kF32}) {
       const GroupLayout l = internal::LayoutFor(t, sample.size());
       uint8_t* ptrs[4];
@@ -237,12 +236,18 @@ struct FrameEncoder::Impl {
       double est = 0;
       for (int s = 0; s < l.streams; s++)
         est += std::min(ByteEntropyBits(bufs[s]) / 8 + 64, static_cast<double>(bufs[s].size()));
-      // Prefer grouping on near ties: it decodes faster than zstd.
-      if (est < best * 1.02) {
-        best = est;
-        choice = {Method::kGrouped, t};
+      if (est < grouped) {
+        grouped = est;
+        grouped_as = t;
       }
     }
+    std::vector<uint8_t> z;
+    const double zstd = Zstd(sample, 1, z) ? static_cast<double>(z.size()) : n;
+    // Prefer grouping on near ties with zstd: it decodes faster.
+    const double best = std::min(grouped, zstd * 1.02);
+    const std::pair<Method, DType> choice = grouped <= zstd * 1.02
+                                                ? std::pair{Method::kGrouped, grouped_as}
+                                                : std::pair{Method::kZstd, DType::kBytes};
     if (best >= n * (1 - opts.min_saving)) return {Method::kRaw, DType::kBytes};
     return choice;
   }

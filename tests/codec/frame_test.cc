@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
+#include <fstream>
 #include <iostream>
 #include <numeric>
 #include <random>
@@ -323,6 +325,24 @@ TEST(FrameCompressionTest, SparseChunksCompressAboutAsWellAsZstd) {
         << per_mille << " per mille non-zero: " << MethodName(test::InfoOf(chosen).method) << " "
         << chosen.size() << " bytes, zstd " << by_zstd.size();
   }
+}
+
+TEST(FrameCompressionTest, UntypedBf16WeightsAreDetectedAsBf16) {
+  // Real BF16 tensor bytes with no type given (as in a .bin file): grouped as BF16, not as F32,
+  // whose grouping splits every other exponent across two streams.
+  const std::string path =
+      (test::CorpusDir() / "bf16/human-handskeleton.bf16.safetensors").string();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) GTEST_SKIP() << "corpus absent: " << path;
+  const Bytes file{std::istreambuf_iterator<char>(in), {}};
+  uint64_t header = 0;
+  std::memcpy(&header, file.data(), 8);
+  ASSERT_GT(file.size(), 8 + header + (256u << 10));
+  const Bytes chunk(file.begin() + 8 + header, file.begin() + 8 + header + (256u << 10));
+  Bytes frame;
+  ASSERT_TRUE(RoundTrip(chunk, DType::kBytes, {}, {}, &frame));
+  EXPECT_EQ(test::InfoOf(frame).method, Method::kGrouped);
+  EXPECT_EQ(test::InfoOf(frame).dtype, DType::kBF16);
 }
 
 TEST(FrameCompressionTest, MinSavingKeepsMarginalChunksRaw) {
