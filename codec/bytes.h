@@ -27,7 +27,6 @@ inline void Store16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
 inline void Store32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
 inline void Store64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
 inline uint64_t LoadBE64(const uint8_t* p) { return __builtin_bswap64(Load64(p)); }
-inline void StoreBE32(uint8_t* p, uint32_t v) { Store32(p, __builtin_bswap32(v)); }
 
 inline void PutVarint(std::vector<uint8_t>& out, uint64_t v) {
   while (v >= 0x80) {

@@ -13,6 +13,7 @@
 #endif
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "codec/byte_groups.h"
@@ -271,13 +272,16 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
   Method method = Method::kRaw;
   DType coded_as = dtype;
 
-  auto try_zstd = [&] {
-    if (!im.Zstd(chunk, im.opts.zstd_level, im.tmp)) return false;
-    if (!im.opts.force_method && im.tmp.size() >= chunk.size() * (1 - im.opts.min_saving))
-      return false;
+  // Makes the payload zstd of the whole chunk if that comes under `below` bytes.
+  auto try_zstd = [&](size_t below) {
+    if (!im.Zstd(chunk, im.opts.zstd_level, im.tmp) || im.tmp.size() >= below) return false;
+    out.resize(start + kFrameHeaderSize);
     out.insert(out.end(), im.tmp.begin(), im.tmp.end());
+    coded_as = dtype;
     return true;
   };
+  const auto saving_bound =
+      static_cast<size_t>(std::ceil(static_cast<double>(chunk.size()) * (1 - im.opts.min_saving)));
   auto try_grouped = [&](DType t) {
     if (!im.Grouped(chunk, t, segments, out, &entropy)) {
       out.resize(start + kFrameHeaderSize);
@@ -291,27 +295,21 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
   if (im.opts.force_method) {
     const Method f = *im.opts.force_method;
     if (f == Method::kZero && !zero) return Status::InvalidArgument("forced zero on non-zero data");
-    if (f == Method::kZero || (f == Method::kZstd && try_zstd()) ||
+    if (f == Method::kZero || (f == Method::kZstd && try_zstd(chunk.size())) ||
         (f == Method::kGrouped && try_grouped(dtype)))
       method = f;
   } else if (zero) {
     method = Method::kZero;
   } else if (dtype == DType::kBytes) {
     const auto [m, t] = im.Detect(chunk);
-    if (m == Method::kZstd && try_zstd()) method = Method::kZstd;
+    if (m == Method::kZstd && try_zstd(saving_bound)) method = Method::kZstd;
     if (m == Method::kGrouped && try_grouped(t)) method = Method::kGrouped;
   } else if (try_grouped(dtype)) {
     method = Method::kGrouped;
     // Mostly-zero tensors: grouping codes the zeros' positions once per stream, while zstd on the
     // whole chunk codes them once. Such chunks compress so well that trying zstd costs little.
     const size_t grouped = out.size() - start - kFrameHeaderSize;
-    if (grouped < chunk.size() / 8 && im.Zstd(chunk, im.opts.zstd_level, im.tmp) &&
-        im.tmp.size() < grouped) {
-      out.resize(start + kFrameHeaderSize);
-      out.insert(out.end(), im.tmp.begin(), im.tmp.end());
-      method = Method::kZstd;
-      coded_as = dtype;
-    }
+    if (grouped < chunk.size() / 8 && try_zstd(grouped)) method = Method::kZstd;
   }
 
   if (method == Method::kRaw) {

@@ -384,13 +384,19 @@ TEST(FrameCompressionTest, EncodeStatsReportEntropy) {
 
 // ---- Segments (tensor starts) -------------------------------------------------------------------
 
+// n BF16 elements: two halves whose exponents do not overlap, as two tensors of different scale.
+Bytes TwoTensors(size_t n) {
+  Bytes data = test::GaussianWeights(DType::kBF16, n / 2, 1e-3, 13);
+  const Bytes second = test::GaussianWeights(DType::kBF16, n / 2, 100.0, 14);
+  data.insert(data.end(), second.begin(), second.end());
+  return data;
+}
+
 TEST(FrameSegmentsTest, SegmentsSeparateDifferentStatistics) {
   // Two "tensors" whose exponents do not overlap: one table each saves ~1 bit per element. Short
   // enough that the encoder does not cut the stream into sub-blocks on its own.
   const size_t n = 32768;
-  Bytes data = test::GaussianWeights(DType::kBF16, n / 2, 1e-3, 13);
-  const Bytes second = test::GaussianWeights(DType::kBF16, n / 2, 100.0, 14);
-  data.insert(data.end(), second.begin(), second.end());
+  const Bytes data = TwoTensors(n);
   const uint32_t seg[] = {static_cast<uint32_t>(n / 2)};
   Bytes with, without;
   ASSERT_TRUE(RoundTrip(data, DType::kBF16, {}, seg, &with));
@@ -403,9 +409,7 @@ TEST(FrameSegmentsTest, LongStreamsFindStatisticsChangesWithoutHints) {
   // The same two "tensors", long: the encoder's own sub-blocks must find the change, so hints
   // add (almost) nothing.
   const size_t n = 131072;
-  Bytes data = test::GaussianWeights(DType::kBF16, n / 2, 1e-3, 13);
-  const Bytes second = test::GaussianWeights(DType::kBF16, n / 2, 100.0, 14);
-  data.insert(data.end(), second.begin(), second.end());
+  const Bytes data = TwoTensors(n);
   const uint32_t seg[] = {static_cast<uint32_t>(n / 2)};
   Bytes with, without;
   ASSERT_TRUE(RoundTrip(data, DType::kBF16, {}, seg, &with));
