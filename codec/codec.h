@@ -109,10 +109,31 @@ class FrameEncoder {
   std::unique_ptr<Impl> impl_;
 };
 
-// Decodes frames. Caches Huffman decode tables across frames: use one per thread.
+namespace internal {
+class SharedHuffmanTables;
+}
+
+// Huffman decode tables shared by the FrameDecoders of many threads (thread-safe). Chunks of one
+// tensor share their tables; with a shared cache whichever thread decodes one first builds them
+// for all, instead of every thread building its own.
+class DecoderTableCache {
+ public:
+  explicit DecoderTableCache(size_t max_tables = 256);
+  ~DecoderTableCache();
+  DecoderTableCache(const DecoderTableCache&) = delete;
+  DecoderTableCache& operator=(const DecoderTableCache&) = delete;
+
+ private:
+  friend class FrameDecoder;
+  std::unique_ptr<internal::SharedHuffmanTables> tables_;
+};
+
+// Decodes frames. Caches Huffman decode tables across frames: use one per thread, and give the
+// decoders of a thread pool one shared DecoderTableCache (which must outlive them).
 class FrameDecoder {
  public:
   FrameDecoder();
+  explicit FrameDecoder(DecoderTableCache* shared);
   ~FrameDecoder();
   FrameDecoder(const FrameDecoder&) = delete;
   FrameDecoder& operator=(const FrameDecoder&) = delete;

@@ -329,6 +329,7 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
 // ---- Decoder -------------------------------------------------------------------------------
 
 struct FrameDecoder::Impl {
+  explicit Impl(internal::SharedHuffmanTables* shared) : huffman(shared) {}
   ZSTD_DCtx* zstd = ZSTD_createDCtx();
   internal::HuffmanDecoder huffman;
   std::vector<uint8_t> scratch[9];
@@ -391,7 +392,13 @@ struct FrameDecoder::Impl {
   }
 };
 
-FrameDecoder::FrameDecoder() : impl_(std::make_unique<Impl>()) {}
+DecoderTableCache::DecoderTableCache(size_t max_tables)
+    : tables_(std::make_unique<internal::SharedHuffmanTables>(max_tables)) {}
+DecoderTableCache::~DecoderTableCache() = default;
+
+FrameDecoder::FrameDecoder() : impl_(std::make_unique<Impl>(nullptr)) {}
+FrameDecoder::FrameDecoder(DecoderTableCache* shared)
+    : impl_(std::make_unique<Impl>(shared != nullptr ? shared->tables_.get() : nullptr)) {}
 FrameDecoder::~FrameDecoder() = default;
 
 Status FrameDecoder::Decode(std::span<const uint8_t> frame, std::span<uint8_t> out) {

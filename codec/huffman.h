@@ -10,8 +10,11 @@
 
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <span>
+#include <unordered_map>
 #include <vector>
 
 namespace zipnn::internal {
@@ -46,21 +49,46 @@ void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segmen
 // Appends the coded stream for `syms` following `plan`.
 void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uint8_t>& out);
 
-// Decodes one coded stream into exactly out.size() symbols. Keeps a cache of decode tables.
+// Decode tables shared by the decoders of many threads: chunks of one tensor share their
+// tables, so whichever thread meets a table first builds it for all. Thread-safe.
+class SharedHuffmanTables;
+
+// Decodes one coded stream into exactly out.size() symbols. Keeps a cache of decode tables,
+// backed by `shared` when given.
 class HuffmanDecoder {
  public:
-  HuffmanDecoder();
+  explicit HuffmanDecoder(SharedHuffmanTables* shared = nullptr);
   ~HuffmanDecoder();
   // Returns false if `in` is malformed or does not decode to exactly out.size() symbols.
   bool Decode(std::span<const uint8_t> in, std::span<uint8_t> out);
 
- private:
   struct Table;
-  Table* GetTable(std::span<const uint8_t> desc, const std::array<uint8_t, 256>& len, bool multi);
+
+ private:
+  const Table* GetTable(std::span<const uint8_t> desc, const std::array<uint8_t, 256>& len,
+                        bool multi);
+  std::shared_ptr<const Table> BuildTable(std::span<const uint8_t> desc, uint64_t hash,
+                                          const std::array<uint8_t, 256>& len, bool multi);
   static constexpr int kCacheSize = 8;
-  std::array<std::unique_ptr<Table>, kCacheSize> cache_;
+  SharedHuffmanTables* shared_;
+  std::array<std::shared_ptr<const Table>, kCacheSize> cache_;
   std::vector<uint64_t> levels_ = std::vector<uint64_t>(2u << kHufMaxBits);  // table-build scratch
   int next_victim_ = 0;
+};
+
+class SharedHuffmanTables {
+ public:
+  explicit SharedHuffmanTables(size_t max_tables) : max_tables_(max_tables) {}
+  // The table described by `desc` (with `multi`, one that has the multi-symbol part), or null.
+  std::shared_ptr<const HuffmanDecoder::Table> Find(uint64_t hash, std::span<const uint8_t> desc,
+                                                    bool multi);
+  void Put(std::shared_ptr<const HuffmanDecoder::Table> table);
+
+ private:
+  const size_t max_tables_;
+  std::mutex mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<const HuffmanDecoder::Table>> tables_;
+  std::deque<uint64_t> order_;  // insertion order, for eviction
 };
 
 }  // namespace zipnn::internal

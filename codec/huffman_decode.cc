@@ -38,25 +38,62 @@ struct HuffmanDecoder::Table {
   uint64_t multi[kTableSize];   // bits | count << 8 | up to 5 symbols << 16
 };
 
-HuffmanDecoder::HuffmanDecoder() = default;
+namespace {
+
+bool SameTable(const HuffmanDecoder::Table& t, uint64_t hash, std::span<const uint8_t> desc,
+               bool multi) {
+  return t.hash == hash && (t.has_multi || !multi) && t.desc.size() == desc.size() &&
+         std::equal(desc.begin(), desc.end(), t.desc.begin());
+}
+
+}  // namespace
+
+std::shared_ptr<const HuffmanDecoder::Table> SharedHuffmanTables::Find(
+    uint64_t hash, std::span<const uint8_t> desc, bool multi) {
+  std::lock_guard lock(mu_);
+  auto it = tables_.find(hash);
+  if (it == tables_.end() || !SameTable(*it->second, hash, desc, multi)) return nullptr;
+  return it->second;
+}
+
+void SharedHuffmanTables::Put(std::shared_ptr<const HuffmanDecoder::Table> table) {
+  std::lock_guard lock(mu_);
+  const uint64_t hash = table->hash;
+  auto [it, inserted] = tables_.insert_or_assign(hash, std::move(table));
+  if (!inserted) return;
+  order_.push_back(hash);
+  while (tables_.size() > max_tables_) {
+    tables_.erase(order_.front());
+    order_.pop_front();
+  }
+}
+
+HuffmanDecoder::HuffmanDecoder(SharedHuffmanTables* shared) : shared_(shared) {}
 HuffmanDecoder::~HuffmanDecoder() = default;
 
-HuffmanDecoder::Table* HuffmanDecoder::GetTable(std::span<const uint8_t> desc,
-                                                const std::array<uint8_t, 256>& len, bool multi) {
+const HuffmanDecoder::Table* HuffmanDecoder::GetTable(std::span<const uint8_t> desc,
+                                                      const std::array<uint8_t, 256>& len,
+                                                      bool multi) {
   const uint64_t hash = XXH3_64bits(desc.data(), desc.size());
-  Table* t = nullptr;
-  for (auto& c : cache_) {
-    if (c && c->hash == hash && c->desc.size() == desc.size() &&
-        std::equal(desc.begin(), desc.end(), c->desc.begin())) {
-      t = c.get();
-      break;
-    }
+  for (const auto& c : cache_) {
+    if (c && SameTable(*c, hash, desc, multi)) return c.get();
   }
+  std::shared_ptr<const Table> t;
+  if (shared_ != nullptr) t = shared_->Find(hash, desc, multi);
   if (!t) {
-    auto& slot = cache_[next_victim_];
-    next_victim_ = (next_victim_ + 1) % kCacheSize;
-    if (!slot) slot = std::make_unique<Table>();
-    t = slot.get();
+    t = BuildTable(desc, hash, len, multi);
+    if (shared_ != nullptr) shared_->Put(t);
+  }
+  auto& slot = cache_[next_victim_];
+  next_victim_ = (next_victim_ + 1) % kCacheSize;
+  slot = std::move(t);
+  return slot.get();
+}
+
+std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
+    std::span<const uint8_t> desc, uint64_t hash, const std::array<uint8_t, 256>& len, bool multi) {
+  auto t = std::make_shared<Table>();
+  {
     t->hash = hash;
     t->desc.assign(desc.begin(), desc.end());
     t->has_multi = false;
@@ -68,7 +105,7 @@ HuffmanDecoder::Table* HuffmanDecoder::GetTable(std::span<const uint8_t> desc,
       for (uint32_t w = lo; w < hi; w++) t->single[w] = static_cast<uint16_t>(s | len[s] << 8);
     }
   }
-  if (multi && !t->has_multi) {
+  if (multi) {
     // Dynamic programming over window widths: the decoding of an r-bit window is its first
     // symbol followed by the decoding of the (r - length)-bit rest, already computed. level[r]
     // holds the 2^r entries for width r; width kL is the table. Cheaper than walking each window

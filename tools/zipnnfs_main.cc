@@ -1,5 +1,5 @@
 // zipnnfs: manage a store of compressed model files (init, import, export, cat, stats, fsck, gc).
-// The filesystem (mount) comes with the FUSE issue.
+// `zipnnfs STORE MOUNTPOINT` mounts a store (fs/).
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +13,7 @@
 
 #include "codec/codec.h"
 #include "codec/container.h"
+#include "fs/fs.h"
 #include "index/index.h"
 #include "index/tree.h"
 
@@ -211,6 +212,14 @@ Status CollectFiles(Store& store, uint64_t ino, const std::string& path,
 }
 
 int Stats(const std::string& store_dir, std::vector<std::string> paths, bool json) {
+  // A mount point rather than a store: the live figures of its daemon.
+  if (!std::filesystem::exists(store_dir + "/FORMAT")) {
+    Result<std::string> live = zipnn::fs::ReadMountStats(store_dir);
+    if (live.ok()) {
+      std::fputs(live->c_str(), stdout);
+      return 0;
+    }
+  }
   Result<std::unique_ptr<Store>> store = OpenStore(store_dir, false, 1);
   if (!store.ok()) return Fail(store.status());
   if (paths.empty()) paths.push_back("/");
@@ -357,10 +366,27 @@ int Gc(const std::string& store_dir) {
   return 0;
 }
 
+bool IsSubcommand(std::string_view a) {
+  for (const char* c : {"init", "import", "export", "cat", "stats", "fsck", "gc"}) {
+    if (a == c) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Mounting follows the conventions of sshfs and squashfuse (`zipnnfs STORE MOUNTPOINT -o ...`),
+  // parsed by libfuse; the store tools are subcommands.
+  if (argc >= 2 && std::string_view(argv[1]) == "mount") {
+    argv[1] = argv[0];
+    return zipnn::fs::MountMain(argc - 1, argv + 1);
+  }
+  if (argc >= 3 && !IsSubcommand(argv[1]) && argv[1][0] != '-') {
+    return zipnn::fs::MountMain(argc, argv);
+  }
   CLI::App app{"zipnnfs: a store of losslessly compressed AI model files", "zipnnfs"};
+  app.footer(zipnn::fs::MountUsage());
   app.set_version_flag("--version", "zipnnfs " ZIPNN_VERSION);
   app.require_subcommand(1);
 

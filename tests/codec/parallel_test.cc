@@ -244,5 +244,39 @@ TEST(ParallelCodecTest, HonoursEncodeOptions) {
   }
 }
 
+// ---- Shared decode tables
+// ------------------------------------------------------------------------
+
+// Decoders on many threads sharing one table cache (as the filesystem's do) decode every frame
+// exactly, also when the cache holds fewer tables than the frames use and evicts while others
+// read.
+TEST(DecoderTableCacheTest, ThreadsSharingTablesDecodeExactly) {
+  const Workload w = MakeWorkload(0);
+  const std::vector<Bytes> frames = EncodeWith(1, w, 0);
+  for (size_t max_tables : {size_t{1}, size_t{4}, size_t{256}}) {
+    DecoderTableCache tables(max_tables);
+    std::atomic<int> wrong{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; t++) {
+      threads.emplace_back([&, t] {
+        FrameDecoder decoder(&tables);
+        for (int round = 0; round < 3; round++) {
+          for (size_t k = 0; k < frames.size(); k++) {
+            const size_t i = (k * 7 + static_cast<size_t>(t) * 13 + round) % frames.size();
+            const ChunkSpec& c = w.plan[i];
+            Bytes out(c.size);
+            const Status st = decoder.Decode(frames[i], out);
+            if (!st.ok() || !std::equal(out.begin(), out.end(), w.data.begin() + c.offset)) {
+              wrong++;
+            }
+          }
+        }
+      });
+    }
+    for (std::thread& th : threads) th.join();
+    EXPECT_EQ(wrong.load(), 0) << "max_tables " << max_tables;
+  }
+}
+
 }  // namespace
 }  // namespace zipnn

@@ -1,0 +1,109 @@
+#include "fs/chunk_cache.h"
+
+#include <cstring>
+
+namespace zipnn::fs {
+
+size_t ChunkCache::KeyHash::operator()(const index::ChunkHash& h) const {
+  size_t v;  // the key is already a strong hash: any 8 bytes of it will do
+  std::memcpy(&v, h.data() + h.size() - sizeof(v), sizeof(v));
+  return v;
+}
+
+ChunkCache::ChunkCache(uint64_t capacity_bytes) : capacity_(capacity_bytes) {}
+
+Result<ChunkRef> ChunkCache::Get(const index::ChunkHash& key, const ChunkLoader& load) {
+  std::unique_lock lock(mu_);
+  auto it = map_.find(key);
+  if (it != map_.end() && it->second.data) {
+    Entry& e = it->second;
+    ++stats_.hits;
+    if (e.prefetched_unused) {
+      ++stats_.prefetch_hits;
+      e.prefetched_unused = false;
+    }
+    lru_.splice(lru_.begin(), lru_, e.lru);
+    return e.data;
+  }
+  if (it != map_.end()) {
+    std::shared_ptr<Flight> flight = it->second.flight;
+    ++stats_.joins;
+    lock.unlock();
+    std::unique_lock flight_lock(flight->mu);
+    flight->cv.wait(flight_lock, [&] { return flight->done; });
+    return flight->result;
+  }
+  auto flight = std::make_shared<Flight>();
+  map_[key].flight = flight;
+  ++stats_.misses;
+  lock.unlock();
+  return Load(key, load, std::move(flight), /*prefetch=*/false);
+}
+
+bool ChunkCache::Prefetch(const index::ChunkHash& key, const ChunkLoader& load) {
+  std::unique_lock lock(mu_);
+  if (map_.count(key) != 0) return false;
+  auto flight = std::make_shared<Flight>();
+  map_[key].flight = flight;
+  lock.unlock();
+  return Load(key, load, std::move(flight), /*prefetch=*/true).ok();
+}
+
+Result<ChunkRef> ChunkCache::Load(const index::ChunkHash& key, const ChunkLoader& load,
+                                  std::shared_ptr<Flight> flight, bool prefetch) {
+  Result<ChunkRef> result = load();
+  {
+    std::lock_guard lock(mu_);
+    auto it = map_.find(key);  // only this loader removes or fills its entry
+    if (result.ok()) {
+      Entry& e = it->second;
+      e.data = *result;
+      e.flight.reset();
+      e.prefetched_unused = prefetch;
+      lru_.push_front(key);
+      e.lru = lru_.begin();
+      bytes_ += e.data->size();
+      if (prefetch) ++stats_.prefetched;
+      EvictLocked();
+    } else {
+      map_.erase(it);
+      ++stats_.failures;
+    }
+  }
+  {
+    std::lock_guard flight_lock(flight->mu);
+    flight->result = result;
+    flight->done = true;
+  }
+  flight->cv.notify_all();
+  return result;
+}
+
+void ChunkCache::EvictLocked() {
+  // A ChunkRef is copied only under mu_, so a use count of one (the cache's) cannot grow while
+  // we look at it: such a chunk is not in use and may go.
+  for (auto it = lru_.end(); bytes_ > capacity_ && it != lru_.begin();) {
+    --it;
+    auto entry = map_.find(*it);
+    if (entry->second.data.use_count() > 1) continue;
+    bytes_ -= entry->second.data->size();
+    ++stats_.evictions;
+    map_.erase(entry);
+    it = lru_.erase(it);
+  }
+}
+
+bool ChunkCache::Contains(const index::ChunkHash& key) const {
+  std::lock_guard lock(mu_);
+  return map_.count(key) != 0;
+}
+
+ChunkCacheStats ChunkCache::stats() const {
+  std::lock_guard lock(mu_);
+  ChunkCacheStats s = stats_;
+  s.bytes = bytes_;
+  s.entries = map_.size();
+  return s;
+}
+
+}  // namespace zipnn::fs

@@ -1,0 +1,93 @@
+// ChunkCache: decoded chunks in memory, keyed by the hash of their raw bytes.
+//
+// - Single-flight: concurrent requests for one chunk wait on one decode.
+// - Byte-capped: ready chunks are evicted least-recently-used first when the cache holds more than
+//   its capacity. A chunk somebody holds (a ChunkRef outside the cache) is never evicted, so a
+//   reply can point into it; if every chunk is in use the cache runs over its capacity until they
+//   are released.
+// - Keyed by content, not by file: a rewritten file gets new keys, so writes never need to
+//   invalidate anything here, and identical chunks of different files are decoded once.
+// - Failed loads are not cached: the next request tries again (and fails again, if the frame is
+//   damaged).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "codec/status.h"
+#include "fs/buffer_pool.h"
+#include "index/index.h"
+
+namespace zipnn::fs {
+
+using ChunkBytes = BufferPool::Buffer;  // a decoded chunk
+using ChunkRef = std::shared_ptr<const ChunkBytes>;
+using ChunkLoader = std::function<Result<ChunkRef>()>;
+
+struct ChunkCacheStats {
+  uint64_t hits = 0;           // requests served from a ready chunk
+  uint64_t misses = 0;         // requests that decoded the chunk themselves
+  uint64_t joins = 0;          // requests that waited on someone else's decode
+  uint64_t prefetched = 0;     // chunks loaded ahead of any request
+  uint64_t prefetch_hits = 0;  // prefetched chunks later requested (counted once per load)
+  uint64_t evictions = 0;
+  uint64_t failures = 0;  // loads that failed
+  uint64_t bytes = 0;     // bytes of chunks held (ready, in use or not)
+  uint64_t entries = 0;
+};
+
+class ChunkCache {
+ public:
+  explicit ChunkCache(uint64_t capacity_bytes);
+  ChunkCache(const ChunkCache&) = delete;
+  ChunkCache& operator=(const ChunkCache&) = delete;
+
+  // The chunk `key`: from the cache, from a decode in flight, or by calling `load` on this
+  // thread (and caching its result). Never waits for anything but this chunk.
+  Result<ChunkRef> Get(const index::ChunkHash& key, const ChunkLoader& load);
+
+  // Loads `key` ahead of use unless it is cached or being loaded. Returns true if it loaded it.
+  bool Prefetch(const index::ChunkHash& key, const ChunkLoader& load);
+
+  bool Contains(const index::ChunkHash& key) const;
+  uint64_t capacity() const { return capacity_; }
+  ChunkCacheStats stats() const;
+
+ private:
+  struct KeyHash {
+    size_t operator()(const index::ChunkHash& h) const;
+  };
+  // One decode in flight; waiters block on its condition variable.
+  struct Flight {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    Result<ChunkRef> result = Status::Io("load did not finish");
+  };
+  struct Entry {
+    ChunkRef data;                   // null while loading
+    std::shared_ptr<Flight> flight;  // set while loading
+    std::list<index::ChunkHash>::iterator lru;
+    bool prefetched_unused = false;
+  };
+
+  Result<ChunkRef> Load(const index::ChunkHash& key, const ChunkLoader& load,
+                        std::shared_ptr<Flight> flight, bool prefetch);
+  void EvictLocked();
+
+  const uint64_t capacity_;
+  mutable std::mutex mu_;
+  std::unordered_map<index::ChunkHash, Entry, KeyHash> map_;
+  std::list<index::ChunkHash> lru_;  // ready entries, most recently used first
+  uint64_t bytes_ = 0;
+  ChunkCacheStats stats_;
+};
+
+}  // namespace zipnn::fs

@@ -1,0 +1,407 @@
+#include "fs/filesystem.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <string_view>
+#include <vector>
+
+namespace zipnn::fs {
+namespace {
+
+int ErrnoOf(const Status& s) {
+  switch (s.code()) {
+    case StatusCode::kOk:
+      return 0;
+    case StatusCode::kNotFound:
+      return ENOENT;
+    case StatusCode::kExists:
+      return EEXIST;
+    case StatusCode::kNoSpace:
+      return ENOSPC;
+    case StatusCode::kInvalidArgument:
+      return EINVAL;
+    case StatusCode::kUnsupported:
+      return ENOTSUP;
+    case StatusCode::kBusy:
+      return EBUSY;
+    default:
+      return EIO;  // kCorrupt, kChecksum, kIo: the data cannot be served
+  }
+}
+
+void ToStat(const index::InodeAttr& a, struct stat& st) {
+  std::memset(&st, 0, sizeof st);
+  st.st_ino = a.ino;
+  st.st_mode = a.mode;
+  st.st_nlink = a.nlink;
+  st.st_uid = a.uid;
+  st.st_gid = a.gid;
+  st.st_size = static_cast<off_t>(a.size);
+  st.st_blksize = 1 << 20;  // a hint for readers: large reads serve best
+  st.st_blocks = static_cast<blkcnt_t>((a.size + 511) / 512);
+  auto ts = [](int64_t ns) { return timespec{ns / 1000000000, ns % 1000000000}; };
+  st.st_atim = ts(a.atime_ns);
+  st.st_mtim = ts(a.mtime_ns);
+  st.st_ctim = ts(a.ctime_ns);
+}
+
+// Exceptions never cross into libfuse's C code: whatever escapes an operation becomes an errno.
+template <class F>
+void Guarded(fuse_req_t req, F&& op) {
+  try {
+    op();
+  } catch (const std::bad_alloc&) {
+    fuse_reply_err(req, ENOMEM);
+  } catch (const std::exception& e) {
+    spdlog::error("internal error: {}", e.what());
+    fuse_reply_err(req, EIO);
+  }
+}
+
+bool IsDotOrDotDot(std::string_view n) { return n == "." || n == ".."; }
+
+}  // namespace
+
+// A directory's entries, listed once at opendir: offsets stay valid while it is read, whatever
+// happens to the directory meanwhile.
+struct FileSystem::DirHandle {
+  std::vector<index::DirEntry> entries;
+};
+
+FileSystem::FileSystem(index::Store& store, const FileSystemOptions& opts)
+    : store_(store), opts_(opts), reader_(store, opts.reader) {}
+
+FileSystem* FileSystem::Self(fuse_req_t req) {
+  auto* self = static_cast<FileSystem*>(fuse_req_userdata(req));
+  self->AfterInit();
+  return self;
+}
+
+void FileSystem::AfterInit() {
+  if (opts_.after_init) std::call_once(after_init_once_, opts_.after_init);
+}
+
+void FileSystem::Init(fuse_conn_info* conn) {
+  // Readers of large files gain from the largest requests the kernel will send.
+  conn->max_readahead = conn->max_readahead > 0 ? conn->max_readahead : UINT32_MAX;
+  if (conn->capable & FUSE_CAP_READDIRPLUS) conn->want |= FUSE_CAP_READDIRPLUS;
+  if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
+  if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+  if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+  // Splice was measured slower than replying from memory (fuse-notes.md).
+  conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
+}
+
+void FileSystem::FillEntry(const index::InodeAttr& attr, fuse_entry_param& e) const {
+  std::memset(&e, 0, sizeof e);
+  e.ino = attr.ino;
+  e.generation = 1;  // inode numbers are never reused while a store lives
+  ToStat(attr, e.attr);
+  e.attr_timeout = opts_.attr_timeout;
+  e.entry_timeout = opts_.entry_timeout;
+}
+
+void FileSystem::CountLookup(uint64_t ino) {
+  std::lock_guard lock(inodes_mu_);
+  ++lookups_[ino];
+}
+
+void FileSystem::Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Result<index::InodeAttr> attr = store_.Lookup(parent, name);
+  if (!attr.ok()) {
+    if (attr.status().code() == StatusCode::kNotFound) {
+      // A negative entry: the kernel remembers the name is absent.
+      fuse_entry_param e;
+      std::memset(&e, 0, sizeof e);
+      e.entry_timeout = opts_.entry_timeout;
+      fuse_reply_entry(req, &e);
+      return;
+    }
+    fuse_reply_err(req, ErrnoOf(attr.status()));
+    return;
+  }
+  fuse_entry_param e;
+  FillEntry(*attr, e);
+  CountLookup(attr->ino);
+  if (fuse_reply_entry(req, &e) != 0) Forget(attr->ino, 1);  // the request was interrupted
+}
+
+void FileSystem::Forget(fuse_ino_t ino, uint64_t nlookup) {
+  bool gone = false;
+  {
+    std::lock_guard lock(inodes_mu_);
+    auto it = lookups_.find(ino);
+    if (it == lookups_.end()) return;
+    it->second -= std::min(it->second, nlookup);
+    if (it->second == 0) {
+      lookups_.erase(it);
+      gone = true;
+    }
+  }
+  if (gone) reader_.Forget(ino);
+}
+
+void FileSystem::GetAttr(fuse_req_t req, fuse_ino_t ino) {
+  Result<index::InodeAttr> attr = store_.GetAttr(ino);
+  if (!attr.ok()) {
+    fuse_reply_err(req, ErrnoOf(attr.status()));
+    return;
+  }
+  struct stat st;
+  ToStat(*attr, st);
+  fuse_reply_attr(req, &st, opts_.attr_timeout);
+}
+
+void FileSystem::ReadLink(fuse_req_t req, fuse_ino_t ino) {
+  Result<std::string> target = store_.ReadLink(ino);
+  if (!target.ok()) {
+    fuse_reply_err(req, ErrnoOf(target.status()));
+    return;
+  }
+  fuse_reply_readlink(req, target->c_str());
+}
+
+void FileSystem::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  Result<index::InodeAttr> attr = store_.GetAttr(ino);
+  if (!attr.ok()) {
+    fuse_reply_err(req, ErrnoOf(attr.status()));
+    return;
+  }
+  if (attr->kind != index::InodeKind::kFile) {
+    fuse_reply_err(req, attr->kind == index::InodeKind::kDirectory ? EISDIR : ELOOP);
+    return;
+  }
+  reader_.OnOpen(ino, attr->size);
+  auto handle = std::make_unique<FileHandle>(FileHandle{attr->size});
+  fi->fh = reinterpret_cast<uint64_t>(handle.get());
+  fi->keep_cache = 1;  // files change only through this daemon, which will invalidate them
+  if (fuse_reply_open(req, fi) == 0) handle.release();
+}
+
+void FileSystem::Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  const auto* handle = reinterpret_cast<const FileHandle*>(fi->fh);
+  Result<ReadResult> r = reader_.Read(ino, static_cast<uint64_t>(off), size, handle->size);
+  if (!r.ok()) {
+    spdlog::debug("read of inode {} at {} ({} bytes): {}", ino, off, size, r.status().message());
+    fuse_reply_err(req, ErrnoOf(r.status()));
+    return;
+  }
+  if (r->iov.empty()) {
+    fuse_reply_buf(req, nullptr, 0);
+    return;
+  }
+  // Straight from the cached chunks, which the result keeps pinned until the reply is sent.
+  fuse_reply_iov(req, r->iov.data(), static_cast<int>(r->iov.size()));
+}
+
+void FileSystem::Release(fuse_req_t req, fuse_file_info* fi) {
+  delete reinterpret_cast<FileHandle*>(fi->fh);
+  fuse_reply_err(req, 0);
+}
+
+void FileSystem::OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Result<index::InodeAttr> attr = store_.GetAttr(ino);
+  if (!attr.ok()) {
+    fuse_reply_err(req, ErrnoOf(attr.status()));
+    return;
+  }
+  if (attr->kind != index::InodeKind::kDirectory) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  auto handle = std::make_unique<DirHandle>();
+  handle->entries.push_back({".", ino, index::InodeKind::kDirectory});
+  handle->entries.push_back({"..", ino, index::InodeKind::kDirectory});
+  std::vector<index::DirEntry> page;
+  std::string after;
+  do {
+    page.clear();
+    Status st = store_.ReadDir(ino, after, 4096, page);
+    if (!st.ok()) {
+      fuse_reply_err(req, ErrnoOf(st));
+      return;
+    }
+    for (index::DirEntry& e : page) handle->entries.push_back(std::move(e));
+    if (!page.empty()) after = handle->entries.back().name;
+  } while (!page.empty());
+  fi->fh = reinterpret_cast<uint64_t>(handle.get());
+  fi->cache_readdir = 1;
+  if (fuse_reply_open(req, fi) == 0) handle.release();
+}
+
+void FileSystem::ReadDir(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off,
+                         fuse_file_info* fi, bool plus) {
+  const auto* dir = reinterpret_cast<const DirHandle*>(fi->fh);
+  std::vector<char> buf(size);
+  size_t used = 0;
+  for (size_t i = static_cast<size_t>(off); i < dir->entries.size(); ++i) {
+    const index::DirEntry& d = dir->entries[i];
+    const off_t next = static_cast<off_t>(i + 1);
+    size_t n;
+    if (!plus) {
+      struct stat st;
+      std::memset(&st, 0, sizeof st);
+      st.st_ino = d.ino;
+      st.st_mode = d.kind == index::InodeKind::kDirectory ? S_IFDIR
+                   : d.kind == index::InodeKind::kSymlink ? S_IFLNK
+                                                          : S_IFREG;
+      n = fuse_add_direntry(req, buf.data() + used, size - used, d.name.c_str(), &st, next);
+    } else {
+      fuse_entry_param e;
+      std::memset(&e, 0, sizeof e);
+      bool counted = false;
+      if (IsDotOrDotDot(d.name)) {
+        // Inode 0: the kernel makes no dentry for it and counts no lookup.
+        e.attr.st_ino = d.ino;
+        e.attr.st_mode = S_IFDIR;
+      } else {
+        Result<index::InodeAttr> attr = store_.GetAttr(d.ino);
+        if (!attr.ok()) continue;  // removed since opendir
+        FillEntry(*attr, e);
+        counted = true;
+      }
+      n = fuse_add_direntry_plus(req, buf.data() + used, size - used, d.name.c_str(), &e, next);
+      if (n <= size - used && counted) CountLookup(d.ino);
+    }
+    if (n > size - used) break;  // full; this entry goes in the next call
+    used += n;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void FileSystem::ReleaseDir(fuse_req_t req, fuse_file_info* fi) {
+  delete reinterpret_cast<DirHandle*>(fi->fh);
+  fuse_reply_err(req, 0);
+}
+
+void FileSystem::StatFs(fuse_req_t req) {
+  struct statvfs st;
+  if (::statvfs(opts_.store_dir.c_str(), &st) != 0) {
+    fuse_reply_err(req, errno);
+    return;
+  }
+  st.f_namemax = 255;
+  st.f_flag |= ST_RDONLY;
+  fuse_reply_statfs(req, &st);
+}
+
+std::string FileSystem::StatsJson() const {
+  nlohmann::json j = nlohmann::json::parse(reader_.StatsJson());
+  j["store"] = opts_.store_dir;
+  return j.dump(2) + "\n";
+}
+
+void FileSystem::GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  std::string value;
+  if (ino == index::kRootInode && std::strcmp(name, kStatsXattr) == 0) {
+    value = StatsJson();
+  } else {
+    Result<std::string> v = store_.GetXattr(ino, name);
+    if (!v.ok()) {
+      fuse_reply_err(req,
+                     v.status().code() == StatusCode::kNotFound ? ENODATA : ErrnoOf(v.status()));
+      return;
+    }
+    value = std::move(*v);
+  }
+  if (size == 0) {
+    fuse_reply_xattr(req, value.size());
+  } else if (value.size() > size) {
+    fuse_reply_err(req, ERANGE);
+  } else {
+    fuse_reply_buf(req, value.data(), value.size());
+  }
+}
+
+void FileSystem::ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  // The statistics attribute is not listed: copies (cp -a, rsync -X) must not carry it.
+  std::vector<std::string> names;
+  Status st = store_.ListXattr(ino, names);
+  if (!st.ok()) {
+    fuse_reply_err(req, ErrnoOf(st));
+    return;
+  }
+  std::string list;
+  for (const std::string& n : names) list.append(n).push_back('\0');
+  if (size == 0) {
+    fuse_reply_xattr(req, list.size());
+  } else if (list.size() > size) {
+    fuse_reply_err(req, ERANGE);
+  } else {
+    fuse_reply_buf(req, list.data(), list.size());
+  }
+}
+
+const fuse_lowlevel_ops& FileSystem::Ops() {
+  static const fuse_lowlevel_ops ops = [] {
+    fuse_lowlevel_ops o;
+    std::memset(&o, 0, sizeof o);
+    o.init = [](void* userdata, fuse_conn_info* conn) {
+      static_cast<FileSystem*>(userdata)->Init(conn);
+    };
+    o.lookup = [](fuse_req_t req, fuse_ino_t parent, const char* name) {
+      Guarded(req, [&] { Self(req)->Lookup(req, parent, name); });
+    };
+    o.forget = [](fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+      try {
+        Self(req)->Forget(ino, nlookup);
+      } catch (...) {
+      }
+      fuse_reply_none(req);
+    };
+    o.forget_multi = [](fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+      try {
+        for (size_t i = 0; i < count; ++i) Self(req)->Forget(forgets[i].ino, forgets[i].nlookup);
+      } catch (...) {
+      }
+      fuse_reply_none(req);
+    };
+    o.getattr = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+      Guarded(req, [&] { Self(req)->GetAttr(req, ino); });
+    };
+    o.readlink = [](fuse_req_t req, fuse_ino_t ino) {
+      Guarded(req, [&] { Self(req)->ReadLink(req, ino); });
+    };
+    o.open = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+      Guarded(req, [&] { Self(req)->Open(req, ino, fi); });
+    };
+    o.read = [](fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+      Guarded(req, [&] { Self(req)->Read(req, ino, size, off, fi); });
+    };
+    o.release = [](fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+      Guarded(req, [&] { Self(req)->Release(req, fi); });
+    };
+    o.opendir = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+      Guarded(req, [&] { Self(req)->OpenDir(req, ino, fi); });
+    };
+    o.readdir = [](fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+      Guarded(req, [&] { Self(req)->ReadDir(req, ino, size, off, fi, false); });
+    };
+    o.readdirplus = [](fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+      Guarded(req, [&] { Self(req)->ReadDir(req, ino, size, off, fi, true); });
+    };
+    o.releasedir = [](fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+      Guarded(req, [&] { Self(req)->ReleaseDir(req, fi); });
+    };
+    o.statfs = [](fuse_req_t req, fuse_ino_t) { Guarded(req, [&] { Self(req)->StatFs(req); }); };
+    o.getxattr = [](fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+      Guarded(req, [&] { Self(req)->GetXattr(req, ino, name, size); });
+    };
+    o.listxattr = [](fuse_req_t req, fuse_ino_t ino, size_t size) {
+      Guarded(req, [&] { Self(req)->ListXattr(req, ino, size); });
+    };
+    return o;
+  }();
+  return ops;
+}
+
+}  // namespace zipnn::fs

@@ -1,0 +1,76 @@
+// FileSystem: the libfuse low-level operations over a store. Index inode numbers are FUSE inode
+// numbers (the root is 1 in both). Reads go through FileReader; the mount itself is in mount.cc.
+//
+// Read-only for now. Writes will come through the same object: the inode table already counts
+// the kernel's lookups (an unlinked file must live until forgotten) and open files carry a handle.
+#pragma once
+
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "fs/file_reader.h"
+#include "index/index.h"
+
+namespace zipnn::fs {
+
+struct FileSystemOptions {
+  std::string store_dir;      // for statfs
+  double entry_timeout = 60;  // seconds the kernel may cache names and attributes: nothing
+  double attr_timeout = 60;   // changes behind the daemon's back
+  FileReaderOptions reader;
+  std::function<void()> after_init;  // run once, at the first request after INIT
+};
+
+class FileSystem {
+ public:
+  FileSystem(index::Store& store, const FileSystemOptions& opts);
+
+  static const fuse_lowlevel_ops& Ops();  // the callbacks; userdata is the FileSystem
+
+  // Name of the root's virtual extended attribute holding live statistics (JSON).
+  static constexpr const char* kStatsXattr = "user.zipnnfs.stats";
+
+ private:
+  struct DirHandle;
+  struct FileHandle {
+    uint64_t size;
+  };
+
+  static FileSystem* Self(fuse_req_t req);
+  void AfterInit();
+  void Init(fuse_conn_info* conn);
+  void Lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
+  void Forget(fuse_ino_t ino, uint64_t nlookup);
+  void GetAttr(fuse_req_t req, fuse_ino_t ino);
+  void ReadLink(fuse_req_t req, fuse_ino_t ino);
+  void Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi);
+  void Release(fuse_req_t req, fuse_file_info* fi);
+  void OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+               bool plus);
+  void ReleaseDir(fuse_req_t req, fuse_file_info* fi);
+  void StatFs(fuse_req_t req);
+  void GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size);
+  void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+
+  void FillEntry(const index::InodeAttr& attr, fuse_entry_param& e) const;
+  void CountLookup(uint64_t ino);
+  std::string StatsJson() const;
+
+  index::Store& store_;
+  const FileSystemOptions opts_;
+  FileReader reader_;
+
+  std::once_flag after_init_once_;
+  std::mutex inodes_mu_;
+  std::unordered_map<uint64_t, uint64_t> lookups_;  // the kernel's lookup count per inode
+};
+
+}  // namespace zipnn::fs
