@@ -92,7 +92,7 @@ const HuffmanDecoder::Table* HuffmanDecoder::GetTable(std::span<const uint8_t> d
 
 std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
     std::span<const uint8_t> desc, uint64_t hash, const std::array<uint8_t, 256>& len, bool multi) {
-  auto t = std::make_shared<Table>();
+  auto t = std::make_shared_for_overwrite<Table>();  // every entry is written below
   {
     t->hash = hash;
     t->desc.assign(desc.begin(), desc.end());
@@ -113,8 +113,8 @@ std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
     uint64_t* level = levels_.data();  // width r at offset 2^r - 1
     level[0] = 0;
     for (int r = 1; r <= kL; r++) {
-      uint64_t* cur = level + (1u << r) - 1;
-      const uint64_t* shorter = level;  // base of all narrower widths
+      uint64_t* cur = r < kL ? level + (1u << r) - 1 : t->multi;  // the widest is the table
+      const uint64_t* shorter = level;                            // base of all narrower widths
       for (uint32_t x = 0; x < (1u << r); x++) {
         const uint16_t e = t->single[x << (kL - r)];
         const int l = e >> 8;
@@ -134,7 +134,6 @@ std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
         cur[x] = ((rest & 0xff) + l) | (n + 1) << 8 | ((rest >> 16) << 8 | (e & 0xff)) << 16;
       }
     }
-    std::memcpy(t->multi, level + kTableSize - 1, sizeof(t->multi));
     t->has_multi = true;
   }
   return t;

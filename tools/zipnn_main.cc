@@ -6,6 +6,7 @@
 #include "codec/codec.h"
 #include "tools/commands.h"
 #include "tools/file_io.h"
+#include "tools/synth_model.h"
 
 #ifndef ZIPNN_VERSION
 #define ZIPNN_VERSION "dev"
@@ -89,6 +90,22 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 60.0))
       ->capture_default_str();
 
+  SynthModelOptions sopts;
+  std::string synth_output, synth_dtype = "bf16";
+  CLI::App* synth = app.add_subcommand(
+      "synth", "Write a synthetic transformer-like .safetensors model (for demos and tests)");
+  synth->add_option("FILE", synth_output, "Output file")->required();
+  synth->add_option("--dtype", synth_dtype, "bf16 or f32")
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
+  synth->add_option("--layers", sopts.layers, "Layers")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  synth->add_option("--dim", sopts.dim, "Hidden size")
+      ->check(CLI::Range(8, 65536))
+      ->capture_default_str();
+  synth->add_option("--seed", sopts.seed, "Random seed")->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -115,6 +132,9 @@ int main(int argc, char** argv) {
     status = Info(info_input);
   } else if (app.got_subcommand(bench)) {
     status = Bench(bopts);
+  } else if (app.got_subcommand(synth)) {
+    sopts.dtype = synth_dtype == "f32" ? zipnn::DType::kF32 : zipnn::DType::kBF16;
+    status = WriteSyntheticSafetensors(synth_output, sopts);
   }
   if (!status.ok()) {
     std::fprintf(stderr, "zipnn: %s\n", status.message().c_str());
