@@ -10,7 +10,8 @@ size_t ChunkCache::KeyHash::operator()(const index::ChunkHash& h) const {
   return v;
 }
 
-ChunkCache::ChunkCache(uint64_t capacity_bytes) : capacity_(capacity_bytes) {}
+ChunkCache::ChunkCache(uint64_t capacity_bytes, uint64_t consumed_budget)
+    : capacity_(capacity_bytes), consumed_budget_(consumed_budget) {}
 
 Result<ChunkRef> ChunkCache::Get(const index::ChunkHash& key, const ChunkLoader& load) {
   std::unique_lock lock(mu_);
@@ -22,7 +23,14 @@ Result<ChunkRef> ChunkCache::Get(const index::ChunkHash& key, const ChunkLoader&
       ++stats_.prefetch_hits;
       e.prefetched_unused = false;
     }
-    lru_.splice(lru_.begin(), lru_, e.lru);
+    if (e.consumed) {  // asked for again: back among the live chunks
+      e.consumed = false;
+      e.served = 0;
+      consumed_bytes_ -= e.data->size();
+      lru_.splice(lru_.begin(), consumed_, e.lru);
+    } else {
+      lru_.splice(lru_.begin(), lru_, e.lru);
+    }
     return e.data;
   }
   if (it != map_.end()) {
@@ -79,18 +87,39 @@ Result<ChunkRef> ChunkCache::Load(const index::ChunkHash& key, const ChunkLoader
   return result;
 }
 
-void ChunkCache::EvictLocked() {
+void ChunkCache::NoteServed(const index::ChunkHash& key, uint64_t bytes) {
+  std::lock_guard lock(mu_);
+  auto it = map_.find(key);
+  if (it == map_.end() || !it->second.data || it->second.consumed) return;
+  Entry& e = it->second;
+  e.served += bytes;
+  if (e.served < e.data->size()) return;
+  e.consumed = true;
+  consumed_bytes_ += e.data->size();
+  consumed_.splice(consumed_.begin(), lru_, e.lru);
+  EvictLocked();
+}
+
+template <class Over>
+void ChunkCache::EvictFrom(std::list<index::ChunkHash>& list, Over over) {
   // A ChunkRef is copied only under mu_, so a use count of one (the cache's) cannot grow while
   // we look at it: such a chunk is not in use and may go.
-  for (auto it = lru_.end(); bytes_ > capacity_ && it != lru_.begin();) {
+  for (auto it = list.end(); over() && it != list.begin();) {
     --it;
     auto entry = map_.find(*it);
     if (entry->second.data.use_count() > 1) continue;
-    bytes_ -= entry->second.data->size();
+    const uint64_t size = entry->second.data->size();
+    bytes_ -= size;
+    if (entry->second.consumed) consumed_bytes_ -= size;
     ++stats_.evictions;
     map_.erase(entry);
-    it = lru_.erase(it);
+    it = list.erase(it);
   }
+}
+
+void ChunkCache::EvictLocked() {
+  EvictFrom(consumed_, [&] { return consumed_bytes_ > consumed_budget_ || bytes_ > capacity_; });
+  EvictFrom(lru_, [&] { return bytes_ > capacity_; });
 }
 
 bool ChunkCache::Contains(const index::ChunkHash& key) const {

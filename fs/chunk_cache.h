@@ -7,6 +7,10 @@
 //   are released.
 // - Keyed by content, not by file: a rewritten file gets new keys, so writes never need to
 //   invalidate anything here, and identical chunks of different files are decoded once.
+// - Scan-resistant: a chunk whose every byte has been served (NoteServed) moves to a short
+//   "consumed" list, evicted first and kept under its own budget. A sequential stream, whose
+//   bytes the kernel now caches itself, then recycles a few warm buffers instead of filling the
+//   cache with chunks nobody will ask for again, while chunks read in pieces stay cached.
 // - Failed loads are not cached: the next request tries again (and fails again, if the frame is
 //   damaged).
 #pragma once
@@ -45,7 +49,8 @@ struct ChunkCacheStats {
 
 class ChunkCache {
  public:
-  explicit ChunkCache(uint64_t capacity_bytes);
+  // `consumed_budget`: bytes of fully served chunks kept, at most (within the capacity).
+  explicit ChunkCache(uint64_t capacity_bytes, uint64_t consumed_budget = UINT64_MAX);
   ChunkCache(const ChunkCache&) = delete;
   ChunkCache& operator=(const ChunkCache&) = delete;
 
@@ -55,6 +60,9 @@ class ChunkCache {
 
   // Loads `key` ahead of use unless it is cached or being loaded. Returns true if it loaded it.
   bool Prefetch(const index::ChunkHash& key, const ChunkLoader& load);
+
+  // Records that `bytes` of chunk `key` were served to a reader.
+  void NoteServed(const index::ChunkHash& key, uint64_t bytes);
 
   bool Contains(const index::ChunkHash& key) const;
   uint64_t capacity() const { return capacity_; }
@@ -72,21 +80,29 @@ class ChunkCache {
     Result<ChunkRef> result = Status::Io("load did not finish");
   };
   struct Entry {
-    ChunkRef data;                   // null while loading
-    std::shared_ptr<Flight> flight;  // set while loading
-    std::list<index::ChunkHash>::iterator lru;
+    ChunkRef data;                              // null while loading
+    std::shared_ptr<Flight> flight;             // set while loading
+    std::list<index::ChunkHash>::iterator lru;  // in lru_, or in consumed_ when consumed
+    uint64_t served = 0;
+    bool consumed = false;
     bool prefetched_unused = false;
   };
 
   Result<ChunkRef> Load(const index::ChunkHash& key, const ChunkLoader& load,
                         std::shared_ptr<Flight> flight, bool prefetch);
   void EvictLocked();
+  // Evicts from the cold end of `list` chunks not in use while `over()` holds.
+  template <class Over>
+  void EvictFrom(std::list<index::ChunkHash>& list, Over over);
 
   const uint64_t capacity_;
+  const uint64_t consumed_budget_;
   mutable std::mutex mu_;
   std::unordered_map<index::ChunkHash, Entry, KeyHash> map_;
-  std::list<index::ChunkHash> lru_;  // ready entries, most recently used first
+  std::list<index::ChunkHash> lru_;       // ready entries, most recently used first
+  std::list<index::ChunkHash> consumed_;  // fully served entries, most recent first
   uint64_t bytes_ = 0;
+  uint64_t consumed_bytes_ = 0;
   ChunkCacheStats stats_;
 };
 

@@ -35,7 +35,9 @@ FileReader::FileReader(index::Store& store, const FileReaderOptions& opts)
     : store_(store),
       opts_(opts),
       pool_(BufferPool::Create(opts.chunk_size, 8u << 20)),
-      cache_(opts.cache_size) {
+      // Fully read chunks are cheap to keep only while they fit in a small budget: beyond it,
+      // recycling their warm buffers beats holding bytes the kernel caches anyway.
+      cache_(opts.cache_size, std::min<uint64_t>(opts.cache_size / 4, 32u << 20)) {
   if (opts_.prefetch == 0) return;
   PrefetcherOptions p;
   p.workers =
@@ -145,6 +147,9 @@ Result<ReadResult> FileReader::Read(uint64_t ino, uint64_t offset, size_t size,
                            std::to_string(covered) + ".." + std::to_string(end));
   }
   result.size = size;
+  for (size_t i = 0; i < result.chunks.size(); ++i) {
+    cache_.NoteServed((*chunks)[i].hash, result.iov[i].iov_len);
+  }
   read_bytes_.fetch_add(size, std::memory_order_relaxed);
   return result;
 }
