@@ -46,6 +46,7 @@ FileReader::FileReader(index::Store& store, const FileReaderOptions& opts)
   // Never read ahead so far that prefetched chunks evict each other before they are used.
   p.max_window = std::min<uint64_t>(uint64_t{opts_.prefetch} * opts_.chunk_size,
                                     std::max<uint64_t>(opts_.cache_size / 4, opts_.chunk_size));
+  max_window_ = p.max_window;
   prefetcher_ = std::make_unique<Prefetcher>(
       p, [this](uint64_t ino, uint64_t begin, uint64_t end) { Fetch(ino, begin, end); });
 }
@@ -216,10 +217,10 @@ void FileReader::PrefetchTensor(uint64_t ino, uint64_t offset, uint64_t file_siz
   if (it == r.begin()) return;
   --it;
   // Only a read near the tensor's start counts as a touch: loaders read a tensor from its
-  // start, while random reads land anywhere and should not pull whole tensors in.
+  // start, while random reads land anywhere and should not pull whole tensors in. The tensor is
+  // prefetched up to the stream window: if it is read on, the stream's prefetching takes over.
   if (offset >= it->second || offset - it->first >= opts_.chunk_size) return;
-  const uint64_t cap = std::max<uint64_t>(opts_.cache_size / 4, opts_.chunk_size);
-  const uint64_t end = std::min({it->second, it->first + cap, file_size});
+  const uint64_t end = std::min({it->second, it->first + max_window_, file_size});
   if (end - it->first > opts_.chunk_size) prefetcher_->Enqueue(ino, it->first, end);
 }
 

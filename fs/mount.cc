@@ -353,7 +353,9 @@ int MountMain(int argc, char** argv) {
   } else {
     fuse_loop_config* loop = fuse_loop_cfg_create();
     fuse_loop_cfg_set_clone_fd(loop, static_cast<unsigned>(cmd.clone_fd));
-    fuse_loop_cfg_set_idle_threads(loop, cmd.max_idle_threads);
+    if (cmd.max_idle_threads != UINT_MAX) {  // UINT_MAX: not given
+      fuse_loop_cfg_set_idle_threads(loop, cmd.max_idle_threads);
+    }
     if (cmd.max_threads != 0 && cmd.max_threads <= 100000) {
       fuse_loop_cfg_set_max_threads(loop, cmd.max_threads);
     }
