@@ -16,6 +16,7 @@ import mmap
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -49,6 +50,7 @@ def parse_size(text):
 # Mounts, and cleaning them up whatever happens.
 
 ACTIVE = []  # Mount objects currently mounted (or being mounted)
+READERS = []  # reader processes running; they keep a mount busy, so cleanup stops them first
 
 
 class Mount:
@@ -72,16 +74,17 @@ class Mount:
             unmount(self.mnt)
         ACTIVE.append(self)
         with open(self.stderr_path, "ab") as err:
+            self.err_start = err.tell()  # error messages quote this run's output only
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                          start_new_session=True)
         deadline = time.monotonic() + self.timeout
         while not is_mountpoint(self.mnt):
             if self.proc.poll() is not None:
                 raise MountError(f"{self.name} exited with {self.proc.returncode} before mounting: "
-                                 f"{tail(self.stderr_path)}")
+                                 f"{tail(self.stderr_path, self.err_start)}")
             if time.monotonic() > deadline:
                 raise MountError(f"{self.name} not mounted after {self.timeout:.0f} s: "
-                                 f"{tail(self.stderr_path)}")
+                                 f"{tail(self.stderr_path, self.err_start)}")
             time.sleep(0.01)
         # The first request after INIT: the daemon may raise its read-ahead now (passthrough and
         # zipnnfs do it themselves), and the file must exist.
@@ -117,11 +120,12 @@ class MountError(RuntimeError):
     pass
 
 
-def tail(path, n=400):
+def tail(path, start=0, n=400):
+    """The last n bytes of path after offset start."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - n))
+            f.seek(max(start, f.tell() - n))
             return f.read().decode(errors="replace").strip()
     except OSError:
         return ""
@@ -143,6 +147,10 @@ def unmount(path):
 
 
 def cleanup():
+    for p in list(READERS):
+        p.kill()
+        p.wait()
+    READERS.clear()
     for m in list(reversed(ACTIVE)):
         try:
             m.close()
@@ -151,9 +159,18 @@ def cleanup():
 
 
 def on_signal(signum, _frame):
+    """Stops the readers and unwinds: the Mount context managers and the atexit cleanup unmount.
+    Cleaning up right here could deadlock: the handler may run inside Popen.wait, whose lock
+    another wait would take again."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the unmounting
     log(f"signal {signum}: unmounting")
-    cleanup()
-    sys.exit(128 + signum)
+    for p in READERS:
+        try:
+            os.kill(p.pid, signal.SIGKILL)  # not p.kill(): no Popen locks in a handler
+        except ProcessLookupError:
+            pass
+    raise SystemExit(128 + signum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +205,10 @@ def parallel_dd(path, size, readers):
     for i in range(readers):
         count = None if i == readers - 1 else per
         procs.append(subprocess.Popen(dd_argv(path, i * per, count)))
+        READERS.append(procs[-1])
     rcs = [p.wait() for p in procs]
+    for p in procs:
+        READERS.remove(p)
     dt = time.perf_counter() - t0
     if any(rcs):
         raise RuntimeError(f"dd failed on {path}: {rcs}")
@@ -378,13 +398,16 @@ def build_report(res, cfg):
         (f"daemon peak RSS, {cfg['mem_readers']} readers (MiB)", "rss_mib", 0),
         (f"{cfg['mem_readers']} readers, aggregate (MB/s)", "mem_mbps", 0),
         ("mount read_ahead_kb", "read_ahead_kb", 0),
+        ("mean read request, 1 reader (KiB)", "request_kib", 0),  # passthrough and zipnnfs
     ]
     header = ["metric"] + names
     if z:
         header += ["zipnnfs / passthrough", "zipnnfs / squashfuse"]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, key, digits in rows:
-        if key == "rand_p":
+        if key in ("read_ahead_kb", "request_kib"):
+            cells = [fmt(get(c, key), digits) for c in names] + (["", ""] if z else [])
+        elif key == "rand_p":
             cells = [f"{fmt(get(c, 'rand_p50_us'))} / {fmt(get(c, 'rand_p99_us'))}" for c in names]
             if z:
                 cells += ["", ""]
@@ -488,7 +511,7 @@ def main():
                     help="read-ahead the passthrough sets, and this script sets on the squashfuse "
                     "mount, so both match zipnnfs's kernel settings")
     ap.add_argument("--single-thread", action="store_true",
-                    help="single-threaded session loop for the passthrough and squashfuse (-s)")
+                    help="single-threaded session loops (-s) for all three")
     ap.add_argument("--repeat", type=int, default=3, help="rounds; the median round counts")
     ap.add_argument("--random-reads", type=int, default=400, help="random 4 KiB reads per round")
     ap.add_argument("--mem-readers", type=int, default=8, help="readers of the memory test")
@@ -571,7 +594,8 @@ def main():
             if a.prefetch:
                 opts.append(f"prefetch={a.prefetch}")
             opts += [o for o in a.zipnnfs_opts.split(",") if o]
-            argv = [a.zipnnfs, store, os.path.join(mnt_root, "zipnnfs"), "-f", "-o", ",".join(opts)]
+            argv = [a.zipnnfs, store, os.path.join(mnt_root, "zipnnfs"), "-f"] + (
+                ["-s"] if a.single_thread else []) + ["-o", ",".join(opts)]
             rel = None
             # Probe: does this zipnnfs mount at all, and where does the file appear?
             probe = Mount("zipnnfs", argv, os.path.join(mnt_root, "zipnnfs"), "")
@@ -595,13 +619,35 @@ def main():
         sys.exit("fs_bench: no contender to run")
     order = [c for c in CONTENDERS if c in makers]
 
-    def measure(c, fn):
+    daemon_stats = []  # zipnnfs's live statistics after each measurement, for results.json
+
+    def measure(c, fn, test=""):
+        """fn(mount) on a fresh mount of contender c with its backing files just read. Returns
+        fn's result and what the mount reported: read_ahead_kb, mean read request (KiB)."""
         if a.drop_caches:
             with open("/proc/sys/vm/drop_caches", "w") as f:
                 f.write("3\n")
+        info = {}
         with makers[c]() as m:
             warm(backing[c])
-            return fn(m), m.effective_read_ahead_kb
+            result = fn(m)
+            info["read_ahead_kb"] = m.effective_read_ahead_kb
+            if c == "zipnnfs":
+                # `zipnnfs stats MOUNTPOINT` prints the daemon's counters as JSON.
+                r = subprocess.run([a.zipnnfs, "stats", m.mnt], capture_output=True, text=True)
+                try:
+                    st = json.loads(r.stdout)
+                    daemon_stats.append({"test": test, "stats": st})
+                    info["request_kib"] = st["read_bytes"] / st["reads"] / 1024
+                except (ValueError, KeyError, ZeroDivisionError):
+                    pass
+        if c == "passthrough":
+            # passthrough_fuse prints its mean read request size when it exits.
+            line = tail(m.stderr_path, m.err_start).splitlines()[-1:]
+            found = re.search(r"mean (\d+) KiB", line[0]) if line else None
+            if found:
+                info["request_kib"] = int(found.group(1))
+        return result, info
 
     # Correctness first: a benchmark of wrong bytes is worthless.
     raw = np.memmap(model, dtype=np.uint8, mode="r")
@@ -617,6 +663,7 @@ def main():
                 sys.exit(f"fs_bench: {c} serves different bytes: {msg.strip()}")
             log(f"verify {c}: identical ({size / dt / 1e6:.0f} MB/s while comparing)")
 
+    load_start = f"{os.getloadavg()[0]:.2f}"
     # Rounds: every test runs on every contender before the next test, so drift hits all alike.
     rounds = []
     for r in range(a.repeat):
@@ -625,11 +672,14 @@ def main():
         offsets = random_offsets(size, a.random_reads, r)
         for readers in (1, 2, 4):
             for c in order:
-                (n, dt), ra = measure(c, lambda m: parallel_dd(m.path, size, readers))
+                (n, dt), info = measure(c, lambda m: parallel_dd(m.path, size, readers),
+                                        f"round {r + 1}: {readers} readers")
                 res[c][f"seq{readers}"] = n / dt / 1e6
-                res[c]["read_ahead_kb"] = ra
+                if readers == 1:
+                    res[c]["read_ahead_kb"] = info["read_ahead_kb"]
+                    res[c]["request_kib"] = info.get("request_kib")
         for c in order:
-            lat, _ = measure(c, lambda m: random_reads(m.path, offsets))
+            lat, _ = measure(c, lambda m: random_reads(m.path, offsets), f"round {r + 1}: random")
             res[c]["rand_mean_us"] = statistics.fmean(lat)
             q = statistics.quantiles(lat, n=100)
             res[c]["rand_p50_us"], res[c]["rand_p99_us"] = q[49], q[98]
@@ -640,7 +690,8 @@ def main():
             res[c]["mmap"] = n / dt / 1e6
             res[c]["mmap_ok"] = s == page_sum
         for c in order:
-            mem, _ = measure(c, lambda m: memory_under_readers(m, size, a.mem_readers))
+            mem, _ = measure(c, lambda m: memory_under_readers(m, size, a.mem_readers),
+                             f"round {r + 1}: memory")
             res[c]["rss_mib"] = max(mem["rss_peak_mib"], mem["hwm_mib"])
             res[c]["mem_mbps"] = mem["mbps"]
         for c in order:
@@ -662,6 +713,8 @@ def main():
                 final[c][k] = all(vals)
             elif k == "rss_mib":
                 final[c][k] = max(vals)
+            elif None in vals:
+                final[c][k] = None
             else:
                 final[c][k] = statistics.median(vals)
 
@@ -670,7 +723,9 @@ def main():
     os.makedirs(out, exist_ok=True)
     png = write_chart(final, out)
     env = (f"{platform.node()}, kernel {platform.release()}, {os.cpu_count()} cores, "
-           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
+           f"{load_start} at the start, {os.getloadavg()[0]:.2f} at the end (other work on the "
+           "machine skews the figures)")
     md = [
         "# fs_bench results", "",
         f"File: `{model}`, {size:,} bytes ({size / MiB:.0f} MiB) BF16 safetensors. {env}.", "",
@@ -696,8 +751,8 @@ def main():
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"file": model, "size": size, "notes": notes, "median": final, "rounds": rounds},
-                  f, indent=1)
+        json.dump({"file": model, "size": size, "notes": notes, "median": final, "rounds": rounds,
+                   "zipnnfs_stats": daemon_stats}, f, indent=1)
     print(text)
     log(f"wrote {out}/results.md, results.json" + (", results.png" if png else ""))
 
