@@ -43,7 +43,8 @@ def load_pool(corpus):
         (n,) = struct.unpack("<Q", blob[:8])
         header = json.loads(blob[8 : 8 + n])
         data = blob[8 + n :]
-        tensors = [(v["data_offsets"], v["dtype"]) for k, v in header.items() if k != "__metadata__"]
+        tensors = [(v["data_offsets"], v["dtype"])
+                   for k, v in header.items() if k != "__metadata__"]
         for (begin, end), dtype in sorted(tensors):
             if dtype not in ("BF16", "F16") or end - begin < 64:
                 continue  # scalars and tiny vectors add nothing but header size
@@ -81,8 +82,8 @@ def tensor_plan(size):
 def write_model(corpus, out, size):
     pool = load_pool(corpus)
     plan = tensor_plan(size)
-    header = {"__metadata__": {"written_by": "tools/fs_bench/make_model.py",
-                               "source": f"real BF16/F16 tensors of {os.path.basename(corpus)}, repeated"}}
+    source = f"real BF16/F16 tensors of {os.path.basename(corpus)}, repeated"
+    header = {"__metadata__": {"written_by": "tools/fs_bench/make_model.py", "source": source}}
     offset = 0
     for name, shape in plan:
         nbytes = int(np.prod(shape)) * 2
@@ -117,8 +118,10 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="output .safetensors path")
-    ap.add_argument("--size", type=int, default=1 << 30, help="minimum size in bytes (default 1 GiB)")
-    ap.add_argument("--corpus", default=os.path.normpath(os.path.join(here, "../../../shared/corpus")))
+    ap.add_argument("--size", type=int, default=1 << 30,
+                    help="minimum size in bytes (default 1 GiB)")
+    ap.add_argument("--corpus",
+                    default=os.path.normpath(os.path.join(here, "../../../shared/corpus")))
     a = ap.parse_args()
     n = write_model(a.corpus, a.out, a.size)
     print(f"{a.out}: {n} bytes")
