@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 
-HIDDEN, MLP, VOCAB = 2048, 5632, 32000
+VOCAB = 32000
 
 
 def f16_to_bf16(bits):
@@ -55,24 +55,40 @@ def load_pool(corpus):
     return np.concatenate(parts)
 
 
+def layer_shapes(hidden):
+    mlp = hidden * 11 // 4  # TinyLlama: 5632 = 2.75 x 2048
+    return [
+        ("input_layernorm.weight", [hidden]),
+        ("self_attn.q_proj.weight", [hidden, hidden]),
+        ("self_attn.k_proj.weight", [hidden, hidden]),
+        ("self_attn.v_proj.weight", [hidden, hidden]),
+        ("self_attn.o_proj.weight", [hidden, hidden]),
+        ("post_attention_layernorm.weight", [hidden]),
+        ("mlp.gate_proj.weight", [mlp, hidden]),
+        ("mlp.up_proj.weight", [mlp, hidden]),
+        ("mlp.down_proj.weight", [hidden, mlp]),
+    ]
+
+
+def layer_bytes(hidden):
+    return sum(int(np.prod(shape)) * 2 for _, shape in layer_shapes(hidden))
+
+
 def tensor_plan(size):
-    """(name, shape) in file order until the data reaches size bytes."""
-    plan = [("model.embed_tokens.weight", [VOCAB, HIDDEN])]
-    total = VOCAB * HIDDEN * 2
+    """(name, shape) in file order until the data reaches size bytes. TinyLlama's dimensions
+    (hidden 2048, MLP 5632) from 512 MiB up; smaller files (smoke tests) get narrower layers, at
+    least eight of them, and the embedding only when it is at most an eighth of the file."""
+    hidden = 2048
+    while hidden > 128 and 8 * layer_bytes(hidden) > size:
+        hidden //= 2
+    plan, total = [], 0
+    if VOCAB * hidden * 2 * 8 <= size:
+        plan.append(("model.embed_tokens.weight", [VOCAB, hidden]))
+        total += VOCAB * hidden * 2
     layer = 0
     while total < size:
         p = f"model.layers.{layer}."
-        for name, shape in [
-            ("input_layernorm.weight", [HIDDEN]),
-            ("self_attn.q_proj.weight", [HIDDEN, HIDDEN]),
-            ("self_attn.k_proj.weight", [HIDDEN, HIDDEN]),
-            ("self_attn.v_proj.weight", [HIDDEN, HIDDEN]),
-            ("self_attn.o_proj.weight", [HIDDEN, HIDDEN]),
-            ("post_attention_layernorm.weight", [HIDDEN]),
-            ("mlp.gate_proj.weight", [MLP, HIDDEN]),
-            ("mlp.up_proj.weight", [MLP, HIDDEN]),
-            ("mlp.down_proj.weight", [HIDDEN, MLP]),
-        ]:
+        for name, shape in layer_shapes(hidden):
             plan.append((p + name, shape))
             total += int(np.prod(shape)) * 2
         layer += 1
