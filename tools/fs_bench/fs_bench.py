@@ -700,7 +700,7 @@ def main():
                 t0 = time.perf_counter()
                 r = subprocess.run(["cmp", m.path, model], capture_output=True, text=True)
                 return r.returncode, time.perf_counter() - t0, r.stdout + r.stderr
-            (rc, dt, msg), _ = measure(c, cmp)
+            (rc, dt, msg), _ = measure(c, cmp, "verify")
             if rc != 0:
                 sys.exit(f"fs_bench: {c} serves different bytes: {msg.strip()}")
             log(f"verify {c}: identical ({size / dt / 1e6:.0f} MB/s while comparing)")
@@ -726,10 +726,10 @@ def main():
             q = statistics.quantiles(lat, n=100)
             res[c]["rand_p50_us"], res[c]["rand_p99_us"] = q[49], q[98]
         for c in order:
-            (n, dt), _ = measure(c, lambda m: read_all(m.path))
+            (n, dt), _ = measure(c, lambda m: read_all(m.path), f"round {r + 1}: read()")
             res[c]["read"] = n / dt / 1e6
             try:
-                (n, dt, s), _ = measure(c, lambda m: mmap_all(m.path))
+                (n, dt, s), _ = measure(c, lambda m: mmap_all(m.path), f"round {r + 1}: mmap")
                 res[c]["mmap"] = n / dt / 1e6
                 res[c]["mmap_ok"] = s == page_sum
             except (OSError, ValueError) as e:  # "mmap works" is a target, not an assumption
@@ -781,7 +781,10 @@ def main():
         "Contenders:",
         *[f"- {c}: {notes[c]}" for c in CONTENDERS if c in notes], "",
         table, "",
-        f"Median of {a.repeat} rounds (RSS: maximum). Every figure comes from a fresh mount (cold "
+        f"Median of {a.repeat} rounds (RSS: maximum; ratio rows: median of the ratios within each "
+        "round; ratio columns: ratio of the medians). Sequential 1 reader per round: " +
+        "; ".join(f"{c} " + " / ".join(f"{rd[c]['seq1']:.0f}" for rd in rounds) for c in order) +
+        " MB/s. Every figure comes from a fresh mount (cold "
         "mount page cache and daemon caches) with its backing files read into the page cache "
         "just before. Sequential: `dd bs=1M`; with N readers, N dd processes each read their own "
         "contiguous 1/N of the file at once, aggregate = file size / wall time. Random: "
