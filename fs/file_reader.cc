@@ -254,6 +254,7 @@ std::string FileReader::StatsJson() const {
     const PrefetcherStats p = prefetcher_->stats();
     j["prefetch"] = {{"jobs_queued", p.jobs_queued},
                      {"jobs_dropped", p.jobs_dropped},
+                     {"jobs_passed", p.jobs_passed},
                      {"streams_detected", p.streams_detected}};
   }
   return j.dump();

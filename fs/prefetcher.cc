@@ -61,6 +61,7 @@ void Prefetcher::OnRead(uint64_t ino, uint64_t offset, uint64_t size, uint64_t f
   }
   stream->last_use = ++clock_;
   stream->pos = std::max(stream->pos, end);
+  DropPassedLocked(ino, stream->pos);
   if (++stream->reads == 2) ++stats_.streams_detected;
   stream->window = std::min(std::max(2 * stream->window, 2 * opts_.piece), opts_.max_window);
   const uint64_t want = std::min(stream->pos + stream->window, file_size);
@@ -68,6 +69,25 @@ void Prefetcher::OnRead(uint64_t ino, uint64_t offset, uint64_t size, uint64_t f
   if (want > from) {
     EnqueueLocked(ino, from, want);
     stream->ahead = want;
+  }
+}
+
+void Prefetcher::DropPassedLocked(uint64_t ino, uint64_t pos) {
+  // The reader decoded what it passed itself; a worker arriving there later would only decode
+  // chunks already served (and perhaps evicted) again. Jobs well behind `pos` belong to other
+  // streams of the file and stay.
+  const uint64_t reach = 2 * opts_.max_window + 2 * opts_.piece;
+  const uint64_t lo = pos > reach ? pos - reach : 0;
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (it->ino == ino && it->begin >= lo && it->begin < pos) {
+      if (it->end <= pos) {
+        it = queue_.erase(it);
+        ++stats_.jobs_passed;
+        continue;
+      }
+      it->begin = pos;
+    }
+    ++it;
   }
 }
 

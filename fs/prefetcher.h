@@ -33,6 +33,7 @@ struct PrefetcherOptions {
 struct PrefetcherStats {
   uint64_t jobs_queued = 0;
   uint64_t jobs_dropped = 0;  // the queue was full
+  uint64_t jobs_passed = 0;   // dropped because their stream's reader got there first
   uint64_t streams_detected = 0;
 };
 
@@ -74,6 +75,7 @@ class Prefetcher {
   };
 
   void EnqueueLocked(uint64_t ino, uint64_t begin, uint64_t end);
+  void DropPassedLocked(uint64_t ino, uint64_t pos);
   void WorkerLoop();
 
   const PrefetcherOptions opts_;
