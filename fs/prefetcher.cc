@@ -1,5 +1,8 @@
 #include "fs/prefetcher.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 
 namespace zipnn::fs {
@@ -130,6 +133,9 @@ PrefetcherStats Prefetcher::stats() const {
 }
 
 void Prefetcher::WorkerLoop() {
+  // Speculative work yields the CPU to demand decodes (a FUSE thread serving a read), which
+  // matters most where cores are few. Per-thread nice values are a Linux property.
+  if (opts_.nice != 0) (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), opts_.nice);
   std::unique_lock lock(mu_);
   for (;;) {
     work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });

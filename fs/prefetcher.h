@@ -28,6 +28,7 @@ struct PrefetcherOptions {
   size_t queue_limit = 64;         // ranges waiting, at most
   size_t streams_per_file = 8;
   size_t files = 1024;  // files whose streams are remembered
+  int nice = 10;        // scheduling priority of the workers: below demand reads
 };
 
 struct PrefetcherStats {
