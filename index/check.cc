@@ -13,14 +13,6 @@ namespace zipnn::index {
 
 namespace {
 
-struct HashHasher {
-  size_t operator()(const ChunkHash& h) const {
-    size_t v;
-    std::memcpy(&v, h.data(), sizeof(v));
-    return v;
-  }
-};
-
 struct Use {  // one extent: where a chunk is used
   uint64_t ino, offset;
   uint32_t raw_size;
@@ -37,8 +29,8 @@ Result<CheckReport> StoreImpl::Check(bool verify_frames) {
   auto problem = [&](std::string what, uint64_t ino = 0, uint64_t begin = 0, uint64_t end = 0) {
     report.problems.push_back({std::move(what), ino, begin, end});
   };
-  std::unordered_map<ChunkHash, std::vector<Use>, HashHasher> uses;
-  std::unordered_map<ChunkHash, rec::Chunk, HashHasher> chunks;
+  std::unordered_map<ChunkHash, std::vector<Use>, rec::ChunkHashHasher> uses;
+  std::unordered_map<ChunkHash, rec::Chunk, rec::ChunkHashHasher> chunks;
   std::map<uint32_t, uint64_t> pack_lengths;
   {
     Result<lmdb::Txn> txn = env_->BeginRead();

@@ -108,6 +108,13 @@ Status ValidateName(std::string_view name) {
   return Status::Ok();
 }
 
+Status ValidateTarget(std::string_view target) {
+  if (target.empty() || target.size() > 4095) {
+    return Status::InvalidArgument("symlink target must have 1 to 4095 bytes");
+  }
+  return Status::Ok();
+}
+
 Status Store::Init(const std::string& dir) {
   ZIPNN_RETURN_IF_ERROR(MakeDir(dir));
   DIR* d = ::opendir(dir.c_str());
@@ -165,11 +172,14 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& dir, const StoreOp
   return std::unique_ptr<Store>(std::move(store));
 }
 
+Result<std::unique_ptr<BulkAdd>> Store::BeginBulkAdd(const BulkAddOptions&) {
+  return Status::Unsupported("this store does not support bulk adds");
+}
+
 StoreImpl::StoreImpl(std::string dir, StoreOptions opts)
     : dir_(std::move(dir)), opts_(std::move(opts)), packs_(dir_ + "/packs") {}
 
 StoreImpl::~StoreImpl() {
-  codec_.reset();
   pack_writer_.reset();
   env_.reset();  // closed before another Open of this store may proceed
   if (!registered_path_.empty()) {
@@ -212,7 +222,6 @@ Status StoreImpl::OpenImpl() {
   }
   if (opts_.writable) {
     ZIPNN_RETURN_IF_ERROR(OpenPacksForWriting());
-    codec_ = std::make_unique<ParallelCodec>(opts_.threads, opts_.encode);
   }
   return Status::Ok();
 }

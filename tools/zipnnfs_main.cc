@@ -15,7 +15,11 @@
 #include "codec/container.h"
 #include "index/index.h"
 #include "index/tree.h"
+#include "tools/import_bench.h"
 
+#ifndef ZIPNN_SOURCE_DIR
+#define ZIPNN_SOURCE_DIR "."
+#endif
 #ifndef ZIPNN_VERSION
 #define ZIPNN_VERSION "dev"
 #endif
@@ -416,6 +420,20 @@ int main(int argc, char** argv) {
       "gc", "Reclaim unreferenced chunks and rewrite packs less than half full, crash-safely");
   gc->add_option("STORE", store_dir, "Store directory")->required();
 
+  tool::BenchImportOptions bench_opts;
+  bench_opts.default_corpus = ZIPNN_SOURCE_DIR "/../shared/corpus";
+  CLI::App* bench = app.add_subcommand(
+      "bench-import", "Import speed against the codec's all-thread compress speed, same files");
+  bench->add_option("SRC", bench_opts.sources, "Files or directories (default: the corpus)");
+  bench->add_option("--threads", bench_opts.threads, "Threads (0: all cores)")
+      ->check(CLI::Range(0u, 1024u))
+      ->capture_default_str();
+  bench->add_option("--rounds", bench_opts.rounds, "Rounds")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  bench->add_option("--scratch", bench_opts.scratch, "Directory for the temporary stores")
+      ->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -436,5 +454,9 @@ int main(int argc, char** argv) {
   if (*stats) return Stats(store_dir, stat_paths, json);
   if (*fsck) return Fsck(store_dir, quick);
   if (*gc) return Gc(store_dir);
+  if (*bench) {
+    Status st = tool::BenchImport(bench_opts);
+    return st.ok() ? 0 : Fail(st);
+  }
   return kExitUsage;
 }
