@@ -14,7 +14,7 @@ namespace zipnn::index {
 
 namespace {
 constexpr size_t kMaxQueued = 4096;  // entries queued and not yet handed out (bounds metadata)
-constexpr uint64_t kMaxTaskBytes = 4u << 20;
+constexpr uint64_t kMaxTaskBytes = 1u << 20;
 }  // namespace
 
 Result<std::unique_ptr<BulkAdd>> StoreImpl::BeginBulkAdd(const BulkAddOptions& opts) {
@@ -278,14 +278,27 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
       if (Claim(h, t.seq)) to_code.push_back(i);
     }
   }  // the read transaction ends before the long part
+  size_t bound = 0;
+  for (size_t i : to_code) bound += MaxFrameSize(plan[i].size);
+  {
+    std::lock_guard lock(mutex_);
+    if (!spare_buffers_.empty()) {
+      t.frame_data = std::move(spare_buffers_.back());
+      spare_buffers_.pop_back();
+    }
+  }
+  t.frame_data.clear();
+  t.frame_data.reserve(bound);  // no reallocation while coding
   t.frames.resize(to_code.size());
   for (size_t j = 0; j < to_code.size(); ++j) {
     const ChunkSpec& c = plan[to_code[j]];
     NewFrame& f = t.frames[j];
     f.hash = t.extents[to_code[j] - t.first].hash;
-    ZIPNN_RETURN_IF_ERROR(
-        encoder.Encode({buf.data() + (c.offset - base), c.size}, c.dtype, f.bytes, c.segments));
-    Result<FrameInfo> info = ParseFrameHeader(f.bytes);
+    f.offset = t.frame_data.size();
+    ZIPNN_RETURN_IF_ERROR(encoder.Encode({buf.data() + (c.offset - base), c.size}, c.dtype,
+                                         t.frame_data, c.segments));
+    Result<FrameInfo> info =
+        ParseFrameHeader(std::span(t.frame_data).subspan(f.offset, kFrameHeaderSize));
     if (!info.ok()) return info.status();
     f.info = *info;
   }

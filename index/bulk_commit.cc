@@ -131,24 +131,43 @@ Status BulkAddImpl::Consume(BulkTask& t) {
   if (!t.frames.empty()) {
     Result<lmdb::Txn> txn = store_.env_->BeginRead();
     if (!txn.ok()) return Labeled(*t.e, txn.status());
-    for (const NewFrame& f : t.frames) {
+    // Runs of consecutive frames the pack takes go in one write.
+    size_t run_begin = 0, run_end = 0;
+    auto flush_run = [&]() -> Status {
+      if (run_end == run_begin) return Status::Ok();
+      Status st = pack.Append(std::span(t.frame_data).subspan(run_begin, run_end - run_begin));
+      run_begin = run_end;
+      return st;
+    };
+    for (size_t j = 0; j < t.frames.size(); ++j) {
+      const NewFrame& f = t.frames[j];
+      const size_t end = j + 1 < t.frames.size() ? t.frames[j + 1].offset : t.frame_data.size();
       MDB_val v;
-      if (written_.count(f.hash) != 0) continue;  // an earlier batch of this group has it
-      Status got = txn->Get(store_.dbi(kChunks), lmdb::Val(f.hash), v);
-      if (got.ok()) continue;  // committed since the worker looked
-      if (got.code() != StatusCode::kNotFound) return Labeled(*t.e, got);
+      Status got = written_.count(f.hash) != 0
+                       ? Status::Ok()  // an earlier batch of this group has it
+                       : txn->Get(store_.dbi(kChunks), lmdb::Val(f.hash), v);
+      if (got.code() != StatusCode::kNotFound && !got.ok()) return Labeled(*t.e, got);
+      if (got.ok()) {  // known: skip its frame
+        Status st = flush_run();
+        if (!st.ok()) return Labeled(*t.e, st);
+        run_begin = run_end = end;
+        continue;
+      }
       rec::Chunk c;
       c.pack_id = pack.id();
-      c.pack_offset = pack.end();
-      c.frame_size = static_cast<uint32_t>(f.bytes.size());
+      c.pack_offset = pack.end() + (run_end - run_begin);
+      c.frame_size = static_cast<uint32_t>(end - f.offset);
       c.raw_size = f.info.raw_size;
       c.method = f.info.method;
       c.dtype = f.info.dtype;
-      Status appended = pack.Append(f.bytes);
-      if (!appended.ok()) return Labeled(*t.e, appended);
+      run_end = end;
       written_.emplace(f.hash, c);
       progress_.new_frame_bytes += c.frame_size;
     }
+    Status st = flush_run();
+    if (!st.ok()) return Labeled(*t.e, st);
+    std::lock_guard lock(mutex_);
+    spare_buffers_.push_back(std::move(t.frame_data));
   }
   for (size_t i = t.first; i < t.last; ++i) {
     const rec::Extent& e = t.extents[i - t.first];

@@ -57,6 +57,7 @@ class PackWriter {
  private:
   PackWriter() = default;
   Status Flush();
+  Status Write(std::span<const uint8_t> bytes);  // at flushed_, then starts its writeback
 
   UniqueFd fd_;
   uint32_t id_ = 0;
