@@ -106,6 +106,7 @@ class BulkAddImpl final : public BulkAdd {
   // ---- writer (bulk_commit.cc) ----
   void WriterLoop();
   Status Consume(BulkTask& t);
+  void DropCurrentFile();
   void OpenGroup();
   Status CommitGroup();
   Status ApplyOp(lmdb::Txn& txn, GroupOp& op, std::unordered_map<size_t, uint64_t>& dirs);
@@ -128,7 +129,7 @@ class BulkAddImpl final : public BulkAdd {
   std::map<uint64_t, std::unique_ptr<BulkTask>> results_;  // done, waiting for the writer
   // Frame buffers the writer is done with: reusing them spares page faults on fresh memory.
   std::vector<std::vector<uint8_t>> spare_buffers_;
-  bool closed_ = false;                                    // Finish called: no more entries
+  bool closed_ = false;         // Finish called: no more entries
   bool dispense_done_ = false;  // a failed task was handed out: nothing after it matters
   bool stop_ = false;           // the writer is done (error or end) or the caller abandons
   bool abandon_ = false;        // destroyed without Finish: commit nothing more
@@ -142,6 +143,7 @@ class BulkAddImpl final : public BulkAdd {
   std::unique_ptr<std::lock_guard<std::mutex>> group_lock_;  // the store's write mutex
   std::vector<GroupOp> group_;
   std::unique_ptr<NewFile> current_;  // the file whose batches are being appended
+  uint64_t current_start_ = 0;        // pack offset of its first frame
   rec::ChunkMap written_;             // frames appended in the open group
   Clock::time_point group_deadline_;
   uint64_t group_bytes_ = 0;

@@ -66,7 +66,8 @@ void BulkAddImpl::WriterLoop() {
     }
     work_cv_.notify_all();
     if (!st.ok()) {
-      // The entries before the failing one are whole: commit them.
+      // The entries before the failing one are whole: commit them, without its frames.
+      DropCurrentFile();
       if (group_lock_) {
         Status c = CommitGroup();
         if (!c.ok() && c.code() != st.code())
@@ -92,6 +93,17 @@ void BulkAddImpl::WriterLoop() {
   stop_ = true;
   work_cv_.notify_all();
   space_cv_.notify_all();
+}
+
+void BulkAddImpl::DropCurrentFile() {
+  if (!current_) return;
+  current_.reset();
+  PackWriter& pack = *store_.pack_writer_;
+  // Only this file uses the frames appended since it started (earlier files were complete).
+  if (!pack.Truncate(current_start_).ok()) return;  // then the commit fails and rolls back
+  std::erase_if(written_, [&](const auto& w) {
+    return w.second.pack_id == pack.id() && w.second.pack_offset >= current_start_;
+  });
 }
 
 void BulkAddImpl::OpenGroup() {
@@ -125,6 +137,7 @@ Status BulkAddImpl::Consume(BulkTask& t) {
     current_->size = static_cast<uint64_t>(t.job->before.st_size);
     current_->extents.reserve(t.job->plan.size());
     current_->offsets.reserve(t.job->plan.size());
+    current_start_ = store_.pack_writer_->end();
     file_done_ = 0;
   }
   PackWriter& pack = *store_.pack_writer_;
@@ -252,8 +265,8 @@ Status BulkAddImpl::CommitGroup() {
         ZIPNN_RETURN_IF_ERROR(s);
         ++applied;
       }
-      // New chunks no committed entry uses (their file failed) keep a record at refcount 0:
-      // every committed pack byte belongs to a chunk, and gc can reclaim them.
+      // New chunks no committed entry uses (an entry failed in the commit) keep a record at
+      // refcount 0: every committed pack byte belongs to a chunk, and gc can reclaim them.
       for (const auto& [hash, chunk] : written_) {
         MDB_val v;
         Status got = txn.Get(store_.dbi(kChunks), lmdb::Val(hash), v);

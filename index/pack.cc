@@ -92,8 +92,8 @@ Status PackWriter::Write(std::span<const uint8_t> bytes) {
   ZIPNN_RETURN_IF_ERROR(PwriteFull(fd_.get(), flushed_, bytes));
   // Start writeback now, so the sync before the commit has little left to wait for. Only a
   // hint: durability still comes from Sync.
-  (void)::sync_file_range(fd_.get(), static_cast<off_t>(flushed_),
-                          static_cast<off_t>(bytes.size()), SYNC_FILE_RANGE_WRITE);
+  (void)::sync_file_range(fd_.get(), static_cast<off_t>(flushed_), static_cast<off_t>(bytes.size()),
+                          SYNC_FILE_RANGE_WRITE);
   flushed_ += bytes.size();
   return Status::Ok();
 }
@@ -108,6 +108,21 @@ Status PackWriter::Flush() {
 Status PackWriter::Sync() {
   ZIPNN_RETURN_IF_ERROR(Flush());
   if (::fdatasync(fd_.get()) != 0) return Status::FromErrno(errno, "pack fdatasync");
+  return Status::Ok();
+}
+
+Status PackWriter::Truncate(uint64_t offset) {
+  if (offset < committed_ || offset > end_) return Status::InvalidArgument("pack truncate");
+  if (offset >= flushed_) {
+    buffer_.resize(offset - flushed_);
+  } else {
+    buffer_.clear();
+    flushed_ = offset;
+    if (::ftruncate(fd_.get(), static_cast<off_t>(offset)) != 0) {
+      return Status::FromErrno(errno, "pack truncate");
+    }
+  }
+  end_ = offset;
   return Status::Ok();
 }
 

@@ -53,6 +53,8 @@ class PackWriter {
   void MarkCommitted() { committed_ = end_; }
   // Drops everything appended since the last commit (after a failed add).
   Status Rollback();
+  // Drops what was appended at or after `offset` (>= committed()): a failed file's frames.
+  Status Truncate(uint64_t offset);
 
  private:
   PackWriter() = default;

@@ -199,8 +199,9 @@ Status BenchImport(const BenchImportOptions& opts) {
               best(codec_s) / best(import_s), median(codec_s) / median(import_s));
   std::printf("| import / codec (file by file) | %.2f | %.2f |\n\n",
               best(per_file_s) / best(import_s), median(per_file_s) / median(import_s));
-  std::printf("CPU seconds per round: codec %.3f, import %.3f (includes store init and size scan)\n\n",
-              codec_cpu / opts.rounds, import_cpu / opts.rounds);
+  std::printf(
+      "CPU seconds per round: codec %.3f, import %.3f (includes store init and size scan)\n\n",
+      codec_cpu / opts.rounds, import_cpu / opts.rounds);
   const double frames_mb = static_cast<double>(frame_bytes) / 1e6;
   std::printf(
       "sum of frames (codec): %.2f MB; store: packs %.2f MB (%.4f x frames), chunk frames "
