@@ -17,6 +17,10 @@ constexpr size_t kMaxQueued = 4096;  // entries queued and not yet handed out (b
 constexpr uint64_t kMaxTaskBytes = 1u << 20;
 }  // namespace
 
+Result<std::unique_ptr<BulkAdd>> Store::BeginBulkAdd(const BulkAddOptions&) {
+  return Status::Unsupported("this store does not support bulk adds");
+}
+
 Result<std::unique_ptr<BulkAdd>> StoreImpl::BeginBulkAdd(const BulkAddOptions& opts) {
   if (!pack_writer_) return Status::InvalidArgument("store is open read-only");
   auto bulk = std::make_unique<BulkAddImpl>(*this, opts);

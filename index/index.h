@@ -146,6 +146,12 @@ struct CheckReport {
   bool clean() const { return problems.empty(); }
 };
 
+struct RepairReport {
+  CheckReport found;                 // the check before the repair
+  std::vector<std::string> actions;  // what the repair did, one line each
+  CheckReport after;                 // the check after it
+};
+
 struct GcReport {
   uint64_t chunks_dropped = 0;  // unreferenced chunk records removed
   uint64_t frames_moved = 0;    // live frames copied out of sparse packs
@@ -262,6 +268,14 @@ class Store {
   virtual Result<CheckReport> Check(bool verify_frames) = 0;
 
   // ---- Writing (store opened writable) ----
+  // Makes a damaged store consistent again (what `zipnnfs fsck --repair` does): files and
+  // symlinks with damage (a damaged or missing chunk, broken extents, no target) are removed
+  // with their entries, chunk records that are damaged or point outside their pack are dropped,
+  // directory entries naming nothing are deleted, refcounts are recomputed and a pack shorter
+  // than its committed length is cut to what it holds. All in one transaction; re-import the
+  // removed files afterwards. Default: kUnsupported.
+  virtual Result<RepairReport> Repair(bool verify_frames);
+
   // Creates directory `name` in `parent`; kExists if the name is taken.
   virtual Result<InodeAttr> Mkdir(uint64_t parent, std::string_view name, const NewAttr& attr) = 0;
   virtual Result<InodeAttr> Symlink(uint64_t parent, std::string_view name, std::string_view target,

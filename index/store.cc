@@ -108,13 +108,6 @@ Status ValidateName(std::string_view name) {
   return Status::Ok();
 }
 
-Status ValidateTarget(std::string_view target) {
-  if (target.empty() || target.size() > 4095) {
-    return Status::InvalidArgument("symlink target must have 1 to 4095 bytes");
-  }
-  return Status::Ok();
-}
-
 Status Store::Init(const std::string& dir) {
   ZIPNN_RETURN_IF_ERROR(MakeDir(dir));
   DIR* d = ::opendir(dir.c_str());
@@ -170,10 +163,6 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& dir, const StoreOp
   auto store = std::make_unique<StoreImpl>(dir, opts);
   ZIPNN_RETURN_IF_ERROR(store->OpenImpl());
   return std::unique_ptr<Store>(std::move(store));
-}
-
-Result<std::unique_ptr<BulkAdd>> Store::BeginBulkAdd(const BulkAddOptions&) {
-  return Status::Unsupported("this store does not support bulk adds");
 }
 
 StoreImpl::StoreImpl(std::string dir, StoreOptions opts)
@@ -270,12 +259,20 @@ Status StoreImpl::OpenPacksForWriting() {
       continue;
     }
     Result<PackWriter> w = PackWriter::Open(packs_dir, id, static_cast<uint64_t>(*len));
-    if (!w.ok()) return w.status();  // (opening cuts the uncommitted tail)
+    // (Opening cuts the uncommitted tail.) A pack shorter than its committed length lost
+    // frames: it stays as it is, for fsck to report and repair.
+    if (!w.ok() && w.status().code() != StatusCode::kCorrupt) return w.status();
   }
   Result<int64_t> len = committed(current);
   if (!len.ok()) return len.status();
   Result<PackWriter> w =
       PackWriter::Open(packs_dir, current, static_cast<uint64_t>(std::max<int64_t>(*len, 0)));
+  if (!w.ok() && w.status().code() == StatusCode::kCorrupt) {
+    // Never append to a damaged pack: new frames go to a fresh one.
+    uint32_t fresh = current + 1;
+    for (uint32_t id : ids) fresh = std::max(fresh, id + 1);
+    w = PackWriter::Open(packs_dir, fresh, 0);
+  }
   if (!w.ok()) return w.status();
   pack_writer_.emplace(std::move(*w));
   return Status::Ok();

@@ -2,9 +2,11 @@
 // writes.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -45,6 +47,18 @@ struct NewFile {
 
 class BulkAddImpl;
 
+// What Store::Check finds, with what Store::Repair would do about it.
+struct ScanResult {
+  CheckReport report;
+  std::vector<std::string> bad_inode_keys, bad_dirents, bad_chunk_keys;  // records to delete
+  std::set<uint64_t> damaged_inodes;          // files and symlinks to remove
+  std::vector<ChunkHash> bad_chunks;          // chunk records to delete
+  std::map<ChunkHash, uint64_t> refcounts;    // every chunk's refcount after the repair
+  std::map<uint32_t, uint64_t> pack_lengths;  // packs shorter than their committed length
+  std::map<uint64_t, std::string> dirent_of;  // inode -> the key of its directory entry
+  std::map<uint64_t, InodeKind> kinds;
+};
+
 class StoreImpl final : public Store {
  public:
   StoreImpl(std::string dir, StoreOptions opts);
@@ -67,6 +81,7 @@ class StoreImpl final : public Store {
   Result<FileUsage> GetFileUsage(uint64_t ino) override;
   Result<StoreUsage> GetStoreUsage() override;
   Result<CheckReport> Check(bool verify_frames) override;
+  Result<RepairReport> Repair(bool verify_frames) override;
 
   Result<InodeAttr> Mkdir(uint64_t parent, std::string_view name, const NewAttr& attr) override;
   Result<InodeAttr> Symlink(uint64_t parent, std::string_view name, std::string_view target,
@@ -101,7 +116,20 @@ class StoreImpl final : public Store {
  private:
   friend class BulkAddImpl;
 
+  // What Store::Check finds, with what Store::Repair would do about it.
+  struct ScanResult {
+    CheckReport report;
+    std::vector<std::string> bad_inode_keys, bad_dirents, bad_chunk_keys;  // records to delete
+    std::set<uint64_t> damaged_inodes;          // files and symlinks to remove
+    std::vector<ChunkHash> bad_chunks;          // chunk records to delete
+    std::map<ChunkHash, uint64_t> refcounts;    // every chunk's refcount after the repair
+    std::map<uint32_t, uint64_t> pack_lengths;  // packs shorter than their committed length
+    std::map<uint64_t, std::string> dirent_of;  // inode -> the key of its directory entry
+    std::map<uint64_t, InodeKind> kinds;
+  };
+
   Status OpenPacksForWriting();
+  Status Scan(bool verify_frames, ScanResult& out);
   // Inserts a new directory entry and inode: `parent` must be a directory without `name`.
   Result<InodeAttr> CreateInode(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                                 InodeAttr attr);
@@ -109,6 +137,8 @@ class StoreImpl final : public Store {
   Status PutXattrs(lmdb::Txn& txn, uint64_t ino,
                    const std::vector<std::pair<std::string, std::string>>& xattrs);
   Status DropExtentsIn(lmdb::Txn& txn, uint64_t ino);
+  // Deletes every key of `db` that starts with inode number `ino`.
+  Status DeleteKeysOf(lmdb::Txn& txn, Db db, uint64_t ino);
 
   const std::string dir_;
   const StoreOptions opts_;

@@ -46,6 +46,13 @@ InodeAttr FromNew(const NewAttr& n, InodeKind kind, uint32_t type_bits) {
 
 }  // namespace
 
+Status ValidateTarget(std::string_view target) {
+  if (target.empty() || target.size() > 4095) {
+    return Status::InvalidArgument("symlink target must have 1 to 4095 bytes");
+  }
+  return Status::Ok();
+}
+
 Result<InodeAttr> StoreImpl::CreateInode(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                                          InodeAttr attr) {
   Result<InodeAttr> dir = GetAttrIn(txn, parent);
@@ -74,24 +81,28 @@ Result<InodeAttr> StoreImpl::CreateInode(lmdb::Txn& txn, uint64_t parent, std::s
   return attr;
 }
 
-Status StoreImpl::PutXattrs(lmdb::Txn& txn, uint64_t ino,
-                            const std::vector<std::pair<std::string, std::string>>& xattrs) {
-  std::vector<std::string> old_keys;
+Status StoreImpl::DeleteKeysOf(lmdb::Txn& txn, Db db, uint64_t ino) {
+  std::vector<std::string> keys;
   {
-    Result<lmdb::Cursor> cur = lmdb::Cursor::Open(txn, dbi(kXattrs));
+    Result<lmdb::Cursor> cur = lmdb::Cursor::Open(txn, dbi(db));
     if (!cur.ok()) return cur.status();
     rec::InodeKey start(ino);
     MDB_val k = lmdb::Val(start.bytes()), v;
     Status st;
     for (bool have = cur->Get(k, v, MDB_SET_RANGE, st);
-         have && k.mv_size > 8 && rec::GetBE64(static_cast<const uint8_t*>(k.mv_data)) == ino;
+         have && k.mv_size >= 8 && rec::GetBE64(static_cast<const uint8_t*>(k.mv_data)) == ino;
          have = cur->Get(k, v, MDB_NEXT, st)) {
-      old_keys.emplace_back(static_cast<const char*>(k.mv_data), k.mv_size);
+      keys.emplace_back(static_cast<const char*>(k.mv_data), k.mv_size);
     }
     ZIPNN_RETURN_IF_ERROR(st);
   }  // the cursor closes before the writes below
-  for (const std::string& key : old_keys)
-    ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kXattrs), lmdb::Val(key)));
+  for (const std::string& key : keys) ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(db), lmdb::Val(key)));
+  return Status::Ok();
+}
+
+Status StoreImpl::PutXattrs(lmdb::Txn& txn, uint64_t ino,
+                            const std::vector<std::pair<std::string, std::string>>& xattrs) {
+  ZIPNN_RETURN_IF_ERROR(DeleteKeysOf(txn, kXattrs, ino));
   for (const auto& [name, value] : xattrs) {
     if (name.empty() || name.size() > 255) return Status::InvalidArgument("bad xattr name");
     const std::string key = rec::NamedKey(ino, name);
