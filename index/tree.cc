@@ -133,6 +133,7 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
 Status ImportTree(Store& store, const std::string& src, uint64_t parent, const std::string& name,
                   const ImportOptions& opts, TreeSummary& summary) {
   BulkAddOptions bulk_opts;
+  bulk_opts.commit_interval_ms = opts.commit_interval_ms;
   const TreeSummary base = summary;  // the writer thread reports on top of this
   if (opts.progress) {
     bulk_opts.progress = [&opts, base](const BulkProgress& p) {

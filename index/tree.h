@@ -23,6 +23,9 @@ struct ImportOptions {
   // path being imported and the running totals of files and bytes (raw_bytes includes the part
   // of the current file done so far).
   std::function<void(const std::string& path, const TreeSummary& totals)> progress;
+  // A commit group closes after this long (BulkAddOptions::commit_interval_ms); 0 commits every
+  // entry on its own.
+  uint32_t commit_interval_ms = BulkAddOptions{}.commit_interval_ms;
   // Told about each special file skipped (sockets, devices, fifos).
   std::function<void(const std::string& path, const std::string& why)> skipped;
 };
