@@ -260,30 +260,6 @@ bool BulkAddImpl::Claim(const ChunkHash& h, uint64_t seq) {
 Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uint8_t>& buf) {
   if (t.first == t.last) return Status::Ok();
   const std::vector<ChunkSpec>& plan = t.job->plan;
-  const uint64_t base = plan[t.first].offset;
-  buf.resize(plan[t.last - 1].offset + plan[t.last - 1].size - base);
-  ZIPNN_RETURN_IF_ERROR(PreadFull(t.job->fd.get(), base, buf));
-
-  std::vector<size_t> to_code;
-  {
-    std::unordered_set<ChunkHash, rec::ChunkHashHasher> seen;
-    Result<lmdb::Txn> txn = store_.env_->BeginRead();
-    if (!txn.ok()) return txn.status();
-    t.extents.resize(t.last - t.first);
-    for (size_t i = t.first; i < t.last; ++i) {
-      const ChunkSpec& c = plan[i];
-      const ChunkHash h = HashChunk({buf.data() + (c.offset - base), c.size});
-      t.extents[i - t.first] = {h, c.size, c.dtype};
-      if (!seen.insert(h).second) continue;
-      MDB_val v;
-      Status got = txn->Get(store_.dbi(kChunks), lmdb::Val(h), v);
-      if (got.ok()) continue;  // stored already: only its refcount changes
-      if (got.code() != StatusCode::kNotFound) return got;
-      if (Claim(h, t.seq)) to_code.push_back(i);
-    }
-  }  // the read transaction ends before the long part
-  size_t bound = 0;
-  for (size_t i : to_code) bound += MaxFrameSize(plan[i].size);
   {
     std::lock_guard lock(mutex_);
     if (!spare_buffers_.empty()) {
@@ -291,16 +267,32 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
       spare_buffers_.pop_back();
     }
   }
+  size_t bound = 0;
+  for (size_t i = t.first; i < t.last; ++i) bound += MaxFrameSize(plan[i].size);
   t.frame_data.clear();
   t.frame_data.reserve(bound);  // no reallocation while coding
-  t.frames.resize(to_code.size());
-  for (size_t j = 0; j < to_code.size(); ++j) {
-    const ChunkSpec& c = plan[to_code[j]];
-    NewFrame& f = t.frames[j];
-    f.hash = t.extents[to_code[j] - t.first].hash;
+  t.extents.resize(t.last - t.first);
+  std::unordered_set<ChunkHash, rec::ChunkHashHasher> seen;
+  // A chunk at a time, so it is still in cache when it is hashed and coded. The read
+  // transaction lives as long as the batch: milliseconds.
+  Result<lmdb::Txn> txn = store_.env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  for (size_t i = t.first; i < t.last; ++i) {
+    const ChunkSpec& c = plan[i];
+    buf.resize(c.size);
+    ZIPNN_RETURN_IF_ERROR(PreadFull(t.job->fd.get(), c.offset, buf));
+    const ChunkHash h = HashChunk(buf);
+    t.extents[i - t.first] = {h, c.size, c.dtype};
+    if (!seen.insert(h).second) continue;
+    MDB_val v;
+    Status got = txn->Get(store_.dbi(kChunks), lmdb::Val(h), v);
+    if (got.ok()) continue;  // stored already: only its refcount changes
+    if (got.code() != StatusCode::kNotFound) return got;
+    if (!Claim(h, t.seq)) continue;
+    NewFrame& f = t.frames.emplace_back();
+    f.hash = h;
     f.offset = t.frame_data.size();
-    ZIPNN_RETURN_IF_ERROR(encoder.Encode({buf.data() + (c.offset - base), c.size}, c.dtype,
-                                         t.frame_data, c.segments));
+    ZIPNN_RETURN_IF_ERROR(encoder.Encode(buf, c.dtype, t.frame_data, c.segments));
     Result<FrameInfo> info =
         ParseFrameHeader(std::span(t.frame_data).subspan(f.offset, kFrameHeaderSize));
     if (!info.ok()) return info.status();
