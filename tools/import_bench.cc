@@ -17,6 +17,7 @@
 #include "codec/container.h"
 #include "index/index.h"
 #include "index/tree.h"
+#include "tools/synth_model.h"
 
 namespace zipnn::tool {
 namespace {
@@ -132,11 +133,22 @@ Result<ImportRun> ImportOnce(const std::vector<std::string>& sources, const std:
 Status BenchImport(const BenchImportOptions& opts) {
   std::vector<std::string> sources = opts.sources;
   if (sources.empty()) sources.push_back(opts.default_corpus);
-  Corpus corpus;
-  ZIPNN_RETURN_IF_ERROR(LoadCorpus(sources, corpus));
   std::string tmpl = (fs::path(opts.scratch) / "zipnnfs-bench-XXXXXX").string();
   if (::mkdtemp(tmpl.data()) == nullptr) return Status::FromErrno(errno, opts.scratch);
   const std::string scratch = tmpl;
+  if (opts.synthetic_mb > 0) {  // models of 200 MB: two layers of 4096 x 4096 and 8192 x 4096
+    sources = {scratch + "/synthetic"};
+    fs::create_directories(sources[0]);
+    SynthModelOptions so;
+    so.layers = 2;
+    so.dim = 4096;
+    for (uint64_t mb = 0; mb < opts.synthetic_mb; mb += 200, ++so.seed) {
+      ZIPNN_RETURN_IF_ERROR(WriteSyntheticSafetensors(
+          sources[0] + "/model-" + std::to_string(so.seed) + ".safetensors", so));
+    }
+  }
+  Corpus corpus;
+  ZIPNN_RETURN_IF_ERROR(LoadCorpus(sources, corpus));
 
   ParallelCodec codec(opts.threads);
   std::vector<std::vector<uint8_t>> frames;

@@ -452,6 +452,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bench->add_option("--scratch", bench_opts.scratch, "Directory for the temporary stores")
       ->capture_default_str();
+  bench->add_option("--synthetic-mb", bench_opts.synthetic_mb,
+                    "Instead of SRC: generated BF16 models of about this many MB");
 
   try {
     app.parse(argc, argv);
