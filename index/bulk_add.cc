@@ -94,14 +94,21 @@ Result<size_t> BulkAddImpl::Queue(std::unique_ptr<BulkEntry> e) {
   return entries_.size() - 1;
 }
 
-Result<BulkDir> BulkAddImpl::Mkdir(BulkDir parent, std::string_view name, const NewAttr& attr) {
+namespace {
+std::unique_ptr<BulkEntry> MakeEntry(BulkEntry::Kind kind, BulkDir parent, std::string_view name,
+                                     const NewAttr& attr) {
   auto e = std::make_unique<BulkEntry>();
-  e->kind = BulkEntry::Kind::kMkdir;
+  e->kind = kind;
   e->parent = parent;
   e->name = name;
   e->label = Quote(name);
   e->attr = attr;
-  Result<size_t> id = Queue(std::move(e));
+  return e;
+}
+}  // namespace
+
+Result<BulkDir> BulkAddImpl::Mkdir(BulkDir parent, std::string_view name, const NewAttr& attr) {
+  Result<size_t> id = Queue(MakeEntry(BulkEntry::Kind::kMkdir, parent, name, attr));
   if (!id.ok()) return id.status();
   return BulkDir{*id, true};
 }
@@ -109,33 +116,21 @@ Result<BulkDir> BulkAddImpl::Mkdir(BulkDir parent, std::string_view name, const 
 Status BulkAddImpl::Symlink(BulkDir parent, std::string_view name, std::string_view target,
                             const NewAttr& attr) {
   ZIPNN_RETURN_IF_ERROR(ValidateTarget(target));
-  auto e = std::make_unique<BulkEntry>();
-  e->kind = BulkEntry::Kind::kSymlink;
-  e->parent = parent;
-  e->name = name;
-  e->label = Quote(name);
-  e->attr = attr;
+  std::unique_ptr<BulkEntry> e = MakeEntry(BulkEntry::Kind::kSymlink, parent, name, attr);
   e->target = target;
   return Queue(std::move(e)).status();
 }
 
 Status BulkAddImpl::AddFile(BulkDir parent, std::string_view name, const std::string& host_path,
                             const NewAttr& attr) {
-  auto e = std::make_unique<BulkEntry>();
-  e->parent = parent;
-  e->name = name;
+  std::unique_ptr<BulkEntry> e = MakeEntry(BulkEntry::Kind::kFile, parent, name, attr);
   e->label = host_path;
-  e->attr = attr;
   e->target = host_path;
   return Queue(std::move(e)).status();
 }
 
 Status BulkAddImpl::AddFileFd(BulkDir parent, std::string_view name, int fd, const NewAttr& attr) {
-  auto e = std::make_unique<BulkEntry>();
-  e->parent = parent;
-  e->name = name;
-  e->label = Quote(name);
-  e->attr = attr;
+  std::unique_ptr<BulkEntry> e = MakeEntry(BulkEntry::Kind::kFile, parent, name, attr);
   e->fd.Reset(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
   if (!e->fd.valid()) return Status::FromErrno(errno, e->label);
   return Queue(std::move(e)).status();

@@ -116,18 +116,6 @@ class StoreImpl final : public Store {
  private:
   friend class BulkAddImpl;
 
-  // What Store::Check finds, with what Store::Repair would do about it.
-  struct ScanResult {
-    CheckReport report;
-    std::vector<std::string> bad_inode_keys, bad_dirents, bad_chunk_keys;  // records to delete
-    std::set<uint64_t> damaged_inodes;          // files and symlinks to remove
-    std::vector<ChunkHash> bad_chunks;          // chunk records to delete
-    std::map<ChunkHash, uint64_t> refcounts;    // every chunk's refcount after the repair
-    std::map<uint32_t, uint64_t> pack_lengths;  // packs shorter than their committed length
-    std::map<uint64_t, std::string> dirent_of;  // inode -> the key of its directory entry
-    std::map<uint64_t, InodeKind> kinds;
-  };
-
   Status OpenPacksForWriting();
   Status Scan(bool verify_frames, ScanResult& out);
   // Inserts a new directory entry and inode: `parent` must be a directory without `name`.

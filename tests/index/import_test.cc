@@ -16,25 +16,15 @@
 
 #include "index/index.h"
 #include "index/tree.h"
+#include "tests/index/store_test_util.h"
 
 namespace zipnn::index {
 namespace {
 
 namespace fs = std::filesystem;
-using Bytes = std::vector<uint8_t>;
-
-Bytes RandomBytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  Bytes b(n);
-  for (auto& x : b) x = static_cast<uint8_t>(rng());
-  return b;
-}
-
-void WriteAll(const std::string& path, const Bytes& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()),
-            static_cast<std::streamsize>(bytes.size()));
-}
+using test::Bytes;
+using test::RandomBytes;
+using test::WriteAll;
 
 // The tensor bytes of a generated BF16 model, block by block and reproducibly: Gaussian-like
 // values (a table of 4096, picked by a fast PRNG) so no two chunks are alike.
@@ -74,39 +64,17 @@ std::string SafetensorsHeader(uint64_t tensor_bytes) {
   return out + json;
 }
 
-class ImportTest : public ::testing::Test {
+class ImportTest : public test::StoreDirTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "zipnn-import-test-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-    store_dir_ = dir_ + "/store";
-  }
   void TearDown() override {
     if (mounted_) ::umount2(mount_dir_.c_str(), MNT_DETACH);
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
+    StoreDirTest::TearDown();
   }
-
   std::unique_ptr<Store> Open(bool writable, StoreOptions opts = {}) {
-    opts.writable = writable;
-    if (opts.threads == 0) opts.threads = 2;
-    Result<std::unique_ptr<Store>> s = Store::Open(store_dir_, opts);
-    EXPECT_TRUE(s.ok()) << s.status().ToString();
-    return s.ok() ? std::move(*s) : nullptr;
+    return OpenStore(writable, opts);
   }
 
-  // The store is consistent and every committed pack byte belongs to a chunk.
-  void ExpectClean(Store& store) {
-    Result<CheckReport> check = store.Check(true);
-    ASSERT_TRUE(check.ok()) << check.status().ToString();
-    for (const CheckProblem& p : check->problems) ADD_FAILURE() << p.what;
-    Result<StoreUsage> u = store.GetStoreUsage();
-    ASSERT_TRUE(u.ok());
-    EXPECT_EQ(u->pack_bytes, u->chunk_frame_bytes + u->unreferenced_frame_bytes);
-  }
-
-  std::string dir_, store_dir_, mount_dir_;
+  std::string mount_dir_;
   bool mounted_ = false;
 };
 
@@ -132,7 +100,6 @@ TEST_F(ImportTest, GigabyteBf16ModelRoundTrip) {
   WriteAll(src + "/sub/dir/empty", {});
   fs::create_symlink("sub/model ✓.safetensors", src + "/link");
 
-  ASSERT_TRUE(Store::Init(store_dir_).ok());
   TreeSummary imported;
   {
     auto store = Open(true);
@@ -196,7 +163,6 @@ TEST_F(ImportTest, FileVanishingDuringImport) {
   const Bytes big = RandomBytes(8u << 20, 1);
   WriteAll(src + "/a", big);
   WriteAll(src + "/b", RandomBytes(1000, 2));
-  ASSERT_TRUE(Store::Init(store_dir_).ok());
   StoreOptions opts;
   opts.chunk_size = 64u << 10;
   opts.batch_bytes = 256u << 10;  // small batches: "a" is many tasks, more than are ever in flight
@@ -230,7 +196,6 @@ TEST_F(ImportTest, FileVanishingDuringImport) {
 TEST_F(ImportTest, FileShrinkingDuringImport) {
   const std::string path = dir_ + "/shrinks";
   WriteAll(path, RandomBytes(8u << 20, 3));
-  ASSERT_TRUE(Store::Init(store_dir_).ok());
   StoreOptions opts;
   opts.chunk_size = 64u << 10;
   opts.batch_bytes = 256u << 10;
@@ -306,7 +271,6 @@ TEST_F(ImportTest, DedupAcrossFilesInFlightAndGroupedCommits) {
   const Bytes same = RandomBytes(3u << 20, 7);
   for (int i = 0; i < 4; ++i) WriteAll(src + "/copy" + std::to_string(i), same);
   for (int i = 0; i < 200; ++i) WriteAll(src + "/small" + std::to_string(i), RandomBytes(500, i));
-  ASSERT_TRUE(Store::Init(store_dir_).ok());
   auto store = Open(true);
   ASSERT_TRUE(store);
   BulkAddOptions bo;

@@ -16,49 +16,28 @@
 #include "index/index.h"
 #include "index/records.h"
 #include "index/store_impl.h"
+#include "tests/index/store_test_util.h"
+#include "tests/tools/cli_util.h"
 
 namespace zipnn::index {
 namespace {
 
 namespace fs = std::filesystem;
-using Bytes = std::vector<uint8_t>;
+using test::Bytes;
 
-Bytes Compressible(size_t n, uint64_t seed) {  // skewed bytes: stored as real coded frames
-  std::mt19937_64 rng(seed);
-  Bytes b(n);
-  for (auto& x : b) x = static_cast<uint8_t>(rng() % 7);
-  return b;
-}
+Bytes Compressible(size_t n, uint64_t seed) { return test::RandomBytes(n, seed, 7); }
 
-class RepairTest : public ::testing::Test {
+class RepairTest : public test::StoreDirTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "zipnn-repair-test-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-    store_dir_ = dir_ + "/store";
-    ASSERT_TRUE(Store::Init(store_dir_).ok());
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
   std::unique_ptr<Store> Open() {
     StoreOptions opts;
-    opts.writable = true;
-    opts.threads = 2;
     opts.chunk_size = 64u << 10;
-    Result<std::unique_ptr<Store>> s = Store::Open(store_dir_, opts);
-    EXPECT_TRUE(s.ok()) << s.status().ToString();
-    return s.ok() ? std::move(*s) : nullptr;
+    return OpenStore(true, opts);
   }
 
   void Add(Store& store, const std::string& name, const Bytes& data) {
     const std::string path = dir_ + "/" + name;
-    std::ofstream(path, std::ios::binary)
-        .write(reinterpret_cast<const char*>(data.data()),
-               static_cast<std::streamsize>(data.size()));
+    test::WriteAll(path, data);
     const int fd = ::open(path.c_str(), O_RDONLY);
     ASSERT_GE(fd, 0);
     Result<AddResult> r = store.AddFile(kRootInode, name, fd, {});
@@ -85,8 +64,6 @@ class RepairTest : public ::testing::Test {
     });
     ASSERT_TRUE(st.ok()) << st.ToString();
   }
-
-  std::string dir_, store_dir_;
 };
 
 // A flipped bit in a pack: fsck names the file and range, repair removes that file only, and the
@@ -101,14 +78,8 @@ TEST_F(RepairTest, DamagedFrameRemovesOnlyItsFile) {
     Add(*store, "b", b);
     a_ino = store->LookupPath("a")->ino;
   }
-  {  // Flip a byte in the middle of a's first frame (a was added first: it starts the pack).
-    std::fstream pack(store_dir_ + "/packs/pack-000001.znp",
-                      std::ios::in | std::ios::out | std::ios::binary);
-    pack.seekg(100);
-    const char c = static_cast<char>(pack.get() ^ 0x10);
-    pack.seekp(100);
-    pack.put(c);
-  }
+  // Flip a byte in the middle of a's first frame (a was added first: it starts the pack).
+  zipnn::test::FlipByte(store_dir_ + "/packs/pack-000001.znp", 100);
   auto store = Open();
   ASSERT_TRUE(store);
   Result<RepairReport> r = store->Repair(true);

@@ -122,14 +122,8 @@ TEST_F(ZipnnfsCliTest, FsckNamesDamageAndRepairRemovesIt) {
   const std::string model = MakeModelDir();
   ASSERT_EQ(Run({"init", store_}).exit_code, 0);
   ASSERT_EQ(Run({"import", "-q", store_, model}).exit_code, 0);
-  {  // a.safetensors is imported first: its first frame starts the pack
-    std::fstream pack(store_ + "/packs/pack-000001.znp",
-                      std::ios::in | std::ios::out | std::ios::binary);
-    pack.seekg(200);
-    const char c = static_cast<char>(pack.get() ^ 0x04);
-    pack.seekp(200);
-    pack.put(c);
-  }
+  // a.safetensors is imported first: its first frame starts the pack.
+  test::FlipByte(store_ + "/packs/pack-000001.znp", 200, 0x04);
   test::ToolRun check = Run({"fsck", store_});
   EXPECT_EQ(check.exit_code, 1);
   EXPECT_NE(check.out.find("/model/a.safetensors: bytes [0, "), std::string::npos) << check.out;
