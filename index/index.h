@@ -185,8 +185,9 @@ struct BulkProgress {
 };
 
 struct BulkAddOptions {
-  // Both are called on the writer thread, one call at a time. `progress` after each batch of a
-  // file is appended to its pack; `file_added` after the commit that made a file durable.
+  // Both are called on the writer thread, one call at a time, while it holds the store's write
+  // lock (so they must not change the store). `progress` after each batch of a file is appended
+  // to its pack; `file_added` after the commit that made a file durable.
   std::function<void(const BulkProgress&)> progress;
   std::function<void(std::string_view label, const AddResult&)> file_added;
   // A commit group closes at the first entry boundary after it holds this many file bytes or
