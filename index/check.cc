@@ -13,14 +13,6 @@ namespace zipnn::index {
 
 namespace {
 
-struct HashHasher {
-  size_t operator()(const ChunkHash& h) const {
-    size_t v;
-    std::memcpy(&v, h.data(), sizeof(v));
-    return v;
-  }
-};
-
 struct Use {  // one extent: where a chunk is used
   uint64_t ino, offset;
   uint32_t raw_size;
@@ -33,12 +25,19 @@ uint64_t KeyU64(const MDB_val& k, size_t at) {
 }  // namespace
 
 Result<CheckReport> StoreImpl::Check(bool verify_frames) {
-  CheckReport report;
+  ScanResult scan;
+  ZIPNN_RETURN_IF_ERROR(Scan(verify_frames, scan));
+  return std::move(scan.report);
+}
+
+// Each problem found is reported and, where a repair can fix it, its fix recorded in `out`.
+Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
+  CheckReport& report = out.report;
   auto problem = [&](std::string what, uint64_t ino = 0, uint64_t begin = 0, uint64_t end = 0) {
     report.problems.push_back({std::move(what), ino, begin, end});
   };
-  std::unordered_map<ChunkHash, std::vector<Use>, HashHasher> uses;
-  std::unordered_map<ChunkHash, rec::Chunk, HashHasher> chunks;
+  std::unordered_map<ChunkHash, std::vector<Use>, rec::ChunkHashHasher> uses;
+  std::unordered_map<ChunkHash, rec::Chunk, rec::ChunkHashHasher> chunks;
   std::map<uint32_t, uint64_t> pack_lengths;
   {
     Result<lmdb::Txn> txn = env_->BeginRead();
@@ -52,11 +51,13 @@ Result<CheckReport> StoreImpl::Check(bool verify_frames) {
       for (bool have = cur->Get(k, v, MDB_FIRST, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
         if (k.mv_size != 8) {
           problem("inodes: malformed key");
+          out.bad_inode_keys.emplace_back(static_cast<const char*>(k.mv_data), k.mv_size);
           continue;
         }
         std::optional<InodeAttr> a = rec::DecodeInode(KeyU64(k, 0), lmdb::Bytes(v));
         if (!a) {
           problem("bad inode record", KeyU64(k, 0));
+          out.bad_inode_keys.emplace_back(static_cast<const char*>(k.mv_data), k.mv_size);
           continue;
         }
         inodes[a->ino] = *a;
@@ -68,8 +69,10 @@ Result<CheckReport> StoreImpl::Check(bool verify_frames) {
       Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kDirents));
       if (!cur.ok()) return cur.status();
       for (bool have = cur->Get(k, v, MDB_FIRST, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
+        std::string key(static_cast<const char*>(k.mv_data), k.mv_size);
         if (k.mv_size <= 8 || v.mv_size != rec::kDirentSize) {
           problem("dirents: malformed record");
+          out.bad_dirents.push_back(std::move(key));
           continue;
         }
         const uint64_t parent = KeyU64(k, 0);
@@ -79,8 +82,13 @@ Result<CheckReport> StoreImpl::Check(bool verify_frames) {
         auto c = inodes.find(child);
         if (p == inodes.end() || p->second.kind != InodeKind::kDirectory) {
           problem("entry '" + name + "' is in a missing or non-directory inode", parent);
+          out.bad_dirents.push_back(std::move(key));
+        } else if (c == inodes.end()) {
+          problem("entry '" + name + "' names a missing inode", parent);
+          out.bad_dirents.push_back(std::move(key));
+        } else {
+          out.dirent_of[child] = std::move(key);
         }
-        if (c == inodes.end()) problem("entry '" + name + "' names a missing inode", parent);
       }
     }
     for (const auto& [ino, a] : inodes) {
@@ -89,6 +97,7 @@ Result<CheckReport> StoreImpl::Check(bool verify_frames) {
         MDB_val t;
         if (!txn->Get(dbi(kSymlinks), lmdb::Val(key.bytes()), t).ok()) {
           problem("symlink without a target", ino);
+          out.damaged_inodes.insert(ino);
         }
       }
       if (a.kind != InodeKind::kFile) continue;
@@ -104,16 +113,20 @@ Result<CheckReport> StoreImpl::Check(bool verify_frames) {
         std::optional<rec::Extent> e = rec::DecodeExtent(lmdb::Bytes(v));
         if (!e || e->raw_size == 0) {
           problem("bad extent record", ino, off, off);
+          out.damaged_inodes.insert(ino);
           continue;
         }
-        if (off != next)
+        if (off != next) {
           problem("extents leave a gap or overlap", ino, std::min(off, next), std::max(off, next));
+          out.damaged_inodes.insert(ino);
+        }
         next = off + e->raw_size;
         uses[e->hash].push_back({ino, off, e->raw_size});
       }
       if (next != a.size) {
         problem("extents cover " + std::to_string(next) + " bytes of " + std::to_string(a.size),
                 ino, std::min(next, a.size), std::max(next, a.size));
+        out.damaged_inodes.insert(ino);
       }
     }
     {
@@ -123,6 +136,7 @@ Result<CheckReport> StoreImpl::Check(bool verify_frames) {
         std::optional<rec::Chunk> c = rec::DecodeChunk(lmdb::Bytes(v));
         if (k.mv_size != 16 || !c) {
           problem("chunks: malformed record");
+          out.bad_chunk_keys.emplace_back(static_cast<const char*>(k.mv_data), k.mv_size);
           continue;
         }
         ChunkHash h;
@@ -144,17 +158,23 @@ Result<CheckReport> StoreImpl::Check(bool verify_frames) {
       }
     }
     if (!st.ok()) return st;
+    for (const auto& [ino, a] : inodes) out.kinds[ino] = a.kind;
   }  // the read transaction ends here: packs are checked without it
 
-  for (const auto& [id, length] : pack_lengths) {
+  for (auto& [id, length] : pack_lengths) {
     struct stat s;
     const std::string path = PackPath(dir_ + "/packs", id);
-    if (::stat(path.c_str(), &s) != 0 || static_cast<uint64_t>(s.st_size) < length) {
+    const uint64_t size = ::stat(path.c_str(), &s) == 0 ? static_cast<uint64_t>(s.st_size) : 0;
+    if (size < length) {
       problem(path + ": shorter than its committed length " + std::to_string(length));
+      out.pack_lengths[id] = length = size;  // frames past its end are lost
     }
   }
   auto damaged = [&](const ChunkHash& h, const std::string& what) {
-    for (const Use& u : uses[h]) problem(what, u.ino, u.offset, u.offset + u.raw_size);
+    for (const Use& u : uses[h]) {
+      problem(what, u.ino, u.offset, u.offset + u.raw_size);
+      out.damaged_inodes.insert(u.ino);
+    }
   };
   for (const auto& [h, list] : uses) {
     auto c = chunks.find(h);
@@ -176,6 +196,7 @@ Result<CheckReport> StoreImpl::Check(bool verify_frames) {
     auto pack = pack_lengths.find(c.pack_id);
     if (pack == pack_lengths.end() || c.pack_offset + c.frame_size > pack->second) {
       damaged(h, "chunk lies outside the committed part of pack " + std::to_string(c.pack_id));
+      out.bad_chunks.push_back(h);
       continue;
     }
     if (!verify_frames || !used) continue;
@@ -187,10 +208,19 @@ Result<CheckReport> StoreImpl::Check(bool verify_frames) {
     }
     if (st.ok() && HashChunk(raw) != h)
       st = Status::ChecksumMismatch("content does not match its hash");
-    if (!st.ok()) damaged(h, "damaged chunk: " + st.message());
+    if (!st.ok()) {
+      damaged(h, "damaged chunk: " + st.message());
+      out.bad_chunks.push_back(h);
+    }
     ++report.frames_verified;
   }
-  return report;
+  // What every chunk's refcount is once the damaged files are gone.
+  for (const auto& [h, c] : chunks) {
+    uint64_t live = 0;
+    for (const Use& u : uses[h]) live += out.damaged_inodes.count(u.ino) == 0;
+    out.refcounts[h] = live;
+  }
+  return Status::Ok();
 }
 
 Result<FileUsage> StoreImpl::GetFileUsage(uint64_t ino) {

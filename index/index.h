@@ -146,12 +146,83 @@ struct CheckReport {
   bool clean() const { return problems.empty(); }
 };
 
+struct RepairReport {
+  CheckReport found;                 // the check before the repair
+  std::vector<std::string> actions;  // what the repair did, one line each
+  CheckReport after;                 // the check after it
+};
+
 struct GcReport {
   uint64_t chunks_dropped = 0;  // unreferenced chunk records removed
   uint64_t frames_moved = 0;    // live frames copied out of sparse packs
   uint64_t bytes_moved = 0;
   uint64_t packs_removed = 0;
   uint64_t bytes_reclaimed = 0;  // pack bytes before minus after
+};
+
+// ---- Bulk adding: many entries through one pipeline (import) ----
+//
+// Files are read, hashed and compressed by a pool of workers, several files at a time, while one
+// writer thread appends their frames and commits them in groups: the frames of a group are synced
+// before the one LMDB transaction that references them, so after a crash each entry is entirely
+// committed or absent (entries commit in queue order). Memory is bounded by
+// StoreOptions::batch_bytes (raw bytes in flight) plus each in-progress file's extent list.
+
+// A directory entries go into: an inode of the store, or a directory queued earlier in the same
+// bulk add (BulkAdd::Mkdir's result).
+struct BulkDir {
+  uint64_t id = kRootInode;
+  bool queued = false;  // `id` is a BulkAdd::Mkdir handle, not an inode number
+};
+
+struct BulkProgress {
+  std::string_view label;  // the file being added: its host path, or its name
+  uint64_t file_done = 0, file_size = 0;
+  uint64_t files = 0;            // files complete so far (committed or in the open group)
+  uint64_t raw_bytes = 0;        // file bytes read and compressed so far, all files
+  uint64_t frame_bytes = 0;      // frame bytes of all their chunks, deduplicated or not
+  uint64_t new_frame_bytes = 0;  // bytes appended to packs
+};
+
+struct BulkAddOptions {
+  // Both are called on the writer thread, one call at a time, while it holds the store's write
+  // lock (so they must not change the store). `progress` after each batch of a file is appended
+  // to its pack; `file_added` after the commit that made a file durable.
+  std::function<void(const BulkProgress&)> progress;
+  std::function<void(std::string_view label, const AddResult&)> file_added;
+  // A commit group closes at the first entry boundary after it holds this many file bytes or
+  // has been open this long; fsync and commit costs are paid once per group.
+  uint64_t commit_bytes = 1ull << 30;
+  uint32_t commit_interval_ms = 1000;
+};
+
+struct BulkSummary {
+  uint64_t files = 0, raw_bytes = 0, frame_bytes = 0, new_frame_bytes = 0, new_chunks = 0;
+  uint64_t commits = 0;  // LMDB transactions (groups) committed
+};
+
+// Entries are applied in the order they are queued. Queueing returns early errors: a bad
+// argument, or the first failure of the pipeline so far (then nothing queued later is applied).
+// An entry that fails stops the bulk add: the entries before it are committed by Finish.
+class BulkAdd {
+ public:
+  virtual ~BulkAdd() = default;  // without Finish: stops; uncommitted entries are dropped
+
+  // A directory; an existing directory of that name is merged into.
+  virtual Result<BulkDir> Mkdir(BulkDir parent, std::string_view name, const NewAttr& attr) = 0;
+  // A symlink; an existing symlink with the same target is kept, anything else there is kExists.
+  virtual Status Symlink(BulkDir parent, std::string_view name, std::string_view target,
+                         const NewAttr& attr) = 0;
+  // A regular file from the host, opened when its turn comes (a file gone by then is an error);
+  // it replaces a file of that name, like Store::AddFile. Messages and progress name it by
+  // `host_path`.
+  virtual Status AddFile(BulkDir parent, std::string_view name, const std::string& host_path,
+                         const NewAttr& attr) = 0;
+  // The same from an open descriptor (duplicated; the caller keeps its own).
+  virtual Status AddFileFd(BulkDir parent, std::string_view name, int fd, const NewAttr& attr) = 0;
+  virtual Status SetTimes(BulkDir entry, int64_t atime_ns, int64_t mtime_ns) = 0;
+  // Waits for everything queued and commits it; returns the first error, if any.
+  virtual Result<BulkSummary> Finish() = 0;
 };
 
 class Store {
@@ -198,6 +269,14 @@ class Store {
   virtual Result<CheckReport> Check(bool verify_frames) = 0;
 
   // ---- Writing (store opened writable) ----
+  // Makes a damaged store consistent again (what `zipnnfs fsck --repair` does): files and
+  // symlinks with damage (a damaged or missing chunk, broken extents, no target) are removed
+  // with their entries, chunk records that are damaged or point outside their pack are dropped,
+  // directory entries naming nothing are deleted, refcounts are recomputed and a pack shorter
+  // than its committed length is cut to what it holds. All in one transaction; re-import the
+  // removed files afterwards. Default: kUnsupported.
+  virtual Result<RepairReport> Repair(bool verify_frames);
+
   // Creates directory `name` in `parent`; kExists if the name is taken.
   virtual Result<InodeAttr> Mkdir(uint64_t parent, std::string_view name, const NewAttr& attr) = 0;
   virtual Result<InodeAttr> Symlink(uint64_t parent, std::string_view name, std::string_view target,
@@ -216,6 +295,9 @@ class Store {
   virtual Result<GcReport> Gc(double live_fraction = 0.5) = 0;
   // Sets the times of any inode (import restores directory times after filling them).
   virtual Status SetTimes(uint64_t ino, int64_t atime_ns, int64_t mtime_ns) = 0;
+  // Starts a bulk add (store opened writable). Only one change runs at a time: other writes wait
+  // while a commit group is open.
+  virtual Result<std::unique_ptr<BulkAdd>> BeginBulkAdd(const BulkAddOptions& opts = {});
 };
 
 // Canonical XXH3-128 of `data`, the key of a chunk.

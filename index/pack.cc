@@ -10,6 +10,7 @@ namespace zipnn::index {
 
 namespace {
 constexpr size_t kWriteBufferSize = 8u << 20;
+constexpr size_t kDirectWriteSize = 256u << 10;  // larger appends skip the buffer (no copy)
 
 Status PwriteFull(int fd, uint64_t offset, std::span<const uint8_t> bytes) {
   while (!bytes.empty()) {
@@ -75,10 +76,11 @@ Result<PackWriter> PackWriter::Open(const std::string& packs_dir, uint32_t pack_
 }
 
 Status PackWriter::Append(std::span<const uint8_t> frame) {
-  if (buffer_.size() + frame.size() > kWriteBufferSize) ZIPNN_RETURN_IF_ERROR(Flush());
-  if (frame.size() >= kWriteBufferSize) {
-    ZIPNN_RETURN_IF_ERROR(PwriteFull(fd_.get(), flushed_, frame));
-    flushed_ += frame.size();
+  if (buffer_.size() + frame.size() > kWriteBufferSize || frame.size() >= kDirectWriteSize) {
+    ZIPNN_RETURN_IF_ERROR(Flush());
+  }
+  if (frame.size() >= kDirectWriteSize) {
+    ZIPNN_RETURN_IF_ERROR(Write(frame));
   } else {
     buffer_.insert(buffer_.end(), frame.begin(), frame.end());
   }
@@ -86,10 +88,19 @@ Status PackWriter::Append(std::span<const uint8_t> frame) {
   return Status::Ok();
 }
 
+Status PackWriter::Write(std::span<const uint8_t> bytes) {
+  ZIPNN_RETURN_IF_ERROR(PwriteFull(fd_.get(), flushed_, bytes));
+  // Start writeback now, so the sync before the commit has little left to wait for. Only a
+  // hint: durability still comes from Sync.
+  (void)::sync_file_range(fd_.get(), static_cast<off_t>(flushed_), static_cast<off_t>(bytes.size()),
+                          SYNC_FILE_RANGE_WRITE);
+  flushed_ += bytes.size();
+  return Status::Ok();
+}
+
 Status PackWriter::Flush() {
   if (buffer_.empty()) return Status::Ok();
-  ZIPNN_RETURN_IF_ERROR(PwriteFull(fd_.get(), flushed_, buffer_));
-  flushed_ += buffer_.size();
+  ZIPNN_RETURN_IF_ERROR(Write(buffer_));
   buffer_.clear();
   return Status::Ok();
 }
@@ -97,6 +108,21 @@ Status PackWriter::Flush() {
 Status PackWriter::Sync() {
   ZIPNN_RETURN_IF_ERROR(Flush());
   if (::fdatasync(fd_.get()) != 0) return Status::FromErrno(errno, "pack fdatasync");
+  return Status::Ok();
+}
+
+Status PackWriter::Truncate(uint64_t offset) {
+  if (offset < committed_ || offset > end_) return Status::InvalidArgument("pack truncate");
+  if (offset >= flushed_) {
+    buffer_.resize(offset - flushed_);
+  } else {
+    buffer_.clear();
+    flushed_ = offset;
+    if (::ftruncate(fd_.get(), static_cast<off_t>(offset)) != 0) {
+      return Status::FromErrno(errno, "pack truncate");
+    }
+  }
+  end_ = offset;
   return Status::Ok();
 }
 

@@ -53,10 +53,13 @@ class PackWriter {
   void MarkCommitted() { committed_ = end_; }
   // Drops everything appended since the last commit (after a failed add).
   Status Rollback();
+  // Drops what was appended at or after `offset` (>= committed()): a failed file's frames.
+  Status Truncate(uint64_t offset);
 
  private:
   PackWriter() = default;
   Status Flush();
+  Status Write(std::span<const uint8_t> bytes);  // at flushed_, then starts its writeback
 
   UniqueFd fd_;
   uint32_t id_ = 0;

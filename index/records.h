@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include "codec/codec.h"
 #include "index/index.h"
@@ -158,6 +159,16 @@ inline std::optional<Chunk> DecodeChunk(std::span<const uint8_t> v) {
   c.refcount = GetLE<uint64_t>(p + 24);
   return c;
 }
+
+// Chunk hashes are already uniform: their first bytes are a fine hash-table hash.
+struct ChunkHashHasher {
+  size_t operator()(const ChunkHash& h) const {
+    size_t v;
+    std::memcpy(&v, h.data(), sizeof(v));
+    return v;
+  }
+};
+using ChunkMap = std::unordered_map<ChunkHash, Chunk, ChunkHashHasher>;
 
 // ---- meta keys ----
 inline constexpr std::string_view kMetaFormat = "format";             // u32 LE

@@ -169,7 +169,6 @@ StoreImpl::StoreImpl(std::string dir, StoreOptions opts)
     : dir_(std::move(dir)), opts_(std::move(opts)), packs_(dir_ + "/packs") {}
 
 StoreImpl::~StoreImpl() {
-  codec_.reset();
   pack_writer_.reset();
   env_.reset();  // closed before another Open of this store may proceed
   if (!registered_path_.empty()) {
@@ -212,7 +211,6 @@ Status StoreImpl::OpenImpl() {
   }
   if (opts_.writable) {
     ZIPNN_RETURN_IF_ERROR(OpenPacksForWriting());
-    codec_ = std::make_unique<ParallelCodec>(opts_.threads, opts_.encode);
   }
   return Status::Ok();
 }
@@ -261,12 +259,20 @@ Status StoreImpl::OpenPacksForWriting() {
       continue;
     }
     Result<PackWriter> w = PackWriter::Open(packs_dir, id, static_cast<uint64_t>(*len));
-    if (!w.ok()) return w.status();  // (opening cuts the uncommitted tail)
+    // (Opening cuts the uncommitted tail.) A pack shorter than its committed length lost
+    // frames: it stays as it is, for fsck to report and repair.
+    if (!w.ok() && w.status().code() != StatusCode::kCorrupt) return w.status();
   }
   Result<int64_t> len = committed(current);
   if (!len.ok()) return len.status();
   Result<PackWriter> w =
       PackWriter::Open(packs_dir, current, static_cast<uint64_t>(std::max<int64_t>(*len, 0)));
+  if (!w.ok() && w.status().code() == StatusCode::kCorrupt) {
+    // Never append to a damaged pack: new frames go to a fresh one.
+    uint32_t fresh = current + 1;
+    for (uint32_t id : ids) fresh = std::max(fresh, id + 1);
+    w = PackWriter::Open(packs_dir, fresh, 0);
+  }
   if (!w.ok()) return w.status();
   pack_writer_.emplace(std::move(*w));
   return Status::Ok();

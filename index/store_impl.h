@@ -2,10 +2,13 @@
 // writes.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "codec/codec.h"
@@ -33,6 +36,29 @@ inline ChunkLocation FrameLocation(const rec::Chunk& c) {
   return loc;
 }
 
+// A file ready to commit: its attributes, extents and the chunk references they add.
+struct NewFile {
+  NewAttr attr;
+  uint64_t size = 0;
+  std::vector<uint64_t> offsets;  // of each extent in the file
+  std::vector<rec::Extent> extents;
+  std::unordered_map<ChunkHash, uint64_t, rec::ChunkHashHasher> refs;  // hash -> extents using it
+};
+
+class BulkAddImpl;
+
+// What Store::Check finds, with what Store::Repair would do about it.
+struct ScanResult {
+  CheckReport report;
+  std::vector<std::string> bad_inode_keys, bad_dirents, bad_chunk_keys;  // records to delete
+  std::set<uint64_t> damaged_inodes;          // files and symlinks to remove
+  std::vector<ChunkHash> bad_chunks;          // chunk records to delete
+  std::map<ChunkHash, uint64_t> refcounts;    // every chunk's refcount after the repair
+  std::map<uint32_t, uint64_t> pack_lengths;  // packs shorter than their committed length
+  std::map<uint64_t, std::string> dirent_of;  // inode -> the key of its directory entry
+  std::map<uint64_t, InodeKind> kinds;
+};
+
 class StoreImpl final : public Store {
  public:
   StoreImpl(std::string dir, StoreOptions opts);
@@ -55,6 +81,7 @@ class StoreImpl final : public Store {
   Result<FileUsage> GetFileUsage(uint64_t ino) override;
   Result<StoreUsage> GetStoreUsage() override;
   Result<CheckReport> Check(bool verify_frames) override;
+  Result<RepairReport> Repair(bool verify_frames) override;
 
   Result<InodeAttr> Mkdir(uint64_t parent, std::string_view name, const NewAttr& attr) override;
   Result<InodeAttr> Symlink(uint64_t parent, std::string_view name, std::string_view target,
@@ -63,6 +90,7 @@ class StoreImpl final : public Store {
                             const NewAttr& attr, const AddProgressFn& progress) override;
   Status SetTimes(uint64_t ino, int64_t atime_ns, int64_t mtime_ns) override;
   Result<GcReport> Gc(double live_fraction) override;
+  Result<std::unique_ptr<BulkAdd>> BeginBulkAdd(const BulkAddOptions& opts) override;
 
   // Helpers usable inside any transaction.
   MDB_dbi dbi(Db db) const { return env_->dbi(db); }
@@ -72,14 +100,33 @@ class StoreImpl final : public Store {
   Status ChunksIn(lmdb::Txn& txn, uint64_t ino, uint64_t offset, uint64_t end,
                   std::vector<ChunkLocation>& out);
 
+  // The changes behind Mkdir, Symlink, SetTimes and AddFile, inside a write transaction.
+  // `merge`: an existing directory of that name is returned as it is; `keep_same`: so is an
+  // existing symlink with the same target.
+  Result<InodeAttr> MkdirIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
+                            const NewAttr& attr, bool merge);
+  Result<InodeAttr> SymlinkIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
+                              std::string_view target, const NewAttr& attr, bool keep_same);
+  Status SetTimesIn(lmdb::Txn& txn, uint64_t ino, int64_t atime_ns, int64_t mtime_ns);
+  // Creates or replaces file `name`; chunks the store lacks must be in `written` (new frames,
+  // already synced to their pack). Fills `result`.
+  Result<InodeAttr> CommitFileIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
+                                 const NewFile& f, const rec::ChunkMap& written, AddResult& result);
+
  private:
+  friend class BulkAddImpl;
+
   Status OpenPacksForWriting();
+  Status Scan(bool verify_frames, ScanResult& out);
   // Inserts a new directory entry and inode: `parent` must be a directory without `name`.
+  Result<InodeAttr> CreateInode(lmdb::Txn& txn, uint64_t parent, std::string_view name,
+                                InodeAttr attr);
   // Replaces the extended attributes of `ino` with `xattrs`.
   Status PutXattrs(lmdb::Txn& txn, uint64_t ino,
                    const std::vector<std::pair<std::string, std::string>>& xattrs);
-  Result<InodeAttr> CreateInode(lmdb::Txn& txn, uint64_t parent, std::string_view name,
-                                InodeAttr attr);
+  Status DropExtentsIn(lmdb::Txn& txn, uint64_t ino);
+  // Deletes every key of `db` that starts with inode number `ino`.
+  Status DeleteKeysOf(lmdb::Txn& txn, Db db, uint64_t ino);
 
   const std::string dir_;
   const StoreOptions opts_;
@@ -88,13 +135,13 @@ class StoreImpl final : public Store {
   std::unique_ptr<lmdb::Env> env_;
   PackReader packs_;
 
-  // The writer path: one AddFile (or other change) at a time.
+  // The writer path: one change (or bulk-add commit group) at a time.
   std::mutex write_mutex_;
   std::optional<PackWriter> pack_writer_;
-  std::unique_ptr<ParallelCodec> codec_;
 };
 
 Status ValidateName(std::string_view name);
+Status ValidateTarget(std::string_view target);  // of a symlink
 // 'name', for messages (out of line: GCC 12 warns falsely on inlined string concatenation).
 std::string Quote(std::string_view name);
 

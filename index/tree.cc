@@ -94,72 +94,67 @@ Result<std::vector<std::string>> ListHostDir(const std::string& path) {
   return names;
 }
 
-}  // namespace
-
-Status ImportTree(Store& store, const std::string& src, uint64_t parent, const std::string& name,
-                  const ImportOptions& opts, TreeSummary& summary) {
+// Queues host path `src` as `name` in `parent`; directories recursively, their times last (as
+// cp -a does: adding children would have changed a live directory's times).
+Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::string& name,
+            const ImportOptions& opts, TreeSummary& summary) {
   struct stat st;
   if (::lstat(src.c_str(), &st) != 0) return Status::FromErrno(errno, src);
   NewAttr attr = AttrOf(st);
   attr.xattrs = ReadXattrs(src);
-  if (S_ISREG(st.st_mode)) {
-    UniqueFd fd(::open(src.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-    if (!fd.valid()) return Status::FromErrno(errno, src);
-    const uint64_t before = summary.raw_bytes;
-    AddProgressFn progress;
-    if (opts.progress) {
-      progress = [&](const AddProgress& p) {
-        TreeSummary now = summary;
-        now.raw_bytes = before + p.raw_done;
-        now.new_frame_bytes += p.new_frame_bytes;
-        opts.progress(src, now);
-      };
-    }
-    Result<AddResult> r = store.AddFile(parent, name, fd.get(), attr, progress);
-    if (!r.ok()) return WithPath(src, r.status());
-    ++summary.files;
-    summary.raw_bytes += r->attr.size;
-    summary.frame_bytes += r->frame_bytes;
-    summary.new_frame_bytes += r->new_frame_bytes;
-    if (opts.progress) opts.progress(src, summary);
-    return Status::Ok();
-  }
+  if (S_ISREG(st.st_mode)) return bulk.AddFile(parent, name, src, attr);
   if (S_ISLNK(st.st_mode)) {
     std::string target(static_cast<size_t>(st.st_size) + 1, '\0');
     const ssize_t n = ::readlink(src.c_str(), target.data(), target.size());
     if (n < 0) return Status::FromErrno(errno, src);
     target.resize(static_cast<size_t>(n));
-    Result<InodeAttr> r = store.Symlink(parent, name, target, attr);
-    if (!r.ok() && r.status().code() == StatusCode::kExists) {
-      Result<InodeAttr> old = store.Lookup(parent, name);
-      Result<std::string> old_target =
-          old.ok() ? store.ReadLink(old->ino) : Result<std::string>(old.status());
-      if (old_target.ok() && *old_target == target) return Status::Ok();
-    }
-    if (!r.ok()) return WithPath(src, r.status());
+    ZIPNN_RETURN_IF_ERROR(bulk.Symlink(parent, name, target, attr));
     ++summary.symlinks;
     return Status::Ok();
   }
   if (S_ISDIR(st.st_mode)) {
-    Result<InodeAttr> dir = store.Mkdir(parent, name, attr);
-    if (!dir.ok() && dir.status().code() == StatusCode::kExists) {
-      dir = store.Lookup(parent, name);
-      if (dir.ok() && dir->kind != InodeKind::kDirectory) {
-        return Status::Exists(src + ": exists in the store and is not a directory");
-      }
-    }
-    if (!dir.ok()) return WithPath(src, dir.status());
+    Result<BulkDir> dir = bulk.Mkdir(parent, name, attr);
+    if (!dir.ok()) return dir.status();
     ++summary.directories;
     Result<std::vector<std::string>> names = ListHostDir(src);
     if (!names.ok()) return names.status();
     for (const std::string& child : *names) {
-      ZIPNN_RETURN_IF_ERROR(ImportTree(store, src + "/" + child, dir->ino, child, opts, summary));
+      ZIPNN_RETURN_IF_ERROR(Walk(bulk, src + "/" + child, *dir, child, opts, summary));
     }
-    // Last, as cp -a does: adding children would have changed a live directory's times.
-    return store.SetTimes(dir->ino, attr.atime_ns, attr.mtime_ns);
+    return bulk.SetTimes(*dir, attr.atime_ns, attr.mtime_ns);
   }
   ++summary.skipped;
   if (opts.skipped) opts.skipped(src, "special file (device, fifo or socket) skipped");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ImportTree(Store& store, const std::string& src, uint64_t parent, const std::string& name,
+                  const ImportOptions& opts, TreeSummary& summary) {
+  BulkAddOptions bulk_opts;
+  bulk_opts.commit_interval_ms = opts.commit_interval_ms;
+  const TreeSummary base = summary;  // the writer thread reports on top of this
+  if (opts.progress) {
+    bulk_opts.progress = [&opts, base](const BulkProgress& p) {
+      TreeSummary now = base;
+      now.files += p.files;
+      now.raw_bytes += p.raw_bytes;
+      now.new_frame_bytes += p.new_frame_bytes;
+      opts.progress(std::string(p.label), now);
+    };
+  }
+  Result<std::unique_ptr<BulkAdd>> bulk = store.BeginBulkAdd(bulk_opts);
+  if (!bulk.ok()) return bulk.status();
+  // Whatever was queued before a failure of the walk is still committed.
+  const Status walked = Walk(**bulk, src, BulkDir{parent, false}, name, opts, summary);
+  Result<BulkSummary> done = (*bulk)->Finish();
+  if (!done.ok()) return done.status();
+  ZIPNN_RETURN_IF_ERROR(walked);
+  summary.files += done->files;
+  summary.raw_bytes += done->raw_bytes;
+  summary.frame_bytes += done->frame_bytes;
+  summary.new_frame_bytes += done->new_frame_bytes;
   return Status::Ok();
 }
 

@@ -19,16 +19,22 @@ struct TreeSummary {
 };
 
 struct ImportOptions {
-  // Called often during long files and after each file: the path being imported and the
-  // running totals (raw_bytes includes the part of the current file done so far).
+  // Called often during long files and after each file, on the import's writer thread: the
+  // path being imported and the running totals of files and bytes (raw_bytes includes the part
+  // of the current file done so far).
   std::function<void(const std::string& path, const TreeSummary& totals)> progress;
+  // A commit group closes after this long (BulkAddOptions::commit_interval_ms); 0 commits every
+  // entry on its own.
+  uint32_t commit_interval_ms = BulkAddOptions{}.commit_interval_ms;
   // Told about each special file skipped (sockets, devices, fifos).
   std::function<void(const std::string& path, const std::string& why)> skipped;
 };
 
 // Imports host path `src` (a file, directory or symlink; not followed) as entry `name` of store
-// directory `parent`. An existing directory of that name is merged into, an existing file is
-// replaced, an existing symlink with the same target is kept.
+// directory `parent`, through one Store::BeginBulkAdd pipeline (files compressed in parallel,
+// committed in groups; each entry whole or absent after a crash). An existing directory of that
+// name is merged into, an existing file is replaced, an existing symlink with the same target is
+// kept.
 Status ImportTree(Store& store, const std::string& src, uint64_t parent, const std::string& name,
                   const ImportOptions& opts, TreeSummary& summary);
 

@@ -16,7 +16,11 @@
 #include "fs/fs.h"
 #include "index/index.h"
 #include "index/tree.h"
+#include "tools/import_bench.h"
 
+#ifndef ZIPNN_SOURCE_DIR
+#define ZIPNN_SOURCE_DIR "."
+#endif
 #ifndef ZIPNN_VERSION
 #define ZIPNN_VERSION "dev"
 #endif
@@ -321,35 +325,51 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
   return 0;
 }
 
-// Exit code 0: clean; 1: damaged (each problem on stdout) or the check could not run.
-int Fsck(const std::string& store_dir, bool quick) {
-  Result<std::unique_ptr<Store>> store = OpenStore(store_dir, false, 1);
-  if (!store.ok()) return Fail(store.status());
-  Result<CheckReport> report = (*store)->Check(!quick);
-  if (!report.ok()) return Fail(report.status());
-  for (const CheckProblem& p : report->problems) {
+void PrintProblems(const CheckReport& report,
+                   const std::vector<std::pair<std::string, uint64_t>>& files) {
+  for (const CheckProblem& p : report.problems) {
     if (p.ino == 0) {
       std::printf("store: %s\n", p.what.c_str());
       continue;
     }
-    // Name the file by a path when one leads to it (directory walk; fine for a repair tool).
-    std::vector<std::pair<std::string, uint64_t>> files;
     std::string name = "inode " + std::to_string(p.ino);
-    if (CollectFiles(**store, kRootInode, "", files).ok()) {
-      for (const auto& f : files) {
-        if (f.second == p.ino) name = f.first;
-      }
+    for (const auto& f : files) {
+      if (f.second == p.ino) name = f.first;
     }
     std::printf("%s: bytes [%llu, %llu): %s\n", name.c_str(),
                 static_cast<unsigned long long>(p.begin), static_cast<unsigned long long>(p.end),
                 p.what.c_str());
   }
+}
+
+// Exit code 0: clean (with --repair: clean after the repair, which lists what it removed);
+// 1: damaged (each problem on stdout) or the check could not run.
+int Fsck(const std::string& store_dir, bool quick, bool repair) {
+  Result<std::unique_ptr<Store>> store = OpenStore(store_dir, repair, 1);
+  if (!store.ok()) return Fail(store.status());
+  // Files are named by a path when one leads to them (found before a repair removes them).
+  std::vector<std::pair<std::string, uint64_t>> files;
+  (void)CollectFiles(**store, kRootInode, "", files);
+  CheckReport final_report;
+  if (repair) {
+    Result<RepairReport> r = (*store)->Repair(!quick);
+    if (!r.ok()) return Fail(r.status());
+    PrintProblems(r->found, files);
+    for (const std::string& a : r->actions) std::printf("repair: %s\n", a.c_str());
+    PrintProblems(r->after, files);
+    final_report = std::move(r->after);
+  } else {
+    Result<CheckReport> report = (*store)->Check(!quick);
+    if (!report.ok()) return Fail(report.status());
+    PrintProblems(*report, files);
+    final_report = std::move(*report);
+  }
   std::fprintf(stderr, "%llu inodes, %llu chunks, %llu frames verified: %s\n",
-               static_cast<unsigned long long>(report->inodes),
-               static_cast<unsigned long long>(report->chunks),
-               static_cast<unsigned long long>(report->frames_verified),
-               report->clean() ? "clean" : "DAMAGED");
-  return report->clean() ? 0 : kExitError;
+               static_cast<unsigned long long>(final_report.inodes),
+               static_cast<unsigned long long>(final_report.chunks),
+               static_cast<unsigned long long>(final_report.frames_verified),
+               final_report.clean() ? (repair ? "clean after repair" : "clean") : "DAMAGED");
+  return final_report.clean() ? 0 : kExitError;
 }
 
 int Gc(const std::string& store_dir) {
@@ -367,7 +387,7 @@ int Gc(const std::string& store_dir) {
 }
 
 bool IsSubcommand(std::string_view a) {
-  for (const char* c : {"init", "import", "export", "cat", "stats", "fsck", "gc"}) {
+  for (const char* c : {"init", "import", "export", "cat", "stats", "fsck", "gc", "bench-import"}) {
     if (a == c) return true;
   }
   return false;
@@ -432,15 +452,34 @@ int main(int argc, char** argv) {
   stats->add_option("PATH", stat_paths, "Store paths (default: everything)");
   stats->add_flag("--json", json, "Machine-readable output");
 
-  bool quick = false;
+  bool quick = false, repair = false;
   CLI::App* fsck = app.add_subcommand(
       "fsck", "Check the index and every frame's checksum; exit 0 when clean, 1 when damaged");
   fsck->add_option("STORE", store_dir, "Store directory")->required();
   fsck->add_flag("--quick", quick, "Check the index only, not the frames");
+  fsck->add_flag("--repair", repair,
+                 "Make the store consistent: remove damaged files (listed; re-import them), drop "
+                 "bad chunk records and dangling entries, fix refcounts");
 
   CLI::App* gc = app.add_subcommand(
       "gc", "Reclaim unreferenced chunks and rewrite packs less than half full, crash-safely");
   gc->add_option("STORE", store_dir, "Store directory")->required();
+
+  tool::BenchImportOptions bench_opts;
+  bench_opts.default_corpus = ZIPNN_SOURCE_DIR "/../shared/corpus";
+  CLI::App* bench = app.add_subcommand(
+      "bench-import", "Import speed against the codec's all-thread compress speed, same files");
+  bench->add_option("SRC", bench_opts.sources, "Files or directories (default: the corpus)");
+  bench->add_option("--threads", bench_opts.threads, "Threads (0: all cores)")
+      ->check(CLI::Range(0u, 1024u))
+      ->capture_default_str();
+  bench->add_option("--rounds", bench_opts.rounds, "Rounds")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  bench->add_option("--scratch", bench_opts.scratch, "Directory for the temporary stores")
+      ->capture_default_str();
+  bench->add_option("--synthetic-mb", bench_opts.synthetic_mb,
+                    "Instead of SRC: generated BF16 models of about this many MB");
 
   try {
     app.parse(argc, argv);
@@ -460,7 +499,11 @@ int main(int argc, char** argv) {
                *length_opt ? std::optional<uint64_t>(length) : std::nullopt);
   }
   if (*stats) return Stats(store_dir, stat_paths, json);
-  if (*fsck) return Fsck(store_dir, quick);
+  if (*fsck) return Fsck(store_dir, quick, repair);
   if (*gc) return Gc(store_dir);
+  if (*bench) {
+    Status st = tool::BenchImport(bench_opts);
+    return st.ok() ? 0 : Fail(st);
+  }
   return kExitUsage;
 }

@@ -19,37 +19,17 @@
 
 #include "index/index.h"
 #include "index/tree.h"
+#include "tests/index/store_test_util.h"
 
 namespace zipnn::index {
 namespace {
 
 namespace fs = std::filesystem;
-using Bytes = std::vector<uint8_t>;
-
-Bytes ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return Bytes(std::istreambuf_iterator<char>(in), {});
-}
-
-void WriteAll(const std::string& path, const Bytes& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()),
-            static_cast<std::streamsize>(bytes.size()));
-}
-
-// Concatenation out of line: GCC 12 warns falsely (-Wrestrict) on inlined string operator+.
-[[gnu::noinline]] std::string Cat(std::initializer_list<std::string_view> parts) {
-  std::string s;
-  for (std::string_view p : parts) s.append(p);
-  return s;
-}
-
-Bytes RandomBytes(size_t n, uint64_t seed, int alphabet = 256) {
-  std::mt19937_64 rng(seed);
-  Bytes b(n);
-  for (auto& x : b) x = static_cast<uint8_t>(rng() % alphabet);
-  return b;
-}
+using test::Bytes;
+using test::Cat;
+using test::RandomBytes;
+using test::ReadAll;
+using test::WriteAll;
 
 // A valid BF16 .safetensors file of `tensors` Gaussian tensors of `elems` elements each.
 Bytes MakeSafetensors(int tensors, size_t elems, uint64_t seed) {
@@ -78,28 +58,8 @@ Bytes MakeSafetensors(int tensors, size_t elems, uint64_t seed) {
   return out;
 }
 
-class StoreTest : public ::testing::Test {
+class StoreTest : public test::StoreDirTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "zipnn-store-test-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-    store_dir_ = dir_ + "/store";
-    ASSERT_TRUE(Store::Init(store_dir_).ok());
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
-  std::unique_ptr<Store> OpenStore(bool writable, StoreOptions opts = {}) {
-    opts.writable = writable;
-    if (opts.threads == 0) opts.threads = 2;
-    Result<std::unique_ptr<Store>> s = Store::Open(store_dir_, opts);
-    EXPECT_TRUE(s.ok()) << s.status().ToString();
-    return s.ok() ? std::move(*s) : nullptr;
-  }
-
   // Adds host file `path` as `name` in the root.
   AddResult Add(Store& store, const std::string& path, const std::string& name) {
     int fd = ::open(path.c_str(), O_RDONLY);
@@ -117,8 +77,6 @@ class StoreTest : public ::testing::Test {
     out.resize(n.ok() ? *n : 0);
     return out;
   }
-
-  std::string dir_, store_dir_;
 };
 
 // Two trees are equal: same names, kinds, bytes, modes, mtimes and symlink targets.
@@ -509,42 +467,26 @@ TEST_F(StoreTest, KilledImportLeavesEachFileCompleteOrAbsent) {
   std::mt19937_64 rng(11);
   const int kRounds = 50;
   for (int round = 0; round < kRounds; ++round) {
-    int fds[2];
-    ASSERT_EQ(::pipe(fds), 0);
-    const pid_t pid = ::fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      ::close(fds[0]);
+    auto child = [&](const std::function<void()>& tick) {
       StoreOptions opts;
       opts.writable = true;
       opts.threads = 1;
       opts.chunk_size = 32u << 10;
       opts.batch_bytes = 64u << 10;
       Result<std::unique_ptr<Store>> s = Store::Open(store_dir_, opts);
-      if (!s.ok()) ::_exit(3);
+      if (!s.ok()) return 3;
       for (int i = 0; i < 4; ++i) {
         int fd = ::open(Cat({dir_, "/f", std::to_string(i)}).c_str(), O_RDONLY);
         const std::string name = Cat({"r", std::to_string(round), "_f", std::to_string(i)});
-        Result<AddResult> r = (*s)->AddFile(kRootInode, name, fd, {}, [&](const AddProgress&) {
-          const char c = 'p';
-          if (::write(fds[1], &c, 1) != 1) ::_exit(4);
-        });
-        if (!r.ok()) ::_exit(5);
+        Result<AddResult> r =
+            (*s)->AddFile(kRootInode, name, fd, {}, [&](const AddProgress&) { tick(); });
+        if (!r.ok()) return 5;
         ::close(fd);
       }
-      ::_exit(0);
-    }
-    ::close(fds[1]);
+      return 0;
+    };
     // Each file reports ~10 batches; kill somewhere among all of them (or let it finish).
-    const int kill_after = 1 + static_cast<int>(rng() % 45);
-    char c;
-    int seen = 0;
-    while (seen < kill_after && ::read(fds[0], &c, 1) == 1) ++seen;
-    ::kill(pid, SIGKILL);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    ::close(fds[0]);
-    EXPECT_TRUE(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 0)) << status;
+    EXPECT_TRUE(test::RunAndKill(child, 1 + static_cast<int>(rng() % 45)));
 
     auto store = OpenStore(true);  // a writer: cuts the uncommitted pack tail
     ASSERT_TRUE(store);

@@ -19,6 +19,16 @@ inline std::string ReadAll(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+// Flips bits of the byte at `offset` of file `path` in place (damage for fsck tests).
+inline void FlipByte(const std::string& path, std::streamoff offset, uint8_t mask = 0x10) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(offset);
+  const char c = static_cast<char>(f.get() ^ mask);
+  f.seekp(offset);
+  f.put(c);
+  ASSERT_TRUE(f.good()) << path;
+}
+
 struct ToolRun {
   int exit_code = -1;  // -1: did not exit normally
   std::string out, err;

@@ -118,6 +118,30 @@ TEST_F(ZipnnfsCliTest, ImportExportCatStats) {
   EXPECT_EQ(text.out.find("/models/"), std::string::npos) << text.out;
 }
 
+TEST_F(ZipnnfsCliTest, FsckNamesDamageAndRepairRemovesIt) {
+  const std::string model = MakeModelDir();
+  ASSERT_EQ(Run({"init", store_}).exit_code, 0);
+  ASSERT_EQ(Run({"import", "-q", store_, model}).exit_code, 0);
+  // a.safetensors is imported first: its first frame starts the pack.
+  test::FlipByte(store_ + "/packs/pack-000001.znp", 200, 0x04);
+  test::ToolRun check = Run({"fsck", store_});
+  EXPECT_EQ(check.exit_code, 1);
+  EXPECT_NE(check.out.find("/model/a.safetensors: bytes [0, "), std::string::npos) << check.out;
+  test::ToolRun repair = Run({"fsck", "--repair", store_});
+  EXPECT_EQ(repair.exit_code, 0) << repair.out << repair.err;
+  EXPECT_NE(repair.out.find("repair: removed damaged file"), std::string::npos) << repair.out;
+  EXPECT_NE(repair.err.find("clean after repair"), std::string::npos) << repair.err;
+  EXPECT_EQ(Run({"fsck", store_}).exit_code, 0);
+  // Every file fsck named is gone (the two models share their header chunk); the rest is intact.
+  for (const char* name : {"/model/a.safetensors", "/model/sub/b.safetensors"}) {
+    const bool named = check.out.find(std::string(name) + ": bytes") != std::string::npos;
+    EXPECT_EQ(Run({"cat", store_, name}).exit_code, named ? 1 : 0) << name;
+  }
+  test::ToolRun config = Run({"cat", store_, "/model/config.json"});
+  EXPECT_EQ(config.exit_code, 0);
+  EXPECT_TRUE(config.out == test::ReadAll(model + "/config.json"));
+}
+
 TEST_F(ZipnnfsCliTest, ClearErrors) {
   test::ToolRun missing = Run({"stats", Path("nope")});
   EXPECT_EQ(missing.exit_code, 1);

@@ -1,0 +1,299 @@
+// BulkAdd: queueing (the caller) and the workers that read, hash and compress. The writer is in
+// bulk_commit.cc.
+#include "index/bulk_add.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <system_error>
+#include <unordered_set>
+
+namespace zipnn::index {
+
+namespace {
+constexpr size_t kMaxQueued = 4096;  // entries queued and not yet handed out (bounds metadata)
+constexpr uint64_t kMaxTaskBytes = 1u << 20;
+}  // namespace
+
+Result<std::unique_ptr<BulkAdd>> Store::BeginBulkAdd(const BulkAddOptions&) {
+  return Status::Unsupported("this store does not support bulk adds");
+}
+
+Result<std::unique_ptr<BulkAdd>> StoreImpl::BeginBulkAdd(const BulkAddOptions& opts) {
+  if (!pack_writer_) return Status::InvalidArgument("store is open read-only");
+  auto bulk = std::make_unique<BulkAddImpl>(*this, opts);
+  ZIPNN_RETURN_IF_ERROR(bulk->Start());
+  return std::unique_ptr<BulkAdd>(std::move(bulk));
+}
+
+BulkAddImpl::BulkAddImpl(StoreImpl& store, const BulkAddOptions& opts)
+    : store_(store), opts_(opts) {
+  threads_ = store.opts_.threads != 0 ? store.opts_.threads
+                                      : std::max(1u, std::thread::hardware_concurrency());
+  // Enough tasks out for every worker to have one and the next one ready, and batches small
+  // enough that a single file still spreads over all workers.
+  window_ = 2 * uint64_t{threads_} + 2;
+  task_bytes_ = std::clamp<uint64_t>(store.opts_.batch_bytes / window_, store.opts_.chunk_size,
+                                     std::max<uint64_t>(kMaxTaskBytes, store.opts_.chunk_size));
+}
+
+Status BulkAddImpl::Start() {
+  try {
+    for (unsigned i = 0; i < threads_; ++i) {
+      encoders_.push_back(std::make_unique<FrameEncoder>(store_.opts_.encode));
+    }
+    writer_ = std::thread([this] { WriterLoop(); });
+    for (unsigned i = 0; i < threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  } catch (const std::system_error& e) {  // no thread to be had: no exception leaves the store
+    Stop(true);
+    return Status::Io(std::string("starting import threads: ") + e.what());
+  }
+  return Status::Ok();
+}
+
+BulkAddImpl::~BulkAddImpl() { Stop(!finished_); }
+
+void BulkAddImpl::Stop(bool abandon) {
+  {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+    if (abandon) abandon_ = stop_ = true;
+  }
+  work_cv_.notify_all();
+  result_cv_.notify_all();
+  space_cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+  for (std::thread& t : workers_) {
+    if (t.joinable()) t.join();
+  }
+}
+
+Result<BulkSummary> BulkAddImpl::Finish() {
+  Stop(false);
+  finished_ = true;
+  std::lock_guard lock(mutex_);
+  if (!error_.ok()) return error_;
+  return summary_;
+}
+
+Result<size_t> BulkAddImpl::Queue(std::unique_ptr<BulkEntry> e) {
+  if (e->kind != BulkEntry::Kind::kTimes) ZIPNN_RETURN_IF_ERROR(ValidateName(e->name));
+  for (const auto& [name, value] : e->attr.xattrs) {
+    if (name.empty() || name.size() > 255) {
+      return Status::InvalidArgument(e->label + ": bad xattr name");
+    }
+  }
+  std::unique_lock lock(mutex_);
+  space_cv_.wait(lock, [&] { return stop_ || entries_.size() - next_entry_ < kMaxQueued; });
+  if (!error_.ok()) return error_;
+  if (stop_ || closed_) return Status::InvalidArgument("bulk add is finished");
+  entries_.push_back(std::move(e));
+  work_cv_.notify_one();
+  return entries_.size() - 1;
+}
+
+namespace {
+std::unique_ptr<BulkEntry> MakeEntry(BulkEntry::Kind kind, BulkDir parent, std::string_view name,
+                                     const NewAttr& attr) {
+  auto e = std::make_unique<BulkEntry>();
+  e->kind = kind;
+  e->parent = parent;
+  e->name = name;
+  e->label = Quote(name);
+  e->attr = attr;
+  return e;
+}
+}  // namespace
+
+Result<BulkDir> BulkAddImpl::Mkdir(BulkDir parent, std::string_view name, const NewAttr& attr) {
+  Result<size_t> id = Queue(MakeEntry(BulkEntry::Kind::kMkdir, parent, name, attr));
+  if (!id.ok()) return id.status();
+  return BulkDir{*id, true};
+}
+
+Status BulkAddImpl::Symlink(BulkDir parent, std::string_view name, std::string_view target,
+                            const NewAttr& attr) {
+  ZIPNN_RETURN_IF_ERROR(ValidateTarget(target));
+  std::unique_ptr<BulkEntry> e = MakeEntry(BulkEntry::Kind::kSymlink, parent, name, attr);
+  e->target = target;
+  return Queue(std::move(e)).status();
+}
+
+Status BulkAddImpl::AddFile(BulkDir parent, std::string_view name, const std::string& host_path,
+                            const NewAttr& attr) {
+  std::unique_ptr<BulkEntry> e = MakeEntry(BulkEntry::Kind::kFile, parent, name, attr);
+  e->label = host_path;
+  e->target = host_path;
+  return Queue(std::move(e)).status();
+}
+
+Status BulkAddImpl::AddFileFd(BulkDir parent, std::string_view name, int fd, const NewAttr& attr) {
+  std::unique_ptr<BulkEntry> e = MakeEntry(BulkEntry::Kind::kFile, parent, name, attr);
+  e->fd.Reset(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!e->fd.valid()) return Status::FromErrno(errno, e->label);
+  return Queue(std::move(e)).status();
+}
+
+Status BulkAddImpl::SetTimes(BulkDir entry, int64_t atime_ns, int64_t mtime_ns) {
+  auto e = std::make_unique<BulkEntry>();
+  e->kind = BulkEntry::Kind::kTimes;
+  e->parent = entry;
+  e->label = "times of " + std::to_string(entry.id);
+  e->attr.atime_ns = atime_ns;
+  e->attr.mtime_ns = mtime_ns;
+  return Queue(std::move(e)).status();
+}
+
+void BulkAddImpl::WorkerLoop(unsigned worker) {
+  std::vector<uint8_t> buf;
+  for (;;) {
+    std::unique_ptr<BulkTask> t = NextTask();
+    if (!t) return;
+    if (t->status.ok() && t->job) t->status = RunBatch(*t, *encoders_[worker], buf);
+    std::lock_guard lock(mutex_);
+    if (!t->status.ok()) dispense_done_ = true;  // the writer stops there
+    results_[t->seq] = std::move(t);
+    result_cv_.notify_one();
+  }
+}
+
+std::unique_ptr<BulkTask> BulkAddImpl::NextTask() {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    if (stop_ || dispense_done_) return nullptr;
+    if (next_seq_ < consumed_ + window_) {
+      if (job_) {
+        auto t = std::make_unique<BulkTask>();
+        t->seq = next_seq_++;
+        t->entry = job_->entry;
+        t->e = entries_[job_->entry].get();
+        t->job = job_;
+        const std::vector<ChunkSpec>& plan = job_->plan;
+        t->first = t->last = job_->next_chunk;
+        for (uint64_t bytes = 0; t->last < plan.size() &&
+                                 (t->last == t->first || bytes + plan[t->last].size <= task_bytes_);
+             ++t->last) {
+          bytes += plan[t->last].size;
+        }
+        job_->next_chunk = t->last;
+        t->last_batch = t->last == plan.size();
+        if (t->last_batch) job_.reset();
+        return t;
+      }
+      if (next_entry_ < entries_.size()) {
+        const size_t entry = next_entry_++;
+        space_cv_.notify_one();
+        BulkEntry& e = *entries_[entry];
+        if (e.kind == BulkEntry::Kind::kFile) {
+          Status st = OpenJob(entry, e);
+          if (st.ok()) continue;
+          auto t = std::make_unique<BulkTask>();  // the writer reports it in its turn
+          t->seq = next_seq_++;
+          t->entry = entry;
+          t->e = &e;
+          t->status = st;
+          return t;
+        }
+        auto t = std::make_unique<BulkTask>();  // nothing to compute
+        t->seq = next_seq_++;
+        t->entry = entry;
+        t->e = &e;
+        results_[t->seq] = std::move(t);
+        result_cv_.notify_one();
+        continue;
+      }
+      if (closed_) {
+        result_cv_.notify_one();  // the writer may be waiting for this to be known
+        return nullptr;
+      }
+    }
+    work_cv_.wait(lock);
+  }
+}
+
+Status BulkAddImpl::OpenJob(size_t entry, BulkEntry& e) {
+  auto job = std::make_shared<FileJob>();
+  job->entry = entry;
+  if (e.fd.valid()) {
+    job->fd = std::move(e.fd);
+  } else {
+    job->fd.Reset(::open(e.target.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (!job->fd.valid()) {
+      if (errno == ENOENT) return Status::NotFound("vanished before it could be imported");
+      return Status::FromErrno(errno, "open");
+    }
+  }
+  if (::fstat(job->fd.get(), &job->before) != 0) return Status::FromErrno(errno, "fstat");
+  if (!S_ISREG(job->before.st_mode)) return Status::InvalidArgument("is not a regular file");
+  const int fd = job->fd.get();
+  const ReadAtFn read_at = [fd](uint64_t off, std::span<uint8_t> out) {
+    return PreadFull(fd, off, out);
+  };
+  PlanOptions plan_opts;
+  plan_opts.chunk_size = store_.opts_.chunk_size;
+  Result<std::vector<ChunkSpec>> plan =
+      PlanChunks(e.name, read_at, static_cast<uint64_t>(job->before.st_size), plan_opts);
+  if (!plan.ok()) return plan.status();
+  job->plan = std::move(*plan);
+  job_ = std::move(job);
+  return Status::Ok();
+}
+
+// The first batch to claim a chunk the store lacks codes it; a later batch leaves it to that one
+// (the writer appends in sequence order, and if the earlier batch fails, nothing later counts).
+bool BulkAddImpl::Claim(const ChunkHash& h, uint64_t seq) {
+  std::lock_guard lock(claims_mutex_);
+  auto [it, inserted] = claims_.emplace(h, seq);
+  if (inserted) return true;
+  if (it->second < seq) return false;
+  it->second = seq;
+  return true;
+}
+
+Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uint8_t>& buf) {
+  if (t.first == t.last) return Status::Ok();
+  const std::vector<ChunkSpec>& plan = t.job->plan;
+  {
+    std::lock_guard lock(mutex_);
+    if (!spare_buffers_.empty()) {
+      t.frame_data = std::move(spare_buffers_.back());
+      spare_buffers_.pop_back();
+    }
+  }
+  size_t bound = 0;
+  for (size_t i = t.first; i < t.last; ++i) bound += MaxFrameSize(plan[i].size);
+  t.frame_data.clear();
+  t.frame_data.reserve(bound);  // no reallocation while coding
+  t.extents.resize(t.last - t.first);
+  std::unordered_set<ChunkHash, rec::ChunkHashHasher> seen;
+  // A chunk at a time, so it is still in cache when it is hashed and coded. The read
+  // transaction lives as long as the batch: milliseconds.
+  Result<lmdb::Txn> txn = store_.env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  for (size_t i = t.first; i < t.last; ++i) {
+    const ChunkSpec& c = plan[i];
+    buf.resize(c.size);
+    ZIPNN_RETURN_IF_ERROR(PreadFull(t.job->fd.get(), c.offset, buf));
+    const ChunkHash h = HashChunk(buf);
+    t.extents[i - t.first] = {h, c.size, c.dtype};
+    if (!seen.insert(h).second) continue;
+    MDB_val v;
+    Status got = txn->Get(store_.dbi(kChunks), lmdb::Val(h), v);
+    if (got.ok()) continue;  // stored already: only its refcount changes
+    if (got.code() != StatusCode::kNotFound) return got;
+    if (!Claim(h, t.seq)) continue;
+    NewFrame& f = t.frames.emplace_back();
+    f.hash = h;
+    f.offset = t.frame_data.size();
+    ZIPNN_RETURN_IF_ERROR(encoder.Encode(buf, c.dtype, t.frame_data, c.segments));
+    Result<FrameInfo> info =
+        ParseFrameHeader(std::span(t.frame_data).subspan(f.offset, kFrameHeaderSize));
+    if (!info.ok()) return info.status();
+    f.info = *info;
+  }
+  return Status::Ok();
+}
+
+}  // namespace zipnn::index

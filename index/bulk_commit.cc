@@ -1,0 +1,332 @@
+// BulkAdd's writer: consumes tasks in sequence order, appends new frames to the pack and commits
+// groups of whole entries. A group holds the store's write mutex from its first task to its
+// commit; its frames are synced before the one transaction that references them.
+#include <sys/stat.h>
+
+#include "index/bulk_add.h"
+
+namespace zipnn::index {
+
+namespace {
+
+Status Labeled(const BulkEntry& e, const Status& s) {
+  return Status(s.code(), e.label + ": " + s.message());
+}
+
+// Failures of one entry (the transaction can still commit the entries before it) as opposed to
+// failures of the transaction itself.
+bool IsEntryError(const Status& s) {
+  return s.code() == StatusCode::kExists || s.code() == StatusCode::kInvalidArgument ||
+         s.code() == StatusCode::kNotFound;
+}
+
+}  // namespace
+
+void BulkAddImpl::WriterLoop() {
+  Status st;
+  for (;;) {
+    std::unique_ptr<BulkTask> t;
+    bool done = false;
+    {
+      std::unique_lock lock(mutex_);
+      for (;;) {
+        if (abandon_) {
+          done = true;
+          break;
+        }
+        auto it = results_.find(consumed_);
+        if (it != results_.end()) {
+          t = std::move(it->second);
+          results_.erase(it);
+          break;
+        }
+        if (closed_ && next_entry_ == entries_.size() && !job_ && consumed_ == next_seq_) {
+          done = true;
+          break;
+        }
+        const bool at_boundary = group_lock_ && !current_;
+        if (at_boundary && Clock::now() >= group_deadline_) break;  // commit while we wait
+        if (at_boundary) {
+          result_cv_.wait_until(lock, group_deadline_);
+        } else {
+          result_cv_.wait(lock);
+        }
+      }
+    }
+    if (!t) {
+      if (abandon_) break;
+      if (group_lock_) st = CommitGroup();
+      if (done || !st.ok()) break;
+      continue;
+    }
+    st = Consume(*t);
+    {
+      std::lock_guard lock(mutex_);
+      ++consumed_;
+    }
+    work_cv_.notify_all();
+    if (!st.ok()) {
+      // The entries before the failing one are whole: commit them, without its frames.
+      DropCurrentFile();
+      if (group_lock_) {
+        Status c = CommitGroup();
+        if (!c.ok() && c.code() != st.code())
+          st = Status(st.code(), st.message() + "; " + c.message());
+      }
+      break;
+    }
+    if (group_lock_ && !current_ &&
+        (group_bytes_ >= opts_.commit_bytes || Clock::now() >= group_deadline_)) {
+      st = CommitGroup();
+      if (!st.ok()) break;
+    }
+  }
+  if (group_lock_) {                        // abandoned, or a failed commit left it open
+    (void)store_.pack_writer_->Rollback();  // best effort: a writer opening the store cuts it too
+    group_.clear();
+    written_.clear();
+    current_.reset();
+    group_lock_.reset();
+  }
+  std::lock_guard lock(mutex_);
+  if (!st.ok() && error_.ok()) error_ = st;
+  stop_ = true;
+  work_cv_.notify_all();
+  space_cv_.notify_all();
+}
+
+void BulkAddImpl::DropCurrentFile() {
+  if (!current_) return;
+  current_.reset();
+  PackWriter& pack = *store_.pack_writer_;
+  // Only this file uses the frames appended since it started (earlier files were complete).
+  if (!pack.Truncate(current_start_).ok()) return;  // then the commit fails and rolls back
+  std::erase_if(written_, [&](const auto& w) {
+    return w.second.pack_id == pack.id() && w.second.pack_offset >= current_start_;
+  });
+}
+
+void BulkAddImpl::OpenGroup() {
+  group_lock_ = std::make_unique<std::lock_guard<std::mutex>>(store_.write_mutex_);
+  const auto interval = std::chrono::milliseconds(opts_.commit_interval_ms);
+  group_deadline_ =
+      opts_.commit_interval_ms == UINT32_MAX ? Clock::time_point::max() : Clock::now() + interval;
+  group_bytes_ = 0;
+}
+
+Status BulkAddImpl::Consume(BulkTask& t) {
+  if (!t.status.ok()) return Labeled(*t.e, t.status);
+  if (!group_lock_) {
+    OpenGroup();
+    // A full pack is closed between groups (a group's frames are all in one pack); the new pack
+    // becomes current in the group's commit.
+    std::optional<PackWriter>& pack = store_.pack_writer_;
+    if (pack->end() >= store_.opts_.pack_target_size) {
+      Result<PackWriter> next = PackWriter::Open(store_.dir_ + "/packs", pack->id() + 1, 0);
+      if (!next.ok()) return Labeled(*t.e, next.status());
+      pack.emplace(std::move(*next));
+    }
+  }
+  if (!t.job) {
+    group_.push_back({t.entry, t.e, nullptr, {}});
+    return Status::Ok();
+  }
+  if (!current_) {
+    current_ = std::make_unique<NewFile>();
+    current_->attr = t.e->attr;
+    current_->size = static_cast<uint64_t>(t.job->before.st_size);
+    current_->extents.reserve(t.job->plan.size());
+    current_->offsets.reserve(t.job->plan.size());
+    current_start_ = store_.pack_writer_->end();
+    file_done_ = 0;
+  }
+  PackWriter& pack = *store_.pack_writer_;
+  if (!t.frames.empty()) {
+    Result<lmdb::Txn> txn = store_.env_->BeginRead();
+    if (!txn.ok()) return Labeled(*t.e, txn.status());
+    // Runs of consecutive frames the pack takes go in one write.
+    size_t run_begin = 0, run_end = 0;
+    auto flush_run = [&]() -> Status {
+      if (run_end == run_begin) return Status::Ok();
+      Status st = pack.Append(std::span(t.frame_data).subspan(run_begin, run_end - run_begin));
+      run_begin = run_end;
+      return st;
+    };
+    for (size_t j = 0; j < t.frames.size(); ++j) {
+      const NewFrame& f = t.frames[j];
+      const size_t end = j + 1 < t.frames.size() ? t.frames[j + 1].offset : t.frame_data.size();
+      MDB_val v;
+      Status got = written_.count(f.hash) != 0
+                       ? Status::Ok()  // an earlier batch of this group has it
+                       : txn->Get(store_.dbi(kChunks), lmdb::Val(f.hash), v);
+      if (got.code() != StatusCode::kNotFound && !got.ok()) return Labeled(*t.e, got);
+      if (got.ok()) {  // known: skip its frame
+        Status st = flush_run();
+        if (!st.ok()) return Labeled(*t.e, st);
+        run_begin = run_end = end;
+        continue;
+      }
+      rec::Chunk c;
+      c.pack_id = pack.id();
+      c.pack_offset = pack.end() + (run_end - run_begin);
+      c.frame_size = static_cast<uint32_t>(end - f.offset);
+      c.raw_size = f.info.raw_size;
+      c.method = f.info.method;
+      c.dtype = f.info.dtype;
+      run_end = end;
+      written_.emplace(f.hash, c);
+      progress_.new_frame_bytes += c.frame_size;
+    }
+    Status st = flush_run();
+    if (!st.ok()) return Labeled(*t.e, st);
+    std::lock_guard lock(mutex_);
+    spare_buffers_.push_back(std::move(t.frame_data));
+  }
+  for (size_t i = t.first; i < t.last; ++i) {
+    const rec::Extent& e = t.extents[i - t.first];
+    current_->offsets.push_back(t.job->plan[i].offset);
+    current_->extents.push_back(e);
+    ++current_->refs[e.hash];
+    file_done_ += e.raw_size;
+    progress_.raw_bytes += e.raw_size;
+  }
+  if (opts_.progress) {
+    progress_.label = t.e->label;
+    progress_.file_done = file_done_;
+    progress_.file_size = current_->size;
+    opts_.progress(progress_);
+  }
+  if (!t.last_batch) return Status::Ok();
+  // A file that changed while we read it would be stored torn: refuse it.
+  struct stat after;
+  const struct stat& before = t.job->before;
+  if (::fstat(t.job->fd.get(), &after) != 0)
+    return Labeled(*t.e, Status::FromErrno(errno, "fstat"));
+  if (after.st_size != before.st_size || after.st_mtim.tv_sec != before.st_mtim.tv_sec ||
+      after.st_mtim.tv_nsec != before.st_mtim.tv_nsec) {
+    return Labeled(*t.e, Status::Busy("changed while it was being imported"));
+  }
+  group_bytes_ += current_->size;
+  ++progress_.files;
+  group_.push_back({t.entry, t.e, std::move(current_), {}});
+  return Status::Ok();
+}
+
+Result<uint64_t> BulkAddImpl::Resolve(BulkDir d,
+                                      const std::unordered_map<size_t, uint64_t>& dirs) const {
+  if (!d.queued) return d.id;
+  auto it = dirs.find(d.id);
+  if (it != dirs.end()) return it->second;
+  it = dir_ino_.find(d.id);
+  if (it != dir_ino_.end()) return it->second;
+  return Status::Corrupt("bulk add: directory " + std::to_string(d.id) + " was never created");
+}
+
+Status BulkAddImpl::ApplyOp(lmdb::Txn& txn, GroupOp& op,
+                            std::unordered_map<size_t, uint64_t>& dirs) {
+  const BulkEntry& e = *op.e;
+  Result<uint64_t> parent = Resolve(e.parent, dirs);
+  if (!parent.ok()) return parent.status();
+  switch (e.kind) {
+    case BulkEntry::Kind::kMkdir: {
+      Result<InodeAttr> a = store_.MkdirIn(txn, *parent, e.name, e.attr, true);
+      if (!a.ok()) return a.status();
+      dirs[op.entry] = a->ino;
+      return Status::Ok();
+    }
+    case BulkEntry::Kind::kSymlink:
+      return store_.SymlinkIn(txn, *parent, e.name, e.target, e.attr, true).status();
+    case BulkEntry::Kind::kTimes:
+      return store_.SetTimesIn(txn, *parent, e.attr.atime_ns, e.attr.mtime_ns);
+    case BulkEntry::Kind::kFile:
+      return store_.CommitFileIn(txn, *parent, e.name, *op.file, written_, op.added).status();
+  }
+  return Status::Corrupt("bulk add: unknown entry kind");
+}
+
+Status BulkAddImpl::CommitGroup() {
+  PackWriter& pack = *store_.pack_writer_;
+  // The frames must be durable before any committed transaction references them.
+  Status st = pack.end() != pack.committed() ? pack.Sync() : Status::Ok();
+  size_t applied = 0;
+  Status entry_error;
+  std::unordered_map<size_t, uint64_t> dirs;
+  if (st.ok() && (!group_.empty() || !written_.empty())) {
+    st = store_.env_->Update([&](lmdb::Txn& txn) -> Status {
+      applied = 0;
+      entry_error = Status::Ok();
+      dirs.clear();
+      for (GroupOp& op : group_) {
+        Status s = ApplyOp(txn, op, dirs);
+        if (!s.ok() && IsEntryError(s)) {
+          entry_error = Labeled(*op.e, s);  // commit the entries before it
+          break;
+        }
+        ZIPNN_RETURN_IF_ERROR(s);
+        ++applied;
+      }
+      // New chunks no committed entry uses (an entry failed in the commit) keep a record at
+      // refcount 0: every committed pack byte belongs to a chunk, and gc can reclaim them.
+      for (const auto& [hash, chunk] : written_) {
+        MDB_val v;
+        Status got = txn.Get(store_.dbi(kChunks), lmdb::Val(hash), v);
+        if (got.ok()) continue;
+        if (got.code() != StatusCode::kNotFound) return got;
+        uint8_t cv[rec::kChunkSize];
+        rec::EncodeChunk(chunk, cv);
+        ZIPNN_RETURN_IF_ERROR(txn.Put(store_.dbi(kChunks), lmdb::Val(hash), lmdb::Val(cv)));
+      }
+      uint8_t len[8], cur[4];
+      rec::PutLE<uint64_t>(len, pack.end());
+      ZIPNN_RETURN_IF_ERROR(
+          txn.Put(store_.dbi(kMeta), lmdb::Val(rec::PackLengthKey(pack.id())), lmdb::Val(len)));
+      rec::PutLE<uint32_t>(cur, pack.id());
+      return txn.Put(store_.dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), lmdb::Val(cur));
+    });
+  }
+  if (!st.ok()) {
+    (void)pack.Rollback();  // best effort; a writer reopening the store cuts the tail anyway
+    const Status failed = group_.empty() ? st : Labeled(*group_.front().e, st);
+    group_.clear();
+    written_.clear();
+    current_.reset();
+    group_lock_.reset();
+    return failed;
+  }
+  pack.MarkCommitted();
+  dir_ino_.insert(dirs.begin(), dirs.end());
+  ++summary_.commits;
+  for (size_t i = 0; i < applied; ++i) {
+    GroupOp& op = group_[i];
+    if (!op.file) continue;
+    AddResult& r = op.added;
+    for (const auto& [hash, count] : op.file->refs) {
+      auto w = written_.find(hash);
+      if (w != written_.end() && w->second.refcount == 0) {  // the first file to use it brought it
+        w->second.refcount = count;
+        ++r.new_chunks;
+        r.new_frame_bytes += w->second.frame_size;
+      }
+    }
+    ++summary_.files;
+    summary_.new_chunks += r.new_chunks;
+    summary_.raw_bytes += r.attr.size;
+    summary_.frame_bytes += r.frame_bytes;
+    summary_.new_frame_bytes += r.new_frame_bytes;
+    if (opts_.file_added) opts_.file_added(op.e->label, r);
+  }
+  {
+    std::lock_guard lock(claims_mutex_);
+    for (const auto& w : written_) claims_.erase(w.first);
+  }
+  {
+    std::lock_guard lock(mutex_);
+    for (size_t i = 0; i < applied; ++i) entries_[group_[i].entry].reset();
+  }
+  group_.clear();
+  written_.clear();
+  group_lock_.reset();
+  return entry_error;
+}
+
+}  // namespace zipnn::index

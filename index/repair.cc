@@ -1,0 +1,99 @@
+// Store::Repair, behind `zipnnfs fsck --repair`: applies, in one transaction, the fixes the check
+// (Scan, check.cc) recorded next to each problem.
+#include <cstring>
+
+#include "index/store_impl.h"
+
+namespace zipnn::index {
+
+Result<RepairReport> Store::Repair(bool) {
+  return Status::Unsupported("this store cannot be repaired");
+}
+
+Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
+  if (!pack_writer_) return Status::InvalidArgument("store is open read-only");
+  std::lock_guard lock(write_mutex_);
+  RepairReport report;
+  ScanResult scan;
+  ZIPNN_RETURN_IF_ERROR(Scan(verify_frames, scan));
+  report.found = scan.report;
+  if (scan.report.clean()) {
+    report.after = scan.report;
+    return report;
+  }
+  std::vector<std::string>& actions = report.actions;
+  Status st = env_->Update([&](lmdb::Txn& txn) -> Status {
+    actions.clear();
+    for (const std::string& key : scan.bad_inode_keys) {
+      ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kInodes), lmdb::Val(key)));
+      actions.push_back("deleted a malformed inode record");
+    }
+    for (const std::string& key : scan.bad_dirents) {
+      ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kDirents), lmdb::Val(key)));
+      const std::string name = key.size() > 8 ? key.substr(8) : "?";
+      actions.push_back("deleted directory entry " + Quote(name) + " (names nothing usable)");
+    }
+    for (uint64_t ino : scan.damaged_inodes) {
+      auto entry = scan.dirent_of.find(ino);
+      if (entry != scan.dirent_of.end()) {
+        ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kDirents), lmdb::Val(entry->second)));
+      }
+      for (Db db : {kExtents, kXattrs}) ZIPNN_RETURN_IF_ERROR(DeleteKeysOf(txn, db, ino));
+      rec::InodeKey key(ino);
+      Status del = txn.Del(dbi(kSymlinks), lmdb::Val(key.bytes()));
+      if (!del.ok() && del.code() != StatusCode::kNotFound) return del;
+      ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kInodes), lmdb::Val(key.bytes())));
+      const bool link = scan.kinds[ino] == InodeKind::kSymlink;
+      actions.push_back("removed damaged " + std::string(link ? "symlink" : "file") + " inode " +
+                        std::to_string(ino) + " and its entry (re-import it)");
+    }
+    for (const std::string& key : scan.bad_chunk_keys) {
+      ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kChunks), lmdb::Val(key)));
+      actions.push_back("deleted a malformed chunk record");
+    }
+    for (const ChunkHash& h : scan.bad_chunks) {
+      ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kChunks), lmdb::Val(h)));
+      scan.refcounts.erase(h);
+    }
+    if (!scan.bad_chunks.empty()) {
+      actions.push_back("dropped " + std::to_string(scan.bad_chunks.size()) +
+                        " damaged chunk record(s)");
+    }
+    uint64_t fixed = 0;
+    for (const auto& [h, count] : scan.refcounts) {
+      MDB_val v;
+      Status got = txn.Get(dbi(kChunks), lmdb::Val(h), v);
+      if (got.code() == StatusCode::kNotFound) continue;
+      ZIPNN_RETURN_IF_ERROR(got);
+      std::optional<rec::Chunk> c = rec::DecodeChunk(lmdb::Bytes(v));
+      if (!c || c->refcount == count) continue;
+      c->refcount = count;
+      uint8_t cv[rec::kChunkSize];
+      rec::EncodeChunk(*c, cv);
+      ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kChunks), lmdb::Val(h), lmdb::Val(cv)));
+      ++fixed;
+    }
+    if (fixed != 0) actions.push_back("corrected " + std::to_string(fixed) + " chunk refcount(s)");
+    for (const auto& [id, length] : scan.pack_lengths) {
+      uint8_t len[8];
+      rec::PutLE<uint64_t>(len, length);
+      ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kMeta), lmdb::Val(rec::PackLengthKey(id)), lmdb::Val(len)));
+      actions.push_back("pack " + std::to_string(id) + ": committed length cut to " +
+                        std::to_string(length) + " bytes (what the file holds)");
+    }
+    return Status::Ok();
+  });
+  if (!st.ok()) return st;
+  auto current = scan.pack_lengths.find(pack_writer_->id());
+  if (current != scan.pack_lengths.end()) {  // the writer must append where the pack now ends
+    Result<PackWriter> w = PackWriter::Open(dir_ + "/packs", current->first, current->second);
+    if (!w.ok()) return w.status();
+    pack_writer_.emplace(std::move(*w));
+  }
+  ScanResult after;
+  ZIPNN_RETURN_IF_ERROR(Scan(verify_frames, after));
+  report.after = std::move(after.report);
+  return report;
+}
+
+}  // namespace zipnn::index

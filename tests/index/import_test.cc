@@ -1,0 +1,300 @@
+// Tests of bulk imports (Store::BeginBulkAdd behind ImportTree and AddFile): a 1 GiB model, files
+// that vanish or shrink mid-import, a full disk, and dedup between files compressed at once.
+// Real LMDB and real files in temp dirs.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "index/index.h"
+#include "index/tree.h"
+#include "tests/index/store_test_util.h"
+
+namespace zipnn::index {
+namespace {
+
+namespace fs = std::filesystem;
+using test::Bytes;
+using test::RandomBytes;
+using test::WriteAll;
+
+// The tensor bytes of a generated BF16 model, block by block and reproducibly: Gaussian-like
+// values (a table of 4096, picked by a fast PRNG) so no two chunks are alike.
+class Bf16Stream {
+ public:
+  explicit Bf16Stream(uint64_t seed) : state_(seed | 1) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> gauss(0.0f, 0.02f);
+    for (uint16_t& v : table_) {
+      const float f = gauss(rng);
+      uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      v = static_cast<uint16_t>(bits >> 16);
+    }
+  }
+  void Next(std::span<uint8_t> out) {  // out.size() even
+    for (size_t i = 0; i + 1 < out.size(); i += 2) {
+      state_ ^= state_ << 13, state_ ^= state_ >> 7, state_ ^= state_ << 17;
+      const uint16_t v = table_[state_ & 4095];
+      out[i] = static_cast<uint8_t>(v);
+      out[i + 1] = static_cast<uint8_t>(v >> 8);
+    }
+  }
+
+ private:
+  uint64_t state_;
+  uint16_t table_[4096];
+};
+
+std::string SafetensorsHeader(uint64_t tensor_bytes) {
+  std::string json = "{\"w\":{\"dtype\":\"BF16\",\"shape\":[" + std::to_string(tensor_bytes / 2) +
+                     "],\"data_offsets\":[0," + std::to_string(tensor_bytes) + "]}}";
+  while (json.size() % 8 != 0) json += ' ';
+  std::string out(8, '\0');
+  const uint64_t n = json.size();
+  std::memcpy(out.data(), &n, 8);
+  return out + json;
+}
+
+class ImportTest : public test::StoreDirTest {
+ protected:
+  void TearDown() override {
+    if (mounted_) ::umount2(mount_dir_.c_str(), MNT_DETACH);
+    StoreDirTest::TearDown();
+  }
+  std::unique_ptr<Store> Open(bool writable, StoreOptions opts = {}) {
+    return OpenStore(writable, opts);
+  }
+
+  std::string mount_dir_;
+  bool mounted_ = false;
+};
+
+// A generated tree with a 1 GiB BF16 model: import, then export byte-exact, plus random ranges.
+TEST_F(ImportTest, GigabyteBf16ModelRoundTrip) {
+  constexpr uint64_t kTensorBytes = 1ull << 30;
+  constexpr size_t kBlock = 16u << 20;
+  const std::string src = dir_ + "/src";
+  fs::create_directories(src + "/sub/dir");
+  const std::string header = SafetensorsHeader(kTensorBytes);
+  {
+    std::ofstream out(src + "/sub/model ✓.safetensors", std::ios::binary);
+    out.write(header.data(), static_cast<std::streamsize>(header.size()));
+    Bf16Stream gen(42);
+    Bytes block(kBlock);
+    for (uint64_t done = 0; done < kTensorBytes; done += kBlock) {
+      gen.Next(block);
+      out.write(reinterpret_cast<const char*>(block.data()), kBlock);
+    }
+    ASSERT_TRUE(out.good());
+  }
+  WriteAll(src + "/config.json", Bytes{'{', '}'});
+  WriteAll(src + "/sub/dir/empty", {});
+  fs::create_symlink("sub/model ✓.safetensors", src + "/link");
+
+  TreeSummary imported;
+  {
+    auto store = Open(true);
+    ASSERT_TRUE(store);
+    Status st = ImportTree(*store, src, kRootInode, "m", {}, imported);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+  }
+  EXPECT_EQ(imported.files, 3u);
+  EXPECT_EQ(imported.raw_bytes, kTensorBytes + header.size() + 2);
+  EXPECT_LT(imported.new_frame_bytes, kTensorBytes * 3 / 4) << "BF16 should compress";
+  fs::remove(src + "/sub/model ✓.safetensors");  // compared against the generator below
+
+  auto store = Open(false);
+  ASSERT_TRUE(store);
+  Result<InodeAttr> top = store->LookupPath("/m");
+  ASSERT_TRUE(top.ok());
+  TreeSummary exported;
+  Status st = ExportTree(*store, top->ino, dir_ + "/out", exported);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(exported.raw_bytes, imported.raw_bytes);
+  EXPECT_EQ(fs::read_symlink(dir_ + "/out/link"), "sub/model ✓.safetensors");
+  EXPECT_EQ(fs::file_size(dir_ + "/out/sub/dir/empty"), 0u);
+  {
+    std::ifstream in(dir_ + "/out/sub/model ✓.safetensors", std::ios::binary);
+    std::string got(header.size(), '\0');
+    in.read(got.data(), static_cast<std::streamsize>(got.size()));
+    ASSERT_EQ(got, header);
+    Bf16Stream gen(42);
+    Bytes want(kBlock), have(kBlock);
+    for (uint64_t done = 0; done < kTensorBytes; done += kBlock) {
+      gen.Next(want);
+      in.read(reinterpret_cast<char*>(have.data()), kBlock);
+      ASSERT_TRUE(in.good() && want == have) << "differs in block at " << done;
+    }
+    EXPECT_EQ(in.peek(), EOF);
+  }
+  // Random byte ranges through the store against the exported (verified) file.
+  Result<InodeAttr> model = store->LookupPath("/m/sub/model ✓.safetensors");
+  ASSERT_TRUE(model.ok());
+  std::ifstream in(dir_ + "/out/sub/model ✓.safetensors", std::ios::binary);
+  std::mt19937_64 rng(3);
+  for (int i = 0; i < 50; ++i) {
+    const uint64_t off = rng() % model->size, len = 1 + rng() % (1u << 20);
+    Bytes got(len), want(len);
+    Result<size_t> n = store->Read(model->ino, off, got);
+    ASSERT_TRUE(n.ok()) << n.status().ToString();
+    got.resize(*n);
+    in.clear();
+    in.seekg(static_cast<std::streamoff>(off));
+    in.read(reinterpret_cast<char*>(want.data()), static_cast<std::streamsize>(len));
+    want.resize(static_cast<size_t>(in.gcount()));
+    ASSERT_TRUE(got == want) << "range at " << off;
+  }
+}
+
+// A file that vanishes before its turn: a clear error naming it; the entries before it are
+// committed, and the store is consistent.
+TEST_F(ImportTest, FileVanishingDuringImport) {
+  const std::string src = dir_ + "/src";
+  fs::create_directories(src);
+  const Bytes big = RandomBytes(8u << 20, 1);
+  WriteAll(src + "/a", big);
+  WriteAll(src + "/b", RandomBytes(1000, 2));
+  StoreOptions opts;
+  opts.chunk_size = 64u << 10;
+  opts.batch_bytes = 256u << 10;  // small batches: "a" is many tasks, more than are ever in flight
+  {
+    auto store = Open(true, opts);
+    ASSERT_TRUE(store);
+    ImportOptions io;
+    bool removed = false;
+    io.progress = [&](const std::string& path, const TreeSummary&) {
+      if (!removed && path == src + "/a") removed = fs::remove(src + "/b");
+    };
+    TreeSummary summary;
+    Status st = ImportTree(*store, src, kRootInode, "src", io, summary);
+    ASSERT_TRUE(removed);
+    EXPECT_EQ(st.code(), StatusCode::kNotFound) << st.ToString();
+    EXPECT_NE(st.message().find(src + "/b"), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find("vanished"), std::string::npos) << st.message();
+  }
+  auto store = Open(true);
+  ASSERT_TRUE(store);
+  ExpectClean(*store);
+  Result<InodeAttr> a = store->LookupPath("/src/a");
+  ASSERT_TRUE(a.ok()) << "entries before the failure are committed";
+  Bytes got(big.size());
+  ASSERT_EQ(*store->Read(a->ino, 0, got), big.size());
+  EXPECT_TRUE(got == big);
+  EXPECT_EQ(store->LookupPath("/src/b").status().code(), StatusCode::kNotFound);
+}
+
+// A file cut short while it is read: a clear error, the file is not stored, the store is clean.
+TEST_F(ImportTest, FileShrinkingDuringImport) {
+  const std::string path = dir_ + "/shrinks";
+  WriteAll(path, RandomBytes(8u << 20, 3));
+  StoreOptions opts;
+  opts.chunk_size = 64u << 10;
+  opts.batch_bytes = 256u << 10;
+  {
+    auto store = Open(true, opts);
+    ASSERT_TRUE(store);
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    bool cut = false;
+    Result<AddResult> r = store->AddFile(kRootInode, "shrinks", fd, {}, [&](const AddProgress&) {
+      if (!cut) cut = ::truncate(path.c_str(), 1u << 20) == 0;
+    });
+    ::close(fd);
+    ASSERT_TRUE(cut);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("'shrinks'"), std::string::npos) << r.status().message();
+    EXPECT_TRUE(r.status().message().find("shrink") != std::string::npos ||
+                r.status().message().find("changed while") != std::string::npos)
+        << r.status().message();
+  }
+  auto store = Open(true);
+  ASSERT_TRUE(store);
+  ExpectClean(*store);
+  EXPECT_EQ(store->LookupPath("/shrinks").status().code(), StatusCode::kNotFound);
+}
+
+// A full disk: a clear error, a consistent store, and room again once the tail is cut.
+TEST_F(ImportTest, DiskFullDuringImport) {
+  mount_dir_ = dir_ + "/small";
+  fs::create_directories(mount_dir_);
+  if (::mount("tmpfs", mount_dir_.c_str(), "tmpfs", 0, "size=6m") != 0) {
+    GTEST_SKIP() << "cannot mount a small tmpfs (" << std::strerror(errno)
+                 << "): disk-full test needs root";
+  }
+  mounted_ = true;
+  store_dir_ = mount_dir_ + "/store";
+  ASSERT_TRUE(Store::Init(store_dir_).ok());
+  const std::string src = dir_ + "/src";
+  fs::create_directories(src);
+  WriteAll(src + "/0small", RandomBytes(100000, 4));
+  WriteAll(src + "/1huge", RandomBytes(16u << 20, 5));  // random: stored raw, does not fit
+  {
+    auto store = Open(true);
+    ASSERT_TRUE(store);
+    TreeSummary summary;
+    Status st = ImportTree(*store, src, kRootInode, "src", {}, summary);
+    EXPECT_EQ(st.code(), StatusCode::kNoSpace) << st.ToString();
+    EXPECT_NE(st.message().find("No space left"), std::string::npos) << st.message();
+  }
+  auto store = Open(true);  // cuts the uncommitted tail
+  ASSERT_TRUE(store);
+  ExpectClean(*store);
+  EXPECT_EQ(store->LookupPath("/src/1huge").status().code(), StatusCode::kNotFound);
+  Result<InodeAttr> small = store->LookupPath("/src/0small");
+  if (small.ok()) {
+    EXPECT_EQ(small->size, 100000u);  // committed whole, if at all
+  }
+  // The store works again once the failed import's bytes are gone.
+  const std::string more = dir_ + "/more";
+  WriteAll(more, RandomBytes(200000, 6));
+  const int fd = ::open(more.c_str(), O_RDONLY);
+  Result<AddResult> r = store->AddFile(kRootInode, "more", fd, {});
+  ::close(fd);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  ExpectClean(*store);
+}
+
+// Identical files compressed at the same time are stored once, and many small files share few
+// commits.
+TEST_F(ImportTest, DedupAcrossFilesInFlightAndGroupedCommits) {
+  const std::string src = dir_ + "/src";
+  fs::create_directories(src);
+  const Bytes same = RandomBytes(3u << 20, 7);
+  for (int i = 0; i < 4; ++i) WriteAll(src + "/copy" + std::to_string(i), same);
+  for (int i = 0; i < 200; ++i) WriteAll(src + "/small" + std::to_string(i), RandomBytes(500, i));
+  auto store = Open(true);
+  ASSERT_TRUE(store);
+  BulkAddOptions bo;
+  bo.commit_interval_ms = 60000;
+  Result<std::unique_ptr<BulkAdd>> bulk = store->BeginBulkAdd(bo);
+  ASSERT_TRUE(bulk.ok());
+  Result<BulkDir> d = (*bulk)->Mkdir(BulkDir{}, "src", {});
+  ASSERT_TRUE(d.ok());
+  for (const auto& e : fs::directory_iterator(src)) {
+    ASSERT_TRUE((*bulk)->AddFile(*d, e.path().filename().string(), e.path().string(), {}).ok());
+  }
+  Result<BulkSummary> done = (*bulk)->Finish();
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  EXPECT_EQ(done->files, 204u);
+  EXPECT_EQ(done->commits, 1u);
+  EXPECT_LT(done->new_frame_bytes, same.size() + 200 * 600) << "the copies share their chunks";
+  EXPECT_EQ(done->frame_bytes - done->new_frame_bytes >= 3 * same.size(), true);
+  ExpectClean(*store);
+  Result<InodeAttr> c3 = store->LookupPath("/src/copy3");
+  ASSERT_TRUE(c3.ok());
+  Bytes got(same.size());
+  ASSERT_EQ(*store->Read(c3->ino, 0, got), same.size());
+  EXPECT_TRUE(got == same);
+}
+
+}  // namespace
+}  // namespace zipnn::index

@@ -1,0 +1,199 @@
+// Tests of Store::Repair (zipnnfs fsck --repair) on damaged packs and a damaged index, and of gc
+// interrupted at each of its steps. Real LMDB in temp dirs; the index is damaged through LMDB
+// directly (white box: index/store_impl.h names the databases).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "index/index.h"
+#include "index/records.h"
+#include "index/store_impl.h"
+#include "tests/index/store_test_util.h"
+#include "tests/tools/cli_util.h"
+
+namespace zipnn::index {
+namespace {
+
+namespace fs = std::filesystem;
+using test::Bytes;
+
+Bytes Compressible(size_t n, uint64_t seed) { return test::RandomBytes(n, seed, 7); }
+
+class RepairTest : public test::StoreDirTest {
+ protected:
+  std::unique_ptr<Store> Open() {
+    StoreOptions opts;
+    opts.chunk_size = 64u << 10;
+    return OpenStore(true, opts);
+  }
+
+  void Add(Store& store, const std::string& name, const Bytes& data) {
+    const std::string path = dir_ + "/" + name;
+    test::WriteAll(path, data);
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    Result<AddResult> r = store.AddFile(kRootInode, name, fd, {});
+    ::close(fd);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+  }
+
+  void ExpectFile(Store& store, const std::string& name, const Bytes& data) {
+    Result<InodeAttr> a = store.LookupPath(name);
+    ASSERT_TRUE(a.ok()) << name;
+    Bytes got(data.size());
+    Result<size_t> n = store.Read(a->ino, 0, got);
+    ASSERT_TRUE(n.ok()) << n.status().ToString();
+    EXPECT_TRUE(*n == data.size() && got == data) << name;
+  }
+
+  // Runs `fn` on the store's LMDB environment, in one write transaction (store closed).
+  void EditIndex(const std::function<void(lmdb::Env&, lmdb::Txn&)>& fn) {
+    Result<std::unique_ptr<lmdb::Env>> env = lmdb::Env::Open(store_dir_ + "/index", true, kDbNames);
+    ASSERT_TRUE(env.ok()) << env.status().ToString();
+    Status st = (*env)->Update([&](lmdb::Txn& txn) {
+      fn(**env, txn);
+      return Status::Ok();
+    });
+    ASSERT_TRUE(st.ok()) << st.ToString();
+  }
+};
+
+// A flipped bit in a pack: fsck names the file and range, repair removes that file only, and the
+// store is clean and takes the file again.
+TEST_F(RepairTest, DamagedFrameRemovesOnlyItsFile) {
+  const Bytes a = Compressible(300000, 1), b = Compressible(200000, 2);
+  uint64_t a_ino = 0;
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Add(*store, "a", a);
+    Add(*store, "b", b);
+    a_ino = store->LookupPath("a")->ino;
+  }
+  // Flip a byte in the middle of a's first frame (a was added first: it starts the pack).
+  zipnn::test::FlipByte(store_dir_ + "/packs/pack-000001.znp", 100);
+  auto store = Open();
+  ASSERT_TRUE(store);
+  Result<RepairReport> r = store->Repair(true);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_FALSE(r->found.clean());
+  for (const CheckProblem& p : r->found.problems) {
+    EXPECT_EQ(p.ino, a_ino) << p.what;
+    EXPECT_EQ(p.begin, 0u) << "the first chunk";
+    EXPECT_GT(p.end, p.begin);
+  }
+  ASSERT_FALSE(r->actions.empty());
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  EXPECT_EQ(store->LookupPath("a").status().code(), StatusCode::kNotFound);
+  ExpectFile(*store, "b", b);
+  Add(*store, "a", a);  // re-import: its damaged chunk is written anew
+  ExpectFile(*store, "a", a);
+  Result<CheckReport> check = store->Check(true);
+  ASSERT_TRUE(check.ok());
+  EXPECT_TRUE(check->clean());
+}
+
+// Damage in the index: a wrong refcount, an entry naming no inode, a file with a hole in its
+// extents, a pack shorter than the index says. Repair fixes all of it in one go.
+TEST_F(RepairTest, DamagedIndexIsMadeConsistent) {
+  const Bytes a = Compressible(300000, 3), b = Compressible(300000, 4), c = Compressible(5000, 5);
+  uint64_t b_ino = 0;
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Add(*store, "a", a);
+    Add(*store, "b", b);
+    Add(*store, "c", c);
+    b_ino = store->LookupPath("b")->ino;
+  }
+  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+    // b loses its second extent.
+    rec::ExtentKey key(b_ino, 64u << 10);
+    ASSERT_TRUE(txn.Del(env.dbi(kExtents), lmdb::Val(key.bytes())).ok());
+    // An entry for inode 999, which does not exist.
+    uint8_t dirent[rec::kDirentSize];
+    rec::EncodeDirent(999, InodeKind::kFile, dirent);
+    ASSERT_TRUE(
+        txn.Put(env.dbi(kDirents), lmdb::Val(rec::NamedKey(kRootInode, "ghost")), lmdb::Val(dirent))
+            .ok());
+    // Every chunk's refcount is off by 5.
+    std::vector<std::pair<ChunkHash, rec::Chunk>> all;
+    {
+      Result<lmdb::Cursor> cur = lmdb::Cursor::Open(txn, env.dbi(kChunks));
+      ASSERT_TRUE(cur.ok());
+      MDB_val k, v;
+      Status st;
+      for (bool have = cur->Get(k, v, MDB_FIRST, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
+        ChunkHash h;
+        std::memcpy(h.data(), k.mv_data, 16);
+        all.emplace_back(h, *rec::DecodeChunk(lmdb::Bytes(v)));
+      }
+    }
+    for (auto& [h, chunk] : all) {
+      chunk.refcount += 5;
+      uint8_t cv[rec::kChunkSize];
+      rec::EncodeChunk(chunk, cv);
+      ASSERT_TRUE(txn.Put(env.dbi(kChunks), lmdb::Val(h), lmdb::Val(cv)).ok());
+    }
+  });
+  auto store = Open();
+  ASSERT_TRUE(store);
+  Result<CheckReport> before = store->Check(false);
+  ASSERT_TRUE(before.ok());
+  EXPECT_FALSE(before->clean());
+  Result<RepairReport> r = store->Repair(false);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_GE(r->actions.size(), 3u);
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  EXPECT_EQ(store->LookupPath("b").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(store->LookupPath("ghost").status().code(), StatusCode::kNotFound);
+  ExpectFile(*store, "a", a);
+  ExpectFile(*store, "c", c);
+  Result<CheckReport> full = store->Check(true);
+  ASSERT_TRUE(full.ok());
+  EXPECT_TRUE(full->clean());
+  // b's chunks are unreferenced now: gc reclaims them and the store stays clean.
+  ASSERT_TRUE(store->Gc(0.9).ok());
+  ExpectFile(*store, "a", a);
+  EXPECT_TRUE(store->Check(true)->clean());
+}
+
+// A pack cut short (lost writes): the store still opens for writing (new frames go to a fresh
+// pack), files whose frames are gone are removed and the pack's length is cut to what it holds.
+TEST_F(RepairTest, TruncatedPack) {
+  const Bytes a = Compressible(100000, 6), b = Compressible(300000, 7);
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Add(*store, "a", a);
+    Add(*store, "b", b);
+  }
+  const std::string pack = store_dir_ + "/packs/pack-000001.znp";
+  fs::resize_file(pack, fs::file_size(pack) - 1000);
+  auto store = Open();
+  ASSERT_TRUE(store);
+  Result<RepairReport> r = store->Repair(true);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  ExpectFile(*store, "a", a);
+  EXPECT_EQ(store->LookupPath("b").status().code(), StatusCode::kNotFound);
+  Add(*store, "b", b);
+  ExpectFile(*store, "b", b);
+  Result<StoreUsage> u = store->GetStoreUsage();
+  ASSERT_TRUE(u.ok());
+  uint64_t files = 0;
+  for (const auto& e : fs::directory_iterator(store_dir_ + "/packs")) files += e.file_size();
+  EXPECT_EQ(u->pack_bytes, files);
+  EXPECT_TRUE(store->Check(true)->clean());
+}
+
+}  // namespace
+}  // namespace zipnn::index
