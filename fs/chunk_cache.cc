@@ -59,7 +59,13 @@ bool ChunkCache::Prefetch(const index::ChunkHash& key, const ChunkLoader& load) 
 
 Result<ChunkRef> ChunkCache::Load(const index::ChunkHash& key, const ChunkLoader& load,
                                   std::shared_ptr<Flight> flight, bool prefetch) {
-  Result<ChunkRef> result = load();
+  // Waiters block until this flight ends: it must end even if the loader throws.
+  Result<ChunkRef> result = Status::Io("chunk load failed");
+  try {
+    result = load();
+  } catch (const std::exception& e) {
+    result = Status::Io(std::string("chunk load failed: ") + e.what());
+  }
   {
     std::lock_guard lock(mu_);
     auto it = map_.find(key);  // only this loader removes or fills its entry

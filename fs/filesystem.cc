@@ -83,7 +83,12 @@ FileSystem* FileSystem::Self(fuse_req_t req) {
 }
 
 void FileSystem::AfterInit() {
-  if (opts_.after_init) std::call_once(after_init_once_, opts_.after_init);
+  // Whoever comes first runs it; nobody waits for it (a FUSE thread must not wait on anything
+  // but its own reply's data).
+  if (opts_.after_init && !after_init_done_.load(std::memory_order_relaxed) &&
+      !after_init_done_.exchange(true)) {
+    opts_.after_init();
+  }
 }
 
 void FileSystem::Init(fuse_conn_info* conn) {

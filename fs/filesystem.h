@@ -8,6 +8,7 @@
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -68,7 +69,7 @@ class FileSystem {
   const FileSystemOptions opts_;
   FileReader reader_;
 
-  std::once_flag after_init_once_;
+  std::atomic<bool> after_init_done_{false};
   std::mutex inodes_mu_;
   std::unordered_map<uint64_t, uint64_t> lookups_;  // the kernel's lookup count per inode
 };

@@ -152,7 +152,11 @@ void Prefetcher::WorkerLoop() {
       work_cv_.notify_one();
     }
     lock.unlock();
-    fetch_(piece.ino, piece.begin, piece.end);
+    try {
+      fetch_(piece.ino, piece.begin, piece.end);
+    } catch (const std::exception&) {
+      // A hint that failed (out of memory, most likely): the reader will load what it needs.
+    }
     lock.lock();
   }
 }
