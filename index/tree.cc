@@ -99,7 +99,11 @@ Result<std::vector<std::string>> ListHostDir(const std::string& path) {
 Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::string& name,
             const ImportOptions& opts, TreeSummary& summary) {
   struct stat st;
-  if (::lstat(src.c_str(), &st) != 0) return Status::FromErrno(errno, src);
+  if (::lstat(src.c_str(), &st) != 0) {
+    // Listed by its directory a moment ago: it went away while the import ran.
+    if (errno == ENOENT) return Status::NotFound(src + ": vanished before it could be imported");
+    return Status::FromErrno(errno, src);
+  }
   NewAttr attr = AttrOf(st);
   attr.xattrs = ReadXattrs(src);
   if (S_ISREG(st.st_mode)) return bulk.AddFile(parent, name, src, attr);
@@ -132,6 +136,8 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
 
 Status ImportTree(Store& store, const std::string& src, uint64_t parent, const std::string& name,
                   const ImportOptions& opts, TreeSummary& summary) {
+  struct stat st;  // a missing source is the caller's mistake, not a file that vanished
+  if (::lstat(src.c_str(), &st) != 0) return Status::FromErrno(errno, src);
   BulkAddOptions bulk_opts;
   bulk_opts.commit_interval_ms = opts.commit_interval_ms;
   const TreeSummary base = summary;  // the writer thread reports on top of this
