@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -111,9 +112,18 @@ void FileSystem::FillEntry(const index::InodeAttr& attr, fuse_entry_param& e) co
   e.entry_timeout = opts_.entry_timeout;
 }
 
-void FileSystem::CountLookup(uint64_t ino) {
+void FileSystem::CountLookup(const index::InodeAttr& attr, uint64_t parent) {
   std::lock_guard lock(inodes_mu_);
-  ++lookups_[ino];
+  Known& k = inodes_[attr.ino];
+  ++k.lookups;
+  if (attr.kind == index::InodeKind::kDirectory) k.parent = parent;
+}
+
+uint64_t FileSystem::ParentOf(uint64_t dir) {
+  // The kernel looks a directory up before it opens it; the root is its own parent.
+  std::lock_guard lock(inodes_mu_);
+  auto it = inodes_.find(dir);
+  return it != inodes_.end() && it->second.parent != 0 ? it->second.parent : dir;
 }
 
 void FileSystem::Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -132,7 +142,7 @@ void FileSystem::Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   }
   fuse_entry_param e;
   FillEntry(*attr, e);
-  CountLookup(attr->ino);
+  CountLookup(*attr, parent);
   if (fuse_reply_entry(req, &e) != 0) Forget(attr->ino, 1);  // the request was interrupted
 }
 
@@ -140,11 +150,11 @@ void FileSystem::Forget(fuse_ino_t ino, uint64_t nlookup) {
   bool gone = false;
   {
     std::lock_guard lock(inodes_mu_);
-    auto it = lookups_.find(ino);
-    if (it == lookups_.end()) return;
-    it->second -= std::min(it->second, nlookup);
-    if (it->second == 0) {
-      lookups_.erase(it);
+    auto it = inodes_.find(ino);
+    if (it == inodes_.end()) return;
+    it->second.lookups -= std::min(it->second.lookups, nlookup);
+    if (it->second.lookups == 0) {
+      inodes_.erase(it);
       gone = true;
     }
   }
@@ -225,7 +235,7 @@ void FileSystem::OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
   auto handle = std::make_unique<DirHandle>();
   handle->entries.push_back({".", ino, index::InodeKind::kDirectory});
-  handle->entries.push_back({"..", ino, index::InodeKind::kDirectory});
+  handle->entries.push_back({"..", ParentOf(ino), index::InodeKind::kDirectory});
   std::vector<index::DirEntry> page;
   std::string after;
   do {
@@ -243,8 +253,8 @@ void FileSystem::OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (fuse_reply_open(req, fi) == 0) handle.release();
 }
 
-void FileSystem::ReadDir(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t off,
-                         fuse_file_info* fi, bool plus) {
+void FileSystem::ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+                         bool plus) {
   const auto* dir = reinterpret_cast<const DirHandle*>(fi->fh);
   std::vector<char> buf(size);
   size_t used = 0;
@@ -263,7 +273,7 @@ void FileSystem::ReadDir(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t 
     } else {
       fuse_entry_param e;
       std::memset(&e, 0, sizeof e);
-      bool counted = false;
+      std::optional<index::InodeAttr> counted;
       if (IsDotOrDotDot(d.name)) {
         // Inode 0: the kernel makes no dentry for it and counts no lookup.
         e.attr.st_ino = d.ino;
@@ -272,10 +282,10 @@ void FileSystem::ReadDir(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t 
         Result<index::InodeAttr> attr = store_.GetAttr(d.ino);
         if (!attr.ok()) continue;  // removed since opendir
         FillEntry(*attr, e);
-        counted = true;
+        counted = *attr;
       }
       n = fuse_add_direntry_plus(req, buf.data() + used, size - used, d.name.c_str(), &e, next);
-      if (n <= size - used && counted) CountLookup(d.ino);
+      if (n <= size - used && counted) CountLookup(*counted, ino);
     }
     if (n > size - used) break;  // full; this entry goes in the next call
     used += n;

@@ -62,7 +62,9 @@ class FileSystem {
   void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size);
 
   void FillEntry(const index::InodeAttr& attr, fuse_entry_param& e) const;
-  void CountLookup(uint64_t ino);
+  // Counts a lookup the kernel will remember; for directories, notes their parent (for "..").
+  void CountLookup(const index::InodeAttr& attr, uint64_t parent);
+  uint64_t ParentOf(uint64_t dir);
   std::string StatsJson() const;
 
   index::Store& store_;
@@ -71,7 +73,11 @@ class FileSystem {
 
   std::atomic<bool> after_init_done_{false};
   std::mutex inodes_mu_;
-  std::unordered_map<uint64_t, uint64_t> lookups_;  // the kernel's lookup count per inode
+  struct Known {
+    uint64_t lookups = 0;  // the kernel's lookup count
+    uint64_t parent = 0;   // directories: the parent it was looked up in
+  };
+  std::unordered_map<uint64_t, Known> inodes_;  // inodes the kernel knows
 };
 
 }  // namespace zipnn::fs

@@ -217,6 +217,20 @@ TEST_F(FsTest, GeneratedTreeMatchesSource) {
   EXPECT_TRUE(stdfs::is_regular_file(m.Path("tree/rel-link/c/deep.bin")));
   EXPECT_FALSE(stdfs::exists(m.Path("tree/dangling")));
   EXPECT_FALSE(stdfs::exists(m.Path("tree/no-such-file")));
+  // "." and ".." in a listing carry the directory's and its parent's inode numbers.
+  for (const char* rel : {"tree/a/b", "tree/a", "tree"}) {
+    const std::string dir = m.Path(rel);
+    std::map<std::string, ino_t> seen;
+    if (DIR* d = ::opendir(dir.c_str())) {
+      while (dirent* e = ::readdir(d)) seen[e->d_name] = e->d_ino;
+      ::closedir(d);
+    }
+    struct stat self, parent;
+    ASSERT_EQ(::stat(dir.c_str(), &self), 0);
+    ASSERT_EQ(::stat((dir + "/..").c_str(), &parent), 0);
+    EXPECT_EQ(seen["."], self.st_ino) << rel;
+    EXPECT_EQ(seen[".."], parent.st_ino) << rel;
+  }
   EXPECT_TRUE(m.Unmount());
 }
 
