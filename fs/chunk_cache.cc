@@ -1,5 +1,8 @@
 #include "fs/chunk_cache.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <cstring>
 
 namespace zipnn::fs {
@@ -38,6 +41,9 @@ Result<ChunkRef> ChunkCache::Get(const index::ChunkHash& key, const ChunkLoader&
     ++stats_.joins;
     lock.unlock();
     std::unique_lock flight_lock(flight->mu);
+    if (!flight->done && flight->prefetcher != 0) {
+      (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(flight->prefetcher), 0);
+    }
     flight->cv.wait(flight_lock, [&] { return flight->done; });
     return flight->result;
   }
@@ -52,6 +58,7 @@ bool ChunkCache::Prefetch(const index::ChunkHash& key, const ChunkLoader& load) 
   std::unique_lock lock(mu_);
   if (map_.count(key) != 0) return false;
   auto flight = std::make_shared<Flight>();
+  flight->prefetcher = ::gettid();
   map_[key].flight = flight;
   lock.unlock();
   return Load(key, load, std::move(flight), /*prefetch=*/true).ok();

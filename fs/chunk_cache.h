@@ -11,9 +11,13 @@
 //   "consumed" list, evicted first and kept under its own budget. A sequential stream, whose
 //   bytes the kernel now caches itself, then recycles a few warm buffers instead of filling the
 //   cache with chunks nobody will ask for again, while chunks read in pieces stay cached.
+// - No priority inversion: a reader that joins a prefetch in flight lifts the prefetching
+//   thread to normal priority (prefetch workers run niced; the Prefetcher restores it).
 // - Failed loads are not cached: the next request tries again (and fails again, if the frame is
 //   damaged).
 #pragma once
+
+#include <sys/types.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -77,6 +81,7 @@ class ChunkCache {
     std::mutex mu;
     std::condition_variable cv;
     bool done = false;
+    pid_t prefetcher = 0;  // the thread loading it ahead of use, at a lower priority
     Result<ChunkRef> result = Status::Io("load did not finish");
   };
   struct Entry {

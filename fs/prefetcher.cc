@@ -132,10 +132,14 @@ PrefetcherStats Prefetcher::stats() const {
   return stats_;
 }
 
+namespace {
+void SetNice(int nice) { (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice); }
+}  // namespace
+
 void Prefetcher::WorkerLoop() {
   // Speculative work yields the CPU to demand decodes (a FUSE thread serving a read), which
   // matters most where cores are few. Per-thread nice values are a Linux property.
-  if (opts_.nice != 0) (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), opts_.nice);
+  if (opts_.nice != 0) SetNice(opts_.nice);
   std::unique_lock lock(mu_);
   for (;;) {
     work_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
@@ -157,6 +161,8 @@ void Prefetcher::WorkerLoop() {
     } catch (const std::exception&) {
       // A hint that failed (out of memory, most likely): the reader will load what it needs.
     }
+    // A reader waiting on this worker's decode lifts its priority (ChunkCache): drop it again.
+    if (opts_.nice != 0) SetNice(opts_.nice);
     lock.lock();
   }
 }
