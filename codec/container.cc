@@ -6,8 +6,10 @@
 
 #include <algorithm>
 #include <bit>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <string>
 #include <utility>
 
 #include "codec/bytes.h"
@@ -460,6 +462,42 @@ Status ContainerReader::ReadRange(uint64_t offset, uint64_t length, std::vector<
   const uint64_t n = offset >= total ? 0 : std::min(length, total - offset);
   out.resize(n);
   return ReadRangeInto(std::min(offset, total), out);
+}
+
+std::optional<uint64_t> ParseSize(std::string_view s) {
+  uint64_t value = 0;
+  size_t i = 0;
+  for (; i < s.size() && std::isdigit(static_cast<unsigned char>(s[i])); ++i) {
+    if (value > (UINT64_MAX - 9) / 10) return std::nullopt;
+    value = value * 10 + static_cast<uint64_t>(s[i] - '0');
+  }
+  if (i == 0) return std::nullopt;
+  std::string suffix;
+  for (; i < s.size(); ++i)
+    suffix += static_cast<char>(std::toupper(static_cast<unsigned char>(s[i])));
+  int shift = 0;
+  if (!suffix.empty()) {
+    switch (suffix[0]) {
+      case 'K':
+        shift = 10;
+        break;
+      case 'M':
+        shift = 20;
+        break;
+      case 'G':
+        shift = 30;
+        break;
+      case 'B':
+        shift = 0;
+        break;
+      default:
+        return std::nullopt;
+    }
+    std::string_view rest = std::string_view(suffix).substr(suffix[0] == 'B' ? 0 : 1);
+    if (!rest.empty() && rest != "B" && rest != "IB") return std::nullopt;
+  }
+  if (value > (UINT64_MAX >> shift)) return std::nullopt;
+  return value << shift;
 }
 
 }  // namespace zipnn

@@ -11,8 +11,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "codec/codec.h"
@@ -61,6 +63,9 @@ class UniqueFd {
 // end of the file is an I/O error.
 Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out);
 Status WriteFull(int fd, std::span<const uint8_t> bytes);
+
+// Parses a byte count with an optional binary suffix: "262144", "256K", "1M", "1MiB", "2G".
+std::optional<uint64_t> ParseSize(std::string_view s);
 
 // One frame as the seek table describes it.
 struct ContainerEntry {

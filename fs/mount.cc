@@ -16,9 +16,11 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 
+#include "codec/container.h"
 #include "fs/filesystem.h"
 #include "fs/fs.h"
 #include "index/index.h"
@@ -65,46 +67,6 @@ int OptProc(void* data, const char* arg, int key, fuse_args*) {
     return 0;
   }
   return 1;
-}
-
-// "512M", "2G", "1048576": bytes.
-bool ParseSize(const char* text, uint64_t& out) {
-  char* end = nullptr;
-  errno = 0;
-  const unsigned long long v = std::strtoull(text, &end, 10);
-  if (errno != 0 || end == text) return false;
-  uint64_t mult = 1;
-  switch (*end) {
-    case '\0':
-      break;
-    case 'k':
-    case 'K':
-      mult = 1ull << 10;
-      ++end;
-      break;
-    case 'm':
-    case 'M':
-      mult = 1ull << 20;
-      ++end;
-      break;
-    case 'g':
-    case 'G':
-      mult = 1ull << 30;
-      ++end;
-      break;
-    case 't':
-    case 'T':
-      mult = 1ull << 40;
-      ++end;
-      break;
-    default:
-      return false;
-  }
-  if (*end == 'i' || *end == 'B') ++end;
-  if (*end == 'B') ++end;
-  if (*end != '\0' || v > UINT64_MAX / mult) return false;
-  out = v * mult;
-  return true;
 }
 
 // Lets the kernel ask for 1 MiB per request instead of 128 KiB. The device comes from
@@ -256,9 +218,13 @@ int MountMain(int argc, char** argv) {
   fs_opts.attr_timeout = cfg.attr_timeout;
   fs_opts.reader.workers = cfg.workers;
   fs_opts.reader.prefetch = cfg.prefetch;
-  if (cfg.cache_size != nullptr && !ParseSize(cfg.cache_size, fs_opts.reader.cache_size)) {
-    std::fprintf(stderr, "zipnnfs: bad cache_size '%s'\n", cfg.cache_size);
-    return 2;
+  if (cfg.cache_size != nullptr) {
+    const std::optional<uint64_t> size = ParseSize(cfg.cache_size);
+    if (!size) {
+      std::fprintf(stderr, "zipnnfs: bad cache_size '%s'\n", cfg.cache_size);
+      return 2;
+    }
+    fs_opts.reader.cache_size = *size;
   }
   if (cfg.log_level != nullptr && spdlog::level::from_str(cfg.log_level) == spdlog::level::off &&
       std::strcmp(cfg.log_level, "off") != 0) {

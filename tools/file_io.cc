@@ -8,7 +8,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -80,42 +79,6 @@ Result<InputFile> OpenInput(const std::string& path) {
 bool PathExists(const std::string& path) {
   struct stat st;
   return ::lstat(path.c_str(), &st) == 0;
-}
-
-std::optional<uint64_t> ParseSize(std::string_view s) {
-  uint64_t value = 0;
-  size_t i = 0;
-  for (; i < s.size() && std::isdigit(static_cast<unsigned char>(s[i])); ++i) {
-    if (value > (UINT64_MAX - 9) / 10) return std::nullopt;
-    value = value * 10 + static_cast<uint64_t>(s[i] - '0');
-  }
-  if (i == 0) return std::nullopt;
-  std::string suffix;
-  for (; i < s.size(); ++i)
-    suffix += static_cast<char>(std::toupper(static_cast<unsigned char>(s[i])));
-  int shift = 0;
-  if (!suffix.empty()) {
-    switch (suffix[0]) {
-      case 'K':
-        shift = 10;
-        break;
-      case 'M':
-        shift = 20;
-        break;
-      case 'G':
-        shift = 30;
-        break;
-      case 'B':
-        shift = 0;
-        break;
-      default:
-        return std::nullopt;
-    }
-    std::string_view rest = std::string_view(suffix).substr(suffix[0] == 'B' ? 0 : 1);
-    if (!rest.empty() && rest != "B" && rest != "IB") return std::nullopt;
-  }
-  if (value > (UINT64_MAX >> shift)) return std::nullopt;
-  return value << shift;
 }
 
 // ---- AtomicOutputFile ------------------------------------------------------------------------

@@ -4,10 +4,8 @@
 #include <sys/types.h>
 
 #include <cstdint>
-#include <optional>
 #include <span>
 #include <string>
-#include <string_view>
 
 #include "codec/container.h"
 #include "codec/status.h"
@@ -26,9 +24,6 @@ struct InputFile {
 Result<InputFile> OpenInput(const std::string& path);
 
 bool PathExists(const std::string& path);
-
-// Parses a byte count with an optional binary suffix: "262144", "256K", "1M", "1MiB", "2G".
-std::optional<uint64_t> ParseSize(std::string_view s);
 
 // A new file written under a temporary name (path.tmp.XXXXXX, same directory) and renamed to
 // its real name by Commit, after an fsync: a crash or error never leaves a partial file under the

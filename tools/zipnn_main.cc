@@ -21,7 +21,7 @@ constexpr int kExitUsage = 2;
 CLI::Validator SizeValidator() {
   return CLI::Validator(
       [](std::string& s) -> std::string {
-        return zipnn::tool::ParseSize(s) ? "" : "not a size (e.g. 262144, 256K, 1M): " + s;
+        return zipnn::ParseSize(s) ? "" : "not a size (e.g. 262144, 256K, 1M): " + s;
       },
       "SIZE");
 }
@@ -116,7 +116,7 @@ int main(int argc, char** argv) {
   zipnn::Status status;
   if (app.got_subcommand(compress)) {
     copts.chunk_size = static_cast<uint32_t>(
-        std::min<uint64_t>(*ParseSize(chunk_size), uint64_t{zipnn::kMaxChunkSize} + 1));
+        std::min<uint64_t>(*zipnn::ParseSize(chunk_size), uint64_t{zipnn::kMaxChunkSize} + 1));
     if (copts.chunk_size < 4096 || copts.chunk_size > zipnn::kMaxChunkSize) {
       std::fprintf(stderr, "zipnn: --chunk-size must be between 4K and 64M\n");
       return kExitUsage;
@@ -125,8 +125,8 @@ int main(int argc, char** argv) {
   } else if (app.got_subcommand(decompress)) {
     status = Decompress(dopts);
   } else if (app.got_subcommand(cat)) {
-    catopts.offset = *ParseSize(cat_offset);
-    if (!cat_length.empty()) catopts.length = *ParseSize(cat_length);
+    catopts.offset = *zipnn::ParseSize(cat_offset);
+    if (!cat_length.empty()) catopts.length = *zipnn::ParseSize(cat_length);
     status = Cat(catopts);
   } else if (app.got_subcommand(info)) {
     status = Info(info_input);
