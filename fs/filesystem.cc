@@ -66,6 +66,18 @@ void Guarded(fuse_req_t req, F&& op) {
 
 bool IsDotOrDotDot(std::string_view n) { return n == "." || n == ".."; }
 
+// getxattr and listxattr answer alike: the size when asked with size 0, else the bytes if
+// they fit.
+void ReplyXattr(fuse_req_t req, const std::string& bytes, size_t size) {
+  if (size == 0) {
+    fuse_reply_xattr(req, bytes.size());
+  } else if (bytes.size() > size) {
+    fuse_reply_err(req, ERANGE);
+  } else {
+    fuse_reply_buf(req, bytes.data(), bytes.size());
+  }
+}
+
 }  // namespace
 
 // A directory's entries, listed once at opendir: offsets stay valid while it is read, whatever
@@ -328,13 +340,7 @@ void FileSystem::GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size
     }
     value = std::move(*v);
   }
-  if (size == 0) {
-    fuse_reply_xattr(req, value.size());
-  } else if (value.size() > size) {
-    fuse_reply_err(req, ERANGE);
-  } else {
-    fuse_reply_buf(req, value.data(), value.size());
-  }
+  ReplyXattr(req, value, size);
 }
 
 void FileSystem::ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
@@ -347,13 +353,7 @@ void FileSystem::ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   }
   std::string list;
   for (const std::string& n : names) list.append(n).push_back('\0');
-  if (size == 0) {
-    fuse_reply_xattr(req, list.size());
-  } else if (list.size() > size) {
-    fuse_reply_err(req, ERANGE);
-  } else {
-    fuse_reply_buf(req, list.data(), list.size());
-  }
+  ReplyXattr(req, list, size);
 }
 
 const fuse_lowlevel_ops& FileSystem::Ops() {
