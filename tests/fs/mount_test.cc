@@ -384,11 +384,7 @@ TEST_F(GeneratedStoreTest, ManyThreadsAndProcessesReadOneFile) {
         << "reader process: " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1)
         << " (1: wrong bytes, 2: read errors)";
   }
-  for (const ReaderTally& t : tallies) {
-    EXPECT_EQ(t.reads, kReads);
-    EXPECT_EQ(t.wrong, 0);
-    EXPECT_EQ(t.errors, 0);
-  }
+  ExpectAllCorrect(tallies, kReads);
   const CommandResult stats = RunCommand(kZipnnfs, {"stats", m.path()});
   ASSERT_EQ(stats.exit_code, 0) << stats.err;
   const nlohmann::json j = nlohmann::json::parse(stats.out);
