@@ -46,7 +46,6 @@ FileReader::FileReader(index::Store& store, const FileReaderOptions& opts)
   // Never read ahead so far that prefetched chunks evict each other before they are used.
   p.max_window = std::min<uint64_t>(uint64_t{opts_.prefetch} * opts_.chunk_size,
                                     std::max<uint64_t>(opts_.cache_size / 4, opts_.chunk_size));
-  max_window_ = p.max_window;
   prefetcher_ = std::make_unique<Prefetcher>(
       p, [this](uint64_t ino, uint64_t begin, uint64_t end) { Fetch(ino, begin, end); });
 }
@@ -220,7 +219,7 @@ void FileReader::PrefetchTensor(uint64_t ino, uint64_t offset, uint64_t file_siz
   // start, while random reads land anywhere and should not pull whole tensors in. The tensor is
   // prefetched up to the stream window: if it is read on, the stream's prefetching takes over.
   if (offset >= it->second || offset - it->first >= opts_.chunk_size) return;
-  const uint64_t end = std::min({it->second, it->first + max_window_, file_size});
+  const uint64_t end = std::min({it->second, it->first + prefetcher_->max_window(), file_size});
   if (end - it->first > opts_.chunk_size) prefetcher_->Enqueue(ino, it->first, end);
 }
 

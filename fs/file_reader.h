@@ -75,7 +75,6 @@ class FileReader {
 
   index::Store& store_;
   const FileReaderOptions opts_;
-  uint64_t max_window_ = 0;  // how far ahead prefetching reaches
   std::shared_ptr<BufferPool> pool_;
   DecoderTableCache tables_;
   std::mutex contexts_mu_;

@@ -58,6 +58,7 @@ class Prefetcher {
   void Forget(uint64_t ino);
 
   PrefetcherStats stats() const;
+  uint64_t max_window() const { return opts_.max_window; }
 
  private:
   struct Stream {
