@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "codec/codec.h"
@@ -386,13 +387,6 @@ int Gc(const std::string& store_dir) {
   return 0;
 }
 
-bool IsSubcommand(std::string_view a) {
-  for (const char* c : {"init", "import", "export", "cat", "stats", "fsck", "gc", "bench-import"}) {
-    if (a == c) return true;
-  }
-  return false;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -401,9 +395,6 @@ int main(int argc, char** argv) {
   if (argc >= 2 && std::string_view(argv[1]) == "mount") {
     argv[1] = argv[0];
     return zipnn::fs::MountMain(argc - 1, argv + 1);
-  }
-  if (argc >= 3 && !IsSubcommand(argv[1]) && argv[1][0] != '-') {
-    return zipnn::fs::MountMain(argc, argv);
   }
   CLI::App app{"zipnnfs: a store of losslessly compressed AI model files", "zipnnfs"};
   app.footer(zipnn::fs::MountUsage());
@@ -481,6 +472,11 @@ int main(int argc, char** argv) {
   bench->add_option("--synthetic-mb", bench_opts.synthetic_mb,
                     "Instead of SRC: generated BF16 models of about this many MB");
 
+  // Anything else with a store and a mount point: the sshfs form, `zipnnfs STORE MOUNTPOINT`.
+  const auto is_subcommand = [&](const CLI::App* sub) { return sub->get_name() == argv[1]; };
+  if (argc >= 3 && argv[1][0] != '-' && std::as_const(app).get_subcommands(is_subcommand).empty()) {
+    return zipnn::fs::MountMain(argc, argv);
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
