@@ -270,5 +270,32 @@ TEST(PrefetcherTest, FullQueueDropsJobsInsteadOfBlocking) {
   EXPECT_LE(files.size(), 1 + o.queue_limit) << "more files fetched than the queue could hold";
 }
 
+// A reader that overtakes the workers decodes what it passes itself: queued work behind it is
+// dropped, not done later (it would only decode again chunks already served).
+TEST(PrefetcherTest, WorkTheReaderHasPassedIsDropped) {
+  constexpr uint64_t kFile = 64 << 20, kRead = 128 << 10;
+  PrefetcherOptions o = SmallOptions();
+  o.workers = 1;
+  Recorder rec;
+  rec.Close();  // the worker blocks inside its first fetch
+  auto p = std::make_unique<Prefetcher>(o, rec.Fn());
+  p->Enqueue(1, 0, kPiece);  // something else occupies the one worker
+  ASSERT_TRUE(rec.WaitEntered(1));
+  uint64_t pos = 0;
+  for (; pos < 4 * kRead; pos += kRead) p->OnRead(7, pos, kRead, kFile);
+  const uint64_t queued_to = 4 * kRead + kMaxWindow;  // at most this far ahead
+  // The reader runs on well past everything queued for it, while the worker is still stuck.
+  for (; pos < queued_to + 4 * kRead; pos += kRead) p->OnRead(7, pos, kRead, kFile);
+  const uint64_t reader_at = pos;
+  EXPECT_GT(p->stats().jobs_passed, 0u);
+  rec.Open();
+  p.reset();  // joins the worker: every fetch that will ever happen has happened
+  for (const Job& j : rec.jobs()) {
+    if (j.ino != 7) continue;
+    EXPECT_GE(j.end, reader_at - 2 * kRead)
+        << "fetched " << j.begin << ".." << j.end << ", long after the reader passed it";
+  }
+}
+
 }  // namespace
 }  // namespace zipnn::fs
