@@ -248,18 +248,14 @@ void FileSystem::OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto handle = std::make_unique<DirHandle>();
   handle->entries.push_back({".", ino, index::InodeKind::kDirectory});
   handle->entries.push_back({"..", ParentOf(ino), index::InodeKind::kDirectory});
-  std::vector<index::DirEntry> page;
-  std::string after;
-  do {
-    page.clear();
-    Status st = store_.ReadDir(ino, after, 4096, page);
-    if (!st.ok()) {
-      fuse_reply_err(req, ErrnoOf(st));
-      return;
-    }
-    for (index::DirEntry& e : page) handle->entries.push_back(std::move(e));
-    if (!page.empty()) after = handle->entries.back().name;
-  } while (!page.empty());
+  const Status listed = index::ForEachDirEntry(store_, ino, [&](const index::DirEntry& e) {
+    handle->entries.push_back(e);
+    return Status::Ok();
+  });
+  if (!listed.ok()) {
+    fuse_reply_err(req, ErrnoOf(listed));
+    return;
+  }
   fi->fh = reinterpret_cast<uint64_t>(handle.get());
   fi->cache_readdir = 1;
   if (fuse_reply_open(req, fi) == 0) handle.release();

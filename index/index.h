@@ -300,6 +300,11 @@ class Store {
   virtual Result<std::unique_ptr<BulkAdd>> BeginBulkAdd(const BulkAddOptions& opts = {});
 };
 
+// Calls fn for every entry of directory `dir` in name order, reading the directory a page at a
+// time (no read transaction is held while fn runs). Stops at the first error, fn's or the store's.
+Status ForEachDirEntry(Store& store, uint64_t dir,
+                       const std::function<Status(const DirEntry&)>& fn);
+
 // Canonical XXH3-128 of `data`, the key of a chunk.
 ChunkHash HashChunk(std::span<const uint8_t> data);
 

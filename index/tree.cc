@@ -164,6 +164,18 @@ Status ImportTree(Store& store, const std::string& src, uint64_t parent, const s
   return Status::Ok();
 }
 
+Status ForEachDirEntry(Store& store, uint64_t dir,
+                       const std::function<Status(const DirEntry&)>& fn) {
+  std::vector<DirEntry> page;
+  std::string after;
+  do {
+    ZIPNN_RETURN_IF_ERROR(store.ReadDir(dir, after, 1024, page));
+    for (const DirEntry& e : page) ZIPNN_RETURN_IF_ERROR(fn(e));
+    if (!page.empty()) after = page.back().name;
+  } while (!page.empty());
+  return Status::Ok();
+}
+
 Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary) {
   Result<InodeAttr> attr = store.GetAttr(ino);
   if (!attr.ok()) return attr.status();
@@ -208,15 +220,9 @@ Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSumma
     }
     case InodeKind::kDirectory: {
       if (::mkdir(dest.c_str(), 0700) != 0) return Status::FromErrno(errno, dest);
-      std::vector<DirEntry> entries;
-      std::string after;
-      do {
-        ZIPNN_RETURN_IF_ERROR(store.ReadDir(ino, after, 1024, entries));
-        for (const DirEntry& e : entries) {
-          ZIPNN_RETURN_IF_ERROR(ExportTree(store, e.ino, dest + "/" + e.name, summary));
-        }
-        if (!entries.empty()) after = entries.back().name;
-      } while (!entries.empty());
+      ZIPNN_RETURN_IF_ERROR(ForEachDirEntry(store, ino, [&](const DirEntry& e) {
+        return ExportTree(store, e.ino, dest + "/" + e.name, summary);
+      }));
       if (root && ::lchown(dest.c_str(), attr->uid, attr->gid) != 0) {
         return Status::FromErrno(errno, dest);
       }

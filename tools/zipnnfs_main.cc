@@ -157,15 +157,9 @@ int Export(const std::string& store_dir, const std::string& dest, const std::str
   Status result;
   if (top->ino == kRootInode && dest_is_dir) {
     // cp -a STORE/. DEST: the root's entries go into DEST.
-    std::vector<DirEntry> page;
-    std::string after;
-    do {
-      result = (*store)->ReadDir(kRootInode, after, 1024, page);
-      for (size_t i = 0; result.ok() && i < page.size(); ++i) {
-        result = ExportTree(**store, page[i].ino, dest + "/" + page[i].name, summary);
-      }
-      if (!page.empty()) after = page.back().name;
-    } while (result.ok() && !page.empty());
+    result = ForEachDirEntry(**store, kRootInode, [&](const DirEntry& e) {
+      return ExportTree(**store, e.ino, dest + "/" + e.name, summary);
+    });
   } else {
     const std::string target =
         dest_is_dir ? dest + "/" + BaseName(path.empty() ? std::string("/") : path) : dest;
@@ -204,16 +198,9 @@ Status CollectFiles(Store& store, uint64_t ino, const std::string& path,
   if (!a.ok()) return a.status();
   if (a->kind == InodeKind::kFile) out.emplace_back(path.empty() ? "/" : path, ino);
   if (a->kind != InodeKind::kDirectory) return Status::Ok();
-  std::vector<DirEntry> page;
-  std::string after;
-  do {
-    ZIPNN_RETURN_IF_ERROR(store.ReadDir(ino, after, 1024, page));
-    for (const DirEntry& e : page) {
-      ZIPNN_RETURN_IF_ERROR(CollectFiles(store, e.ino, path + "/" + e.name, out));
-    }
-    if (!page.empty()) after = page.back().name;
-  } while (!page.empty());
-  return Status::Ok();
+  return ForEachDirEntry(store, ino, [&](const DirEntry& e) {
+    return CollectFiles(store, e.ino, path + "/" + e.name, out);
+  });
 }
 
 int Stats(const std::string& store_dir, std::vector<std::string> paths, bool json) {
