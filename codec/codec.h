@@ -70,6 +70,8 @@ struct FrameInfo {
   uint32_t raw_size = 0;        // uncompressed bytes
   uint32_t payload_size = 0;    // bytes after the header
   uint64_t checksum = 0;        // XXH3-64 of the uncompressed bytes
+  uint8_t version = 0;          // frame format version
+  bool joint = false;           // BF16 exponent and top mantissa bits coded as one symbol
   size_t frame_size() const { return kFrameHeaderSize + payload_size; }
 };
 
@@ -84,6 +86,7 @@ struct EncodeOptions {
   int zstd_level = 3;                  // for untyped bytes and zstd-coded streams
   std::optional<Method> force_method;  // tests and tools: skip the automatic choice
   double min_saving = 0.02;            // below this saving, store raw
+  int joint_k = -1;  // BF16 joint coding: -1 chosen per chunk, 0 never, 1..3 forced (tests)
 };
 
 // Per-frame statistics an encoder reports, for `zipnn bench`/`info`.

@@ -1,11 +1,14 @@
 // Frames: the header, the choice of method, and the grouped payload.
 //
-// Header (32 bytes, little-endian): "ZNF" 0x01 | method u8 | dtype u8 | flags u8 = 0 | 0 u8 |
+// Header (32 bytes, little-endian): "ZNF" version u8 | method u8 | dtype u8 | flags u8 | 0 u8 |
 // raw_size u32 | payload_size u32 | XXH3-64 of the raw bytes u64 | 0 u32 | low 32 bits of the
-// XXH3-64 of bytes 0..27.
+// XXH3-64 of bytes 0..27. Version 2 is written; version 1 (Huffman lane sizes as u32s, no flags)
+// is still read.
 //
 // Grouped payload: u8 stream count, then per stream u8 coding + varint length, then the streams'
-// bytes in order, then the chunk's trailing partial element, raw.
+// bytes in order, then the chunk's trailing partial element, raw. With flag kFlagJoint (BF16
+// only): u8 k, u16 base, varint escape count E, the symbol stream (u8 coding + varint length +
+// bytes), the raw bit planes, E u16 escapes, the trailing byte (see joint_bf16.h).
 #include <xxhash.h>
 #include <zstd.h>
 #if defined(__x86_64__)
@@ -20,6 +23,7 @@
 #include "codec/bytes.h"
 #include "codec/codec.h"
 #include "codec/huffman.h"
+#include "codec/joint_bf16.h"
 
 namespace zipnn {
 namespace {
@@ -28,15 +32,20 @@ using internal::GroupLayout;
 using internal::Histogram;
 using internal::HufPlan;
 
-constexpr uint8_t kMagic[4] = {'Z', 'N', 'F', 1};
+constexpr uint8_t kMagic[4] = {'Z', 'N', 'F', 2};
+constexpr uint8_t kOldestVersion = 1;
+constexpr uint8_t kFlagJoint = 1;
+constexpr size_t kLongSegment = 2048;  // elements
 
 enum class StreamCoding : uint8_t { kRaw = 0, kZero = 1, kHuffman = 2, kZstd = 3 };
 
-void WriteHeader(uint8_t* h, Method m, DType t, uint32_t raw, uint32_t payload, uint64_t sum) {
+void WriteHeader(uint8_t* h, Method m, DType t, uint8_t flags, uint32_t raw, uint32_t payload,
+                 uint64_t sum) {
   std::memset(h, 0, kFrameHeaderSize);
   std::memcpy(h, kMagic, 4);
   h[4] = static_cast<uint8_t>(m);
   h[5] = static_cast<uint8_t>(t);
+  h[6] = flags;
   internal::Store32(h + 8, raw);
   internal::Store32(h + 12, payload);
   internal::Store64(h + 16, sum);
@@ -76,16 +85,20 @@ Result<FrameInfo> ParseFrameHeader(std::span<const uint8_t> f) {
   if (f.size() < kFrameHeaderSize) return Status::Corrupt("truncated frame header");
   const uint8_t* h = f.data();
   if (std::memcmp(h, kMagic, 3) != 0) return Status::Corrupt("not a zipnn frame (bad magic)");
-  if (h[3] != kMagic[3])
+  if (h[3] < kOldestVersion || h[3] > kMagic[3])
     return Status::Unsupported("unknown frame version " + std::to_string(h[3]));
   if (internal::Load32(h + 28) != static_cast<uint32_t>(XXH3_64bits(h, 28)))
     return Status::Corrupt("frame header check failed");
   FrameInfo info;
-  if (h[4] >= kNumMethods || h[5] >= kNumDTypes || h[6] != 0 || h[7] != 0 ||
-      internal::Load32(h + 24) != 0)
+  if (h[4] >= kNumMethods || h[5] >= kNumDTypes || h[7] != 0 || internal::Load32(h + 24) != 0)
     return Status::Corrupt("frame header has unknown fields");
+  info.version = h[3];
   info.method = static_cast<Method>(h[4]);
   info.dtype = static_cast<DType>(h[5]);
+  info.joint = h[6] == kFlagJoint;
+  if (h[6] != 0 && !(info.joint && info.version >= 2 && info.method == Method::kGrouped &&
+                     info.dtype == DType::kBF16))
+    return Status::Corrupt("frame header has unknown flags");
   info.raw_size = internal::Load32(h + 8);
   info.payload_size = internal::Load32(h + 12);
   info.checksum = internal::Load64(h + 16);
@@ -106,6 +119,7 @@ struct FrameEncoder::Impl {
   std::vector<uint8_t> coded[9];    // their coded forms
   std::vector<uint8_t> tmp;
   HufPlan plan;
+  bool joint = false;  // whether the last Grouped() coded BF16 jointly
 
   ~Impl() { ZSTD_freeCCtx(zstd); }
 
@@ -171,9 +185,55 @@ struct FrameEncoder::Impl {
     return best;
   }
 
-  // Appends a grouped payload for `chunk` as `dtype`; false if it saves too little.
+  // Appends a joint BF16 payload (see joint_bf16.h); false if it saves too little.
+  bool Joint(std::span<const uint8_t> chunk, internal::JointParams jp,
+             std::span<const uint32_t> segments, std::vector<uint8_t>& out, double* entropy) {
+    const size_t n = chunk.size() / 2, tail = chunk.size() % 2;
+    streams[0].resize(n);
+    streams[1].resize(internal::JointRestBytes(n, jp.k));
+    streams[2].clear();
+    internal::SplitJoint(chunk.data(), n, jp, streams[0].data(), streams[1].data(), streams[2]);
+    const StreamCoding coding = CodeStream(streams[0], true, segments, entropy, 0);
+    const std::span<const uint8_t> sym = coding == StreamCoding::kRaw ? streams[0] : coded[0];
+    *entropy += 8.0 * static_cast<double>(streams[1].size() + streams[2].size());
+    const size_t total = 24 + sym.size() + streams[1].size() + streams[2].size() + tail;
+    if (total >= chunk.size() * (1 - opts.min_saving) && !opts.force_method) return false;
+    if (total >= chunk.size()) return false;  // a frame never grows
+    out.push_back(static_cast<uint8_t>(jp.k));
+    out.push_back(static_cast<uint8_t>(jp.base));
+    out.push_back(static_cast<uint8_t>(jp.base >> 8));
+    internal::PutVarint(out, streams[2].size() / 2);
+    out.push_back(static_cast<uint8_t>(coding));
+    internal::PutVarint(out, sym.size());
+    out.insert(out.end(), sym.begin(), sym.end());
+    out.insert(out.end(), streams[1].begin(), streams[1].end());
+    out.insert(out.end(), streams[2].begin(), streams[2].end());
+    out.insert(out.end(), chunk.end() - tail, chunk.end());
+    return true;
+  }
+
+  // Appends a grouped payload for `chunk` as `dtype`, for BF16 jointly coded where that is smaller;
+  // false if it saves too little.
   bool Grouped(std::span<const uint8_t> chunk, DType dtype, std::span<const uint32_t> segments,
                std::vector<uint8_t>& out, double* entropy) {
+    joint = false;
+    if (dtype == DType::kBF16 && opts.joint_k != 0) {
+      // About a table per long segment: the Huffman planner merges short ones into neighbours.
+      size_t tables = 1;
+      for (size_t i = 0; i < segments.size(); i++) {
+        const size_t end = i + 1 < segments.size() ? segments[i + 1] : chunk.size() / 2;
+        tables += end - segments[i] >= kLongSegment;
+      }
+      const internal::JointParams jp =
+          internal::PlanJoint(chunk.data(), chunk.size() / 2, tables, std::max(opts.joint_k, 0));
+      if (jp.k && Joint(chunk, jp, segments, out, entropy)) return joint = true;
+    }
+    return Plain(chunk, dtype, segments, out, entropy);
+  }
+
+  // The byte-grouped payload of `chunk` as `dtype`; false if it saves too little.
+  bool Plain(std::span<const uint8_t> chunk, DType dtype, std::span<const uint32_t> segments,
+             std::vector<uint8_t>& out, double* entropy) {
     const GroupLayout l = internal::LayoutFor(dtype, chunk.size());
     std::span<const uint8_t> in[9];
     if (l.streams == 1) {
@@ -322,7 +382,8 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
     stats->entropy_bits = static_cast<uint64_t>(entropy);
   }
   const uint32_t payload = static_cast<uint32_t>(out.size() - start - kFrameHeaderSize);
-  WriteHeader(out.data() + start, method, coded_as, raw, payload, sum);
+  const uint8_t flags = method == Method::kGrouped && im.joint ? kFlagJoint : 0;
+  WriteHeader(out.data() + start, method, coded_as, flags, raw, payload, sum);
   return Status::Ok();
 }
 
@@ -340,7 +401,62 @@ struct FrameDecoder::Impl {
     return scratch[s];
   }
 
-  Status Grouped(std::span<const uint8_t> payload, DType dtype, std::span<uint8_t> out) {
+  // Decodes one stream of `want` bytes into `buf` (or points at it in place, when raw).
+  Status DecodeStream(StreamCoding coding, std::span<const uint8_t> data, std::span<uint8_t> buf,
+                      bool varint_lanes, const uint8_t** ptr) {
+    const size_t want = buf.size();
+    switch (coding) {
+      case StreamCoding::kRaw:
+        if (data.size() != want)
+          return Status::Corrupt("grouped frame: stream size does not match");
+        *ptr = data.data();  // straight from the payload, no copy
+        return Status::Ok();
+      case StreamCoding::kZero:
+        if (!data.empty()) return Status::Corrupt("grouped frame: stream size does not match");
+        std::fill(buf.begin(), buf.end(), 0);
+        break;
+      case StreamCoding::kHuffman:
+        if (!huffman.Decode(data, buf, varint_lanes))
+          return Status::Corrupt("grouped frame: bad Huffman stream");
+        break;
+      case StreamCoding::kZstd: {
+        size_t got = ZSTD_decompressDCtx(zstd, buf.data(), want, data.data(), data.size());
+        if (ZSTD_isError(got) || got != want)
+          return Status::Corrupt("grouped frame: bad zstd stream");
+        break;
+      }
+      default:
+        return Status::Corrupt("grouped frame: bad stream coding");
+    }
+    *ptr = buf.data();
+    return Status::Ok();
+  }
+
+  Status Joint(std::span<const uint8_t> payload, std::span<uint8_t> out, bool varint_lanes) {
+    const size_t n = out.size() / 2, tail = out.size() % 2;
+    internal::ByteReader r(payload);
+    uint8_t k, b0, b1, coding;
+    uint64_t escapes, sym_size;
+    if (!r.GetU8(&k) || k < 1 || k > 3 || !r.GetU8(&b0) || !r.GetU8(&b1) ||
+        !r.GetVarint(&escapes) || escapes > n || !r.GetU8(&coding) || !r.GetVarint(&sym_size))
+      return Status::Corrupt("joint frame: bad header");
+    const internal::JointParams jp{k, uint32_t{b0} | uint32_t{b1} << 8};
+    if (jp.base + 254 >= (256u << k)) return Status::Corrupt("joint frame: bad base");
+    std::span<const uint8_t> sym_data, rest, esc, tail_bytes;
+    if (!r.GetBytes(sym_size, &sym_data) || !r.GetBytes(internal::JointRestBytes(n, k), &rest) ||
+        !r.GetBytes(2 * escapes, &esc) || !r.GetBytes(tail, &tail_bytes) || r.remaining() != 0)
+      return Status::Corrupt("joint frame: payload size does not match");
+    const uint8_t* syms;
+    ZIPNN_RETURN_IF_ERROR(DecodeStream(static_cast<StreamCoding>(coding), sym_data, Scratch(0, n),
+                                       varint_lanes, &syms));
+    if (!internal::MergeJoint(syms, rest.data(), esc, n, jp, out.data()))
+      return Status::Corrupt("joint frame: escapes do not match");
+    if (tail) out[out.size() - 1] = tail_bytes[0];
+    return Status::Ok();
+  }
+
+  Status Grouped(std::span<const uint8_t> payload, DType dtype, std::span<uint8_t> out,
+                 bool varint_lanes) {
     const GroupLayout l = internal::LayoutFor(dtype, out.size());
     internal::ByteReader r(payload);
     uint8_t n;
@@ -363,25 +479,8 @@ struct FrameDecoder::Impl {
       const size_t want = l.StreamSize(s);
       // A lone stream is the output itself: decode in place.
       std::span<uint8_t> buf = l.streams == 1 ? out.first(want) : Scratch(s, want);
-      switch (static_cast<StreamCoding>(coding[s])) {
-        case StreamCoding::kRaw:
-          ptrs[s] = data.data();  // straight from the payload, no copy
-          continue;
-        case StreamCoding::kZero:
-          std::fill(buf.begin(), buf.end(), 0);
-          break;
-        case StreamCoding::kHuffman:
-          if (!huffman.Decode(data, buf))
-            return Status::Corrupt("grouped frame: bad Huffman stream");
-          break;
-        case StreamCoding::kZstd: {
-          size_t got = ZSTD_decompressDCtx(zstd, buf.data(), want, data.data(), data.size());
-          if (ZSTD_isError(got) || got != want)
-            return Status::Corrupt("grouped frame: bad zstd stream");
-          break;
-        }
-      }
-      ptrs[s] = buf.data();
+      ZIPNN_RETURN_IF_ERROR(
+          DecodeStream(static_cast<StreamCoding>(coding[s]), data, buf, varint_lanes, &ptrs[s]));
     }
     std::span<const uint8_t> tail;
     if (!r.GetBytes(l.tail, &tail) || r.remaining() != 0)
@@ -422,7 +521,9 @@ Status FrameDecoder::Decode(std::span<const uint8_t> frame, std::span<uint8_t> o
       break;
     }
     case Method::kGrouped:
-      ZIPNN_RETURN_IF_ERROR(impl_->Grouped(payload, info->dtype, out));
+      ZIPNN_RETURN_IF_ERROR(info->joint
+                                ? impl_->Joint(payload, out, info->version >= 2)
+                                : impl_->Grouped(payload, info->dtype, out, info->version >= 2));
       break;
   }
   if (Checksum(out) != info->checksum)

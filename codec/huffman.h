@@ -60,7 +60,8 @@ class HuffmanDecoder {
   explicit HuffmanDecoder(SharedHuffmanTables* shared = nullptr);
   ~HuffmanDecoder();
   // Returns false if `in` is malformed or does not decode to exactly out.size() symbols.
-  bool Decode(std::span<const uint8_t> in, std::span<uint8_t> out);
+  // `varint_lanes`: lane sizes are varints (frame version 2), not u32s (version 1).
+  bool Decode(std::span<const uint8_t> in, std::span<uint8_t> out, bool varint_lanes = true);
 
   struct Table;
 

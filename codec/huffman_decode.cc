@@ -253,7 +253,8 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void DecodeSingle(
 
 }  // namespace
 
-bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out) {
+bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out,
+                            bool varint_lanes) {
   ByteReader r(in);
   uint64_t nblocks;
   if (!r.GetVarint(&nblocks) || nblocks > out.size() || (nblocks == 0 && !out.empty()))
@@ -284,10 +285,15 @@ bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out)
     const Table* t = GetTable({desc_begin, static_cast<size_t>(r.pos() - desc_begin)}, len,
                               fits && count >= kMinMultiSymbols);
     const bool multi = fits && t->has_multi;  // built for a longer block: free to use here
-    std::span<const uint8_t> sizes, data[4];
-    if (!r.GetBytes(16, &sizes)) return false;
+    uint64_t size[4];
+    for (int k = 0; k < 4; k++) {
+      std::span<const uint8_t> u32;
+      if (varint_lanes ? !r.GetVarint(&size[k]) : !r.GetBytes(4, &u32)) return false;
+      if (!varint_lanes) size[k] = Load32(u32.data());
+    }
+    std::span<const uint8_t> data[4];
     for (int k = 0; k < 4; k++)
-      if (!r.GetBytes(Load32(sizes.data() + 4 * k), &data[k])) return false;
+      if (!r.GetBytes(size[k], &data[k])) return false;
 
     const size_t q = (count + 3) / 4;
     const uint8_t* ip[4];

@@ -7,7 +7,7 @@
 namespace zipnn::internal {
 namespace {
 
-constexpr uint64_t kBlockHeaderBits = 8 * 20;  // count varint + 4 stream sizes
+constexpr uint64_t kBlockHeaderBits = 8 * 8;  // count varint + 4 lane sizes (varints)
 // Symbol pairs are coded with one lookup where the alphabet is this small (the pair table has its
 // square filled) and the block long enough to pay for filling it.
 constexpr int kMaxPairAlphabet = 48;
@@ -208,9 +208,11 @@ void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uin
       qlen[k] = std::min(b.begin + (k + 1) * q, b.end) - qbeg[k];
       cap[k] = (size_t{qlen[k]} * kL + 7) / 8 + 16;
     }
+    // Room for four varint sizes ahead of the lanes; the lanes move down behind them after.
+    constexpr size_t kSizesRoom = 4 * 5;
     const size_t header = out.size();
-    out.resize(header + 16 + cap[0] + cap[1] + cap[2] + cap[3]);
-    uint8_t* base = out.data() + header + 16;
+    out.resize(header + kSizesRoom + cap[0] + cap[1] + cap[2] + cap[3]);
+    uint8_t* base = out.data() + header + kSizesRoom;
     uint8_t* region[4];
     region[0] = base;
     for (int k = 1; k < 4; k++) region[k] = region[k - 1] + cap[k - 1];
@@ -224,7 +226,9 @@ void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uin
     for (int s = 0; s < 256; s++)
       if (b.len[s]) used[nused++] = s;
     uint32_t i;
-    if (nused <= kMaxPairAlphabet && count >= kMinPairSymbols) {
+    // (Filling the used square must pay: larger alphabets need longer blocks.)
+    if (count >= kMinPairSymbols &&
+        (nused <= kMaxPairAlphabet || static_cast<uint32_t>(nused * nused) * 4 <= count)) {
       plan.pair_codes.resize(1u << 16);
       uint32_t* pair = plan.pair_codes.data();
       for (int x = 0; x < nused; x++)
@@ -244,13 +248,18 @@ void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uin
         if ((j - i) % 5 == 4) w[k].Flush();
       }
     }
-    uint8_t* dst = base;
+    size_t len[4];
+    for (int k = 0; k < 4; k++) len[k] = static_cast<size_t>(w[k].Finish() - region[k]);
+    uint8_t* dst = out.data() + header;
     for (int k = 0; k < 4; k++) {
-      uint8_t* end = w[k].Finish();
-      size_t len = end - region[k];
-      Store32(out.data() + header + 4 * k, static_cast<uint32_t>(len));
-      std::memmove(dst, region[k], len);
-      dst += len;
+      for (size_t v = len[k];; v >>= 7) {
+        *dst++ = static_cast<uint8_t>(v < 0x80 ? v : (v & 0x7f) | 0x80);
+        if (v < 0x80) break;
+      }
+    }
+    for (int k = 0; k < 4; k++) {
+      std::memmove(dst, region[k], len[k]);
+      dst += len[k];
     }
     out.resize(dst - out.data());
   }

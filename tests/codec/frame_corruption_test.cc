@@ -316,7 +316,7 @@ TEST(FrameHeaderTest, HeaderLayoutIsAsDocumented) {
   EXPECT_EQ(f[0], 'Z');
   EXPECT_EQ(f[1], 'N');
   EXPECT_EQ(f[2], 'F');
-  EXPECT_EQ(f[3], 1);
+  EXPECT_EQ(f[3], 2);
   EXPECT_EQ(f[test::hdr::kMethod], static_cast<uint8_t>(info.method));
   EXPECT_EQ(f[test::hdr::kDType], static_cast<uint8_t>(DType::kF16));
   EXPECT_EQ(test::ReadLE(f.data() + test::hdr::kRawSize, 4), data.size());
@@ -399,10 +399,12 @@ TEST(FrameHeaderTest, RejectsInvalidHeaders) {
   h[0] = 'X';
   test::FixHeaderCheck(h.data());
   EXPECT_EQ(ParseFrameHeader(h).status().code(), StatusCode::kCorrupt);
-  h = test::ForgeHeader(0, 1, 10, 10, 0);
-  h[3] = 2;
-  test::FixHeaderCheck(h.data());
-  EXPECT_EQ(ParseFrameHeader(h).status().code(), StatusCode::kUnsupported);
+  for (uint8_t version : {0, 3}) {
+    h = test::ForgeHeader(0, 1, 10, 10, 0);
+    h[3] = version;
+    test::FixHeaderCheck(h.data());
+    EXPECT_EQ(ParseFrameHeader(h).status().code(), StatusCode::kUnsupported) << int{version};
+  }
   // Short inputs.
   const Bytes good = test::ForgeHeader(1, 1, 10, 0, 0);
   for (size_t len = 0; len < kFrameHeaderSize; len++)

@@ -262,7 +262,7 @@ inline void FixHeaderCheck(uint8_t* frame) {
 inline Bytes ForgeHeader(uint8_t method, uint8_t dtype, uint32_t raw_size, uint32_t payload_size,
                          uint64_t checksum) {
   Bytes h(kFrameHeaderSize, 0);
-  h[0] = 'Z', h[1] = 'N', h[2] = 'F', h[3] = 1;
+  h[0] = 'Z', h[1] = 'N', h[2] = 'F', h[3] = 2;  // the version written
   h[hdr::kMethod] = method;
   h[hdr::kDType] = dtype;
   WriteLE(h.data() + hdr::kRawSize, raw_size, 4);

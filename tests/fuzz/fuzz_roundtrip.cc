@@ -1,8 +1,9 @@
 // Fuzz target: encoding. Any chunk, element type, forced method and segment list must encode to
 // a frame no larger than MaxFrameSize that decodes to the same bytes.
 //
-// Input: dtype byte, options byte (bits 0-2: forced method, none for values above 3; bits 3-4:
-// number of segments), two bytes per segment (little-endian element offset), then the chunk.
+// Input: dtype byte (low 4 bits: dtype; high 4 bits mod 5, minus 1: EncodeOptions::joint_k),
+// options byte (bits 0-2: forced method, none for values above 3; bits 3-4: number of segments;
+// bits 5-7: zstd level - 1), two bytes per segment (little-endian element offset), then the chunk.
 #include <cstdint>
 #include <cstdlib>
 #include <vector>
@@ -23,6 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto dtype = static_cast<DType>(data[0] % kNumDTypes);
   const uint8_t opt = data[1];
   EncodeOptions opts;
+  opts.joint_k = (data[0] / kNumDTypes) % 5 - 1;
   if ((opt & 7) < kNumMethods) opts.force_method = static_cast<Method>(opt & 7);
   opts.zstd_level = 1 + (opt >> 5);
   size_t pos = 2;

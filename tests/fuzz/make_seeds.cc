@@ -31,7 +31,7 @@ std::vector<std::pair<zipnn::DType, Bytes>> Chunks() {
   std::mt19937_64 rng(1);
   std::normal_distribution<float> gauss(0.0f, 0.02f);
   std::vector<std::pair<DType, Bytes>> v;
-  Bytes f32(4 * 600), bf16(2 * 1500), f16(2 * 700), i32(4 * 300 + 3), text, random(500);
+  Bytes f32(4 * 600), bf16(2 * 5000), f16(2 * 700), i32(4 * 300 + 3), text, random(500);
   for (size_t i = 0; i < f32.size(); i += 4) {
     const float f = gauss(rng);
     std::memcpy(&f32[i], &f, 4);
@@ -42,6 +42,7 @@ std::vector<std::pair<zipnn::DType, Bytes>> Chunks() {
     std::memcpy(&u, &f, 4);
     bf16[i] = static_cast<uint8_t>(u >> 16), bf16[i + 1] = static_cast<uint8_t>(u >> 24);
   }
+  for (size_t i = 0; i < bf16.size(); i += 2 * 997) bf16[i] = bf16[i + 1] = 0;  // escapes if joint
   for (size_t i = 0; i < f16.size(); i += 2) {  // exponent around 2^-6, random mantissa
     const uint16_t h = static_cast<uint16_t>((rng() & 0x83ff) | (0x2000 + (rng() % 3) * 0x400));
     f16[i] = static_cast<uint8_t>(h), f16[i + 1] = static_cast<uint8_t>(h >> 8);
@@ -92,6 +93,12 @@ int main(int argc, char** argv) {
     Bytes rt{static_cast<uint8_t>(dtype), 0x07};  // no forced method, no segments
     rt.insert(rt.end(), chunk.begin(), chunk.end());
     Write(out / "roundtrip" / ("seed" + std::to_string(n++)), rt);
+    if (dtype == DType::kBF16) {  // joint coding forced, k = 1..3
+      for (int k = 1; k <= 3; k++) {
+        rt[0] = static_cast<uint8_t>(static_cast<int>(dtype) + kNumDTypes * (k + 1));
+        Write(out / "roundtrip" / ("seed" + std::to_string(n++)), rt);
+      }
+    }
   }
 #ifdef ZIPNN_FUZZ_CONTAINER
   for (size_t count : {size_t{0}, size_t{1}, size_t{3}, frames.size()}) {

@@ -1,0 +1,352 @@
+#include "codec/joint_bf16.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+
+#include "codec/bytes.h"
+
+#ifdef __SSE2__
+#include <emmintrin.h>  // every x86-64 has it; elsewhere the scalar loops do all
+#endif
+
+namespace zipnn::internal {
+namespace {
+
+// Bit planes of the raw part r = sign << L | low L mantissa bits (W = L + 1 bits, L = 7 - k):
+// bits 0-3 in a 4-bit plane, then bits 4-5 in a 2-bit plane (k = 1, 2), then the last bit in a
+// 1-bit plane (k = 1, 3). In a b-bit plane, the elements of 16-element step s sit in the 16
+// bytes of group s / (8 / b), at bit b * (s % (8 / b)): one load and a shift unpack a step.
+struct Planes {
+  int L = 0;
+  bool crumb = false, bit = false;
+  int bit_pos = 0;  // r's bit held in the 1-bit plane
+  explicit Planes(int k) : L(7 - k), crumb(k <= 2), bit(k != 2), bit_pos(k == 1 ? 6 : 4) {}
+};
+
+size_t PlaneBytes(size_t n, int b) {
+  const size_t steps = (n + 15) / 16, per_group = 8 / b;
+  return (steps + per_group - 1) / per_group * 16;
+}
+
+struct PlanePtrs {
+  uint8_t *nib, *crumb, *bit;
+};
+
+PlanePtrs Locate(uint8_t* rest, size_t n, const Planes& pl) {
+  PlanePtrs p;
+  p.nib = rest;
+  p.crumb = p.nib + PlaneBytes(n, 4);
+  p.bit = p.crumb + (pl.crumb ? PlaneBytes(n, 2) : 0);
+  return p;
+}
+
+// Where element i's field lives in a b-bit plane: byte offset and shift.
+inline size_t FieldByte(size_t i, int b) { return (i / 16) / (8 / b) * 16 + i % 16; }
+inline int FieldShift(size_t i, int b) { return b * static_cast<int>((i / 16) % (8 / b)); }
+
+inline uint32_t RestOf(uint16_t v, int L) {
+  return static_cast<uint32_t>(v >> 15) << L | (v & ((1u << L) - 1));
+}
+
+void PutRest(const PlanePtrs& p, const Planes& pl, size_t i, uint32_t r) {
+  p.nib[FieldByte(i, 4)] |= static_cast<uint8_t>((r & 15) << FieldShift(i, 4));
+  if (pl.crumb) p.crumb[FieldByte(i, 2)] |= static_cast<uint8_t>((r >> 4 & 3) << FieldShift(i, 2));
+  if (pl.bit)
+    p.bit[FieldByte(i, 1)] |= static_cast<uint8_t>((r >> pl.bit_pos & 1) << FieldShift(i, 1));
+}
+
+uint32_t GetRest(const PlanePtrs& p, const Planes& pl, size_t i) {
+  uint32_t r = p.nib[FieldByte(i, 4)] >> FieldShift(i, 4) & 15;
+  if (pl.crumb) r |= (p.crumb[FieldByte(i, 2)] >> FieldShift(i, 2) & 3u) << 4;
+  if (pl.bit) r |= (p.bit[FieldByte(i, 1)] >> FieldShift(i, 1) & 1u) << pl.bit_pos;
+  return r;
+}
+
+#ifdef __SSE2__
+inline __m128i Shift(int s) { return _mm_cvtsi32_si128(s); }
+#endif
+
+double Entropy(const uint32_t* c, size_t bins, double total) {
+  double bits = 0;
+  for (size_t i = 0; i < bins; i++)
+    if (c[i]) bits -= c[i] * std::log2(c[i] / total);
+  return bits;
+}
+
+constexpr size_t kMinElements = 1024;
+
+// Order-0 entropy in bits of a slice of `len` elements: counts c[0..bins) plus `extra` more (the
+// escapes). Small counts come from a table of c * log2(c): planning is on every chunk's path.
+double EntropyOfSlice(const uint32_t* c, size_t bins, uint32_t extra, size_t len) {
+  constexpr size_t kTable = 4096;
+  static const std::vector<float> table = [] {
+    std::vector<float> t(kTable);
+    for (size_t x = 1; x < kTable; x++) t[x] = static_cast<float>(x * std::log2(double(x)));
+    return t;
+  }();
+  auto clogc = [&](size_t x) { return x < kTable ? double{table[x]} : x * std::log2(double(x)); };
+  double sum = clogc(extra);
+  for (size_t i = 0; i < bins; i++) sum += clogc(c[i]);
+  return clogc(len) - sum;
+}
+
+}  // namespace
+
+size_t JointRestBytes(size_t n, int k) {
+  const Planes pl(k);
+  return PlaneBytes(n, 4) + (pl.crumb ? PlaneBytes(n, 2) : 0) + (pl.bit ? PlaneBytes(n, 1) : 0);
+}
+
+JointParams PlanJoint(const uint8_t* in, size_t n, size_t tables, int force_k) {
+  if (n < kMinElements && !force_k) return {};
+  // The chunk in up to four slices, each with its own statistics: the Huffman planner gives
+  // drifting data several tables, so the estimate must see the drift too. Every fourth element
+  // is counted in long chunks: spread samples, since a few slices could miss a region of rare
+  // exponents, which become costly escapes. J with k = 3 (2048 bins) folds into
+  // every smaller k. The raw part of k = 3 (sign and four low mantissa bits) says whether the low
+  // bits are noise, as joint coding assumes (a sample suffices there).
+  const size_t slices = std::clamp<size_t>(n / kMinElements, 1, 4);
+  std::array<std::array<uint32_t, 2048>, 4> hist{};
+  size_t len[4] = {}, from[4] = {};
+  for (size_t s = 0; s < slices; s++) {
+    from[s] = s * n / slices;
+    len[s] = (s + 1) * n / slices - from[s];
+  }
+  // The slices in step: four histograms in flight instead of one chain of increments.
+  const size_t common = *std::min_element(len, len + slices);
+  auto bin = [&](size_t s, size_t i) { return Load16(in + 2 * (from[s] + i)) >> 4 & 2047; };
+  const size_t stride = n >= 16384 ? 4 : 1;
+  size_t done = 0;
+  if (slices == 4) {
+    for (; done < common; done += stride) {
+      hist[0][bin(0, done)]++;
+      hist[1][bin(1, done)]++;
+      hist[2][bin(2, done)]++;
+      hist[3][bin(3, done)]++;
+    }
+  }
+  for (size_t s = 0; s < slices; s++)
+    for (size_t i = done; i < len[s]; i += stride) hist[s][bin(s, i)]++;
+  size_t counted[4] = {};
+  for (size_t s = 0; s < slices; s++)
+    for (uint32_t c : hist[s]) counted[s] += c;
+  std::array<uint32_t, 32> low{};
+  const size_t step = std::max<size_t>(1, n / 4096);
+  for (size_t i = 0; i < n; i += step) low[RestOf(Load16(in + 2 * i), 4)]++;
+  double sampled = 0;
+  for (uint32_t c : low) sampled += c;
+  if (!force_k && Entropy(low.data(), low.size(), sampled) < 4.9 * sampled) return {};  // not noise
+
+  JointParams best;
+  double best_bits = 0;
+  // From k = 3 down, each k's counts folding the bins of the one above in pairs (in place).
+  std::array<std::array<uint32_t, 2048>, 4>& c = hist;
+  std::array<uint32_t, 2048> sum;
+  for (int k = 3; k >= 0; k--) {
+    const size_t bins = size_t{256} << k;
+    if (k < 3) {
+      for (size_t s = 0; s < slices; s++)
+        for (size_t j = 0; j < bins; j++) c[s][j] = c[s][2 * j] + c[s][2 * j + 1];
+    }
+    if (force_k && k != force_k) continue;
+    std::fill(sum.begin(), sum.begin() + bins, 0);
+    for (size_t s = 0; s < slices; s++)
+      for (size_t j = 0; j < bins; j++) sum[j] += c[s][j];
+    // k = 0 codes all 256 exponents; k > 0 the window of 255 values of J holding the most
+    // elements, plus the escape symbol.
+    uint32_t base = 0;
+    size_t width = bins;
+    if (k > 0) {
+      width = 255;
+      uint64_t in_window = 0, best_window = 0;
+      for (size_t j = 0; j < bins; j++) {
+        in_window += sum[j];
+        if (j >= 255) in_window -= sum[j - 255];
+        if (j >= 254 && in_window > best_window) {
+          best_window = in_window;
+          base = static_cast<uint32_t>(j - 254);
+        }
+      }
+    }
+    size_t lo = width, hi = 0;
+    for (size_t j = 0; j < width; j++)
+      if (sum[base + j]) lo = std::min(lo, j), hi = j;
+    // Symbols, with a table per slice (or segment).
+    double split = 0, escapes = 0;
+    for (size_t s = 0; s < slices; s++) {
+      uint32_t out = static_cast<uint32_t>(counted[s]);
+      for (size_t j = 0; j < width; j++) out -= c[s][base + j];
+      const double scale = static_cast<double>(len[s]) / static_cast<double>(counted[s]);
+      split += EntropyOfSlice(c[s].data() + base, width, out, counted[s]) * scale;
+      escapes += out * scale;
+    }
+    if (escapes > 0) hi = width;  // the escape symbol
+    const double table = 24.0 + 5.0 * static_cast<double>(hi - lo + 1);
+    const double bits = split + table * static_cast<double>(std::max(slices, tables)) +
+                        16 * escapes + (8 - k) * static_cast<double>(n) + (k ? 64 : 0);
+    if (force_k || k == 3 || bits <= best_bits) {  // (ties go to the smaller k)
+      best_bits = bits;
+      best = JointParams{k, base};
+    }
+  }
+  return best;
+}
+
+void SplitJoint(const uint8_t* in, size_t n, JointParams p, uint8_t* syms, uint8_t* rest,
+                std::vector<uint8_t>& escapes) {
+  const Planes pl(p.k);
+  const int L = pl.L;
+  const uint32_t jmask = (1u << (8 + p.k)) - 1;
+  if (n == 0) return;  // (empty buffers may have no storage at all)
+  std::memset(rest, 0, JointRestBytes(n, p.k));
+  const PlanePtrs pp = Locate(rest, n, pl);
+  auto escape = [&](uint32_t j) {
+    escapes.push_back(static_cast<uint8_t>(j));
+    escapes.push_back(static_cast<uint8_t>(j >> 8));
+  };
+  size_t i = 0;
+#ifdef __SSE2__
+  const __m128i vjmask = _mm_set1_epi16(static_cast<int16_t>(jmask));
+  const __m128i vbase = _mm_set1_epi16(static_cast<int16_t>(p.base));
+  const __m128i v254 = _mm_set1_epi16(254), v255 = _mm_set1_epi16(255);
+  const __m128i vlow = _mm_set1_epi16(static_cast<int16_t>((1u << L) - 1));
+  const __m128i m4 = _mm_set1_epi8(15), m2 = _mm_set1_epi8(3), m1 = _mm_set1_epi8(1);
+  for (; i + 16 <= n; i += 16) {
+    const size_t st = i / 16;
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 2 * i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 2 * i + 16));
+    const __m128i ja = _mm_and_si128(_mm_srl_epi16(a, Shift(L)), vjmask);
+    const __m128i jb = _mm_and_si128(_mm_srl_epi16(b, Shift(L)), vjmask);
+    const __m128i da = _mm_sub_epi16(ja, vbase), db = _mm_sub_epi16(jb, vbase);
+    const __m128i ea = _mm_or_si128(_mm_cmpgt_epi16(da, v254), _mm_srai_epi16(da, 15));
+    const __m128i eb = _mm_or_si128(_mm_cmpgt_epi16(db, v254), _mm_srai_epi16(db, 15));
+    const __m128i sa = _mm_or_si128(_mm_andnot_si128(ea, da), _mm_and_si128(ea, v255));
+    const __m128i sb = _mm_or_si128(_mm_andnot_si128(eb, db), _mm_and_si128(eb, v255));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(syms + i), _mm_packus_epi16(sa, sb));
+    if (int mask = _mm_movemask_epi8(_mm_packs_epi16(ea, eb))) {
+      for (; mask; mask &= mask - 1)
+        escape(Load16(in + 2 * (i + __builtin_ctz(mask))) >> L & jmask);
+    }
+    const __m128i ra =
+        _mm_or_si128(_mm_sll_epi16(_mm_srli_epi16(a, 15), Shift(L)), _mm_and_si128(a, vlow));
+    const __m128i rb =
+        _mm_or_si128(_mm_sll_epi16(_mm_srli_epi16(b, 15), Shift(L)), _mm_and_si128(b, vlow));
+    const __m128i r = _mm_packus_epi16(ra, rb);  // < 128 each
+    auto put = [&](uint8_t* plane, int bits, __m128i field) {
+      __m128i* dst = reinterpret_cast<__m128i*>(plane + st / (8 / bits) * 16);
+      const __m128i f = _mm_sll_epi16(field, Shift(bits * static_cast<int>(st % (8 / bits))));
+      _mm_storeu_si128(dst, _mm_or_si128(_mm_loadu_si128(dst), f));
+    };
+    put(pp.nib, 4, _mm_and_si128(r, m4));
+    if (pl.crumb) put(pp.crumb, 2, _mm_and_si128(_mm_srli_epi16(r, 4), m2));
+    if (pl.bit) put(pp.bit, 1, _mm_and_si128(_mm_srl_epi16(r, Shift(pl.bit_pos)), m1));
+  }
+#endif
+  for (; i < n; i++) {
+    const uint16_t v = Load16(in + 2 * i);
+    const uint32_t j = v >> L & jmask, d = j - p.base;
+    syms[i] = d < 255 ? static_cast<uint8_t>(d) : kJointEscape;
+    if (d >= 255) escape(j);
+    PutRest(pp, pl, i, RestOf(v, L));
+  }
+}
+
+namespace {
+
+// The merge proper, for one k: shifts become immediates, and eight 16-element steps (one group of
+// every plane) unroll so that the plane shifts do too.
+template <int K>
+bool MergeJointK(const uint8_t* syms, const uint8_t* rest, std::span<const uint8_t> escapes,
+                 size_t n, uint32_t base, uint8_t* out) {
+  const Planes pl(K);
+  constexpr int L = 7 - K;
+  constexpr uint32_t kJMask = (1u << (8 + K)) - 1, kKeep = 0x8000u | ((1u << L) - 1);
+  const PlanePtrs pp = Locate(const_cast<uint8_t*>(rest), n, pl);
+  const size_t nesc = escapes.size() / 2;
+  size_t e = 0;
+  auto patch = [&](size_t at) {
+    if (e == nesc) return false;
+    const uint32_t j = Load16(escapes.data() + 2 * e++);
+    if (j > kJMask) return false;
+    Store16(out + 2 * at, static_cast<uint16_t>((Load16(out + 2 * at) & kKeep) | j << L));
+    return true;
+  };
+  size_t i = 0;
+#ifdef __SSE2__
+  const __m128i zero = _mm_setzero_si128(), vbase = _mm_set1_epi16(static_cast<int16_t>(base));
+  const __m128i vlow = _mm_set1_epi16(static_cast<int16_t>((1u << L) - 1));
+  const __m128i vesc = _mm_set1_epi8(static_cast<char>(kJointEscape));
+  const __m128i m4 = _mm_set1_epi8(15), m2 = _mm_set1_epi8(3), m1 = _mm_set1_epi8(1);
+  auto load = [](const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); };
+  // One 16-element step; t = the step's index within its 128-element group.
+  auto step = [&](size_t at, int t, __m128i nib, __m128i crumb, __m128i bit) {
+    __m128i r = _mm_and_si128(_mm_srl_epi16(nib, Shift(4 * (t % 2))), m4);
+    if constexpr (K <= 2)
+      r = _mm_or_si128(
+          r, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(crumb, Shift(2 * (t % 4))), m2), 4));
+    if constexpr (K != 2)
+      r = _mm_or_si128(
+          r, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(bit, Shift(t)), m1), K == 1 ? 6 : 4));
+    const __m128i s = load(syms + at);
+    const __m128i sym[2] = {_mm_unpacklo_epi8(s, zero), _mm_unpackhi_epi8(s, zero)};
+    const __m128i rr[2] = {_mm_unpacklo_epi8(r, zero), _mm_unpackhi_epi8(r, zero)};
+    for (int h = 0; h < 2; h++) {
+      const __m128i v = _mm_or_si128(
+          _mm_slli_epi16(_mm_add_epi16(sym[h], vbase), L),
+          _mm_or_si128(_mm_and_si128(rr[h], vlow), _mm_slli_epi16(_mm_srli_epi16(rr[h], L), 15)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * at + 16 * h), v);
+    }
+    int mask = _mm_movemask_epi8(_mm_cmpeq_epi8(s, vesc));
+    for (; mask; mask &= mask - 1)
+      if (!patch(at + __builtin_ctz(mask))) return false;
+    return true;
+  };
+  for (; i + 16 <= n; i += 16) {
+    const size_t st = i / 16;
+    if (st % 8 == 0 && i + 128 <= n) {
+      const __m128i crumb0 = K <= 2 ? load(pp.crumb + st / 4 * 16) : zero;
+      const __m128i crumb1 = K <= 2 ? load(pp.crumb + st / 4 * 16 + 16) : zero;
+      const __m128i bit = K != 2 ? load(pp.bit + st / 8 * 16) : zero;
+#pragma GCC unroll 8
+      for (int t = 0; t < 8; t++) {
+        if (!step(i + 16 * t, t, load(pp.nib + (st + t) / 2 * 16), t < 4 ? crumb0 : crumb1, bit))
+          return false;
+      }
+      i += 112;
+      continue;
+    }
+    const int t = static_cast<int>(st % 8);
+    if (!step(i, t, load(pp.nib + st / 2 * 16), K <= 2 ? load(pp.crumb + st / 4 * 16) : zero,
+              K != 2 ? load(pp.bit + st / 8 * 16) : zero))
+      return false;
+  }
+#endif
+  for (; i < n; i++) {
+    const uint32_t r = GetRest(pp, pl, i);
+    const uint32_t v = (syms[i] + base) << L | (r & ((1u << L) - 1)) | (r >> L) << 15;
+    Store16(out + 2 * i, static_cast<uint16_t>(v));
+    if (syms[i] == kJointEscape && !patch(i)) return false;
+  }
+  return e == nesc;
+}
+
+}  // namespace
+
+bool MergeJoint(const uint8_t* syms, const uint8_t* rest, std::span<const uint8_t> escapes,
+                size_t n, JointParams p, uint8_t* out) {
+  if (n == 0) return escapes.empty();
+  switch (p.k) {
+    case 1:
+      return MergeJointK<1>(syms, rest, escapes, n, p.base, out);
+    case 2:
+      return MergeJointK<2>(syms, rest, escapes, n, p.base, out);
+    case 3:
+      return MergeJointK<3>(syms, rest, escapes, n, p.base, out);
+    default:
+      return false;
+  }
+}
+
+}  // namespace zipnn::internal

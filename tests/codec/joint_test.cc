@@ -1,0 +1,181 @@
+// Joint BF16 coding (exponent and top mantissa bits as one symbol) and frame versions.
+#include <gtest/gtest.h>
+
+#include "codec/codec.h"
+#include "tests/codec/test_util.h"
+#include "tests/codec/v1_frames.h"
+
+namespace zipnn {
+namespace {
+
+using test::Bytes;
+
+FrameInfo EncodeInfo(const Bytes& data, const EncodeOptions& opts, Bytes* frame) {
+  EXPECT_TRUE(test::RoundTrip(data, DType::kBF16, opts, {}, frame));
+  return test::InfoOf(*frame);
+}
+
+// Every k, at lengths around the 16- and 128-element steps and with an odd trailing byte.
+TEST(JointTest, RoundTripsEveryKAndLength) {
+  for (int k = 1; k <= 3; k++) {
+    for (size_t n : {0, 1, 15, 16, 17, 127, 128, 129, 1000, 4099, 70001}) {
+      for (bool odd : {false, true}) {
+        Bytes data = test::GaussianWeights(DType::kBF16, n, 0.02, 100 * k + n);
+        if (odd) data.push_back(0x5A);
+        EncodeOptions opts;
+        opts.joint_k = k;
+        opts.force_method = Method::kGrouped;
+        Bytes frame;
+        ASSERT_TRUE(test::RoundTrip(data, DType::kBF16, opts, {}, &frame))
+            << "k=" << k << " n=" << n << " odd=" << odd;
+      }
+    }
+  }
+}
+
+// Values outside the symbol window (zeros, denormals, Inf, NaN, outliers) travel as escapes.
+TEST(JointTest, EscapesCarryRareExponents) {
+  Bytes data = test::GaussianWeights(DType::kBF16, 20000, 0.02, 3);
+  const std::vector<uint64_t> special = test::SpecialPatterns(test::FormatOf(DType::kBF16));
+  for (size_t i = 0; i < data.size() / 2; i += 37)
+    test::StoreElement(data.data() + 2 * i, special[i % special.size()], 2);
+  for (int k = 1; k <= 3; k++) {
+    EncodeOptions opts;
+    opts.joint_k = k;
+    Bytes frame;
+    const FrameInfo info = EncodeInfo(data, opts, &frame);
+    EXPECT_TRUE(info.joint) << "k=" << k;
+  }
+}
+
+// Bell-shaped weights code jointly by choice, and smaller than exponent-only coding.
+TEST(JointTest, ChosenWhereItSaves) {
+  const Bytes data = test::GaussianWeights(DType::kBF16, 100000, 0.02, 11);
+  Bytes joint, plain;
+  EXPECT_TRUE(EncodeInfo(data, {}, &joint).joint);
+  EncodeOptions off;
+  off.joint_k = 0;
+  EXPECT_FALSE(EncodeInfo(data, off, &plain).joint);
+  EXPECT_LT(joint.size(), plain.size() * 0.995);
+}
+
+// Not where the low mantissa bits are not noise (BF16 upcast from a narrower type), nor for
+// chunks too small to pay for the larger tables.
+TEST(JointTest, NotChosenWhereItCannotSave) {
+  Bytes clean = test::GaussianWeights(DType::kBF16, 50000, 0.02, 12);
+  for (size_t i = 0; i < clean.size(); i += 2) clean[i] &= 0xF0;  // 3 mantissa bits left
+  Bytes frame;
+  EXPECT_FALSE(EncodeInfo(clean, {}, &frame).joint);
+  EXPECT_FALSE(EncodeInfo(test::GaussianWeights(DType::kBF16, 500, 0.02, 13), {}, &frame).joint);
+}
+
+Bytes JointFrame() {
+  EncodeOptions opts;
+  opts.joint_k = 2;
+  Bytes frame;
+  EXPECT_TRUE(test::RoundTrip(test::GaussianWeights(DType::kBF16, 3000, 0.02, 5), DType::kBF16,
+                              opts, {}, &frame));
+  EXPECT_TRUE(test::InfoOf(frame).joint);
+  return frame;
+}
+
+Status Decode(const Bytes& frame) {
+  const FrameInfo info = test::InfoOf(frame);
+  Bytes out(info.raw_size);
+  FrameDecoder dec;
+  return dec.Decode(frame, out);
+}
+
+// The joint header's fields are checked, each with a clear error.
+TEST(JointTest, RejectsBadJointHeaders) {
+  const Bytes good = JointFrame();
+  ASSERT_TRUE(Decode(good).ok());
+  const size_t p = kFrameHeaderSize;  // u8 k | u16 base | varint escapes | u8 coding | ...
+  for (uint8_t k : {0, 4, 255}) {
+    Bytes f = good;
+    f[p] = k;
+    EXPECT_EQ(Decode(f).code(), StatusCode::kCorrupt) << "k=" << int{k};
+  }
+  Bytes f = good;
+  f[p + 1] = 0xFF, f[p + 2] = 0xFF;  // base beyond J's range
+  EXPECT_EQ(Decode(f).code(), StatusCode::kCorrupt);
+  f = good;
+  f[p + 3] = 1;  // an escape the symbols do not have: the payload no longer adds up
+  EXPECT_EQ(Decode(f).code(), StatusCode::kCorrupt);
+  f = good;
+  f[p + 4] = 9;  // unknown stream coding
+  EXPECT_EQ(Decode(f).code(), StatusCode::kCorrupt);
+  // Every truncation of the payload (with the header's sizes made to agree) fails cleanly.
+  for (size_t cut = 1; cut < good.size() - kFrameHeaderSize; cut += 7) {
+    Bytes t(good.begin(), good.end() - cut);
+    test::WriteLE(t.data() + test::hdr::kPayloadSize, t.size() - kFrameHeaderSize, 4);
+    test::FixHeaderCheck(t.data());
+    EXPECT_FALSE(Decode(t).ok()) << cut;
+  }
+}
+
+// Escapes are counted against the escape symbols both ways.
+TEST(JointTest, RejectsMismatchedEscapes) {
+  Bytes data = test::GaussianWeights(DType::kBF16, 5000, 0.02, 8);
+  test::StoreElement(data.data() + 2 * 100, 0, 2);  // a zero: J = 0, far below the window
+  EncodeOptions opts;
+  opts.joint_k = 3;
+  Bytes frame;
+  ASSERT_TRUE(test::RoundTrip(data, DType::kBF16, opts, {}, &frame));
+  const size_t p = kFrameHeaderSize;
+  ASSERT_EQ(frame[p + 3], 1) << "expected exactly one escape";
+  // One escape fewer: two payload bytes left over; drop them to keep the sizes consistent.
+  Bytes f = frame;
+  f[p + 3] = 0;
+  f.erase(f.end() - 2, f.end());
+  test::WriteLE(f.data() + test::hdr::kPayloadSize, f.size() - kFrameHeaderSize, 4);
+  test::FixHeaderCheck(f.data());
+  EXPECT_EQ(Decode(f).code(), StatusCode::kCorrupt);
+  // One escape more than the symbols call for.
+  f = frame;
+  f[p + 3] = 2;
+  f.insert(f.end(), {0x10, 0x00});
+  test::WriteLE(f.data() + test::hdr::kPayloadSize, f.size() - kFrameHeaderSize, 4);
+  test::FixHeaderCheck(f.data());
+  EXPECT_EQ(Decode(f).code(), StatusCode::kCorrupt);
+  // An escaped value beyond J's range.
+  f = frame;
+  f[f.size() - 1] = 0xFF, f[f.size() - 2] = 0xFF;
+  EXPECT_EQ(Decode(f).code(), StatusCode::kCorrupt);
+}
+
+// The flag is valid on version-2 grouped BF16 frames only.
+TEST(JointTest, FlagOnlyWhereDefined) {
+  for (auto [version, method, dtype, ok] :
+       {std::tuple{2, 3, 1, true}, {1, 3, 1, false}, {2, 2, 1, false}, {2, 3, 2, false}}) {
+    Bytes h =
+        test::ForgeHeader(static_cast<uint8_t>(method), static_cast<uint8_t>(dtype), 100, 50, 0);
+    h[3] = static_cast<uint8_t>(version);
+    h[test::hdr::kFlags] = 1;
+    test::FixHeaderCheck(h.data());
+    EXPECT_EQ(ParseFrameHeader(h).ok(), ok) << version << " " << method << " " << dtype;
+  }
+}
+
+// Frames of format version 1 still decode, byte-exact (the decoder checks their checksum).
+TEST(FrameVersionTest, ReadsVersionOneFrames) {
+  struct Case {
+    std::span<const uint8_t> frame;
+    DType dtype;
+    size_t n;
+  };
+  for (const Case& c :
+       {Case{test::kV1BF16Frame, DType::kBF16, 700}, Case{test::kV1F32Frame, DType::kF32, 200}}) {
+    Result<FrameInfo> info = ParseFrameHeader(c.frame);
+    ASSERT_TRUE(info.ok()) << info.status().ToString();
+    EXPECT_EQ(info->version, 1);
+    EXPECT_EQ(info->method, Method::kGrouped);
+    FrameDecoder dec;
+    Bytes out(info->raw_size);
+    ASSERT_TRUE(dec.Decode(c.frame, out).ok()) << DTypeName(c.dtype);
+    EXPECT_EQ(out, test::GaussianWeights(c.dtype, c.n, 0.02, 7));
+  }
+}
+
+}  // namespace
+}  // namespace zipnn
