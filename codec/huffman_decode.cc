@@ -275,7 +275,7 @@ bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out,
       continue;
     }
     const uint8_t* desc_begin = r.pos() - 1;
-    if (mode != 1 || !ReadTable(r, len)) return false;
+    if (!ReadTable(r, mode, len)) return false;
     // Several symbols per lookup pay where codes are short and the block long enough to build
     // the table; where no two codes fit in a lookup, the one-symbol table is leaner.
     int min_len = kL;

@@ -108,29 +108,19 @@ void AssignCodes(const std::array<uint8_t, 256>& len, std::array<uint32_t, 256>&
   for (int s = 0; s < 256; s++) code[s] = len[s] ? next[len[s]]++ : 0;
 }
 
-// Serialized table: mode 0 = one symbol (its byte follows); mode 1 = min and max symbol, then
-// one nibble per symbol in [min, max]: 0..11 a length, 12 k = a run of 2+k unused symbols,
-// 13 k1 k2 = a run of 18+(k1<<4|k2).
-void WriteTable(const HufBlockPlan& b, std::vector<uint8_t>& out) {
-  if (b.single >= 0) {
-    out.push_back(0);
-    out.push_back(static_cast<uint8_t>(b.single));
-    return;
-  }
-  int lo = 0, hi = 255;
-  while (!b.len[lo]) lo++;
-  while (!b.len[hi]) hi--;
-  out.push_back(1);
-  out.push_back(static_cast<uint8_t>(lo));
-  out.push_back(static_cast<uint8_t>(hi));
+namespace {
+
+// Mode 1: one nibble per symbol in [lo, hi]: 0..11 a length, 12 k = a run of 2+k unused
+// symbols, 13 k1 k2 = a run of 18+(k1<<4|k2).
+void WriteNibbles(const std::array<uint8_t, 256>& len, int lo, int hi, std::vector<uint8_t>& out) {
   std::vector<uint8_t> nib;
   for (int s = lo; s <= hi;) {
-    if (b.len[s]) {
-      nib.push_back(b.len[s++]);
+    if (len[s]) {
+      nib.push_back(len[s++]);
       continue;
     }
     int run = 0;
-    while (s + run <= hi && !b.len[s + run]) run++;
+    while (s + run <= hi && !len[s + run]) run++;
     s += run;
     while (run > 0) {
       if (run == 1) {
@@ -154,11 +144,7 @@ void WriteTable(const HufBlockPlan& b, std::vector<uint8_t>& out) {
     out.push_back(static_cast<uint8_t>(nib[i] << 4 | nib[i + 1]));
 }
 
-// Parses a mode-1 table (after the mode byte) into `len`; checks the code is complete.
-bool ReadTable(ByteReader& r, std::array<uint8_t, 256>& len) {
-  uint8_t lo, hi;
-  if (!r.GetU8(&lo) || !r.GetU8(&hi) || hi <= lo) return false;
-  len.fill(0);
+bool ReadNibbles(ByteReader& r, int lo, int hi, std::array<uint8_t, 256>& len) {
   int s = lo, pending = -1;
   auto nibble = [&](int* v) {
     if (pending >= 0) {
@@ -194,7 +180,104 @@ bool ReadTable(ByteReader& r, std::array<uint8_t, 256>& len) {
     if (s + run > hi + 1) return false;
     s += run;
   }
-  if (pending > 0) return false;  // padding must be zero
+  return pending <= 0;  // padding must be zero
+}
+
+// Mode 2: the first length in 4 bits, then each next one against the one before: 0 same,
+// 10 one longer, 110 one shorter, 111 + 4 bits as is. Neighbouring symbols of joint BF16 coding
+// (an exponent's mantissa steps) have near-equal lengths: about half the bits of mode 1.
+void WriteDeltas(const std::array<uint8_t, 256>& len, int lo, int hi, std::vector<uint8_t>& out) {
+  uint32_t acc = 0;
+  int n = 0;
+  auto put = [&](uint32_t bits, int count) {
+    acc = acc << count | bits;
+    for (n += count; n >= 8; n -= 8) out.push_back(static_cast<uint8_t>(acc >> (n - 8)));
+  };
+  put(len[lo], 4);
+  for (int s = lo + 1; s <= hi; s++) {
+    const int d = len[s] - len[s - 1];
+    if (d == 0) {
+      put(0, 1);
+    } else if (d == 1) {
+      put(2, 2);
+    } else if (d == -1) {
+      put(6, 3);
+    } else {
+      put(7u << 4 | len[s], 7);
+    }
+  }
+  if (n) put(0, 8 - n);
+}
+
+bool ReadDeltas(ByteReader& r, int lo, int hi, std::array<uint8_t, 256>& len) {
+  uint32_t acc = 0;
+  int n = 0;
+  auto get = [&](int count, uint32_t* v) {
+    for (; n < count; n += 8) {
+      uint8_t b;
+      if (!r.GetU8(&b)) return false;
+      acc = acc << 8 | b;
+    }
+    n -= count;
+    *v = acc >> n & ((1u << count) - 1);
+    return true;
+  };
+  uint32_t v;
+  if (!get(4, &v) || v > kL) return false;
+  len[lo] = static_cast<uint8_t>(v);
+  for (int s = lo + 1; s <= hi; s++) {
+    int l = len[s - 1];
+    uint32_t bit;
+    if (!get(1, &bit)) return false;
+    if (bit) {
+      if (!get(1, &bit)) return false;
+      if (!bit) {
+        l++;
+      } else {
+        if (!get(1, &bit)) return false;
+        if (!bit) {
+          l--;
+        } else {
+          if (!get(4, &v)) return false;
+          l = static_cast<int>(v);
+        }
+      }
+    }
+    if (l < 0 || l > kL) return false;
+    len[s] = static_cast<uint8_t>(l);
+  }
+  return (acc & ((1u << n) - 1)) == 0;  // padding must be zero
+}
+
+}  // namespace
+
+// Serialized table: mode 0 = one symbol (its byte follows); modes 1 and 2 = min and max symbol,
+// then the lengths of the symbols in [min, max], as nibbles or as deltas, whichever is shorter.
+void WriteTable(const HufBlockPlan& b, std::vector<uint8_t>& out) {
+  if (b.single >= 0) {
+    out.push_back(0);
+    out.push_back(static_cast<uint8_t>(b.single));
+    return;
+  }
+  int lo = 0, hi = 255;
+  while (!b.len[lo]) lo++;
+  while (!b.len[hi]) hi--;
+  const size_t start = out.size();
+  out.insert(out.end(), {1, static_cast<uint8_t>(lo), static_cast<uint8_t>(hi)});
+  WriteNibbles(b.len, lo, hi, out);
+  std::vector<uint8_t> deltas = {2, static_cast<uint8_t>(lo), static_cast<uint8_t>(hi)};
+  WriteDeltas(b.len, lo, hi, deltas);
+  if (deltas.size() < out.size() - start) {
+    out.resize(start);
+    out.insert(out.end(), deltas.begin(), deltas.end());
+  }
+}
+
+bool ReadTable(ByteReader& r, uint8_t mode, std::array<uint8_t, 256>& len) {
+  uint8_t lo, hi;
+  if ((mode != 1 && mode != 2) || !r.GetU8(&lo) || !r.GetU8(&hi) || hi <= lo) return false;
+  len.fill(0);
+  if (!(mode == 1 ? ReadNibbles(r, lo, hi, len) : ReadDeltas(r, lo, hi, len))) return false;
   if (!len[lo] || !len[hi]) return false;
   int64_t kraft = 0;
   for (int i = 0; i < 256; i++)

@@ -20,7 +20,7 @@ int BuildLengths(const Histogram& h, std::array<uint8_t, 256>& len);
 void AssignCodes(const std::array<uint8_t, 256>& len, std::array<uint32_t, 256>& code);
 // Appends a block's serialized table (format in docs/format.md).
 void WriteTable(const HufBlockPlan& b, std::vector<uint8_t>& out);
-// Parses a mode-1 table (after the mode byte) into `len`; checks the code is complete.
-bool ReadTable(ByteReader& r, std::array<uint8_t, 256>& len);
+// Parses a mode-1 or mode-2 table (after its mode byte) into `len`; checks the code is complete.
+bool ReadTable(ByteReader& r, uint8_t mode, std::array<uint8_t, 256>& len);
 
 }  // namespace zipnn::internal

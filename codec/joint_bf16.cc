@@ -262,7 +262,7 @@ bool MergeJointK(const uint8_t* syms, const uint8_t* rest, std::span<const uint8
                  size_t n, uint32_t base, uint8_t* out) {
   const Planes pl(K);
   constexpr int L = 7 - K;
-  constexpr uint32_t kJMask = (1u << (8 + K)) - 1, kKeep = 0x8000u | ((1u << L) - 1);
+  constexpr uint32_t kJMask = (1u << (8 + K)) - 1;
   const PlanePtrs pp = Locate(const_cast<uint8_t*>(rest), n, pl);
   const size_t nesc = escapes.size() / 2;
   size_t e = 0;
@@ -270,7 +270,9 @@ bool MergeJointK(const uint8_t* syms, const uint8_t* rest, std::span<const uint8
     if (e == nesc) return false;
     const uint32_t j = Load16(escapes.data() + 2 * e++);
     if (j > kJMask) return false;
-    Store16(out + 2 * at, static_cast<uint16_t>((Load16(out + 2 * at) & kKeep) | j << L));
+    // From the planes again: the escape symbol plus base may have run into the sign bit.
+    const uint32_t r = GetRest(pp, pl, at);
+    Store16(out + 2 * at, static_cast<uint16_t>(j << L | (r & ((1u << L) - 1)) | (r >> L) << 15));
     return true;
   };
   size_t i = 0;

@@ -48,6 +48,19 @@ TEST(JointTest, EscapesCarryRareExponents) {
   }
 }
 
+// With the window at the top of J's range (NaNs), the escape symbol plus base overflows J: an
+// escaped element must still get its own sign (found by the fuzzer).
+TEST(JointTest, EscapesBelowATopWindowKeepTheirSign) {
+  for (int k = 1; k <= 3; k++) {
+    Bytes data(2 * 300, 0xFF);
+    for (size_t i : {0, 11, 16, 150, 299}) test::StoreElement(data.data() + 2 * i, 0x08FF, 2);
+    EncodeOptions opts;
+    opts.joint_k = k;
+    Bytes frame;
+    EXPECT_TRUE(EncodeInfo(data, opts, &frame).joint) << "k=" << k;
+  }
+}
+
 // Bell-shaped weights code jointly by choice, and smaller than exponent-only coding.
 TEST(JointTest, ChosenWhereItSaves) {
   const Bytes data = test::GaussianWeights(DType::kBF16, 100000, 0.02, 11);
