@@ -76,6 +76,9 @@ double Entropy(const uint32_t* c, size_t bins, double total) {
 }
 
 constexpr size_t kMinElements = 1024;
+// Joint coding must beat exponent-only coding by this much of the estimate: longer codes decode
+// slower, and below this the estimate's error decides more often than the data.
+constexpr double kMinJointSaving = 0.002;
 
 // Order-0 entropy in bits of a slice of `len` elements: counts c[0..bins) plus `extra` more (the
 // escapes). Small counts come from a table of c * log2(c): planning is on every chunk's path.
@@ -140,7 +143,7 @@ JointParams PlanJoint(const uint8_t* in, size_t n, size_t tables, int force_k) {
   if (!force_k && Entropy(low.data(), low.size(), sampled) < 4.9 * sampled) return {};  // not noise
 
   JointParams best;
-  double best_bits = 0;
+  double best_bits = 0, plain_bits = 0;
   // From k = 3 down, each k's counts folding the bins of the one above in pairs (in place).
   std::array<std::array<uint32_t, 2048>, 4>& c = hist;
   std::array<uint32_t, 2048> sum;
@@ -186,11 +189,14 @@ JointParams PlanJoint(const uint8_t* in, size_t n, size_t tables, int force_k) {
     const double table = 24.0 + 5.0 * static_cast<double>(hi - lo + 1);
     const double bits = split + table * static_cast<double>(std::max(slices, tables)) +
                         16 * escapes + (8 - k) * static_cast<double>(n) + (k ? 64 : 0);
-    if (force_k || k == 3 || bits <= best_bits) {  // (ties go to the smaller k)
+    if (k == 0) {
+      plain_bits = bits;
+    } else if (force_k || k == 3 || bits <= best_bits) {  // (ties go to the smaller k)
       best_bits = bits;
       best = JointParams{k, base};
     }
   }
+  if (!force_k && best_bits > plain_bits * (1 - kMinJointSaving)) return {};
   return best;
 }
 
