@@ -27,6 +27,8 @@ void CountSymbols(std::span<const uint8_t> syms, Histogram& h);
 
 // Order-0 entropy of a histogram, in bits.
 double EntropyBits(const Histogram& h);
+// The same for any counts, plus `extra` occurrences of one more symbol.
+double EntropyBits(std::span<const uint32_t> counts, uint32_t extra = 0);
 
 struct HufBlockPlan {
   uint32_t begin = 0, end = 0;  // symbol range

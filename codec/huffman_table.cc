@@ -337,14 +337,16 @@ const XLogX kXLogX;
 
 }  // namespace
 
-double EntropyBits(const Histogram& h) {
-  uint64_t total = 0;
-  double sum = 0;
-  for (uint32_t c : h) {
+double EntropyBits(std::span<const uint32_t> counts, uint32_t extra) {
+  uint64_t total = extra;
+  double sum = kXLogX(extra);
+  for (uint32_t c : counts) {
     total += c;
     sum += kXLogX(c);
   }
   return total > 0 ? static_cast<double>(total) * FastLog2(static_cast<double>(total)) - sum : 0;
 }
+
+double EntropyBits(const Histogram& h) { return EntropyBits(std::span<const uint32_t>(h)); }
 
 }  // namespace zipnn::internal

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <array>
-#include <cmath>
 #include <cstring>
 
 #include "codec/bytes.h"
+#include "codec/huffman.h"
 
 #ifdef __SSE2__
 #include <emmintrin.h>  // every x86-64 has it; elsewhere the scalar loops do all
@@ -68,32 +68,10 @@ uint32_t GetRest(const PlanePtrs& p, const Planes& pl, size_t i) {
 inline __m128i Shift(int s) { return _mm_cvtsi32_si128(s); }
 #endif
 
-double Entropy(const uint32_t* c, size_t bins, double total) {
-  double bits = 0;
-  for (size_t i = 0; i < bins; i++)
-    if (c[i]) bits -= c[i] * std::log2(c[i] / total);
-  return bits;
-}
-
 constexpr size_t kMinElements = 1024;
 // Joint coding must beat exponent-only coding by this much of the estimate: longer codes decode
 // slower, and below this the estimate's error decides more often than the data.
 constexpr double kMinJointSaving = 0.002;
-
-// Order-0 entropy in bits of a slice of `len` elements: counts c[0..bins) plus `extra` more (the
-// escapes). Small counts come from a table of c * log2(c): planning is on every chunk's path.
-double EntropyOfSlice(const uint32_t* c, size_t bins, uint32_t extra, size_t len) {
-  constexpr size_t kTable = 4096;
-  static const std::vector<float> table = [] {
-    std::vector<float> t(kTable);
-    for (size_t x = 1; x < kTable; x++) t[x] = static_cast<float>(x * std::log2(double(x)));
-    return t;
-  }();
-  auto clogc = [&](size_t x) { return x < kTable ? double{table[x]} : x * std::log2(double(x)); };
-  double sum = clogc(extra);
-  for (size_t i = 0; i < bins; i++) sum += clogc(c[i]);
-  return clogc(len) - sum;
-}
 
 }  // namespace
 
@@ -140,7 +118,7 @@ JointParams PlanJoint(const uint8_t* in, size_t n, size_t tables, int force_k) {
   for (size_t i = 0; i < n; i += step) low[RestOf(Load16(in + 2 * i), 4)]++;
   double sampled = 0;
   for (uint32_t c : low) sampled += c;
-  if (!force_k && Entropy(low.data(), low.size(), sampled) < 4.9 * sampled) return {};  // not noise
+  if (!force_k && EntropyBits(low) < 4.9 * sampled) return {};  // low bits not noise
 
   JointParams best;
   double best_bits = 0, plain_bits = 0;
@@ -182,7 +160,7 @@ JointParams PlanJoint(const uint8_t* in, size_t n, size_t tables, int force_k) {
       uint32_t out = static_cast<uint32_t>(counted[s]);
       for (size_t j = 0; j < width; j++) out -= c[s][base + j];
       const double scale = static_cast<double>(len[s]) / static_cast<double>(counted[s]);
-      split += EntropyOfSlice(c[s].data() + base, width, out, counted[s]) * scale;
+      split += EntropyBits({c[s].data() + base, width}, out) * scale;
       escapes += out * scale;
     }
     if (escapes > 0) hi = width;  // the escape symbol
