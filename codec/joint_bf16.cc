@@ -82,6 +82,7 @@ size_t JointRestBytes(size_t n, int k) {
 
 JointParams PlanJoint(const uint8_t* in, size_t n, size_t tables, int force_k) {
   if (n < kMinElements && !force_k) return {};
+  if (n == 0) return {force_k, 0};
   // The chunk in up to four slices, each with its own statistics: the Huffman planner gives
   // drifting data several tables, so the estimate must see the drift too. Every fourth element
   // is counted in long chunks: spread samples, since a few slices could miss a region of rare
