@@ -193,12 +193,13 @@ struct FrameEncoder::Impl {
     streams[1].resize(internal::JointRestBytes(n, jp.k));
     streams[2].clear();
     internal::SplitJoint(chunk.data(), n, jp, streams[0].data(), streams[1].data(), streams[2]);
-    const StreamCoding coding = CodeStream(streams[0], true, segments, entropy, 0);
+    double bits = 8.0 * static_cast<double>(streams[1].size() + streams[2].size());
+    const StreamCoding coding = CodeStream(streams[0], true, segments, &bits, 0);
     const std::span<const uint8_t> sym = coding == StreamCoding::kRaw ? streams[0] : coded[0];
-    *entropy += 8.0 * static_cast<double>(streams[1].size() + streams[2].size());
     const size_t total = 24 + sym.size() + streams[1].size() + streams[2].size() + tail;
     if (total >= chunk.size() * (1 - opts.min_saving) && !opts.force_method) return false;
     if (total >= chunk.size()) return false;  // a frame never grows
+    *entropy += bits;
     out.push_back(static_cast<uint8_t>(jp.k));
     out.push_back(static_cast<uint8_t>(jp.base));
     out.push_back(static_cast<uint8_t>(jp.base >> 8));
@@ -323,6 +324,8 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
                             std::span<const uint32_t> segments, EncodeStats* stats) {
   if (chunk.size() > kMaxChunkSize) return Status::InvalidArgument("chunk larger than 64 MiB");
   if (static_cast<int>(dtype) >= kNumDTypes) return Status::InvalidArgument("unknown dtype");
+  if (impl_->opts.joint_k < -1 || impl_->opts.joint_k > 3)
+    return Status::InvalidArgument("joint_k must be -1..3");
   Impl& im = *impl_;
   const uint32_t raw = static_cast<uint32_t>(chunk.size());
   const uint64_t sum = Checksum(chunk);
