@@ -453,7 +453,7 @@ struct FrameDecoder::Impl {
     ZIPNN_RETURN_IF_ERROR(DecodeStream(static_cast<StreamCoding>(coding), sym_data, Scratch(0, n),
                                        varint_lanes, &syms));
     if (!internal::MergeJoint(syms, rest.data(), esc, n, jp, out.data()))
-      return Status::Corrupt("joint frame: escapes do not match");
+      return Status::Corrupt("joint frame: escapes or bit planes do not match");
     if (tail) out[out.size() - 1] = tail_bytes[0];
     return Status::Ok();
   }

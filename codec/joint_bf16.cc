@@ -254,7 +254,7 @@ bool MergeJointK(const uint8_t* syms, const uint8_t* rest, std::span<const uint8
   auto patch = [&](size_t at) {
     if (e == nesc) return false;
     const uint32_t j = Load16(escapes.data() + 2 * e++);
-    if (j > kJMask) return false;
+    if (j > kJMask || j - base < 255) return false;  // (a symbol's value needs no escape)
     // From the planes again: the escape symbol plus base may have run into the sign bit.
     const uint32_t r = GetRest(pp, pl, at);
     Store16(out + 2 * at, static_cast<uint16_t>(j << L | (r & ((1u << L) - 1)) | (r >> L) << 15));
@@ -319,20 +319,33 @@ bool MergeJointK(const uint8_t* syms, const uint8_t* rest, std::span<const uint8
   return e == nesc;
 }
 
+// Whether the plane bits past the last element are zero, as written: no bit of a frame goes
+// unchecked, so each frame has one encoding.
+bool PaddingIsZero(const uint8_t* rest, size_t n, int k) {
+  const Planes pl(k);
+  const PlanePtrs pp = Locate(const_cast<uint8_t*>(rest), n, pl);
+  auto clean = [n](const uint8_t* plane, int b) {
+    const size_t end = PlaneBytes(n, b) / 16 * (128 / b);  // elements the plane has room for
+    for (size_t i = n; i < end; i++)
+      if (plane[FieldByte(i, b)] >> FieldShift(i, b) & ((1u << b) - 1)) return false;
+    return true;
+  };
+  return clean(pp.nib, 4) && (!pl.crumb || clean(pp.crumb, 2)) && (!pl.bit || clean(pp.bit, 1));
+}
+
 }  // namespace
 
 bool MergeJoint(const uint8_t* syms, const uint8_t* rest, std::span<const uint8_t> escapes,
                 size_t n, JointParams p, uint8_t* out) {
   if (n == 0) return escapes.empty();
+  if (p.k < 1 || p.k > 3 || !PaddingIsZero(rest, n, p.k)) return false;
   switch (p.k) {
     case 1:
       return MergeJointK<1>(syms, rest, escapes, n, p.base, out);
     case 2:
       return MergeJointK<2>(syms, rest, escapes, n, p.base, out);
-    case 3:
-      return MergeJointK<3>(syms, rest, escapes, n, p.base, out);
     default:
-      return false;
+      return MergeJointK<3>(syms, rest, escapes, n, p.base, out);
   }
 }
 

@@ -37,7 +37,9 @@ size_t JointRestBytes(size_t n, int k);
 void SplitJoint(const uint8_t* in, size_t n, JointParams p, uint8_t* syms, uint8_t* rest,
                 std::vector<uint8_t>& escapes);
 
-// Inverse of SplitJoint. False when the escapes do not match the escape symbols in number.
+// Inverse of SplitJoint. False when the escapes do not match the escape symbols (in number, or
+// in value: within J's range and outside the symbols' window), or bits past the last element in
+// the planes are not zero.
 bool MergeJoint(const uint8_t* syms, const uint8_t* rest, std::span<const uint8_t> escapes,
                 size_t n, JointParams p, uint8_t* out);
 

@@ -178,7 +178,18 @@ TEST(JointTest, RejectsMismatchedEscapes) {
   // An escaped value beyond J's range.
   f = frame;
   f[f.size() - 1] = 0xFF, f[f.size() - 2] = 0xFF;
-  EXPECT_EQ(Decode(f).message(), "joint frame: escapes do not match");
+  EXPECT_EQ(Decode(f).message(), "joint frame: escapes or bit planes do not match");
+  // An escaped value the symbols could have carried.
+  f = frame;
+  const uint32_t base = f[p + 1] | f[p + 2] << 8;
+  f[f.size() - 2] = static_cast<uint8_t>(base + 7), f[f.size() - 1] = (base + 7) >> 8;
+  EXPECT_EQ(Decode(f).message(), "joint frame: escapes or bit planes do not match");
+  // A bit set in the planes past the last element: element 5010 of the nibble plane, whose last
+  // group has room for 5024 (step 313, the high nibbles of the group's bytes).
+  f = frame;
+  const size_t planes = f.size() - 2 - internal::JointRestBytes(5000, 3);
+  f[planes + 313 / 2 * 16 + 5010 % 16] |= 0x10;
+  EXPECT_EQ(Decode(f).message(), "joint frame: escapes or bit planes do not match");
 }
 
 // The flag is valid on version-2 grouped BF16 frames only.
