@@ -121,8 +121,8 @@ JointParams PlanJoint(const uint8_t* in, size_t n, size_t tables, int force_k) {
   for (uint32_t c : low) sampled += c;
   if (!force_k && EntropyBits(low) < 4.9 * sampled) return {};  // low bits not noise
 
-  JointParams best;
-  double best_bits = 0, plain_bits = 0;
+  double cost[4] = {};
+  uint32_t bases[4] = {};
   // From k = 3 down, each k's counts folding the bins of the one above in pairs (in place).
   std::array<std::array<uint32_t, 2048>, 4>& c = hist;
   std::array<uint32_t, 2048> sum;
@@ -168,15 +168,18 @@ JointParams PlanJoint(const uint8_t* in, size_t n, size_t tables, int force_k) {
     const double table = 24.0 + 5.0 * static_cast<double>(hi - lo + 1);
     const double bits = split + table * static_cast<double>(std::max(slices, tables)) +
                         16 * escapes + (8 - k) * static_cast<double>(n) + (k ? 64 : 0);
-    if (k == 0) {
-      plain_bits = bits;
-    } else if (force_k || k == 3 || bits <= best_bits) {  // (ties go to the smaller k)
-      best_bits = bits;
-      best = JointParams{k, base};
-    }
+    if (force_k) return JointParams{k, base};
+    cost[k] = bits;
+    bases[k] = base;
   }
-  if (!force_k && best_bits > plain_bits * (1 - kMinJointSaving)) return {};
-  return best;
+  // Each mantissa bit in the symbol lengthens the codes, and longer codes decode slower: take
+  // the smallest k within kMinJointSaving of the best, and only if that beats k = 0 by as much.
+  const double best = std::min({cost[1], cost[2], cost[3]});
+  for (int k = 1; k <= 3; k++) {
+    if (cost[k] <= best * (1 + kMinJointSaving) && cost[k] <= cost[0] * (1 - kMinJointSaving))
+      return JointParams{k, bases[k]};
+  }
+  return {};
 }
 
 void SplitJoint(const uint8_t* in, size_t n, JointParams p, uint8_t* syms, uint8_t* rest,
