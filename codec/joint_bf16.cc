@@ -182,13 +182,16 @@ JointParams PlanJoint(const uint8_t* in, size_t n, size_t tables, int force_k) {
   return {};
 }
 
-void SplitJoint(const uint8_t* in, size_t n, JointParams p, uint8_t* syms, uint8_t* rest,
-                std::vector<uint8_t>& escapes) {
-  const Planes pl(p.k);
-  const int L = pl.L;
-  const uint32_t jmask = (1u << (8 + p.k)) - 1;
-  if (n == 0) return;  // (empty buffers may have no storage at all)
-  std::memset(rest, 0, JointRestBytes(n, p.k));
+namespace {
+
+// The split proper, for one k: a 128-element group (one group of every plane) at a time, each
+// plane's 16 bytes assembled in registers and stored once.
+template <int K>
+void SplitJointK(const uint8_t* in, size_t n, uint32_t base, uint8_t* syms, uint8_t* rest,
+                 std::vector<uint8_t>& escapes) {
+  const Planes pl(K);
+  constexpr int L = 7 - K;
+  constexpr uint32_t kJMask = (1u << (8 + K)) - 1;
   const PlanePtrs pp = Locate(rest, n, pl);
   auto escape = [&](uint32_t j) {
     escapes.push_back(static_cast<uint8_t>(j));
@@ -196,48 +199,82 @@ void SplitJoint(const uint8_t* in, size_t n, JointParams p, uint8_t* syms, uint8
   };
   size_t i = 0;
 #ifdef __SSE2__
-  const __m128i vjmask = _mm_set1_epi16(static_cast<int16_t>(jmask));
-  const __m128i vbase = _mm_set1_epi16(static_cast<int16_t>(p.base));
+  const __m128i vjmask = _mm_set1_epi16(static_cast<int16_t>(kJMask));
+  const __m128i vbase = _mm_set1_epi16(static_cast<int16_t>(base));
   const __m128i v254 = _mm_set1_epi16(254), v255 = _mm_set1_epi16(255);
   const __m128i vlow = _mm_set1_epi16(static_cast<int16_t>((1u << L) - 1));
   const __m128i m4 = _mm_set1_epi8(15), m2 = _mm_set1_epi8(3), m1 = _mm_set1_epi8(1);
-  for (; i + 16 <= n; i += 16) {
-    const size_t st = i / 16;
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 2 * i));
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 2 * i + 16));
-    const __m128i ja = _mm_and_si128(_mm_srl_epi16(a, Shift(L)), vjmask);
-    const __m128i jb = _mm_and_si128(_mm_srl_epi16(b, Shift(L)), vjmask);
-    const __m128i da = _mm_sub_epi16(ja, vbase), db = _mm_sub_epi16(jb, vbase);
+  auto store = [](uint8_t* p, __m128i v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); };
+  // Symbols and escapes of 16 elements; returns their raw parts r, a byte each.
+  auto step = [&](size_t at) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 2 * at));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 2 * at + 16));
+    const __m128i da = _mm_sub_epi16(_mm_and_si128(_mm_srli_epi16(a, L), vjmask), vbase);
+    const __m128i db = _mm_sub_epi16(_mm_and_si128(_mm_srli_epi16(b, L), vjmask), vbase);
     const __m128i ea = _mm_or_si128(_mm_cmpgt_epi16(da, v254), _mm_srai_epi16(da, 15));
     const __m128i eb = _mm_or_si128(_mm_cmpgt_epi16(db, v254), _mm_srai_epi16(db, 15));
     const __m128i sa = _mm_or_si128(_mm_andnot_si128(ea, da), _mm_and_si128(ea, v255));
     const __m128i sb = _mm_or_si128(_mm_andnot_si128(eb, db), _mm_and_si128(eb, v255));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(syms + i), _mm_packus_epi16(sa, sb));
+    store(syms + at, _mm_packus_epi16(sa, sb));
     if (int mask = _mm_movemask_epi8(_mm_packs_epi16(ea, eb))) {
       for (; mask; mask &= mask - 1)
-        escape(Load16(in + 2 * (i + __builtin_ctz(mask))) >> L & jmask);
+        escape(Load16(in + 2 * (at + __builtin_ctz(mask))) >> L & kJMask);
     }
     const __m128i ra =
-        _mm_or_si128(_mm_sll_epi16(_mm_srli_epi16(a, 15), Shift(L)), _mm_and_si128(a, vlow));
+        _mm_or_si128(_mm_slli_epi16(_mm_srli_epi16(a, 15), L), _mm_and_si128(a, vlow));
     const __m128i rb =
-        _mm_or_si128(_mm_sll_epi16(_mm_srli_epi16(b, 15), Shift(L)), _mm_and_si128(b, vlow));
-    const __m128i r = _mm_packus_epi16(ra, rb);  // < 128 each
-    auto put = [&](uint8_t* plane, int bits, __m128i field) {
-      __m128i* dst = reinterpret_cast<__m128i*>(plane + st / (8 / bits) * 16);
-      const __m128i f = _mm_sll_epi16(field, Shift(bits * static_cast<int>(st % (8 / bits))));
-      _mm_storeu_si128(dst, _mm_or_si128(_mm_loadu_si128(dst), f));
-    };
-    put(pp.nib, 4, _mm_and_si128(r, m4));
-    if (pl.crumb) put(pp.crumb, 2, _mm_and_si128(_mm_srli_epi16(r, 4), m2));
-    if (pl.bit) put(pp.bit, 1, _mm_and_si128(_mm_srl_epi16(r, Shift(pl.bit_pos)), m1));
+        _mm_or_si128(_mm_slli_epi16(_mm_srli_epi16(b, 15), L), _mm_and_si128(b, vlow));
+    return _mm_packus_epi16(ra, rb);  // < 128 each
+  };
+  for (; i + 128 <= n; i += 128) {
+    __m128i r[8];
+    for (int t = 0; t < 8; t++) r[t] = step(i + 16 * t);
+    for (int q = 0; q < 4; q++)
+      store(pp.nib + i / 2 + 16 * q,
+            _mm_or_si128(_mm_and_si128(r[2 * q], m4),
+                         _mm_slli_epi16(_mm_and_si128(r[2 * q + 1], m4), 4)));
+    if constexpr (K <= 2) {
+      for (int q = 0; q < 2; q++) {
+        __m128i c = _mm_setzero_si128();
+        for (int t = 0; t < 4; t++)
+          c = _mm_or_si128(
+              c, _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(r[4 * q + t], 4), m2), 2 * t));
+        store(pp.crumb + i / 4 + 16 * q, c);
+      }
+    }
+    if constexpr (K != 2) {
+      __m128i c = _mm_setzero_si128();
+      for (int t = 0; t < 8; t++)
+        c = _mm_or_si128(c, _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(r[t], pl.bit_pos), m1), t));
+      store(pp.bit + i / 8, c);
+    }
   }
 #endif
+  // The last, partial group: planes cleared from it on, then element by element.
+  std::memset(pp.nib + i / 2, 0, PlaneBytes(n, 4) - i / 2);
+  if (pl.crumb) std::memset(pp.crumb + i / 4, 0, PlaneBytes(n, 2) - i / 4);
+  if (pl.bit) std::memset(pp.bit + i / 8, 0, PlaneBytes(n, 1) - i / 8);
   for (; i < n; i++) {
     const uint16_t v = Load16(in + 2 * i);
-    const uint32_t j = v >> L & jmask, d = j - p.base;
+    const uint32_t j = v >> L & kJMask, d = j - base;
     syms[i] = d < 255 ? static_cast<uint8_t>(d) : kJointEscape;
     if (d >= 255) escape(j);
     PutRest(pp, pl, i, RestOf(v, L));
+  }
+}
+
+}  // namespace
+
+void SplitJoint(const uint8_t* in, size_t n, JointParams p, uint8_t* syms, uint8_t* rest,
+                std::vector<uint8_t>& escapes) {
+  if (n == 0) return;  // (empty buffers may have no storage at all)
+  switch (p.k) {
+    case 1:
+      return SplitJointK<1>(in, n, p.base, syms, rest, escapes);
+    case 2:
+      return SplitJointK<2>(in, n, p.base, syms, rest, escapes);
+    default:
+      return SplitJointK<3>(in, n, p.base, syms, rest, escapes);
   }
 }
 
