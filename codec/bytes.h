@@ -28,12 +28,18 @@ inline void Store32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
 inline void Store64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
 inline uint64_t LoadBE64(const uint8_t* p) { return __builtin_bswap64(Load64(p)); }
 
-inline void PutVarint(std::vector<uint8_t>& out, uint64_t v) {
+// LEB128 at p (at most 10 bytes); returns the end.
+inline uint8_t* PutVarint(uint8_t* p, uint64_t v) {
   while (v >= 0x80) {
-    out.push_back(static_cast<uint8_t>(v | 0x80));
+    *p++ = static_cast<uint8_t>(v | 0x80);
     v >>= 7;
   }
-  out.push_back(static_cast<uint8_t>(v));
+  *p++ = static_cast<uint8_t>(v);
+  return p;
+}
+inline void PutVarint(std::vector<uint8_t>& out, uint64_t v) {
+  uint8_t buf[10];
+  out.insert(out.end(), buf, PutVarint(buf, v));
 }
 
 // A bounds-checked reader over a byte span: every read fails cleanly past the end.

@@ -35,7 +35,6 @@ using internal::HufPlan;
 constexpr uint8_t kMagic[4] = {'Z', 'N', 'F', 2};
 constexpr uint8_t kOldestVersion = 1;
 constexpr uint8_t kFlagJoint = 1;
-constexpr size_t kLongSegment = 2048;  // elements
 
 enum class StreamCoding : uint8_t { kRaw = 0, kZero = 1, kHuffman = 2, kZstd = 3 };
 
@@ -219,14 +218,8 @@ struct FrameEncoder::Impl {
                std::vector<uint8_t>& out, double* entropy) {
     joint = false;
     if (dtype == DType::kBF16 && opts.joint_k != 0) {
-      // About a table per long segment: the Huffman planner merges short ones into neighbours.
-      size_t tables = 1;
-      for (size_t i = 0; i < segments.size(); i++) {
-        const size_t end = i + 1 < segments.size() ? segments[i + 1] : chunk.size() / 2;
-        tables += end - segments[i] >= kLongSegment;
-      }
       const internal::JointParams jp =
-          internal::PlanJoint(chunk.data(), chunk.size() / 2, tables, std::max(opts.joint_k, 0));
+          internal::PlanJoint(chunk.data(), chunk.size() / 2, segments, std::max(opts.joint_k, 0));
       if (jp.k && Joint(chunk, jp, segments, out, entropy)) return joint = true;
     }
     return Plain(chunk, dtype, segments, out, entropy);

@@ -251,12 +251,7 @@ void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uin
     size_t len[4];
     for (int k = 0; k < 4; k++) len[k] = static_cast<size_t>(w[k].Finish() - region[k]);
     uint8_t* dst = out.data() + header;
-    for (int k = 0; k < 4; k++) {
-      for (size_t v = len[k];; v >>= 7) {
-        *dst++ = static_cast<uint8_t>(v < 0x80 ? v : (v & 0x7f) | 0x80);
-        if (v < 0x80) break;
-      }
-    }
+    for (int k = 0; k < 4; k++) dst = PutVarint(dst, len[k]);
     for (int k = 0; k < 4; k++) {
       std::memmove(dst, region[k], len[k]);
       dst += len[k];

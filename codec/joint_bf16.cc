@@ -19,10 +19,9 @@ namespace {
 // 1-bit plane (k = 1, 3). In a b-bit plane, the elements of 16-element step s sit in the 16
 // bytes of group s / (8 / b), at bit b * (s % (8 / b)): one load and a shift unpack a step.
 struct Planes {
-  int L = 0;
   bool crumb = false, bit = false;
   int bit_pos = 0;  // r's bit held in the 1-bit plane
-  explicit Planes(int k) : L(7 - k), crumb(k <= 2), bit(k != 2), bit_pos(k == 1 ? 6 : 4) {}
+  explicit Planes(int k) : crumb(k <= 2), bit(k != 2), bit_pos(k == 1 ? 6 : 4) {}
 };
 
 size_t PlaneBytes(size_t n, int b) {
@@ -49,6 +48,10 @@ inline int FieldShift(size_t i, int b) { return b * static_cast<int>((i / 16) % 
 inline uint32_t RestOf(uint16_t v, int L) {
   return static_cast<uint32_t>(v >> 15) << L | (v & ((1u << L) - 1));
 }
+// The value of J and raw part r: the inverse of J and RestOf.
+inline uint16_t ValueOf(uint32_t j, uint32_t r, int L) {
+  return static_cast<uint16_t>(j << L | (r & ((1u << L) - 1)) | (r >> L) << 15);
+}
 
 void PutRest(const PlanePtrs& p, const Planes& pl, size_t i, uint32_t r) {
   p.nib[FieldByte(i, 4)] |= static_cast<uint8_t>((r & 15) << FieldShift(i, 4));
@@ -69,6 +72,7 @@ inline __m128i Shift(int s) { return _mm_cvtsi32_si128(s); }
 #endif
 
 constexpr size_t kMinElements = 1024;
+constexpr size_t kLongSegment = 2048;
 // Joint coding must beat exponent-only coding by this much of the estimate: longer codes decode
 // slower, and below this the estimate's error decides more often than the data.
 constexpr double kMinJointSaving = 0.002;
@@ -80,9 +84,16 @@ size_t JointRestBytes(size_t n, int k) {
   return PlaneBytes(n, 4) + (pl.crumb ? PlaneBytes(n, 2) : 0) + (pl.bit ? PlaneBytes(n, 1) : 0);
 }
 
-JointParams PlanJoint(const uint8_t* in, size_t n, size_t tables, int force_k) {
+JointParams PlanJoint(const uint8_t* in, size_t n, std::span<const uint32_t> segments,
+                      int force_k) {
   if (n < kMinElements && !force_k) return {};
   if (n == 0) return {force_k, 0};
+  // About a table per long segment: the Huffman planner merges short ones into neighbours.
+  size_t tables = 1;
+  for (size_t i = 0; i < segments.size(); i++) {
+    const size_t end = i + 1 < segments.size() ? segments[i + 1] : n;
+    tables += end - segments[i] >= kLongSegment;
+  }
   // The chunk in up to four slices, each with its own statistics: the Huffman planner gives
   // drifting data several tables, so the estimate must see the drift too. Every fourth element
   // is counted in long chunks: spread samples, since a few slices could miss a region of rare
@@ -112,8 +123,7 @@ JointParams PlanJoint(const uint8_t* in, size_t n, size_t tables, int force_k) {
   for (size_t s = 0; s < slices; s++)
     for (size_t i = done; i < len[s]; i += stride) hist[s][bin(s, i)]++;
   size_t counted[4] = {};
-  for (size_t s = 0; s < slices; s++)
-    for (uint32_t c : hist[s]) counted[s] += c;
+  for (size_t s = 0; s < slices; s++) counted[s] = (len[s] + stride - 1) / stride;
   std::array<uint32_t, 32> low{};
   const size_t step = std::max<size_t>(1, n / 4096);
   for (size_t i = 0; i < n; i += step) low[RestOf(Load16(in + 2 * i), 4)]++;
@@ -296,8 +306,7 @@ bool MergeJointK(const uint8_t* syms, const uint8_t* rest, std::span<const uint8
     const uint32_t j = Load16(escapes.data() + 2 * e++);
     if (j > kJMask || j - base < 255) return false;  // (a symbol's value needs no escape)
     // From the planes again: the escape symbol plus base may have run into the sign bit.
-    const uint32_t r = GetRest(pp, pl, at);
-    Store16(out + 2 * at, static_cast<uint16_t>(j << L | (r & ((1u << L) - 1)) | (r >> L) << 15));
+    Store16(out + 2 * at, ValueOf(j, GetRest(pp, pl, at), L));
     return true;
   };
   size_t i = 0;
@@ -314,8 +323,8 @@ bool MergeJointK(const uint8_t* syms, const uint8_t* rest, std::span<const uint8
       r = _mm_or_si128(
           r, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(crumb, Shift(2 * (t % 4))), m2), 4));
     if constexpr (K != 2)
-      r = _mm_or_si128(
-          r, _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(bit, Shift(t)), m1), K == 1 ? 6 : 4));
+      r = _mm_or_si128(r,
+                       _mm_slli_epi16(_mm_and_si128(_mm_srl_epi16(bit, Shift(t)), m1), pl.bit_pos));
     const __m128i s = load(syms + at);
     const __m128i sym[2] = {_mm_unpacklo_epi8(s, zero), _mm_unpackhi_epi8(s, zero)};
     const __m128i rr[2] = {_mm_unpacklo_epi8(r, zero), _mm_unpackhi_epi8(r, zero)};
@@ -330,20 +339,18 @@ bool MergeJointK(const uint8_t* syms, const uint8_t* rest, std::span<const uint8
       if (!patch(at + __builtin_ctz(mask))) return false;
     return true;
   };
-  for (; i + 16 <= n; i += 16) {
-    const size_t st = i / 16;
-    if (st % 8 == 0 && i + 128 <= n) {
-      const __m128i crumb0 = K <= 2 ? load(pp.crumb + st / 4 * 16) : zero;
-      const __m128i crumb1 = K <= 2 ? load(pp.crumb + st / 4 * 16 + 16) : zero;
-      const __m128i bit = K != 2 ? load(pp.bit + st / 8 * 16) : zero;
+  for (; i + 128 <= n; i += 128) {
+    const __m128i crumb0 = K <= 2 ? load(pp.crumb + i / 4) : zero;
+    const __m128i crumb1 = K <= 2 ? load(pp.crumb + i / 4 + 16) : zero;
+    const __m128i bit = K != 2 ? load(pp.bit + i / 8) : zero;
 #pragma GCC unroll 8
-      for (int t = 0; t < 8; t++) {
-        if (!step(i + 16 * t, t, load(pp.nib + (st + t) / 2 * 16), t < 4 ? crumb0 : crumb1, bit))
-          return false;
-      }
-      i += 112;
-      continue;
+    for (int t = 0; t < 8; t++) {
+      if (!step(i + 16 * t, t, load(pp.nib + i / 2 + t / 2 * 16), t < 4 ? crumb0 : crumb1, bit))
+        return false;
     }
+  }
+  for (; i + 16 <= n; i += 16) {  // the last, partial group
+    const size_t st = i / 16;
     const int t = static_cast<int>(st % 8);
     if (!step(i, t, load(pp.nib + st / 2 * 16), K <= 2 ? load(pp.crumb + st / 4 * 16) : zero,
               K != 2 ? load(pp.bit + st / 8 * 16) : zero))
@@ -351,9 +358,7 @@ bool MergeJointK(const uint8_t* syms, const uint8_t* rest, std::span<const uint8
   }
 #endif
   for (; i < n; i++) {
-    const uint32_t r = GetRest(pp, pl, i);
-    const uint32_t v = (syms[i] + base) << L | (r & ((1u << L) - 1)) | (r >> L) << 15;
-    Store16(out + 2 * i, static_cast<uint16_t>(v));
+    Store16(out + 2 * i, ValueOf(syms[i] + base, GetRest(pp, pl, i), L));
     if (syms[i] == kJointEscape && !patch(i)) return false;
   }
   return e == nesc;

@@ -26,8 +26,10 @@ inline constexpr uint8_t kJointEscape = 255;
 
 // Chooses k and base for `n` BF16 values at `in` from the statistics of (a sample of) them, by
 // estimated size against exponent-only coding; k = 0 where joint coding does not pay.
-// `tables` estimates how many Huffman tables the symbols will need. With force_k, plans that k.
-JointParams PlanJoint(const uint8_t* in, size_t n, size_t tables, int force_k = 0);
+// `segments` (element offsets of tensor starts) tell how many Huffman tables the symbols will
+// need. With force_k, plans that k.
+JointParams PlanJoint(const uint8_t* in, size_t n, std::span<const uint32_t> segments,
+                      int force_k = 0);
 
 // Bytes of the raw bit planes for n elements.
 size_t JointRestBytes(size_t n, int k);

@@ -23,7 +23,7 @@ TEST(JointTest, SplitAndMergeAreInverse) {
   for (int k = 1; k <= 3; k++) {
     for (size_t n = 0; n <= 300; n++) {
       Bytes in = n % 2 ? test::RandomBytes(2 * n, n) : test::GaussianWeights(DType::kBF16, n, 1, n);
-      const internal::JointParams p = internal::PlanJoint(in.data(), n, 1, k);
+      const internal::JointParams p = internal::PlanJoint(in.data(), n, {}, k);
       ASSERT_EQ(p.k, k);
       Bytes syms(n), rest(internal::JointRestBytes(n, k)), escapes, out(2 * n);
       internal::SplitJoint(in.data(), n, p, syms.data(), rest.data(), escapes);
