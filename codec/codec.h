@@ -230,6 +230,12 @@ class ParallelCodec {
   // Decodes frames[i] into outs[i]. Returns the first error, if any (all frames are attempted).
   Status DecodeAll(std::span<const std::span<const uint8_t>> frames,
                    std::span<const std::span<uint8_t>> outs);
+  // Runs fn(i, worker) for every i in [0, n) on the pool, for callers that do their own I/O
+  // around the worker's codec contexts (reading and writing where the data is hot in cache).
+  // Once a call fails, calls not yet started are skipped; returns the failure of lowest i.
+  Status Run(size_t n, const std::function<Status(size_t i, unsigned worker)>& fn);
+  FrameEncoder& encoder(unsigned worker) { return *encoders_[worker]; }
+  FrameDecoder& decoder(unsigned worker) { return *decoders_[worker]; }
 
  private:
   ThreadPool pool_;

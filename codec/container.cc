@@ -207,6 +207,20 @@ Status WriteFull(int fd, std::span<const uint8_t> bytes) {
   return Status::Ok();
 }
 
+Status PwriteFull(int fd, uint64_t offset, std::span<const uint8_t> bytes) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n =
+        ::pwrite(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno(errno, "write");
+    }
+    done += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
 void UniqueFd::Reset(int fd) {
   if (fd_ >= 0) ::close(fd_);
   fd_ = fd;

@@ -59,10 +59,11 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-// pread/write that finish the whole span (retrying short transfers and EINTR). A read past the
-// end of the file is an I/O error.
+// pread, write and pwrite that finish the whole span (retrying short transfers and EINTR). A
+// read past the end of the file is an I/O error.
 Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out);
 Status WriteFull(int fd, std::span<const uint8_t> bytes);
+Status PwriteFull(int fd, uint64_t offset, std::span<const uint8_t> bytes);
 
 // Parses a byte count with an optional binary suffix: "262144", "256K", "1M", "1MiB", "2G".
 std::optional<uint64_t> ParseSize(std::string_view s);

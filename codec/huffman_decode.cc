@@ -109,31 +109,40 @@ std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
   if (multi) {
     // Dynamic programming over window widths: the decoding of an r-bit window is its first
     // symbol followed by the decoding of the (r - length)-bit rest, already computed. level[r]
-    // holds the 2^r entries for width r; width kL is the table. Cheaper than walking each window
-    // symbol by symbol, which matters when chunks bring new tables.
+    // holds the 2^r entries for width r; width kL is the table. Codes are canonical, so the
+    // windows of width r that start with one symbol form one run, the runs follow in code order
+    // (length, then symbol), and the run of a length-l symbol is level[r - l] with the symbol put
+    // in front: a tight loop per symbol instead of a walk per window.
+    int start[kL + 2] = {};  // counting sort by length: where each length's symbols start
+    for (int s = 0; s < 256; s++)
+      if (len[s]) start[len[s] + 1]++;
+    for (int l = 1; l <= kL + 1; l++) start[l] += start[l - 1];
+    uint8_t order[256];
+    for (int s = 0; s < 256; s++)
+      if (len[s]) order[start[len[s]]++] = static_cast<uint8_t>(s);
+    const int nsyms = start[kL];       // (each start[l] has moved on to the next length's)
     uint64_t* level = levels_.data();  // width r at offset 2^r - 1
     level[0] = 0;
     for (int r = 1; r <= kL; r++) {
       uint64_t* cur = r < kL ? level + (1u << r) - 1 : t->multi;  // the widest is the table
-      const uint64_t* shorter = level;                            // base of all narrower widths
-      for (uint32_t x = 0; x < (1u << r); x++) {
-        const uint16_t e = t->single[x << (kL - r)];
-        const int l = e >> 8;
-        if (l > r) {
-          cur[x] = 0;
-          continue;
+      uint32_t x = 0;
+      for (int i = 0; i < nsyms && len[order[i]] <= r; i++) {
+        const uint8_t s = order[i];
+        const uint32_t run = 1u << (r - len[s]);
+        const uint64_t* rest = level + run - 1;
+        const uint64_t head = uint64_t{len[s]} | 1u << 8 | uint64_t{s} << 16;
+        for (uint32_t j = 0; j < run; j++) {
+          uint64_t e = rest[j];
+          if (((e >> 8) & 0xff) == kMaxSymbolsPerLookup) {  // no room for its last symbol
+            const uint8_t last = static_cast<uint8_t>(e >> (16 + 8 * (kMaxSymbolsPerLookup - 1)));
+            e = ((e & 0xff) - len[last]) | (kMaxSymbolsPerLookup - 1) << 8 |
+                (e & ((uint64_t{1} << (16 + 8 * (kMaxSymbolsPerLookup - 1))) - 1) & ~0xffffull);
+          }
+          cur[x + j] = head + (e & 0xffff) + ((e >> 16) << 24);
         }
-        const int rest_w = r - l;
-        uint64_t rest = shorter[(1u << rest_w) - 1 + (x & ((1u << rest_w) - 1))];
-        uint64_t n = (rest >> 8) & 0xff;
-        if (n == kMaxSymbolsPerLookup) {  // no room for the last one
-          const uint8_t last = static_cast<uint8_t>(rest >> (16 + 8 * (n - 1)));
-          rest = ((rest & 0xff) - len[last]) | (n - 1) << 8 |
-                 (rest >> 16 & ((uint64_t{1} << (8 * (n - 1))) - 1)) << 16;
-          n--;
-        }
-        cur[x] = ((rest & 0xff) + l) | (n + 1) << 8 | ((rest >> 16) << 8 | (e & 0xff)) << 16;
+        x += run;
       }
+      std::fill(cur + x, cur + (1u << r), uint64_t{0});  // windows a longer code starts
     }
     t->has_multi = true;
   }

@@ -124,4 +124,20 @@ Status ParallelCodec::DecodeAll(std::span<const std::span<const uint8_t>> frames
   return FirstError(st);
 }
 
+Status ParallelCodec::Run(size_t n, const std::function<Status(size_t, unsigned)>& fn) {
+  std::mutex mu;
+  size_t failed_at = SIZE_MAX;
+  std::atomic<bool> failed{false};
+  Status first;
+  pool_.ParallelFor(n, [&](size_t i, unsigned w) {
+    if (failed.load(std::memory_order_relaxed)) return;
+    Status s = fn(i, w);
+    if (s.ok()) return;
+    std::lock_guard lk(mu);
+    if (i < failed_at) failed_at = i, first = std::move(s);
+    failed.store(true, std::memory_order_relaxed);
+  });
+  return first;
+}
+
 }  // namespace zipnn

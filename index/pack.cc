@@ -11,19 +11,6 @@ namespace zipnn::index {
 namespace {
 constexpr size_t kWriteBufferSize = 8u << 20;
 constexpr size_t kDirectWriteSize = 256u << 10;  // larger appends skip the buffer (no copy)
-
-Status PwriteFull(int fd, uint64_t offset, std::span<const uint8_t> bytes) {
-  while (!bytes.empty()) {
-    const ssize_t n = ::pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "pack write");
-    }
-    bytes = bytes.subspan(static_cast<size_t>(n));
-    offset += static_cast<uint64_t>(n);
-  }
-  return Status::Ok();
-}
 }  // namespace
 
 std::string PackPath(const std::string& packs_dir, uint32_t pack_id) {

@@ -81,8 +81,7 @@ Status Compress(const CompressOptions& opts) {
 
   const std::vector<ChunkSpec>& chunks = *plan;
   const size_t max_chunks = static_cast<size_t>(codec.threads()) * kBatchChunksPerThread;
-  std::vector<uint8_t> data;
-  std::vector<std::vector<uint8_t>> frames, frames_writing;
+  std::vector<std::vector<uint8_t>> data(codec.threads()), frames, frames_writing;
   // Batch k is written on another thread while batch k + 1 is coded (declared last: its
   // destructor waits for the write, which uses the objects above).
   std::future<Status> writing;
@@ -92,20 +91,22 @@ Status Compress(const CompressOptions& opts) {
     uint64_t bytes = 0;
     while (end < chunks.size() && end - first < max_chunks &&
            (end == first || bytes + chunks[end].size <= kMaxBatchBytes)) {
-      if (chunks[end].offset != chunks[first].offset + bytes) {
-        return Status::Corrupt(opts.input + ": chunk plan is not contiguous");  // a codec bug
-      }
       bytes += chunks[end++].size;
     }
-    data.resize(bytes);
-    ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, PreadFull(fd, chunks[first].offset, data)));
-    ZIPNN_RETURN_IF_ERROR(WithPath(
-        opts.input, codec.EncodeAll(data, chunks[first].offset,
-                                    std::span(chunks).subspan(first, end - first), frames)));
-    ZIPNN_RETURN_IF_ERROR(wait_for_write());
+    frames.resize(end - first);
+    // Each worker reads its own chunk: the reads run in parallel, and the chunk is in the
+    // worker's cache when it codes it.
+    ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, codec.Run(end - first, [&](size_t i, unsigned w) {
+      const ChunkSpec& c = chunks[first + i];
+      data[w].resize(c.size);
+      ZIPNN_RETURN_IF_ERROR(PreadFull(fd, c.offset, data[w]));
+      frames[i].clear();
+      return codec.encoder(w).Encode(data[w], c.dtype, frames[i], c.segments);
+    })));
+    ZIPNN_RETURN_IF_ERROR(WithPath(out_path, wait_for_write()));
     std::swap(frames, frames_writing);
-    writing = std::async(std::launch::async, [&, n = end - first] {
-      for (size_t i = 0; i < n; ++i) ZIPNN_RETURN_IF_ERROR(writer.Append(frames_writing[i]));
+    writing = std::async(std::launch::async, [&] {
+      for (const std::vector<uint8_t>& f : frames_writing) ZIPNN_RETURN_IF_ERROR(writer.Append(f));
       return Status::Ok();
     });
     first = end;
@@ -137,38 +138,17 @@ Status Decompress(const DecompressOptions& opts) {
   if (!out.ok()) return out.status();
   ParallelCodec codec(opts.threads);
 
-  const std::vector<ContainerEntry>& entries = reader->entries();
-  const size_t max_frames = static_cast<size_t>(codec.threads()) * kBatchChunksPerThread;
-  std::vector<uint8_t> compressed, raw, raw_writing;
-  std::vector<std::span<const uint8_t>> frames;
-  std::vector<std::span<uint8_t>> outs;
-  // Batch k is written on another thread while batch k + 1 is decoded.
-  std::future<Status> writing;
-  auto wait_for_write = [&writing] { return writing.valid() ? writing.get() : Status::Ok(); };
-  for (size_t first = 0; first < entries.size();) {
-    size_t end = first;
-    uint64_t raw_bytes = 0;
-    while (end < entries.size() && end - first < max_frames &&
-           (end == first || raw_bytes + entries[end].raw_size <= kMaxBatchBytes)) {
-      raw_bytes += entries[end++].raw_size;
-    }
-    ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, reader->ReadFrames(first, end - first, compressed)));
-    raw.resize(raw_bytes);
-    frames.clear();
-    outs.clear();
-    for (size_t i = first; i < end; ++i) {
-      const ContainerEntry& e = entries[i];
-      frames.push_back(std::span<const uint8_t>(compressed)
-                           .subspan(e.offset - entries[first].offset, e.frame_size));
-      outs.push_back(std::span(raw).subspan(e.raw_offset - entries[first].raw_offset, e.raw_size));
-    }
-    ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, codec.DecodeAll(frames, outs)));
-    ZIPNN_RETURN_IF_ERROR(WithPath(out_path, wait_for_write()));
-    std::swap(raw, raw_writing);
-    writing = std::async(std::launch::async, [&] { return WriteFull(out->fd(), raw_writing); });
-    first = end;
-  }
-  ZIPNN_RETURN_IF_ERROR(WithPath(out_path, wait_for_write()));
+  // Each worker reads, decodes and writes its own frames, while the bytes are in its cache.
+  // Output lands at its own offset, in whatever order it comes.
+  std::vector<std::vector<uint8_t>> frame(codec.threads()), raw(codec.threads());
+  OffsetWriter writer(out->fd(), 2 * codec.threads());
+  ZIPNN_RETURN_IF_ERROR(codec.Run(reader->entries().size(), [&](size_t i, unsigned w) {
+    const ContainerEntry& e = reader->entries()[i];
+    ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, reader->ReadFrame(i, frame[w])));
+    raw[w].resize(e.raw_size);
+    ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, codec.decoder(w).Decode(frame[w], raw[w])));
+    return WithPath(out_path, writer.Write(e.raw_offset, raw[w]));
+  }));
   ZIPNN_RETURN_IF_ERROR(out->Commit());
   if (!opts.quiet) {
     PrintSummary(opts.input, out_path, reader->file_size(), reader->total_raw_size(),

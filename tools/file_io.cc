@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -153,6 +154,43 @@ Status AtomicOutputFile::Commit() {
     ::close(dir);
   }
   return Status::Ok();
+}
+
+Status OffsetWriter::Write(uint64_t offset, std::vector<uint8_t>& buf) {
+  std::unique_lock lk(mu_);
+  cv_.wait(lk, [&] { return !writing_ || queue_.size() < max_queued_ || !error_.ok(); });
+  if (!error_.ok()) return error_;
+  if (writing_) {
+    queue_.emplace_back(offset, std::move(buf));
+    buf.clear();
+    if (!spare_.empty()) {
+      buf.swap(spare_.back());
+      spare_.pop_back();
+    }
+    return Status::Ok();
+  }
+  writing_ = true;
+  Status s = Status::Ok();
+  for (std::pair<uint64_t, std::vector<uint8_t>> item{offset, std::move(buf)};;) {
+    lk.unlock();
+    s = PwriteFull(fd_, item.first, item.second);
+    lk.lock();
+    if (!s.ok() || queue_.empty()) {
+      buf = std::move(item.second);
+      break;
+    }
+    spare_.push_back(std::move(item.second));
+    item = std::move(queue_.front());
+    queue_.pop_front();
+    cv_.notify_all();  // room in the queue
+  }
+  if (!s.ok()) {
+    error_ = s;
+    queue_.clear();
+  }
+  writing_ = false;
+  cv_.notify_all();
+  return s;
 }
 
 }  // namespace zipnn::tool

@@ -3,9 +3,14 @@
 
 #include <sys/types.h>
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <mutex>
 #include <span>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "codec/container.h"
 #include "codec/status.h"
@@ -52,6 +57,30 @@ class AtomicOutputFile {
   std::string path_;
   std::string temp_path_;  // empty once committed or discarded
   bool overwrite_ = false;
+};
+
+// Writes buffers at their offsets in one file for many workers. Workers that write one file
+// directly contend for its inode lock and spin; here the worker that finds a write under way
+// queues its buffer and goes back to work, and the writing worker writes what was queued too.
+// A worker waits (asleep) only when `max_queued` buffers are pending.
+class OffsetWriter {
+ public:
+  OffsetWriter(int fd, size_t max_queued) : fd_(fd), max_queued_(max_queued) {}
+
+  // Writes `buf` at `offset`, now or after the write under way; leaves a buffer to reuse (of
+  // unspecified contents) in `buf`. Returns the first write error so far; after one, nothing more
+  // is written. Every buffer is written once all Write calls have returned.
+  Status Write(uint64_t offset, std::vector<uint8_t>& buf);
+
+ private:
+  const int fd_;
+  const size_t max_queued_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<uint64_t, std::vector<uint8_t>>> queue_;
+  std::vector<std::vector<uint8_t>> spare_;
+  bool writing_ = false;
+  Status error_;
 };
 
 }  // namespace zipnn::tool

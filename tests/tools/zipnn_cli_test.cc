@@ -2,9 +2,12 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -144,6 +147,48 @@ TEST_F(ZipnnCliTest, CorruptContainerLeavesNoOutput) {
   znn.resize(znn.size() - 1);
   WriteAll(model + ".znn", znn);
   EXPECT_EQ(Zipnn({"decompress", "-q", model + ".znn"}).exit_code, 1) << "truncated";
+}
+
+// A small tmpfs, unmounted when the test ends however it ends.
+class SmallTmpfs {
+ public:
+  explicit SmallTmpfs(const std::string& dir) : dir_(dir) {
+    fs::create_directories(dir_);
+    mounted_ = ::mount("tmpfs", dir_.c_str(), "tmpfs", 0, "size=1m") == 0;
+    if (!mounted_) error_ = std::strerror(errno);
+  }
+  ~SmallTmpfs() {
+    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool mounted() const { return mounted_; }
+  const std::string& error() const { return error_; }
+
+ private:
+  std::string dir_, error_;
+  bool mounted_ = false;
+};
+
+// A full disk: exit code 1, a message that says so, and no file left, partial or temporary,
+// whether the output is written in order (compress) or by many threads at once (decompress).
+TEST_F(ZipnnCliTest, FullDiskFailsCleanly) {
+  const std::string small = Path("small");
+  SmallTmpfs tmpfs(small);
+  if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a small tmpfs (" << tmpfs.error() << ")";
+  const std::string random = MakeRandom("random.bin", 3u << 20, 6);  // stays ~3 MB compressed
+  for (const char* threads : {"1", "2", "4"}) {
+    test::ToolRun c =
+        Zipnn({"compress", "-q", random, "-o", small + "/r.znn", "--threads", threads});
+    EXPECT_EQ(c.exit_code, 1) << c.err;
+    EXPECT_NE(c.err.find("No space left"), std::string::npos) << c.err;
+    EXPECT_NE(c.err.find("r.znn"), std::string::npos) << "names the output: " << c.err;
+    ASSERT_EQ(Zipnn({"compress", "-q", random, "-o", random + ".znn", "-f"}).exit_code, 0);
+    test::ToolRun d =
+        Zipnn({"decompress", "-q", random + ".znn", "-o", small + "/r.bin", "--threads", threads});
+    EXPECT_EQ(d.exit_code, 1) << d.err;
+    EXPECT_NE(d.err.find("No space left"), std::string::npos) << d.err;
+    EXPECT_NE(d.err.find("r.bin"), std::string::npos) << "names the output: " << d.err;
+    EXPECT_TRUE(fs::is_empty(small)) << "output left on the full disk";
+  }
 }
 
 TEST_F(ZipnnCliTest, CatGivesTheBytesOfARange) {
