@@ -10,6 +10,9 @@
 #ifdef __SSE2__
 #include <emmintrin.h>  // every x86-64 has it; elsewhere the scalar loops do all
 #endif
+#ifdef __x86_64__
+#include <immintrin.h>  // AVX2 merge, chosen at run time
+#endif
 
 namespace zipnn::internal {
 namespace {
@@ -290,11 +293,68 @@ void SplitJoint(const uint8_t* in, size_t n, JointParams p, uint8_t* syms, uint8
 
 namespace {
 
+#ifdef __x86_64__
+// The merge of whole 128-element groups with AVX2: two 16-element steps at a time, whose 4-bit
+// fields share one nibble-plane load (low and high nibbles). `patch(i)` fixes escape i in order.
+// No lambdas inside: GCC does not give them this function's target.
+template <int K, class Patch>
+__attribute__((target("avx2"))) bool MergeGroupsAvx2(const uint8_t* syms, const PlanePtrs& pp,
+                                                     size_t groups, uint32_t base, uint8_t* out,
+                                                     Patch& patch) {
+  constexpr int L = 7 - K;
+  const Planes pl(K);
+  const __m128i zero = _mm_setzero_si128();
+  const __m256i vbase = _mm256_set1_epi16(static_cast<int16_t>(base));
+  const __m256i vlow = _mm256_set1_epi16(static_cast<int16_t>((1u << L) - 1));
+  const __m256i vesc = _mm256_set1_epi8(static_cast<char>(kJointEscape));
+  const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+  for (size_t g = 0; g < groups; g++) {
+    const size_t i = g * 128;
+    const __m128i crumbs[2] = {
+        K <= 2 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(pp.crumb + i / 4)) : zero,
+        K <= 2 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(pp.crumb + i / 4 + 16)) : zero};
+    const __m128i bit =
+        K != 2 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(pp.bit + i / 8)) : zero;
+#pragma GCC unroll 4
+    for (int t = 0; t < 8; t += 2) {  // steps t (low 128-bit lane) and t + 1 (high lane)
+      const __m128i nib = _mm_loadu_si128(reinterpret_cast<const __m128i*>(pp.nib + i / 2 + t * 8));
+      __m256i r = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(nib, 4), nib), m4);
+      if constexpr (K <= 2) {
+        const __m128i c = crumbs[t / 4];
+        const __m256i cr = _mm256_set_m128i(_mm_srl_epi16(c, Shift(2 * (t % 4) + 2)),
+                                            _mm_srl_epi16(c, Shift(2 * (t % 4))));
+        r = _mm256_or_si256(r, _mm256_slli_epi16(_mm256_and_si256(cr, m2), 4));
+      }
+      if constexpr (K != 2) {
+        const __m256i b =
+            _mm256_set_m128i(_mm_srl_epi16(bit, Shift(t + 1)), _mm_srl_epi16(bit, Shift(t)));
+        r = _mm256_or_si256(r, _mm256_sll_epi16(_mm256_and_si256(b, m1), Shift(pl.bit_pos)));
+      }
+      const __m256i s = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(syms + i + 16 * t));
+      for (int h = 0; h < 2; h++) {
+        const __m128i sh = h ? _mm256_extracti128_si256(s, 1) : _mm256_castsi256_si128(s);
+        const __m128i rh = h ? _mm256_extracti128_si256(r, 1) : _mm256_castsi256_si128(r);
+        const __m256i sym = _mm256_cvtepu8_epi16(sh), rr = _mm256_cvtepu8_epi16(rh);
+        const __m256i v =
+            _mm256_or_si256(_mm256_slli_epi16(_mm256_add_epi16(sym, vbase), L),
+                            _mm256_or_si256(_mm256_and_si256(rr, vlow),
+                                            _mm256_slli_epi16(_mm256_srli_epi16(rr, L), 15)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * (i + 16 * t) + 32 * h), v);
+      }
+      for (uint32_t mask = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(s, vesc)));
+           mask; mask &= mask - 1)
+        if (!patch(i + 16 * t + __builtin_ctz(mask))) return false;
+    }
+  }
+  return true;
+}
+#endif
+
 // The merge proper, for one k: shifts become immediates, and eight 16-element steps (one group of
 // every plane) unroll so that the plane shifts do too.
 template <int K>
 bool MergeJointK(const uint8_t* syms, const uint8_t* rest, std::span<const uint8_t> escapes,
-                 size_t n, uint32_t base, uint8_t* out) {
+                 size_t n, uint32_t base, uint8_t* out, bool avx2) {
   const Planes pl(K);
   constexpr int L = 7 - K;
   constexpr uint32_t kJMask = (1u << (8 + K)) - 1;
@@ -310,6 +370,12 @@ bool MergeJointK(const uint8_t* syms, const uint8_t* rest, std::span<const uint8
     return true;
   };
   size_t i = 0;
+#ifdef __x86_64__
+  if (avx2 && __builtin_cpu_supports("avx2")) {
+    if (!MergeGroupsAvx2<K>(syms, pp, n / 128, base, out, patch)) return false;
+    i = n / 128 * 128;
+  }
+#endif
 #ifdef __SSE2__
   const __m128i zero = _mm_setzero_si128(), vbase = _mm_set1_epi16(static_cast<int16_t>(base));
   const __m128i vlow = _mm_set1_epi16(static_cast<int16_t>((1u << L) - 1));
@@ -381,16 +447,16 @@ bool PaddingIsZero(const uint8_t* rest, size_t n, int k) {
 }  // namespace
 
 bool MergeJoint(const uint8_t* syms, const uint8_t* rest, std::span<const uint8_t> escapes,
-                size_t n, JointParams p, uint8_t* out) {
+                size_t n, JointParams p, uint8_t* out, bool avx2) {
   if (n == 0) return escapes.empty();
   if (p.k < 1 || p.k > 3 || !PaddingIsZero(rest, n, p.k)) return false;
   switch (p.k) {
     case 1:
-      return MergeJointK<1>(syms, rest, escapes, n, p.base, out);
+      return MergeJointK<1>(syms, rest, escapes, n, p.base, out, avx2);
     case 2:
-      return MergeJointK<2>(syms, rest, escapes, n, p.base, out);
+      return MergeJointK<2>(syms, rest, escapes, n, p.base, out, avx2);
     default:
-      return MergeJointK<3>(syms, rest, escapes, n, p.base, out);
+      return MergeJointK<3>(syms, rest, escapes, n, p.base, out, avx2);
   }
 }
 

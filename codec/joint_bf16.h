@@ -41,8 +41,8 @@ void SplitJoint(const uint8_t* in, size_t n, JointParams p, uint8_t* syms, uint8
 
 // Inverse of SplitJoint. False when the escapes do not match the escape symbols (in number, or
 // in value: within J's range and outside the symbols' window), or bits past the last element in
-// the planes are not zero.
+// the planes are not zero. `avx2`: use AVX2 where the CPU has it (false: tests of the SSE2 path).
 bool MergeJoint(const uint8_t* syms, const uint8_t* rest, std::span<const uint8_t> escapes,
-                size_t n, JointParams p, uint8_t* out);
+                size_t n, JointParams p, uint8_t* out, bool avx2 = true);
 
 }  // namespace zipnn::internal

@@ -17,19 +17,23 @@ FrameInfo EncodeInfo(const Bytes& data, const EncodeOptions& opts, Bytes* frame)
 }
 
 // Split and merge are inverse at every length (the SIMD steps, the 128-element groups and the
-// scalar tail), for any 16-bit values, including escapes. Frames cannot test short lengths: the
-// planes' padding makes joint frames of a few elements larger than the chunk.
+// scalar tail), for any 16-bit values, including escapes, with AVX2 (where the CPU has it) and
+// without. Frames cannot test short lengths: the planes' padding makes joint frames of a few
+// elements larger than the chunk.
 TEST(JointTest, SplitAndMergeAreInverse) {
   for (int k = 1; k <= 3; k++) {
-    for (size_t n = 0; n <= 300; n++) {
+    for (size_t n = 0; n <= 600; n++) {
       Bytes in = n % 2 ? test::RandomBytes(2 * n, n) : test::GaussianWeights(DType::kBF16, n, 1, n);
       const internal::JointParams p = internal::PlanJoint(in.data(), n, {}, k);
       ASSERT_EQ(p.k, k);
-      Bytes syms(n), rest(internal::JointRestBytes(n, k)), escapes, out(2 * n);
+      Bytes syms(n), rest(internal::JointRestBytes(n, k)), escapes;
       internal::SplitJoint(in.data(), n, p, syms.data(), rest.data(), escapes);
-      ASSERT_TRUE(internal::MergeJoint(syms.data(), rest.data(), escapes, n, p, out.data()))
-          << "k=" << k << " n=" << n;
-      ASSERT_EQ(out, in) << "k=" << k << " n=" << n;
+      for (bool avx2 : {true, false}) {
+        Bytes out(2 * n);
+        ASSERT_TRUE(internal::MergeJoint(syms.data(), rest.data(), escapes, n, p, out.data(), avx2))
+            << "k=" << k << " n=" << n << " avx2=" << avx2;
+        ASSERT_EQ(out, in) << "k=" << k << " n=" << n << " avx2=" << avx2;
+      }
     }
   }
 }
