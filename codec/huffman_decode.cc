@@ -120,7 +120,11 @@ std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
     uint8_t order[256];
     for (int s = 0; s < 256; s++)
       if (len[s]) order[start[len[s]]++] = static_cast<uint8_t>(s);
-    const int nsyms = start[kL];       // (each start[l] has moved on to the next length's)
+    const int nsyms = start[kL];  // (each start[l] has moved on to the next length's)
+    // Narrower widths only ever serve as the rest of a wider window, behind at least one symbol:
+    // they keep at most kMaxSymbolsPerLookup - 1 symbols, so the table's loop needs no check.
+    constexpr uint64_t kRestMax = kMaxSymbolsPerLookup - 1;
+    constexpr uint64_t kRestSyms = (uint64_t{1} << (16 + 8 * (kRestMax - 1))) - 1;
     uint64_t* level = levels_.data();  // width r at offset 2^r - 1
     level[0] = 0;
     for (int r = 1; r <= kL; r++) {
@@ -131,14 +135,18 @@ std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
         const uint32_t run = 1u << (r - len[s]);
         const uint64_t* rest = level + run - 1;
         const uint64_t head = uint64_t{len[s]} | 1u << 8 | uint64_t{s} << 16;
-        for (uint32_t j = 0; j < run; j++) {
-          uint64_t e = rest[j];
-          if (((e >> 8) & 0xff) == kMaxSymbolsPerLookup) {  // no room for its last symbol
-            const uint8_t last = static_cast<uint8_t>(e >> (16 + 8 * (kMaxSymbolsPerLookup - 1)));
-            e = ((e & 0xff) - len[last]) | (kMaxSymbolsPerLookup - 1) << 8 |
-                (e & ((uint64_t{1} << (16 + 8 * (kMaxSymbolsPerLookup - 1))) - 1) & ~0xffffull);
+        if (r == kL) {
+          for (uint32_t j = 0; j < run; j++)
+            cur[x + j] = head + (rest[j] & 0xffff) + ((rest[j] >> 16) << 24);
+        } else {
+          for (uint32_t j = 0; j < run; j++) {
+            uint64_t e = rest[j];
+            if (((e >> 8) & 0xff) == kRestMax) {  // no room for its last symbol
+              const uint8_t last = static_cast<uint8_t>(e >> (16 + 8 * (kRestMax - 1)));
+              e = ((e & 0xff) - len[last]) | (kRestMax - 1) << 8 | (e & kRestSyms & ~0xffffull);
+            }
+            cur[x + j] = head + (e & 0xffff) + ((e >> 16) << 24);
           }
-          cur[x + j] = head + (e & 0xffff) + ((e >> 16) << 24);
         }
         x += run;
       }
