@@ -354,7 +354,7 @@ __attribute__((target("avx2"))) bool MergeGroupsAvx2(const uint8_t* syms, const 
 // every plane) unroll so that the plane shifts do too.
 template <int K>
 bool MergeJointK(const uint8_t* syms, const uint8_t* rest, std::span<const uint8_t> escapes,
-                 size_t n, uint32_t base, uint8_t* out, bool avx2) {
+                 size_t n, uint32_t base, uint8_t* out, [[maybe_unused]] bool avx2) {
   const Planes pl(K);
   constexpr int L = 7 - K;
   constexpr uint32_t kJMask = (1u << (8 + K)) - 1;

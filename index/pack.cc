@@ -76,7 +76,8 @@ Status PackWriter::Append(std::span<const uint8_t> frame) {
 }
 
 Status PackWriter::Write(std::span<const uint8_t> bytes) {
-  ZIPNN_RETURN_IF_ERROR(PwriteFull(fd_.get(), flushed_, bytes));
+  if (Status st = PwriteFull(fd_.get(), flushed_, bytes); !st.ok())
+    return Status(st.code(), "pack " + st.message());
   // Start writeback now, so the sync before the commit has little left to wait for. Only a
   // hint: durability still comes from Sync.
   (void)::sync_file_range(fd_.get(), static_cast<off_t>(flushed_), static_cast<off_t>(bytes.size()),

@@ -91,6 +91,10 @@ Status Compress(const CompressOptions& opts) {
     uint64_t bytes = 0;
     while (end < chunks.size() && end - first < max_chunks &&
            (end == first || bytes + chunks[end].size <= kMaxBatchBytes)) {
+      // The container numbers original bytes by summing frame sizes: a gap would go unnoticed.
+      if (chunks[end].offset != chunks[first].offset + bytes) {
+        return Status::Corrupt(opts.input + ": chunk plan is not contiguous");  // a codec bug
+      }
       bytes += chunks[end++].size;
     }
     frames.resize(end - first);

@@ -68,8 +68,10 @@ class OffsetWriter {
   OffsetWriter(int fd, size_t max_queued) : fd_(fd), max_queued_(max_queued) {}
 
   // Writes `buf` at `offset`, now or after the write under way; leaves a buffer to reuse (of
-  // unspecified contents) in `buf`. Returns the first write error so far; after one, nothing more
-  // is written. Every buffer is written once all Write calls have returned.
+  // unspecified contents) in `buf`. Returns the first write error so far. Every buffer is written
+  // once all Write calls have returned, unless a write fails: then nothing more is written, even
+  // buffers whose Write returned OK, and the caller that met the failure reports it (the file is
+  // to be discarded).
   Status Write(uint64_t offset, std::vector<uint8_t>& buf);
 
  private:
