@@ -43,6 +43,7 @@ struct HufPlan {
   uint64_t cost_bytes = 0;           // estimated encoded size
   double entropy_bits = 0;           // sum of the blocks' order-0 entropy
   std::vector<uint32_t> pair_codes;  // EncodeHuffman's scratch: codes of symbol pairs
+  std::vector<uint8_t> lanes;        // EncodeHuffman's scratch: the four coded lanes
 };
 
 // Plans the blocks of `syms`. `segments` are sorted symbol offsets where statistics may change.

@@ -208,11 +208,10 @@ void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uin
       qlen[k] = std::min(b.begin + (k + 1) * q, b.end) - qbeg[k];
       cap[k] = (size_t{qlen[k]} * kL + 7) / 8 + 16;
     }
-    // Room for four varint sizes ahead of the lanes; the lanes move down behind them after.
-    constexpr size_t kSizesRoom = 4 * 5;
-    const size_t header = out.size();
-    out.resize(header + kSizesRoom + cap[0] + cap[1] + cap[2] + cap[3]);
-    uint8_t* base = out.data() + header + kSizesRoom;
+    // The lanes go to scratch (reused, so never cleared), then behind their sizes in `out`.
+    const size_t room = cap[0] + cap[1] + cap[2] + cap[3];
+    if (plan.lanes.size() < room) plan.lanes.resize(room);
+    uint8_t* base = plan.lanes.data();
     uint8_t* region[4];
     region[0] = base;
     for (int k = 1; k < 4; k++) region[k] = region[k - 1] + cap[k - 1];
@@ -250,13 +249,11 @@ void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uin
     }
     size_t len[4];
     for (int k = 0; k < 4; k++) len[k] = static_cast<size_t>(w[k].Finish() - region[k]);
-    uint8_t* dst = out.data() + header;
-    for (int k = 0; k < 4; k++) dst = PutVarint(dst, len[k]);
-    for (int k = 0; k < 4; k++) {
-      std::memmove(dst, region[k], len[k]);
-      dst += len[k];
-    }
-    out.resize(dst - out.data());
+    uint8_t sizes[4 * 10];
+    uint8_t* end = sizes;
+    for (int k = 0; k < 4; k++) end = PutVarint(end, len[k]);
+    out.insert(out.end(), sizes, end);
+    for (int k = 0; k < 4; k++) out.insert(out.end(), region[k], region[k] + len[k]);
   }
 }
 
