@@ -94,33 +94,32 @@ const HuffmanDecoder::Table* HuffmanDecoder::GetTable(std::span<const uint8_t> d
 std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
     std::span<const uint8_t> desc, uint64_t hash, const std::array<uint8_t, 256>& len, bool multi) {
   auto t = std::make_shared_for_overwrite<Table>();  // every entry is written below
-  {
-    t->hash = hash;
-    t->desc.assign(desc.begin(), desc.end());
-    t->has_multi = false;
-    std::array<uint32_t, 256> code;
-    AssignCodes(len, code);
-    for (int s = 0; s < 256; s++) {
-      if (!len[s]) continue;
-      const uint32_t lo = code[s] << (kL - len[s]), hi = (code[s] + 1) << (kL - len[s]);
-      for (uint32_t w = lo; w < hi; w++) t->single[w] = static_cast<uint16_t>(s | len[s] << 8);
-    }
+  t->hash = hash;
+  t->desc.assign(desc.begin(), desc.end());
+  t->has_multi = false;
+  // Canonical codes follow in code order (length, then symbol), each taking the next
+  // 2^(kL - length) windows of the table: a counting sort by length gives the order, and the
+  // table fills in runs, without the codes themselves. ReadTable has checked the code complete.
+  int start[kL + 2] = {};  // where each length's symbols start in `order`
+  for (int s = 0; s < 256; s++)
+    if (len[s]) start[len[s] + 1]++;
+  for (int l = 1; l <= kL + 1; l++) start[l] += start[l - 1];
+  uint8_t order[256];
+  for (int s = 0; s < 256; s++)
+    if (len[s]) order[start[len[s]]++] = static_cast<uint8_t>(s);
+  const int nsyms = start[kL];  // (each start[l] has moved on to the next length's)
+  for (int i = 0, x = 0; i < nsyms; i++) {
+    const uint8_t s = order[i];
+    const int run = 1 << (kL - len[s]);
+    std::fill(t->single + x, t->single + x + run, static_cast<uint16_t>(s | len[s] << 8));
+    x += run;
   }
   if (multi) {
     // Dynamic programming over window widths: the decoding of an r-bit window is its first
     // symbol followed by the decoding of the (r - length)-bit rest, already computed. level[r]
-    // holds the 2^r entries for width r; width kL is the table. Codes are canonical, so the
-    // windows of width r that start with one symbol form one run, the runs follow in code order
-    // (length, then symbol), and the run of a length-l symbol is level[r - l] with the symbol put
-    // in front: a tight loop per symbol instead of a walk per window.
-    int start[kL + 2] = {};  // counting sort by length: where each length's symbols start
-    for (int s = 0; s < 256; s++)
-      if (len[s]) start[len[s] + 1]++;
-    for (int l = 1; l <= kL + 1; l++) start[l] += start[l - 1];
-    uint8_t order[256];
-    for (int s = 0; s < 256; s++)
-      if (len[s]) order[start[len[s]]++] = static_cast<uint8_t>(s);
-    const int nsyms = start[kL];  // (each start[l] has moved on to the next length's)
+    // holds the 2^r entries for width r; width kL is the table. In width r too, the windows that
+    // start with one symbol form one run, in code order, and the run of a length-l symbol is
+    // level[r - l] with the symbol put in front: a tight loop per symbol, not a walk per window.
     // Narrower widths only ever serve as the rest of a wider window, behind at least one symbol:
     // they keep at most kMaxSymbolsPerLookup - 1 symbols, so the table's loop needs no check.
     constexpr uint64_t kRestMax = kMaxSymbolsPerLookup - 1;
