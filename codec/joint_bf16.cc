@@ -134,47 +134,66 @@ JointParams PlanJoint(const uint8_t* in, size_t n, std::span<const uint32_t> seg
   for (uint32_t c : low) sampled += c;
   if (!force_k && EntropyBits(low) < 4.9 * sampled) return {};  // low bits not noise
 
+  // The bins any sample fell in (usually a few hundred of the 2048): the loops below run over
+  // them only, the rest being zero. That is most of the time of planning a small chunk.
+  size_t first = 0, last = 2047;
+  auto occupied = [&](size_t j) {
+    uint32_t any = 0;
+    for (size_t s = 0; s < slices; s++) any |= hist[s][j];
+    return any != 0;
+  };
+  while (first < last && !occupied(first)) first++;
+  while (last > first && !occupied(last)) last--;
+
   double cost[4] = {};
   uint32_t bases[4] = {};
-  // From k = 3 down, each k's counts folding the bins of the one above in pairs (in place).
+  // From k = 3 down, each k's counts folding the bins of the one above in pairs (in place: bins
+  // past the occupied range keep the counts of a larger k, and are never read).
   std::array<std::array<uint32_t, 2048>, 4>& c = hist;
   std::array<uint32_t, 2048> sum;
   for (int k = 3; k >= 0; k--) {
-    const size_t bins = size_t{256} << k;
+    const size_t bins = size_t{256} << k, lo_bin = first >> (3 - k), hi_bin = last >> (3 - k);
     if (k < 3) {
       for (size_t s = 0; s < slices; s++)
-        for (size_t j = 0; j < bins; j++) c[s][j] = c[s][2 * j] + c[s][2 * j + 1];
+        for (size_t j = lo_bin; j <= hi_bin; j++) c[s][j] = c[s][2 * j] + c[s][2 * j + 1];
     }
     if (force_k && k != force_k) continue;
-    std::fill(sum.begin(), sum.begin() + bins, 0);
-    for (size_t s = 0; s < slices; s++)
-      for (size_t j = 0; j < bins; j++) sum[j] += c[s][j];
+    for (size_t j = lo_bin; j <= hi_bin; j++) {
+      uint32_t t = 0;
+      for (size_t s = 0; s < slices; s++) t += c[s][j];
+      sum[j] = t;
+    }
     // k = 0 codes all 256 exponents; k > 0 the window of 255 values of J holding the most
-    // elements, plus the escape symbol.
+    // elements (the first such), plus the escape symbol.
     uint32_t base = 0;
     size_t width = bins;
     if (k > 0) {
       width = 255;
       uint64_t in_window = 0, best_window = 0;
-      for (size_t j = 0; j < bins; j++) {
-        in_window += sum[j];
-        if (j >= 255) in_window -= sum[j - 255];
+      for (size_t j = lo_bin; j <= std::min(bins - 1, hi_bin + 254); j++) {
+        if (j <= hi_bin) in_window += sum[j];
+        if (j >= lo_bin + 255) in_window -= sum[j - 255];
         if (j >= 254 && in_window > best_window) {
           best_window = in_window;
           base = static_cast<uint32_t>(j - 254);
         }
       }
     }
+    // The occupied bins inside the window: the symbols used, and all the counts there are.
+    const size_t from_bin = std::max<size_t>(base, lo_bin);
+    const size_t to_bin = std::min<size_t>(base + width - 1, hi_bin);
     size_t lo = width, hi = 0;
-    for (size_t j = 0; j < width; j++)
-      if (sum[base + j]) lo = std::min(lo, j), hi = j;
+    for (size_t j = from_bin; j <= to_bin && from_bin <= to_bin; j++)
+      if (sum[j]) lo = std::min(lo, j - base), hi = j - base;
     // Symbols, with a table per slice (or segment).
     double split = 0, escapes = 0;
     for (size_t s = 0; s < slices; s++) {
       uint32_t out = static_cast<uint32_t>(counted[s]);
-      for (size_t j = 0; j < width; j++) out -= c[s][base + j];
+      std::span<const uint32_t> in_window;
+      if (from_bin <= to_bin) in_window = {c[s].data() + from_bin, to_bin - from_bin + 1};
+      for (uint32_t v : in_window) out -= v;
       const double scale = static_cast<double>(len[s]) / static_cast<double>(counted[s]);
-      split += EntropyBits({c[s].data() + base, width}, out) * scale;
+      split += EntropyBits(in_window, out) * scale;
       escapes += out * scale;
     }
     if (escapes > 0) hi = width;  // the escape symbol
