@@ -36,12 +36,14 @@ struct HufBlockPlan {
   std::array<uint8_t, 256> len{};  // code lengths (0 = unused); all 0 for a single-symbol block
   int single = -1;                 // the symbol when the block holds only one
   uint64_t cost_bits = 0;          // payload + table + block header
+  size_t table_at = 0;             // where its serialized table starts in HufPlan::tables
 };
 
 struct HufPlan {
   std::vector<HufBlockPlan> blocks;
   uint64_t cost_bytes = 0;           // estimated encoded size
   double entropy_bits = 0;           // sum of the blocks' order-0 entropy
+  std::vector<uint8_t> tables;       // the blocks' serialized tables, one after another
   std::vector<uint32_t> pair_codes;  // EncodeHuffman's scratch: codes of symbol pairs
   std::vector<uint8_t> lanes;        // EncodeHuffman's scratch: the four coded lanes
 };

@@ -157,7 +157,7 @@ void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segmen
   plan.blocks.push_back(cur);
 
   uint64_t bits = 8 * 4;  // block count
-  std::vector<uint8_t> table;
+  plan.tables.clear();
   for (HufBlockPlan& b : plan.blocks) {
     plan.entropy_bits += EntropyBits(b.hist);
     // Code lengths come from counts rounded to three significant bits: they cost next to nothing
@@ -171,16 +171,18 @@ void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segmen
       rounded[s] = c ? std::max(1u, (c >> shift) << shift) : 0;
     }
     int used = BuildLengths(rounded, b.len);
-    table.clear();
     if (used < 2) {
       for (int s = 0; s < 256; s++)
         if (b.hist[s]) b.single = s;
+    }
+    b.table_at = plan.tables.size();
+    WriteTable(b, plan.tables);
+    if (used < 2) {
       b.cost_bits = 8 * 8;
     } else {
       uint64_t payload = 0;
       for (int s = 0; s < 256; s++) payload += uint64_t{b.hist[s]} * b.len[s];
-      WriteTable(b, table);
-      b.cost_bits = payload + 8 * table.size() + kBlockHeaderBits;
+      b.cost_bits = payload + 8 * (plan.tables.size() - b.table_at) + kBlockHeaderBits;
     }
     bits += b.cost_bits;
   }
@@ -189,10 +191,13 @@ void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segmen
 
 void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uint8_t>& out) {
   PutVarint(out, plan.blocks.size());
-  for (const HufBlockPlan& b : plan.blocks) {
+  for (size_t bi = 0; bi < plan.blocks.size(); bi++) {
+    const HufBlockPlan& b = plan.blocks[bi];
     const uint32_t count = b.end - b.begin;
     PutVarint(out, count);
-    WriteTable(b, out);
+    const size_t table_end =
+        bi + 1 < plan.blocks.size() ? plan.blocks[bi + 1].table_at : plan.tables.size();
+    out.insert(out.end(), plan.tables.begin() + b.table_at, plan.tables.begin() + table_end);
     if (b.single >= 0) continue;
     std::array<uint32_t, 256> code;
     AssignCodes(b.len, code);
