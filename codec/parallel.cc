@@ -125,17 +125,20 @@ Status ParallelCodec::DecodeAll(std::span<const std::span<const uint8_t>> frames
 }
 
 Status ParallelCodec::Run(size_t n, const std::function<Status(size_t, unsigned)>& fn) {
+  // Calls below a failure still run (one may fail too, and its error is the one reported);
+  // calls above it are skipped.
   std::mutex mu;
-  size_t failed_at = SIZE_MAX;
-  std::atomic<bool> failed{false};
+  std::atomic<size_t> failed_at{SIZE_MAX};
   Status first;
   pool_.ParallelFor(n, [&](size_t i, unsigned w) {
-    if (failed.load(std::memory_order_relaxed)) return;
+    if (i > failed_at.load(std::memory_order_relaxed)) return;
     Status s = fn(i, w);
     if (s.ok()) return;
     std::lock_guard lk(mu);
-    if (i < failed_at) failed_at = i, first = std::move(s);
-    failed.store(true, std::memory_order_relaxed);
+    if (i < failed_at.load(std::memory_order_relaxed)) {
+      failed_at.store(i, std::memory_order_relaxed);
+      first = std::move(s);
+    }
   });
   return first;
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <random>
 #include <thread>
@@ -209,6 +210,36 @@ TEST(ParallelCodecTest, DecodeAllReportsAnErrorAndStillDecodesTheRest) {
                            w.data.begin() + c.offset))
         << "chunk " << i << " was not decoded";
   }
+}
+
+// Run reports the failure of the lowest index, whichever came first in time, after running every
+// call below it; one thread skips every call above it. (The wait only makes a wrong order likely
+// to show; the assertions hold whatever the timing.)
+TEST(ParallelCodecTest, RunReportsTheLowestFailure) {
+  constexpr size_t kCalls = 1000;
+  for (unsigned threads : {1u, 2u, 4u}) {
+    ParallelCodec codec(threads);
+    for (int round = 0; round < 50; round++) {
+      std::vector<std::atomic<int>> ran(kCalls);
+      const Status st = codec.Run(kCalls, [&](size_t i, unsigned) {
+        ran[i]++;
+        if (i == 500) {  // give 501 a head start (bounded: it may not run at all)
+          const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(2);
+          while (ran[501] == 0 && std::chrono::steady_clock::now() < until)
+            std::this_thread::yield();
+        }
+        if (i == 500 || i == 501 || i == 900) return Status::Io("call " + std::to_string(i));
+        return Status::Ok();
+      });
+      ASSERT_EQ(st.message(), "call 500") << threads << " threads";
+      for (size_t i = 0; i <= 500; i++) ASSERT_EQ(ran[i], 1) << "call " << i;
+      if (threads == 1) {
+        for (size_t i = 501; i < kCalls; i++) ASSERT_EQ(ran[i], 0) << "call " << i;
+      }
+    }
+  }
+  ParallelCodec codec(2);
+  EXPECT_TRUE(codec.Run(0, [](size_t, unsigned) { return Status::Io("never"); }).ok());
 }
 
 TEST(ParallelCodecTest, RejectsMismatchedArguments) {
