@@ -130,7 +130,6 @@ struct FrameEncoder::Impl {
   std::vector<uint8_t> coded[9];    // their coded forms
   std::vector<uint8_t> tmp;
   HufPlan plan;
-  bool joint = false;  // whether the last Grouped() coded BF16 jointly
 
   ~Impl() { ZSTD_freeCCtx(zstd); }
 
@@ -228,15 +227,15 @@ struct FrameEncoder::Impl {
     return true;
   }
 
-  // Appends a grouped payload for `chunk` as `dtype`, for BF16 jointly coded where that is smaller;
-  // false if it saves too little.
+  // Appends a grouped payload for `chunk` as `dtype`, for BF16 jointly coded where that is smaller
+  // (*joint says which); false if it saves too little.
   bool Grouped(std::span<const uint8_t> chunk, DType dtype, std::span<const uint32_t> segments,
-               std::vector<uint8_t>& out, double* entropy) {
-    joint = false;
+               std::vector<uint8_t>& out, double* entropy, bool* joint) {
+    *joint = false;
     if (dtype == DType::kBF16 && opts.joint_k != 0) {
       const internal::JointParams jp =
           internal::PlanJoint(chunk.data(), chunk.size() / 2, segments, std::max(opts.joint_k, 0));
-      if (jp.k && Joint(chunk, jp, segments, out, entropy)) return joint = true;
+      if (jp.k && Joint(chunk, jp, segments, out, entropy)) return *joint = true;
     }
     return Plain(chunk, dtype, segments, out, entropy);
   }
@@ -354,8 +353,9 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
   };
   const auto saving_bound =
       static_cast<size_t>(std::ceil(static_cast<double>(chunk.size()) * (1 - im.opts.min_saving)));
+  bool joint = false;  // whether the grouped payload codes BF16 jointly
   auto try_grouped = [&](DType t) {
-    if (!im.Grouped(chunk, t, segments, out, &entropy)) {
+    if (!im.Grouped(chunk, t, segments, out, &entropy, &joint)) {
       out.resize(start + kFrameHeaderSize);
       return false;
     }
@@ -394,7 +394,7 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
     stats->entropy_bits = static_cast<uint64_t>(entropy);
   }
   const uint32_t payload = static_cast<uint32_t>(out.size() - start - kFrameHeaderSize);
-  const uint8_t flags = method == Method::kGrouped && im.joint ? kFlagJoint : 0;
+  const uint8_t flags = method == Method::kGrouped && joint ? kFlagJoint : 0;
   WriteHeader(out.data() + start, method, coded_as, flags, raw, payload, sum);
   return Status::Ok();
 }

@@ -36,7 +36,7 @@ struct HufBlockPlan {
   std::array<uint8_t, 256> len{};  // code lengths (0 = unused); all 0 for a single-symbol block
   int single = -1;                 // the symbol when the block holds only one
   uint64_t cost_bits = 0;          // payload + table + block header
-  size_t table_at = 0;             // where its serialized table starts in HufPlan::tables
+  size_t table_at = 0, table_size = 0;  // its serialized table in HufPlan::tables
 };
 
 struct HufPlan {

@@ -170,20 +170,15 @@ void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segmen
       const int shift = c ? std::max(0, 29 - __builtin_clz(c)) : 0;  // keep the top 3 bits
       rounded[s] = c ? std::max(1u, (c >> shift) << shift) : 0;
     }
-    int used = BuildLengths(rounded, b.len);
-    if (used < 2) {
-      for (int s = 0; s < 256; s++)
-        if (b.hist[s]) b.single = s;
-    }
+    const bool single = BuildLengths(rounded, b.len) < 2;
+    for (int s = 0; s < 256 && single; s++)
+      if (b.hist[s]) b.single = s;
     b.table_at = plan.tables.size();
     WriteTable(b, plan.tables);
-    if (used < 2) {
-      b.cost_bits = 8 * 8;
-    } else {
-      uint64_t payload = 0;
-      for (int s = 0; s < 256; s++) payload += uint64_t{b.hist[s]} * b.len[s];
-      b.cost_bits = payload + 8 * (plan.tables.size() - b.table_at) + kBlockHeaderBits;
-    }
+    b.table_size = plan.tables.size() - b.table_at;
+    uint64_t payload = 0;  // (none for a single symbol: its length is 0)
+    for (int s = 0; s < 256; s++) payload += uint64_t{b.hist[s]} * b.len[s];
+    b.cost_bits = single ? 8 * 8 : payload + 8 * b.table_size + kBlockHeaderBits;
     bits += b.cost_bits;
   }
   plan.cost_bytes = (bits + 7) / 8;
@@ -191,13 +186,11 @@ void PlanHuffman(std::span<const uint8_t> syms, std::span<const uint32_t> segmen
 
 void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uint8_t>& out) {
   PutVarint(out, plan.blocks.size());
-  for (size_t bi = 0; bi < plan.blocks.size(); bi++) {
-    const HufBlockPlan& b = plan.blocks[bi];
+  for (const HufBlockPlan& b : plan.blocks) {
     const uint32_t count = b.end - b.begin;
     PutVarint(out, count);
-    const size_t table_end =
-        bi + 1 < plan.blocks.size() ? plan.blocks[bi + 1].table_at : plan.tables.size();
-    out.insert(out.end(), plan.tables.begin() + b.table_at, plan.tables.begin() + table_end);
+    const auto table = plan.tables.begin() + static_cast<ptrdiff_t>(b.table_at);
+    out.insert(out.end(), table, table + static_cast<ptrdiff_t>(b.table_size));
     if (b.single >= 0) continue;
     std::array<uint32_t, 256> code;
     AssignCodes(b.len, code);

@@ -226,22 +226,15 @@ bool ReadDeltas(ByteReader& r, int lo, int hi, std::array<uint8_t, 256>& len) {
   if (!get(4, &v) || v > kL) return false;
   len[lo] = static_cast<uint8_t>(v);
   for (int s = lo + 1; s <= hi; s++) {
-    int l = len[s - 1];
-    uint32_t bit;
-    if (!get(1, &bit)) return false;
-    if (bit) {
+    int ones = 0;  // the prefix: 0, 10, 110 or 111
+    for (uint32_t bit = 1; bit && ones < 3; ones += static_cast<int>(bit))
       if (!get(1, &bit)) return false;
-      if (!bit) {
-        l++;
-      } else {
-        if (!get(1, &bit)) return false;
-        if (!bit) {
-          l--;
-        } else {
-          if (!get(4, &v)) return false;
-          l = static_cast<int>(v);
-        }
-      }
+    int l = len[s - 1];
+    if (ones == 1) l++;
+    if (ones == 2) l--;
+    if (ones == 3) {
+      if (!get(4, &v)) return false;
+      l = static_cast<int>(v);
     }
     if (l < 0 || l > kL) return false;
     len[s] = static_cast<uint8_t>(l);

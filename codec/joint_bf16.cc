@@ -183,7 +183,7 @@ JointParams PlanJoint(const uint8_t* in, size_t n, std::span<const uint32_t> seg
     const size_t from_bin = std::max<size_t>(base, lo_bin);
     const size_t to_bin = std::min<size_t>(base + width - 1, hi_bin);
     size_t lo = width, hi = 0;
-    for (size_t j = from_bin; j <= to_bin && from_bin <= to_bin; j++)
+    for (size_t j = from_bin; j <= to_bin; j++)
       if (sum[j]) lo = std::min(lo, j - base), hi = j - base;
     // Symbols, with a table per slice (or segment).
     double split = 0, escapes = 0;
