@@ -3,7 +3,6 @@
 // Real LMDB and real files in temp dirs.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,6 +16,7 @@
 #include "index/index.h"
 #include "index/tree.h"
 #include "tests/index/store_test_util.h"
+#include "tests/tools/cli_util.h"
 
 namespace zipnn::index {
 namespace {
@@ -66,16 +66,9 @@ std::string SafetensorsHeader(uint64_t tensor_bytes) {
 
 class ImportTest : public test::StoreDirTest {
  protected:
-  void TearDown() override {
-    if (mounted_) ::umount2(mount_dir_.c_str(), MNT_DETACH);
-    StoreDirTest::TearDown();
-  }
   std::unique_ptr<Store> Open(bool writable, StoreOptions opts = {}) {
     return OpenStore(writable, opts);
   }
-
-  std::string mount_dir_;
-  bool mounted_ = false;
 };
 
 // A generated tree with a 1 GiB BF16 model: import, then export byte-exact, plus random ranges.
@@ -224,14 +217,12 @@ TEST_F(ImportTest, FileShrinkingDuringImport) {
 
 // A full disk: a clear error, a consistent store, and room again once the tail is cut.
 TEST_F(ImportTest, DiskFullDuringImport) {
-  mount_dir_ = dir_ + "/small";
-  fs::create_directories(mount_dir_);
-  if (::mount("tmpfs", mount_dir_.c_str(), "tmpfs", 0, "size=6m") != 0) {
-    GTEST_SKIP() << "cannot mount a small tmpfs (" << std::strerror(errno)
+  const zipnn::test::SmallTmpfs tmpfs(dir_ + "/small", "6m");
+  if (!tmpfs.mounted()) {
+    GTEST_SKIP() << "cannot mount a small tmpfs (" << tmpfs.error()
                  << "): disk-full test needs root";
   }
-  mounted_ = true;
-  store_dir_ = mount_dir_ + "/store";
+  store_dir_ = dir_ + "/small/store";
   ASSERT_TRUE(Store::Init(store_dir_).ok());
   const std::string src = dir_ + "/src";
   fs::create_directories(src);

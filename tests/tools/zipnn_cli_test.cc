@@ -2,12 +2,9 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
-#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -149,30 +146,11 @@ TEST_F(ZipnnCliTest, CorruptContainerLeavesNoOutput) {
   EXPECT_EQ(Zipnn({"decompress", "-q", model + ".znn"}).exit_code, 1) << "truncated";
 }
 
-// A small tmpfs, unmounted when the test ends however it ends.
-class SmallTmpfs {
- public:
-  explicit SmallTmpfs(const std::string& dir) : dir_(dir) {
-    fs::create_directories(dir_);
-    mounted_ = ::mount("tmpfs", dir_.c_str(), "tmpfs", 0, "size=1m") == 0;
-    if (!mounted_) error_ = std::strerror(errno);
-  }
-  ~SmallTmpfs() {
-    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
-  }
-  bool mounted() const { return mounted_; }
-  const std::string& error() const { return error_; }
-
- private:
-  std::string dir_, error_;
-  bool mounted_ = false;
-};
-
 // A full disk: exit code 1, a message that says so, and no file left, partial or temporary,
 // whether the output is written in order (compress) or by many threads at once (decompress).
 TEST_F(ZipnnCliTest, FullDiskFailsCleanly) {
   const std::string small = Path("small");
-  SmallTmpfs tmpfs(small);
+  test::SmallTmpfs tmpfs(small, "1m");
   if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a small tmpfs (" << tmpfs.error() << ")";
   const std::string random = MakeRandom("random.bin", 3u << 20, 6);  // stays ~3 MB compressed
   for (const char* threads : {"1", "2", "4"}) {
