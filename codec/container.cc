@@ -179,14 +179,17 @@ Result<ContainerIndex> ParseTable(std::span<const uint8_t> table, const Footer& 
 
 }  // namespace
 
-Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out) {
-  size_t done = 0;
-  while (done < out.size()) {
-    ssize_t n =
-        ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+namespace {
+
+// Calls io(done) until `size` bytes have moved, retrying EINTR and short transfers; io returns
+// what read(2) and write(2) do. Moving nothing means the end of the file.
+template <class Io>
+Status TransferAll(size_t size, const char* what, Io io) {
+  for (size_t done = 0; done < size;) {
+    const ssize_t n = io(done);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "read");
+      return Status::FromErrno(errno, what);
     }
     if (n == 0) return Status::Io("unexpected end of file (did it shrink?)");
     done += static_cast<size_t>(n);
@@ -194,31 +197,25 @@ Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out) {
   return Status::Ok();
 }
 
+}  // namespace
+
+Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out) {
+  return TransferAll(out.size(), "read", [&](size_t done) {
+    return ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+  });
+}
+
 Status WriteFull(int fd, std::span<const uint8_t> bytes) {
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "write");
-    }
-    done += static_cast<size_t>(n);
-  }
-  return Status::Ok();
+  return TransferAll(bytes.size(), "write", [&](size_t done) {
+    return ::write(fd, bytes.data() + done, bytes.size() - done);
+  });
 }
 
 Status PwriteFull(int fd, uint64_t offset, std::span<const uint8_t> bytes) {
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n =
-        ::pwrite(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "write");
-    }
-    done += static_cast<size_t>(n);
-  }
-  return Status::Ok();
+  return TransferAll(bytes.size(), "write", [&](size_t done) {
+    return ::pwrite(fd, bytes.data() + done, bytes.size() - done,
+                    static_cast<off_t>(offset + done));
+  });
 }
 
 void UniqueFd::Reset(int fd) {
