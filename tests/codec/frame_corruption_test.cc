@@ -77,6 +77,8 @@ TEST(FrameCorruptionSamplesTest, SampleCountMatchesTheParameterRange) {
 
 class FrameCorruptionTest : public ::testing::TestWithParam<size_t> {
  protected:
+  // A sample whose encoding failed has no frame to damage: fail here, not out of bounds below.
+  void SetUp() override { ASSERT_GE(S().frame.size(), kFrameHeaderSize) << S().name; }
   const Sample& S() const { return Samples()[GetParam()]; }
 
   // Decodes `frame` into a buffer of the sample's size: true if the decoder accepted it. Wrong
