@@ -22,6 +22,7 @@
 #include "codec/byte_groups.h"
 #include "codec/bytes.h"
 #include "codec/codec.h"
+#include "codec/exponent_shift.h"
 #include "codec/huffman.h"
 #include "codec/joint_bf16.h"
 
@@ -35,6 +36,7 @@ using internal::HufPlan;
 constexpr uint8_t kMagic[4] = {'Z', 'N', 'F', 2};
 constexpr uint8_t kOldestVersion = 1;
 constexpr uint8_t kFlagJoint = 1;
+constexpr uint8_t kFlagShift = 2;
 
 enum class StreamCoding : uint8_t { kRaw = 0, kZero = 1, kHuffman = 2, kZstd = 3 };
 
@@ -106,9 +108,11 @@ Result<FrameInfo> ParseFrameHeader(std::span<const uint8_t> f) {
   info.version = h[3];
   info.method = static_cast<Method>(h[4]);
   info.dtype = static_cast<DType>(h[5]);
-  info.joint = h[6] == kFlagJoint;
-  if (h[6] != 0 && !(info.joint && info.version >= 2 && info.method == Method::kGrouped &&
-                     info.dtype == DType::kBF16))
+  info.joint = (h[6] & kFlagJoint) != 0;
+  info.shifted = (h[6] & kFlagShift) != 0;
+  if ((h[6] & ~(kFlagJoint | kFlagShift)) != 0 ||
+      (h[6] != 0 &&
+       !(info.version >= 2 && info.method == Method::kGrouped && info.dtype == DType::kBF16)))
     return Status::Corrupt("frame header has unknown flags");
   info.raw_size = internal::Load32(h + 8);
   info.payload_size = internal::Load32(h + 12);
@@ -130,6 +134,8 @@ struct FrameEncoder::Impl {
   std::vector<uint8_t> coded[9];    // their coded forms
   std::vector<uint8_t> tmp;
   HufPlan plan;
+  internal::ShiftPlan shift;
+  std::vector<uint8_t> shifted;  // the chunk with its exponents shifted
 
   ~Impl() { ZSTD_freeCCtx(zstd); }
 
@@ -197,6 +203,26 @@ struct FrameEncoder::Impl {
     }
     if (best == StreamCoding::kHuffman) internal::EncodeHuffman(in, plan, out);
     return best;
+  }
+
+  // Appends a shift block (see exponent_shift.h): varint column count, varint first column, then
+  // the shifts, zigzag bytes, as a stream (u8 coding + varint length + bytes).
+  void PutShift(const internal::ShiftPlan& p, std::vector<uint8_t>& out, double* entropy) {
+    internal::PutVarint(out, p.shift.size());
+    internal::PutVarint(out, p.first);
+    std::vector<uint8_t>& zigzag = streams[8];
+    zigzag.resize(p.shift.size());
+    for (size_t j = 0; j < p.shift.size(); j++) {
+      const int v = p.shift[j];
+      zigzag[j] = static_cast<uint8_t>(v < 0 ? -2 * v - 1 : 2 * v);
+    }
+    double bits = 0;
+    const StreamCoding coding = CodeStream(zigzag, false, {}, &bits, 8);
+    const std::span<const uint8_t> data = coding == StreamCoding::kRaw ? zigzag : coded[8];
+    out.push_back(static_cast<uint8_t>(coding));
+    internal::PutVarint(out, data.size());
+    out.insert(out.end(), data.begin(), data.end());
+    *entropy += bits;
   }
 
   // Appends a joint BF16 payload (see joint_bf16.h); false if it saves too little.
@@ -329,7 +355,8 @@ FrameEncoder::FrameEncoder(const EncodeOptions& opts) : impl_(std::make_unique<I
 FrameEncoder::~FrameEncoder() = default;
 
 Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::vector<uint8_t>& out,
-                            std::span<const uint32_t> segments, EncodeStats* stats) {
+                            std::span<const uint32_t> segments, EncodeStats* stats,
+                            const TensorGrid& grid) {
   if (chunk.size() > kMaxChunkSize) return Status::InvalidArgument("chunk larger than 64 MiB");
   if (static_cast<int>(dtype) >= kNumDTypes) return Status::InvalidArgument("unknown dtype");
   if (impl_->opts.joint_k < -1 || impl_->opts.joint_k > 3)
@@ -353,9 +380,24 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
   };
   const auto saving_bound =
       static_cast<size_t>(std::ceil(static_cast<double>(chunk.size()) * (1 - im.opts.min_saving)));
-  bool joint = false;  // whether the grouped payload codes BF16 jointly
+  bool joint = false;    // whether the grouped payload codes BF16 jointly
+  bool shifted = false;  // whether it shifts exponents per row or column first
   auto try_grouped = [&](DType t) {
-    if (!im.Grouped(chunk, t, segments, out, &entropy, &joint)) {
+    std::span<const uint8_t> data = chunk;
+    shifted = false;
+    if (t == DType::kBF16 && im.opts.exponent_shift) {
+      internal::PlanShift(chunk.data(), chunk.size() / 2, grid, im.shift);
+      if (!im.shift.shift.empty()) {
+        im.shifted.resize(chunk.size());
+        internal::ApplyShift(chunk.data(), im.shifted.data(), chunk.size() / 2, im.shift, false);
+        if (chunk.size() % 2) im.shifted.back() = chunk.back();
+        im.PutShift(im.shift, out, &entropy);
+        data = im.shifted;
+        shifted = true;
+      }
+    }
+    if (!im.Grouped(data, t, segments, out, &entropy, &joint) ||
+        out.size() - start - kFrameHeaderSize >= chunk.size()) {  // (a frame never grows)
       out.resize(start + kFrameHeaderSize);
       return false;
     }
@@ -394,7 +436,10 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
     stats->entropy_bits = static_cast<uint64_t>(entropy);
   }
   const uint32_t payload = static_cast<uint32_t>(out.size() - start - kFrameHeaderSize);
-  const uint8_t flags = method == Method::kGrouped && joint ? kFlagJoint : 0;
+  const uint8_t flags =
+      method != Method::kGrouped
+          ? 0
+          : static_cast<uint8_t>((joint ? kFlagJoint : 0) | (shifted ? kFlagShift : 0));
   WriteHeader(out.data() + start, method, coded_as, flags, raw, payload, sum);
   return Status::Ok();
 }
@@ -406,6 +451,7 @@ struct FrameDecoder::Impl {
   ZSTD_DCtx* zstd = ZSTD_createDCtx();
   internal::HuffmanDecoder huffman;
   std::vector<uint8_t> scratch[9];
+  internal::ShiftPlan shift;
   ~Impl() { ZSTD_freeDCtx(zstd); }
 
   std::span<uint8_t> Scratch(int s, size_t size) {
@@ -441,6 +487,29 @@ struct FrameDecoder::Impl {
         return Status::Corrupt("grouped frame: bad stream coding");
     }
     *ptr = buf.data();
+    return Status::Ok();
+  }
+
+  // Reads the shift block that starts a shifted payload into `shift`; `body` is what follows.
+  Status ReadShift(std::span<const uint8_t> payload, size_t n, bool varint_lanes,
+                   std::span<const uint8_t>* body) {
+    internal::ByteReader r(payload);
+    uint64_t columns, first, size;
+    uint8_t coding;
+    if (!r.GetVarint(&columns) || !r.GetVarint(&first) ||
+        !internal::ValidShift(columns, first, n) || !r.GetU8(&coding) || coding > 3 ||
+        !r.GetVarint(&size) || size > r.remaining())
+      return Status::Corrupt("shifted frame: bad shift header");
+    std::span<const uint8_t> data;
+    (void)r.GetBytes(size, &data);  // (size checked above)
+    const uint8_t* zigzag;
+    ZIPNN_RETURN_IF_ERROR(DecodeStream(static_cast<StreamCoding>(coding), data, Scratch(8, columns),
+                                       varint_lanes, &zigzag));
+    shift.first = first;
+    shift.shift.resize(columns);
+    for (size_t j = 0; j < columns; j++)
+      shift.shift[j] = static_cast<int8_t>((zigzag[j] >> 1) ^ -(zigzag[j] & 1));
+    *body = payload.last(r.remaining());
     return Status::Ok();
   }
 
@@ -532,11 +601,17 @@ Status FrameDecoder::Decode(std::span<const uint8_t> frame, std::span<uint8_t> o
       if (ZSTD_isError(got) || got != out.size()) return Status::Corrupt("bad zstd payload");
       break;
     }
-    case Method::kGrouped:
-      ZIPNN_RETURN_IF_ERROR(info->joint
-                                ? impl_->Joint(payload, out, info->version >= 2)
-                                : impl_->Grouped(payload, info->dtype, out, info->version >= 2));
+    case Method::kGrouped: {
+      const bool v2 = info->version >= 2;
+      std::span<const uint8_t> body = payload;
+      if (info->shifted)
+        ZIPNN_RETURN_IF_ERROR(impl_->ReadShift(payload, out.size() / 2, v2, &body));
+      ZIPNN_RETURN_IF_ERROR(info->joint ? impl_->Joint(body, out, v2)
+                                        : impl_->Grouped(body, info->dtype, out, v2));
+      if (info->shifted)
+        internal::ApplyShift(out.data(), out.data(), out.size() / 2, impl_->shift, true);
       break;
+    }
   }
   if (Checksum(out) != info->checksum)
     return Status::ChecksumMismatch("decoded chunk does not match its checksum");

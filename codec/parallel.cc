@@ -108,7 +108,7 @@ Status ParallelCodec::EncodeAll(std::span<const uint8_t> data, uint64_t base,
     const ChunkSpec& c = plan[i];
     frames[i].clear();
     st[i] = encoders_[w]->Encode(data.subspan(c.offset - base, c.size), c.dtype, frames[i],
-                                 c.segments, stats ? &(*stats)[i] : nullptr);
+                                 c.segments, stats ? &(*stats)[i] : nullptr, c.grid);
   });
   return FirstError(st);
 }

@@ -130,6 +130,12 @@ Result<std::vector<ChunkSpec>> PlanChunks(std::string_view file_name, const Read
         c.offset = off;
         c.size = static_cast<uint32_t>(std::min<uint64_t>(cs, t.end - off));
         c.dtype = t.dtype;
+        if (t.shape.size() >= 2) {
+          const uint64_t elem = DTypeSize(t.dtype);
+          c.grid.first = (off - t.begin) / elem;
+          c.grid.columns = t.shape.back();
+          c.grid.row = size / elem / t.shape.front();  // (no dimension is 0: size > 0)
+        }
         plan.push_back(std::move(c));
       }
     }

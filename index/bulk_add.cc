@@ -287,7 +287,7 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
     NewFrame& f = t.frames.emplace_back();
     f.hash = h;
     f.offset = t.frame_data.size();
-    ZIPNN_RETURN_IF_ERROR(encoder.Encode(buf, c.dtype, t.frame_data, c.segments));
+    ZIPNN_RETURN_IF_ERROR(encoder.Encode(buf, c.dtype, t.frame_data, c.segments, nullptr, c.grid));
     Result<FrameInfo> info =
         ParseFrameHeader(std::span(t.frame_data).subspan(f.offset, kFrameHeaderSize));
     if (!info.ok()) return info.status();

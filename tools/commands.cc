@@ -105,7 +105,7 @@ Status Compress(const CompressOptions& opts) {
       data[w].resize(c.size);
       ZIPNN_RETURN_IF_ERROR(PreadFull(fd, c.offset, data[w]));
       frames[i].clear();
-      return codec.encoder(w).Encode(data[w], c.dtype, frames[i], c.segments);
+      return codec.encoder(w).Encode(data[w], c.dtype, frames[i], c.segments, nullptr, c.grid);
     })));
     ZIPNN_RETURN_IF_ERROR(WithPath(out_path, wait_for_write()));
     std::swap(frames, frames_writing);

@@ -24,15 +24,16 @@ struct Sample {
 };
 
 Sample Make(std::string name, DType t, Bytes data, Method expect, EncodeOptions opts = {},
-            std::vector<uint32_t> segments = {}) {
+            std::vector<uint32_t> segments = {}, TensorGrid grid = {}) {
   Sample s{std::move(name), t, std::move(data), {}, expect};
-  EXPECT_TRUE(test::RoundTrip(s.data, t, opts, segments, &s.frame)) << s.name;
+  EXPECT_TRUE(test::RoundTrip(s.data, t, opts, segments, &s.frame, grid)) << s.name;
   EXPECT_EQ(test::InfoOf(s.frame).method, expect) << s.name;
   return s;
 }
 
 // Frames of every method and of the grouped payload's variants (Huffman with the one- and the
-// multi-symbol decoder, several blocks, zero and zstd streams, sign streams, tails).
+// multi-symbol decoder, several blocks, zero and zstd streams, sign streams, tails, per-column
+// exponent shifts).
 const std::vector<Sample>& Samples() {
   static const std::vector<Sample> samples = [] {
     std::vector<Sample> v;
@@ -66,13 +67,16 @@ const std::vector<Sample>& Samples() {
                      Method::kGrouped));
     v.push_back(Make("bytes_grouped", DType::kBytes, test::TypicalData(DType::kBytes, 5000, 11),
                      Method::kGrouped, grouped));
+    v.push_back(Make("bf16_columns", DType::kBF16, test::ColumnScaledBF16(100, 64, 12),
+                     Method::kGrouped, {}, {}, {3, 64, 64}));
+    EXPECT_TRUE(test::InfoOf(v.back().frame).shifted);
     return v;
   }();
   return samples;
 }
 
 TEST(FrameCorruptionSamplesTest, SampleCountMatchesTheParameterRange) {
-  EXPECT_EQ(Samples().size(), 12u);
+  EXPECT_EQ(Samples().size(), 13u);
 }
 
 class FrameCorruptionTest : public ::testing::TestWithParam<size_t> {
@@ -100,7 +104,7 @@ class FrameCorruptionTest : public ::testing::TestWithParam<size_t> {
   FrameDecoder dec_;  // one decoder through all damage: its caches must not be poisoned
 };
 
-INSTANTIATE_TEST_SUITE_P(Samples, FrameCorruptionTest, ::testing::Range<size_t>(0, 12),
+INSTANTIATE_TEST_SUITE_P(Samples, FrameCorruptionTest, ::testing::Range<size_t>(0, 13),
                          [](const auto& info) { return Samples()[info.param].name; });
 
 TEST_P(FrameCorruptionTest, EveryHeaderBitFlipIsRejected) {

@@ -96,9 +96,15 @@ void ExpectValidPlan(const std::vector<ChunkSpec>& plan, const std::vector<T>& t
     const uint64_t cb = c.offset, ce = c.offset + c.size;
     uint64_t covered = 0;
     std::vector<uint32_t> starts;  // tensor starts strictly inside the chunk
+    TensorGrid grid;               // expected: for a chunk inside one tensor of 2+ dimensions
+    int tensors = 0;
     for (const auto& [tb, t] : by_begin) {
       const uint64_t te = data_start + t->end;
       if (te <= cb || tb >= ce) continue;
+      if (tensors++ == 0 && t->shape.size() >= 2 && tb <= cb && ce <= te) {
+        const uint64_t elem = DTypeSize(*DTypeFromSafetensors(t->dtype));
+        grid = {(cb - tb) / elem, t->shape.back(), (te - tb) / elem / t->shape.front()};
+      }
       const DType d = *DTypeFromSafetensors(t->dtype);
       EXPECT_EQ(c.dtype, d) << "chunk " << ci << " holds bytes of " << t->name;
       covered += std::min(ce, te) - std::max(cb, tb);
@@ -112,6 +118,10 @@ void ExpectValidPlan(const std::vector<ChunkSpec>& plan, const std::vector<T>& t
     }
     if (c.dtype != DType::kBytes) {
       EXPECT_EQ(covered, c.size) << "typed chunk " << ci << " holds untyped bytes";
+      if (tensors > 1) grid = {};
+      EXPECT_EQ(c.grid.first, grid.first) << "chunk " << ci;
+      EXPECT_EQ(c.grid.columns, grid.columns) << "chunk " << ci;
+      EXPECT_EQ(c.grid.row, grid.row) << "chunk " << ci;
       EXPECT_EQ(c.size % DTypeSize(c.dtype), 0u) << "chunk " << ci;
       EXPECT_EQ(c.segments, starts) << "chunk " << ci << ": segments must be its tensor starts";
     } else {

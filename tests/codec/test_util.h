@@ -99,6 +99,21 @@ inline void StoreElement(uint8_t* p, uint64_t bits, size_t size) {
   for (size_t i = 0; i < size; i++) p[i] = static_cast<uint8_t>(bits >> (8 * i));  // little-endian
 }
 
+// BF16 weights of `rows` x `columns`, Gaussian with a scale per column (2^-8 to 2^0, as output
+// channels of a trained layer differ).
+inline Bytes ColumnScaledBF16(size_t rows, size_t columns, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> dist(0.0, 1.0);
+  Bytes b(2 * rows * columns);
+  for (size_t r = 0; r < rows; r++)
+    for (size_t c = 0; c < columns; c++) {
+      const double scale = std::ldexp(1.0, -static_cast<int>((c * 5) % 9));
+      StoreElement(b.data() + 2 * (r * columns + c),
+                   PackFloat(dist(rng) * scale, FormatOf(DType::kBF16)), 2);
+    }
+  return b;
+}
+
 // `n` elements of Gaussian weights N(0, stddev^2) in float type `t`.
 inline Bytes GaussianWeights(DType t, size_t n, double stddev, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -202,10 +217,11 @@ inline void WriteLE(uint8_t* p, uint64_t v, size_t n) { StoreElement(p, v, n); }
 inline ::testing::AssertionResult RoundTrip(std::span<const uint8_t> data, DType dtype,
                                             const EncodeOptions& opts = {},
                                             std::span<const uint32_t> segments = {},
-                                            Bytes* frame_out = nullptr) {
+                                            Bytes* frame_out = nullptr,
+                                            const TensorGrid& grid = {}) {
   FrameEncoder enc(opts);
   Bytes frame = {0xAA, 0xBB};  // Encode appends: keep a prefix to check it is left alone
-  Status st = enc.Encode(data, dtype, frame, segments);
+  Status st = enc.Encode(data, dtype, frame, segments, nullptr, grid);
   if (!st.ok()) return ::testing::AssertionFailure() << "encode: " << st.ToString();
   if (frame[0] != 0xAA || frame[1] != 0xBB)
     return ::testing::AssertionFailure() << "Encode changed bytes before the frame";

@@ -4,6 +4,7 @@
 // Input: dtype byte (low 4 bits: dtype; high 4 bits mod 5, minus 1: EncodeOptions::joint_k),
 // options byte (bits 0-2: forced method, none for values above 3; bits 3-4: number of segments;
 // bits 5-7: zstd level - 1), two bytes per segment (little-endian element offset), then the chunk.
+// With two segments or more, the first two also give a tensor grid: columns, first element.
 #include <cstdint>
 #include <cstdlib>
 #include <vector>
@@ -32,12 +33,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (int i = 0; i < ((opt >> 3) & 3) && pos + 2 <= size; i++, pos += 2)
     segments.push_back(static_cast<uint32_t>(data[pos] | data[pos + 1] << 8));
   const std::vector<uint8_t> chunk(data + pos, data + size);
+  TensorGrid grid;
+  if (segments.size() >= 2) grid = {segments[1], segments[0], segments[0]};
 
   static FrameEncoder* reused = new FrameEncoder;  // also exercise a long-lived encoder
   FrameEncoder fresh(opts);
   for (FrameEncoder* enc : {&fresh, opts.force_method ? &fresh : reused}) {
     std::vector<uint8_t> frame;
-    const Status st = enc->Encode(chunk, dtype, frame, segments);
+    const Status st = enc->Encode(chunk, dtype, frame, segments, nullptr, grid);
     if (!st.ok()) {
       // Only a forced zero method over non-zero bytes (or segments a coder refuses) may fail.
       Check(st.code() == StatusCode::kInvalidArgument);

@@ -100,6 +100,29 @@ int main(int argc, char** argv) {
       }
     }
   }
+  {  // BF16 with a scale per column, coded with its grid: a frame with exponent shifts
+    std::mt19937_64 rng(2);
+    std::normal_distribution<float> gauss(0.0f, 1.0f);
+    const size_t columns = 64, rows = 128;
+    Bytes chunk(2 * columns * rows);
+    for (size_t i = 0; i < columns * rows; i++) {
+      const float f = std::ldexp(gauss(rng), -static_cast<int>((i % columns) * 5 % 9));
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      chunk[2 * i] = static_cast<uint8_t>(u >> 16),
+                chunk[2 * i + 1] = static_cast<uint8_t>(u >> 24);
+    }
+    Bytes frame;
+    if (!FrameEncoder().Encode(chunk, DType::kBF16, frame, {}, nullptr, {0, columns, columns}).ok())
+      return 1;
+    frames.push_back(frame);
+    Bytes seed{0};
+    seed.insert(seed.end(), frame.begin(), frame.end());
+    Write(out / "frame" / ("seed" + std::to_string(n++)), seed);
+    Bytes rt{static_cast<uint8_t>(DType::kBF16), 0x07 | 2 << 3, columns, 0, 0, 0};  // the grid
+    rt.insert(rt.end(), chunk.begin(), chunk.end());
+    Write(out / "roundtrip" / ("seed" + std::to_string(n++)), rt);
+  }
 #ifdef ZIPNN_FUZZ_CONTAINER
   for (size_t count : {size_t{0}, size_t{1}, size_t{3}, frames.size()}) {
     const fs::path path = out / "container" / ("seed" + std::to_string(n++));

@@ -1,0 +1,255 @@
+#include "codec/exponent_shift.h"
+
+#include <algorithm>
+#include <cmath>
+#include <span>
+
+#include "codec/bytes.h"
+#include "codec/huffman.h"
+
+#ifdef __x86_64__
+#include <immintrin.h>  // AVX2, chosen at run time
+#endif
+
+namespace zipnn::internal {
+namespace {
+
+constexpr size_t kMinElements = 4096;  // smaller chunks: the shifts cost more than they save
+constexpr size_t kMaxElements = size_t{1} << 24;  // (u32 sums of exponents)
+constexpr size_t kSampleElements = 8192;          // the estimate's sample, at least
+constexpr size_t kMinPerColumn = 8;               // samples per column, at least
+constexpr size_t kExactPerColumn = 32;  // samples per column that make shifts as good as all
+constexpr size_t kMaxColumns = 65536;   // (u32 sums of squares per row)
+// Rows shorter than this are handled several at a time: the columns' pattern repeated over
+// several rows keeps the vector loops long.
+constexpr size_t kMinPattern = 256;
+
+inline uint32_t ExponentOf(uint16_t v) { return v >> 7 & 0xff; }
+inline bool Shiftable(uint32_t e) { return e - 1 < 254; }  // 1..254
+
+size_t Widened(size_t columns) { return columns * std::max<size_t>(1, kMinPattern / columns); }
+static_assert(kMaxColumns * 254 * 254 <= UINT32_MAX && kMaxColumns % kMinPattern == 0);
+
+// Calls fn(column, i, count) for the pieces of [begin, end) that run along a row of `width`
+// columns (the chunk's element i being in column (first + i) % width).
+template <typename Fn>
+void ForEachRow(uint64_t first, size_t width, size_t begin, size_t end, Fn&& fn) {
+  size_t column = static_cast<size_t>((first + begin) % width);
+  for (size_t i = begin; i < end; column = 0) {
+    const size_t count = std::min(end - i, width - column);
+    fn(column, i, count);
+    i += count;
+  }
+}
+
+// Adds each column's exponent sum and count over [begin, end) into `sum` and `count` (of
+// `width` columns: a pattern of whole rows), leaving 0 and 255 out; returns the sum of squares.
+uint64_t Accumulate(const uint8_t* in, uint64_t first, size_t begin, size_t end,
+                    std::vector<uint32_t>& sum, std::vector<uint32_t>& count) {
+  uint64_t squares = 0;
+  ForEachRow(first, sum.size(), begin, end, [&](size_t column, size_t i, size_t n) {
+    const uint8_t* p = in + 2 * i;
+    uint32_t* __restrict s = sum.data() + column;
+    uint32_t* __restrict c = count.data() + column;
+    uint32_t q = 0;                   // (n <= kMaxColumns: no overflow)
+    for (size_t j = 0; j < n; j++) {  // (vectorized)
+      const uint32_t e = ExponentOf(Load16(p + 2 * j));
+      const uint32_t ok = Shiftable(e);
+      s[j] += e & -ok;
+      c[j] += ok;
+      q += (e * e) & -ok;
+    }
+    squares += q;
+  });
+  return squares;
+}
+
+// Per-column sums and counts of the pieces [begin[k], end[k]), gathered over a pattern of whole
+// rows and folded back. Returns the sum of squares.
+uint64_t Stats(const uint8_t* in, uint64_t first, size_t columns, std::span<const size_t> begin,
+               std::span<const size_t> end, std::vector<uint32_t>& sum,
+               std::vector<uint32_t>& count) {
+  const size_t wide = Widened(columns);
+  sum.assign(wide, 0);
+  count.assign(wide, 0);
+  uint64_t squares = 0;
+  for (size_t k = 0; k < begin.size(); k++)
+    squares += Accumulate(in, first % columns, begin[k], end[k], sum, count);
+  for (size_t j = columns; j < wide; j++) {
+    sum[j % columns] += sum[j];
+    count[j % columns] += count[j];
+  }
+  sum.resize(columns);
+  count.resize(columns);
+  return squares;
+}
+
+// The Gaussian estimate of the bits per element that removing per-column means saves: half the
+// log of the total variance over the variance left within columns. Means of few samples are
+// partly noise: that share of the between-column variance (about one sample's variance per
+// column) does not count.
+double GaussianSaving(const std::vector<uint32_t>& sum, const std::vector<uint32_t>& count,
+                      uint64_t squares) {
+  double n = 0, s = 0, between = 0, used = 0;
+  for (size_t j = 0; j < sum.size(); j++) {
+    if (count[j] == 0) continue;
+    n += count[j];
+    s += sum[j];
+    between += static_cast<double>(sum[j]) * sum[j] / count[j];
+    used++;
+  }
+  if (n < 2) return 0;
+  const double mean = s / n, total = static_cast<double>(squares) / n - mean * mean;
+  if (total <= 0) return 0;
+  const double b = between / n - mean * mean - total * used / n;
+  return b > 0 ? -0.5 * std::log2(1 - std::min(b / total, 0.999)) : 0;
+}
+
+// Each column's mean exponent less the mean of all, rounded.
+void Shifts(const std::vector<uint32_t>& sum, const std::vector<uint32_t>& count,
+            std::vector<int8_t>& shift) {
+  uint64_t all = 0, n = 0;
+  for (size_t j = 0; j < sum.size(); j++) all += sum[j], n += count[j];
+  shift.assign(sum.size(), 0);
+  if (n == 0) return;
+  const double mean = static_cast<double>(all) / static_cast<double>(n);
+  for (size_t j = 0; j < sum.size(); j++) {
+    if (count[j] == 0) continue;
+    const double d = static_cast<double>(sum[j]) / count[j] - mean;
+    shift[j] = static_cast<int8_t>(std::clamp(std::lround(d), -127L, 127L));
+  }
+}
+
+// The additive form of each shift: e -> e + add, less 254 if that passes 254.
+void Addends(const std::vector<int8_t>& shift, bool inverse, std::vector<uint16_t>& add) {
+  add.resize(shift.size());
+  for (size_t j = 0; j < shift.size(); j++) {
+    const int m = ((shift[j] % 254) + 254) % 254;
+    add[j] = static_cast<uint16_t>(inverse ? m : (254 - m) % 254);
+  }
+}
+
+inline uint32_t ShiftExponent(uint32_t e, uint32_t add) {
+  const uint32_t u = e + add;
+  return Shiftable(e) ? (u > 254 ? u - 254 : u) : e;
+}
+inline uint16_t ShiftOne(uint16_t v, uint32_t add) {
+  return static_cast<uint16_t>((v & 0x807f) | ShiftExponent(ExponentOf(v), add) << 7);
+}
+
+// Shifts `count` values from src to dst (which may be src), by add[j] each. (Branch-free, so
+// the compiler vectorizes it for the baseline ISA; AVX2 below where the CPU has it.)
+void ShiftRun(const uint8_t* src, uint8_t* dst, size_t count, const uint16_t* add) {
+  for (size_t j = 0; j < count; j++) Store16(dst + 2 * j, ShiftOne(Load16(src + 2 * j), add[j]));
+}
+
+#ifdef __x86_64__
+// ShiftRun with AVX2, 16 at a time (chosen at run time).
+__attribute__((target("avx2"))) void ShiftRunAvx2(const uint8_t* src, uint8_t* dst, size_t count,
+                                                  const uint16_t* add) {
+  size_t j = 0;
+  const __m256i ff = _mm256_set1_epi16(0xff), keep = _mm256_set1_epi16(static_cast<short>(0x807f));
+  const __m256i c254 = _mm256_set1_epi16(254), zero = _mm256_setzero_si256();
+  for (; j + 16 <= count; j += 16) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * j));
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(add + j));
+    const __m256i e = _mm256_and_si256(_mm256_srli_epi16(v, 7), ff);
+    __m256i u = _mm256_add_epi16(e, a);
+    u = _mm256_sub_epi16(u, _mm256_and_si256(_mm256_cmpgt_epi16(u, c254), c254));
+    const __m256i fixed = _mm256_or_si256(_mm256_cmpeq_epi16(e, zero), _mm256_cmpeq_epi16(e, ff));
+    const __m256i moved = _mm256_or_si256(_mm256_and_si256(v, keep), _mm256_slli_epi16(u, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * j),
+                        _mm256_blendv_epi8(moved, v, fixed));
+  }
+  ShiftRun(src + 2 * j, dst + 2 * j, count - j, add + j);
+}
+#endif
+
+}  // namespace
+
+void PlanShift(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& plan) {
+  plan.shift.clear();
+  const uint64_t columns = grid.columns;
+  if (n < kMinElements || n > kMaxElements || columns < 2 || columns > n / kMinPerColumn ||
+      columns > kMaxColumns)
+    return;
+  const size_t width = static_cast<size_t>(columns);
+  const uint64_t first = grid.first % columns;
+  // The estimate, on a sample: pieces spread over the chunk, each a row or more.
+  const size_t want = std::min(n, std::max(kSampleElements, kMinPerColumn * width));
+  constexpr size_t kPieces = 8;
+  const size_t piece = (want + kPieces - 1) / kPieces;
+  size_t begins[kPieces], ends[kPieces], sampled = 0;
+  for (size_t k = 0; k < kPieces; k++) {
+    begins[k] = std::min(n - std::min(n, piece), k * (n / kPieces));
+    ends[k] = std::min(n, begins[k] + piece);
+    sampled += ends[k] - begins[k];
+  }
+  std::vector<uint32_t> sum, count;
+  const uint64_t squares = Stats(in, first, width, begins, ends, sum, count);
+  double valid = 0;
+  for (uint32_t v : count) valid += v;
+  const double scale = static_cast<double>(n) / static_cast<double>(sampled);
+  // Worth it only for a clear gain (decoding pays a pass over the chunk): an estimated 0.04 bits
+  // per element, about 0.2% of the frame (estimates run above what the coder then saves). The
+  // Gaussian estimate, from the sums alone, screens out most chunks that will not make it
+  // (taking the shifts at two bits each).
+  const double needed = std::max(1024.0, 0.04 * static_cast<double>(n));
+  if (GaussianSaving(sum, count, squares) * valid * scale - 2.0 * static_cast<double>(width) <
+      needed / 2)
+    return;
+  std::vector<int8_t> shift;
+  Shifts(sum, count, shift);
+  Histogram shifts{};
+  int used = 0;
+  for (int8_t v : shift) used += shifts[static_cast<uint8_t>(v)]++ == 0;
+  const double side = std::min(EntropyBits(shifts) + 24 + 5.0 * used, 8.0 * width) + 64;
+  std::vector<uint16_t> add;
+  Addends(shift, false, add);
+  Histogram before{}, after{};
+  for (size_t k = 0; k < kPieces; k++) {
+    ForEachRow(first, width, begins[k], ends[k], [&](size_t column, size_t i, size_t m) {
+      for (size_t j = 0; j < m; j++) {
+        const uint32_t e = ExponentOf(Load16(in + 2 * (i + j)));
+        before[e]++;
+        after[ShiftExponent(e, add[column + j])]++;
+      }
+    });
+  }
+  if ((EntropyBits(before) - EntropyBits(after)) * scale - side < needed) return;
+  plan.first = first;
+  plan.shift = std::move(shift);
+  if (want == n || want >= kExactPerColumn * width) return;
+  // Too few samples per column for good shifts: take them from every element.
+  const size_t all_begin[1] = {0}, all_end[1] = {n};
+  (void)Stats(in, first, width, all_begin, all_end, sum, count);
+  Shifts(sum, count, plan.shift);
+}
+
+void ApplyShift(const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& plan, bool inverse,
+                bool use_avx2) {
+  std::vector<uint16_t> add;
+  Addends(plan.shift, inverse, add);
+  const size_t columns = add.size();
+#ifdef __x86_64__
+  const bool avx2 = use_avx2 && __builtin_cpu_supports("avx2");
+#else
+  const bool avx2 = false;
+  (void)use_avx2;
+#endif
+  auto run = [&](size_t i, size_t count, const uint16_t* pattern) {
+#ifdef __x86_64__
+    if (avx2) return ShiftRunAvx2(src + 2 * i, dst + 2 * i, count, pattern);
+#endif
+    ShiftRun(src + 2 * i, dst + 2 * i, count, pattern);
+  };
+  // The rest of the first row, then the pattern repeated over several rows at once.
+  const size_t first = std::min<size_t>(n, columns - plan.first);
+  run(0, first, add.data() + plan.first);
+  const size_t wide = Widened(columns);
+  add.resize(wide);
+  for (size_t j = columns; j < wide; j++) add[j] = add[j - columns];
+  for (size_t i = first; i < n; i += wide) run(i, std::min(wide, n - i), add.data());
+}
+
+}  // namespace zipnn::internal

@@ -1,0 +1,42 @@
+// Exponent shift: an exponent offset per column of a BF16 tensor (internal to codec/).
+//
+// Trained weights have a scale per output channel. Where channels are the tensor's last
+// dimension (TensorFlow/Keras kernels, [in, out] matrices) consecutive elements belong to
+// different channels, so no table per block of the chunk can follow them, and order-0 coding of
+// the exponents pays for the mixture of all channels. Subtracting each column's mean exponent
+// first concentrates the distribution, for a few bits per column. (Per row, measured on the
+// corpus, never paid: the coder's tables per block of the chunk already follow rows.) The shift
+// is cyclic on the exponents 1..254 and leaves 0 (zeros, denormals) and 255 (Inf, NaN) alone: a
+// bijection, so every value comes back exactly.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "codec/codec.h"
+
+namespace zipnn::internal {
+
+// Element i of a chunk is in column (first + i) % shift.size() and takes that column's shift.
+struct ShiftPlan {
+  uint64_t first = 0;  // column of the chunk's first element
+  std::vector<int8_t> shift;
+};
+
+// Plans per-column shifts for the n BF16 values at `in`, placed by `grid`, where the estimated
+// saving pays for them; else leaves plan.shift empty.
+void PlanShift(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& plan);
+
+// Writes the n BF16 values at `src` to `dst` (which may be `src`) with their exponents shifted,
+// or (inverse) shifted back. `avx2`: use AVX2 where the CPU has it (false: tests of the other
+// path).
+void ApplyShift(const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& plan, bool inverse,
+                bool avx2 = true);
+
+// Whether a decoded plan suits n values: at least one and at most n columns, `first` among them.
+inline bool ValidShift(uint64_t columns, uint64_t first, size_t n) {
+  return columns >= 1 && columns <= n && first < columns;
+}
+
+}  // namespace zipnn::internal
