@@ -84,25 +84,26 @@ uint64_t Stats(const uint8_t* in, uint64_t first, size_t columns, std::span<cons
   return squares;
 }
 
-// The Gaussian estimate of the bits per element that removing per-column means saves: half the
-// log of the total variance over the variance left within columns. Means of few samples are
-// partly noise: that share of the between-column variance (about one sample's variance per
-// column) does not count.
+// The Gaussian estimate of the bits that removing per-column means saves on the sampled
+// elements: half the log of the total variance over the variance left within columns, per
+// element. Means of few samples are partly noise: that share of the between-column variance
+// (about one sample's variance per column) does not count.
 double GaussianSaving(const std::vector<uint32_t>& sum, const std::vector<uint32_t>& count,
                       uint64_t squares) {
-  double n = 0, s = 0, between = 0, used = 0;
+  uint64_t n = 0, s = 0, used = 0;
+  double between = 0;
   for (size_t j = 0; j < sum.size(); j++) {
-    if (count[j] == 0) continue;
     n += count[j];
     s += sum[j];
-    between += static_cast<double>(sum[j]) * sum[j] / count[j];
-    used++;
+    used += count[j] != 0;
+    between += static_cast<double>(sum[j]) * sum[j] / std::max<uint32_t>(count[j], 1);
   }
   if (n < 2) return 0;
-  const double mean = s / n, total = static_cast<double>(squares) / n - mean * mean;
+  const double nn = static_cast<double>(n), mean = static_cast<double>(s) / nn;
+  const double total = static_cast<double>(squares) / nn - mean * mean;
   if (total <= 0) return 0;
-  const double b = between / n - mean * mean - total * used / n;
-  return b > 0 ? -0.5 * std::log2(1 - std::min(b / total, 0.999)) : 0;
+  const double b = between / nn - mean * mean - total * static_cast<double>(used) / nn;
+  return b > 0 ? -0.5 * std::log2(1 - std::min(b / total, 0.999)) * nn : 0;
 }
 
 // Each column's mean exponent less the mean of all, rounded.
@@ -187,16 +188,13 @@ void PlanShift(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& p
   }
   std::vector<uint32_t> sum, count;
   const uint64_t squares = Stats(in, first, width, begins, ends, sum, count);
-  double valid = 0;
-  for (uint32_t v : count) valid += v;
   const double scale = static_cast<double>(n) / static_cast<double>(sampled);
   // Worth it only for a clear gain (decoding pays a pass over the chunk): an estimated 0.04 bits
   // per element, about 0.2% of the frame (estimates run above what the coder then saves). The
   // Gaussian estimate, from the sums alone, screens out most chunks that will not make it
   // (taking the shifts at two bits each).
   const double needed = std::max(1024.0, 0.04 * static_cast<double>(n));
-  if (GaussianSaving(sum, count, squares) * valid * scale - 2.0 * static_cast<double>(width) <
-      needed / 2)
+  if (GaussianSaving(sum, count, squares) * scale - 2.0 * static_cast<double>(width) < needed / 2)
     return;
   std::vector<int8_t> shift;
   Shifts(sum, count, shift);
