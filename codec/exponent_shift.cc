@@ -1,7 +1,9 @@
 #include "codec/exponent_shift.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstring>
 #include <span>
 
 #include "codec/bytes.h"
@@ -24,8 +26,25 @@ constexpr size_t kMaxColumns = 65536;   // (u32 sums of squares per row)
 // several rows keeps the vector loops long.
 constexpr size_t kMinPattern = 256;
 
-inline uint32_t ExponentOf(uint16_t v) { return v >> 7 & 0xff; }
-inline bool Shiftable(uint32_t e) { return e - 1 < 254; }  // 1..254
+// The float formats: element type and where the exponent field is. Exponents 1..kMod shift
+// cyclically; 0 and kMod + 1 (all ones) stay.
+template <typename T, int kPos, int kBits>
+struct Format {
+  using Element = T;
+  static constexpr uint32_t kMod = (1u << kBits) - 2;
+  static constexpr T kField = static_cast<T>(((1u << kBits) - 1) << kPos);
+  static uint32_t ExponentOf(T v) { return v >> kPos & ((1u << kBits) - 1); }
+  static bool Shiftable(uint32_t e) { return e - 1 < kMod; }
+  static T Load(const uint8_t* p) {
+    T v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static void Store(uint8_t* p, T v) { std::memcpy(p, &v, sizeof v); }
+};
+using BF16Format = Format<uint16_t, 7, 8>;
+using F16Format = Format<uint16_t, 10, 5>;
+using F32Format = Format<uint32_t, 23, 8>;
 
 size_t Widened(size_t columns) { return columns * std::max<size_t>(1, kMinPattern / columns); }
 static_assert(kMaxColumns * 254 * 254 <= UINT32_MAX && kMaxColumns % kMinPattern == 0);
@@ -42,30 +61,56 @@ void ForEachRow(uint64_t first, size_t width, size_t begin, size_t end, Fn&& fn)
   }
 }
 
+// Adds the exponents of the n values at p into s[j] and their count into c[j], leaving 0 and the
+// all-ones exponent out; returns the sum of their squares (n <= kMaxColumns: no overflow).
+template <typename F>
+__attribute__((always_inline)) inline uint32_t AccumulateRow(const uint8_t* p, size_t n,
+                                                             uint32_t* __restrict s,
+                                                             uint32_t* __restrict c) {
+  constexpr size_t kSize = sizeof(typename F::Element);
+  uint32_t q = 0;
+  for (size_t j = 0; j < n; j++) {  // (vectorized)
+    const uint32_t e = F::ExponentOf(F::Load(p + kSize * j));
+    const uint32_t ok = F::Shiftable(e);
+    s[j] += e & -ok;
+    c[j] += ok;
+    q += (e * e) & -ok;
+  }
+  return q;
+}
+template <typename F>
+uint32_t AccumulateRowBase(const uint8_t* p, size_t n, uint32_t* s, uint32_t* c) {
+  return AccumulateRow<F>(p, n, s, c);
+}
+#ifdef __x86_64__
+template <typename F>
+__attribute__((target("avx2"))) uint32_t AccumulateRowAvx2(const uint8_t* p, size_t n, uint32_t* s,
+                                                           uint32_t* c) {
+  return AccumulateRow<F>(p, n, s, c);
+}
+#endif
+
 // Adds each column's exponent sum and count over [begin, end) into `sum` and `count` (of
-// `width` columns: a pattern of whole rows), leaving 0 and 255 out; returns the sum of squares.
+// `width` columns: a pattern of whole rows); returns the sum of squares.
+template <typename F>
 uint64_t Accumulate(const uint8_t* in, uint64_t first, size_t begin, size_t end,
                     std::vector<uint32_t>& sum, std::vector<uint32_t>& count) {
+#ifdef __x86_64__
+  const auto row = __builtin_cpu_supports("avx2") ? AccumulateRowAvx2<F> : AccumulateRowBase<F>;
+#else
+  const auto row = AccumulateRowBase<F>;
+#endif
   uint64_t squares = 0;
   ForEachRow(first, sum.size(), begin, end, [&](size_t column, size_t i, size_t n) {
-    const uint8_t* p = in + 2 * i;
-    uint32_t* __restrict s = sum.data() + column;
-    uint32_t* __restrict c = count.data() + column;
-    uint32_t q = 0;                   // (n <= kMaxColumns: no overflow)
-    for (size_t j = 0; j < n; j++) {  // (vectorized)
-      const uint32_t e = ExponentOf(Load16(p + 2 * j));
-      const uint32_t ok = Shiftable(e);
-      s[j] += e & -ok;
-      c[j] += ok;
-      q += (e * e) & -ok;
-    }
-    squares += q;
+    squares +=
+        row(in + sizeof(typename F::Element) * i, n, sum.data() + column, count.data() + column);
   });
   return squares;
 }
 
 // Per-column sums and counts of the pieces [begin[k], end[k]), gathered over a pattern of whole
 // rows and folded back. Returns the sum of squares.
+template <typename F>
 uint64_t Stats(const uint8_t* in, uint64_t first, size_t columns, std::span<const size_t> begin,
                std::span<const size_t> end, std::vector<uint32_t>& sum,
                std::vector<uint32_t>& count) {
@@ -74,7 +119,7 @@ uint64_t Stats(const uint8_t* in, uint64_t first, size_t columns, std::span<cons
   count.assign(wide, 0);
   uint64_t squares = 0;
   for (size_t k = 0; k < begin.size(); k++)
-    squares += Accumulate(in, first % columns, begin[k], end[k], sum, count);
+    squares += Accumulate<F>(in, first % columns, begin[k], end[k], sum, count);
   for (size_t j = columns; j < wide; j++) {
     sum[j % columns] += sum[j];
     count[j % columns] += count[j];
@@ -121,54 +166,83 @@ void Shifts(const std::vector<uint32_t>& sum, const std::vector<uint32_t>& count
   }
 }
 
-// The additive form of each shift: e -> e + add, less 254 if that passes 254.
+// The additive form of each shift: e -> e + add, less kMod if that passes kMod.
+template <typename F>
 void Addends(const std::vector<int8_t>& shift, bool inverse, std::vector<uint16_t>& add) {
+  constexpr int kMod = static_cast<int>(F::kMod);
   add.resize(shift.size());
   for (size_t j = 0; j < shift.size(); j++) {
-    const int m = ((shift[j] % 254) + 254) % 254;
-    add[j] = static_cast<uint16_t>(inverse ? m : (254 - m) % 254);
+    const int m = ((shift[j] % kMod) + kMod) % kMod;
+    add[j] = static_cast<uint16_t>(inverse ? m : (kMod - m) % kMod);
   }
 }
 
+template <typename F>
 inline uint32_t ShiftExponent(uint32_t e, uint32_t add) {
   const uint32_t u = e + add;
-  return Shiftable(e) ? (u > 254 ? u - 254 : u) : e;
+  return F::Shiftable(e) ? (u > F::kMod ? u - F::kMod : u) : e;
 }
-inline uint16_t ShiftOne(uint16_t v, uint32_t add) {
-  return static_cast<uint16_t>((v & 0x807f) | ShiftExponent(ExponentOf(v), add) << 7);
+template <typename F>
+inline typename F::Element ShiftOne(typename F::Element v, uint32_t add) {
+  using T = typename F::Element;
+  constexpr int kPos = std::countr_zero(static_cast<uint32_t>(F::kField));
+  return static_cast<T>((v & static_cast<T>(~F::kField)) | ShiftExponent<F>(F::ExponentOf(v), add)
+                                                               << kPos);
 }
 
-// Shifts `count` values from src to dst (which may be src), by add[j] each. (Branch-free, so
-// the compiler vectorizes it for the baseline ISA; AVX2 below where the CPU has it.)
+// Shifts `count` values from src to dst (which may be src), by add[j] each. Branch-free, so the
+// compiler vectorizes it: for the baseline ISA, and for AVX2 in ShiftRunAvx2.
+template <typename F>
+__attribute__((always_inline)) inline void ShiftLoop(const uint8_t* src, uint8_t* dst, size_t count,
+                                                     const uint16_t* add) {
+  constexpr size_t kSize = sizeof(typename F::Element);
+  for (size_t j = 0; j < count; j++)
+    F::Store(dst + kSize * j, ShiftOne<F>(F::Load(src + kSize * j), add[j]));
+}
+template <typename F>
 void ShiftRun(const uint8_t* src, uint8_t* dst, size_t count, const uint16_t* add) {
-  for (size_t j = 0; j < count; j++) Store16(dst + 2 * j, ShiftOne(Load16(src + 2 * j), add[j]));
+  ShiftLoop<F>(src, dst, count, add);
 }
-
 #ifdef __x86_64__
-// ShiftRun with AVX2, 16 at a time (chosen at run time).
+// With AVX2: 16-bit elements in 16-bit lanes, 16 at a time (the compiler's own vectorization
+// widens them to 32 bits, at twice the work); 32-bit ones as the compiler vectorizes them.
+template <typename F>
 __attribute__((target("avx2"))) void ShiftRunAvx2(const uint8_t* src, uint8_t* dst, size_t count,
                                                   const uint16_t* add) {
   size_t j = 0;
-  const __m256i ff = _mm256_set1_epi16(0xff), keep = _mm256_set1_epi16(static_cast<short>(0x807f));
-  const __m256i c254 = _mm256_set1_epi16(254), zero = _mm256_setzero_si256();
-  for (; j + 16 <= count; j += 16) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * j));
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(add + j));
-    const __m256i e = _mm256_and_si256(_mm256_srli_epi16(v, 7), ff);
-    __m256i u = _mm256_add_epi16(e, a);
-    u = _mm256_sub_epi16(u, _mm256_and_si256(_mm256_cmpgt_epi16(u, c254), c254));
-    const __m256i fixed = _mm256_or_si256(_mm256_cmpeq_epi16(e, zero), _mm256_cmpeq_epi16(e, ff));
-    const __m256i moved = _mm256_or_si256(_mm256_and_si256(v, keep), _mm256_slli_epi16(u, 7));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * j),
-                        _mm256_blendv_epi8(moved, v, fixed));
+  if constexpr (sizeof(typename F::Element) == 2) {
+    constexpr int kPos = std::countr_zero(static_cast<uint32_t>(F::kField));
+    const __m256i ones = _mm256_set1_epi16(static_cast<short>(F::kMod + 1));
+    const __m256i keep = _mm256_set1_epi16(static_cast<short>(static_cast<uint16_t>(~F::kField)));
+    const __m256i mod = _mm256_set1_epi16(static_cast<short>(F::kMod));
+    const __m256i zero = _mm256_setzero_si256();
+    for (; j + 16 <= count; j += 16) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * j));
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(add + j));
+      const __m256i e = _mm256_and_si256(_mm256_srli_epi16(v, kPos), ones);
+      __m256i u = _mm256_add_epi16(e, a);
+      u = _mm256_sub_epi16(u, _mm256_and_si256(_mm256_cmpgt_epi16(u, mod), mod));
+      const __m256i fixed =
+          _mm256_or_si256(_mm256_cmpeq_epi16(e, zero), _mm256_cmpeq_epi16(e, ones));
+      const __m256i moved = _mm256_or_si256(_mm256_and_si256(v, keep), _mm256_slli_epi16(u, kPos));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * j),
+                          _mm256_blendv_epi8(moved, v, fixed));
+    }
   }
-  ShiftRun(src + 2 * j, dst + 2 * j, count - j, add + j);
+  ShiftLoop<F>(src + j * sizeof(typename F::Element), dst + j * sizeof(typename F::Element),
+               count - j, add + j);
 }
 #endif
 
-}  // namespace
+template <typename F>
+void Plan(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& plan);
+template <typename F>
+void Apply(const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& plan, bool inverse,
+           bool use_avx2);
 
-void PlanShift(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& plan) {
+template <typename F>
+void Plan(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& plan) {
+  constexpr size_t kSize = sizeof(typename F::Element);
   plan.shift.clear();
   const uint64_t columns = grid.columns;
   if (n < kMinElements || n > kMaxElements || columns < 2 || columns > n / kMinPerColumn ||
@@ -187,7 +261,7 @@ void PlanShift(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& p
     sampled += ends[k] - begins[k];
   }
   std::vector<uint32_t> sum, count;
-  const uint64_t squares = Stats(in, first, width, begins, ends, sum, count);
+  const uint64_t squares = Stats<F>(in, first, width, begins, ends, sum, count);
   const double scale = static_cast<double>(n) / static_cast<double>(sampled);
   // Worth it only for a clear gain (decoding pays a pass over the chunk): an estimated 0.04 bits
   // per element, about 0.2% of the frame (estimates run above what the coder then saves). The
@@ -203,14 +277,14 @@ void PlanShift(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& p
   for (int8_t v : shift) used += shifts[static_cast<uint8_t>(v)]++ == 0;
   const double side = std::min(EntropyBits(shifts) + 24 + 5.0 * used, 8.0 * width) + 64;
   std::vector<uint16_t> add;
-  Addends(shift, false, add);
+  Addends<F>(shift, false, add);
   Histogram before{}, after{};
   for (size_t k = 0; k < kPieces; k++) {
     ForEachRow(first, width, begins[k], ends[k], [&](size_t column, size_t i, size_t m) {
       for (size_t j = 0; j < m; j++) {
-        const uint32_t e = ExponentOf(Load16(in + 2 * (i + j)));
+        const uint32_t e = F::ExponentOf(F::Load(in + kSize * (i + j)));
         before[e]++;
-        after[ShiftExponent(e, add[column + j])]++;
+        after[ShiftExponent<F>(e, add[column + j])]++;
       }
     });
   }
@@ -220,14 +294,16 @@ void PlanShift(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& p
   if (want == n || want >= kExactPerColumn * width) return;
   // Too few samples per column for good shifts: take them from every element.
   const size_t all_begin[1] = {0}, all_end[1] = {n};
-  (void)Stats(in, first, width, all_begin, all_end, sum, count);
+  (void)Stats<F>(in, first, width, all_begin, all_end, sum, count);
   Shifts(sum, count, plan.shift);
 }
 
-void ApplyShift(const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& plan, bool inverse,
-                bool use_avx2) {
+template <typename F>
+void Apply(const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& plan, bool inverse,
+           bool use_avx2) {
+  constexpr size_t kSize = sizeof(typename F::Element);
   std::vector<uint16_t> add;
-  Addends(plan.shift, inverse, add);
+  Addends<F>(plan.shift, inverse, add);
   const size_t columns = add.size();
 #ifdef __x86_64__
   const bool avx2 = use_avx2 && __builtin_cpu_supports("avx2");
@@ -237,9 +313,9 @@ void ApplyShift(const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& pla
 #endif
   auto run = [&](size_t i, size_t count, const uint16_t* pattern) {
 #ifdef __x86_64__
-    if (avx2) return ShiftRunAvx2(src + 2 * i, dst + 2 * i, count, pattern);
+    if (avx2) return ShiftRunAvx2<F>(src + kSize * i, dst + kSize * i, count, pattern);
 #endif
-    ShiftRun(src + 2 * i, dst + 2 * i, count, pattern);
+    ShiftRun<F>(src + kSize * i, dst + kSize * i, count, pattern);
   };
   // The rest of the first row, then the pattern repeated over several rows at once.
   const size_t first = std::min<size_t>(n, columns - plan.first);
@@ -248,6 +324,24 @@ void ApplyShift(const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& pla
   add.resize(wide);
   for (size_t j = columns; j < wide; j++) add[j] = add[j - columns];
   for (size_t i = first; i < n; i += wide) run(i, std::min(wide, n - i), add.data());
+}
+
+}  // namespace
+
+bool ShiftsExponents(DType t) { return t == DType::kBF16 || t == DType::kF16 || t == DType::kF32; }
+
+void PlanShift(DType t, const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& plan) {
+  plan.shift.clear();
+  if (t == DType::kBF16) Plan<BF16Format>(in, n, grid, plan);
+  if (t == DType::kF16) Plan<F16Format>(in, n, grid, plan);
+  if (t == DType::kF32) Plan<F32Format>(in, n, grid, plan);
+}
+
+void ApplyShift(DType t, const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& plan,
+                bool inverse, bool avx2) {
+  if (t == DType::kBF16) Apply<BF16Format>(src, dst, n, plan, inverse, avx2);
+  if (t == DType::kF16) Apply<F16Format>(src, dst, n, plan, inverse, avx2);
+  if (t == DType::kF32) Apply<F32Format>(src, dst, n, plan, inverse, avx2);
 }
 
 }  // namespace zipnn::internal

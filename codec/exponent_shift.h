@@ -1,4 +1,4 @@
-// Exponent shift: an exponent offset per column of a BF16 tensor (internal to codec/).
+// Exponent shift: an exponent offset per column of a float tensor (internal to codec/).
 //
 // Trained weights have a scale per output channel. Where channels are the tensor's last
 // dimension (TensorFlow/Keras kernels, [in, out] matrices) consecutive elements belong to
@@ -6,8 +6,8 @@
 // the exponents pays for the mixture of all channels. Subtracting each column's mean exponent
 // first concentrates the distribution, for a few bits per column. (Per row, measured on the
 // corpus, never paid: the coder's tables per block of the chunk already follow rows.) The shift
-// is cyclic on the exponents 1..254 and leaves 0 (zeros, denormals) and 255 (Inf, NaN) alone: a
-// bijection, so every value comes back exactly.
+// is cyclic on the finite non-zero exponents (1..254 for BF16 and F32, 1..30 for F16) and leaves
+// zeros, denormals, Inf and NaN alone: a bijection, so every value comes back exactly.
 #pragma once
 
 #include <cstddef>
@@ -24,15 +24,18 @@ struct ShiftPlan {
   std::vector<int8_t> shift;
 };
 
-// Plans per-column shifts for the n BF16 values at `in`, placed by `grid`, where the estimated
-// saving pays for them; else leaves plan.shift empty.
-void PlanShift(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& plan);
+// The types whose exponents shift: BF16, F16 and F32.
+bool ShiftsExponents(DType t);
 
-// Writes the n BF16 values at `src` to `dst` (which may be `src`) with their exponents shifted,
-// or (inverse) shifted back. `avx2`: use AVX2 where the CPU has it (false: tests of the other
-// path).
-void ApplyShift(const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& plan, bool inverse,
-                bool avx2 = true);
+// Plans per-column shifts for the n values of type t at `in`, placed by `grid`, where the
+// estimated saving pays for them; else (or for another type) leaves plan.shift empty.
+void PlanShift(DType t, const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& plan);
+
+// Writes the n values of type t at `src` to `dst` (which may be `src`) with their exponents
+// shifted, or (inverse) shifted back. `avx2`: use AVX2 where the CPU has it (false: tests of the
+// other path).
+void ApplyShift(DType t, const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& plan,
+                bool inverse, bool avx2 = true);
 
 // Whether a decoded plan suits n values: at least one and at most n columns, `first` among them.
 inline bool ValidShift(uint64_t columns, uint64_t first, size_t n) {

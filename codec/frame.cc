@@ -110,9 +110,10 @@ Result<FrameInfo> ParseFrameHeader(std::span<const uint8_t> f) {
   info.dtype = static_cast<DType>(h[5]);
   info.joint = (h[6] & kFlagJoint) != 0;
   info.shifted = (h[6] & kFlagShift) != 0;
+  const bool grouped_v2 = info.version >= 2 && info.method == Method::kGrouped;
   if ((h[6] & ~(kFlagJoint | kFlagShift)) != 0 ||
-      (h[6] != 0 &&
-       !(info.version >= 2 && info.method == Method::kGrouped && info.dtype == DType::kBF16)))
+      (info.joint && !(grouped_v2 && info.dtype == DType::kBF16)) ||
+      (info.shifted && !(grouped_v2 && internal::ShiftsExponents(info.dtype))))
     return Status::Corrupt("frame header has unknown flags");
   info.raw_size = internal::Load32(h + 8);
   info.payload_size = internal::Load32(h + 12);
@@ -385,12 +386,13 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
   auto try_grouped = [&](DType t) {
     std::span<const uint8_t> data = chunk;
     shifted = false;
-    if (t == DType::kBF16 && im.opts.exponent_shift) {
-      internal::PlanShift(chunk.data(), chunk.size() / 2, grid, im.shift);
+    if (internal::ShiftsExponents(t) && im.opts.exponent_shift) {
+      const size_t size = DTypeSize(t), n = chunk.size() / size;
+      internal::PlanShift(t, chunk.data(), n, grid, im.shift);
       if (!im.shift.shift.empty()) {
         im.shifted.resize(chunk.size());
-        internal::ApplyShift(chunk.data(), im.shifted.data(), chunk.size() / 2, im.shift, false);
-        if (chunk.size() % 2) im.shifted.back() = chunk.back();
+        internal::ApplyShift(t, chunk.data(), im.shifted.data(), n, im.shift, false);
+        std::copy(chunk.begin() + n * size, chunk.end(), im.shifted.begin() + n * size);
         im.PutShift(im.shift, out, &entropy);
         data = im.shifted;
         shifted = true;
@@ -604,12 +606,12 @@ Status FrameDecoder::Decode(std::span<const uint8_t> frame, std::span<uint8_t> o
     case Method::kGrouped: {
       const bool v2 = info->version >= 2;
       std::span<const uint8_t> body = payload;
-      if (info->shifted)
-        ZIPNN_RETURN_IF_ERROR(impl_->ReadShift(payload, out.size() / 2, v2, &body));
+      const size_t n = out.size() / DTypeSize(info->dtype);
+      if (info->shifted) ZIPNN_RETURN_IF_ERROR(impl_->ReadShift(payload, n, v2, &body));
       ZIPNN_RETURN_IF_ERROR(info->joint ? impl_->Joint(body, out, v2)
                                         : impl_->Grouped(body, info->dtype, out, v2));
       if (info->shifted)
-        internal::ApplyShift(out.data(), out.data(), out.size() / 2, impl_->shift, true);
+        internal::ApplyShift(info->dtype, out.data(), out.data(), n, impl_->shift, true);
       break;
     }
   }

@@ -1,4 +1,4 @@
-// Per-column exponent shifts of BF16 chunks: the shift is a bijection on every value, the planner
+// Per-column exponent shifts of float chunks: the shift is a bijection on every value, the planner
 // finds column scales where they are and only there, and shifted frames round-trip, come out
 // smaller, and reject damaged shift blocks.
 #include "codec/exponent_shift.h"
@@ -17,30 +17,48 @@ namespace {
 using internal::ShiftPlan;
 using test::Bytes;
 
-uint32_t ExponentOf(const Bytes& b, size_t i) { return (b[2 * i] | b[2 * i + 1] << 8) >> 7 & 0xff; }
+struct Layout {
+  DType dtype;
+  int size, pos, bits;  // element bytes; the exponent field
+};
+const Layout kLayouts[] = {
+    {DType::kBF16, 2, 7, 8}, {DType::kF16, 2, 10, 5}, {DType::kF32, 4, 23, 8}};
 
 TEST(ExponentShiftTest, EveryValueComesBackAndOnlyFiniteNonzeroExponentsMove) {
-  Bytes all(2 * 65536);
-  for (size_t v = 0; v < 65536; v++) test::StoreElement(all.data() + 2 * v, v, 2);
-  for (int columns : {1, 7, 8, 33}) {
-    for (int first : {0, columns / 2}) {
-      for (bool avx2 : {true, false}) {
-        ShiftPlan plan;
-        plan.first = static_cast<uint64_t>(first);
-        for (int c = 0; c < columns; c++)
-          plan.shift.push_back(static_cast<int8_t>((c * 37) % 256 - 128));  // -128..127
-        Bytes shifted(all.size());
-        internal::ApplyShift(all.data(), shifted.data(), 65536, plan, false, avx2);
-        for (size_t v = 0; v < 65536; v++) {
-          const uint32_t e = ExponentOf(all, v), e2 = ExponentOf(shifted, v);
-          const int s = plan.shift[(first + v) % columns];
-          const uint32_t want = e == 0 || e == 255 ? e : (e - 1 + 254 * 2 - s) % 254 + 1;
-          ASSERT_EQ(e2, want) << "value " << v << " shift " << s;
-          ASSERT_EQ(all[2 * v] & 0x7f, shifted[2 * v] & 0x7f) << "mantissa of " << v;
-          ASSERT_EQ(all[2 * v + 1] & 0x80, shifted[2 * v + 1] & 0x80) << "sign of " << v;
+  for (const Layout& l : kLayouts) {
+    // Every 16-bit value; for F32, every exponent with sign and mantissa patterns around it.
+    const size_t n = 65536;
+    Bytes all(l.size * n);
+    for (size_t v = 0; v < n; v++) {
+      const uint64_t bits =
+          l.size == 2 ? v : (v >> 8) << 23 | (v & 0x80) << 24 | (v & 0x7f) * 0x10203;
+      test::StoreElement(all.data() + l.size * v, bits, l.size);
+    }
+    const uint64_t field = ((uint64_t{1} << l.bits) - 1) << l.pos;
+    const int mod = (1 << l.bits) - 2;
+    for (int columns : {1, 7, 8, 33}) {
+      for (int first : {0, columns / 2}) {
+        for (bool avx2 : {true, false}) {
+          ShiftPlan plan;
+          plan.first = static_cast<uint64_t>(first);
+          for (int c = 0; c < columns; c++)
+            plan.shift.push_back(static_cast<int8_t>((c * 37) % 256 - 128));  // -128..127
+          Bytes shifted(all.size());
+          internal::ApplyShift(l.dtype, all.data(), shifted.data(), n, plan, false, avx2);
+          for (size_t v = 0; v < n; v++) {
+            const uint64_t x = test::ReadLE(all.data() + l.size * v, l.size);
+            const uint64_t y = test::ReadLE(shifted.data() + l.size * v, l.size);
+            const int e = static_cast<int>((x & field) >> l.pos);
+            const int s = plan.shift[(first + v) % columns];
+            const int want = e == 0 || e == mod + 1 ? e : ((e - 1 - s) % mod + mod) % mod + 1;
+            ASSERT_EQ(static_cast<int>((y & field) >> l.pos), want)
+                << DTypeName(l.dtype) << " value " << x << " shift " << s;
+            ASSERT_EQ(x & ~field, y & ~field) << "sign and mantissa of " << x;
+          }
+          internal::ApplyShift(l.dtype, shifted.data(), shifted.data(), n, plan, true, avx2);
+          ASSERT_EQ(shifted, all) << DTypeName(l.dtype) << ": " << columns << " columns from "
+                                  << first << " avx2 " << avx2;
         }
-        internal::ApplyShift(shifted.data(), shifted.data(), 65536, plan, true, avx2);  // in place
-        ASSERT_EQ(shifted, all) << columns << " columns from " << first << " avx2 " << avx2;
       }
     }
   }
@@ -50,7 +68,7 @@ TEST(ExponentShiftTest, PlanFindsColumnScales) {
   const size_t rows = 1024, columns = 96;
   const Bytes w = test::ColumnScaledBF16(rows, columns, 1);
   ShiftPlan plan;
-  internal::PlanShift(w.data(), rows * columns, {0, columns, columns}, plan);
+  internal::PlanShift(DType::kBF16, w.data(), rows * columns, {0, columns, columns}, plan);
   ASSERT_EQ(plan.shift.size(), columns);
   EXPECT_EQ(plan.first, 0u);
   // Column c is scaled by 2^-((5c) % 9): its shift, against column 0's, says so to within one.
@@ -59,8 +77,8 @@ TEST(ExponentShiftTest, PlanFindsColumnScales) {
     EXPECT_NEAR(plan.shift[c] - plan.shift[0], want, 1) << "column " << c;
   }
   // A chunk starting mid-row: the first column follows the grid.
-  internal::PlanShift(w.data() + 2 * 10, rows * columns - 10, {10 + 5 * columns, columns, columns},
-                      plan);
+  internal::PlanShift(DType::kBF16, w.data() + 2 * 10, rows * columns - 10,
+                      {10 + 5 * columns, columns, columns}, plan);
   ASSERT_EQ(plan.shift.size(), columns);
   EXPECT_EQ(plan.first, 10u);
 }
@@ -68,14 +86,14 @@ TEST(ExponentShiftTest, PlanFindsColumnScales) {
 TEST(ExponentShiftTest, PlanDeclinesWithoutColumnStructureOrGrid) {
   const Bytes iid = test::GaussianWeights(DType::kBF16, 96 * 1024, 0.02, 2);
   ShiftPlan plan;
-  internal::PlanShift(iid.data(), 96 * 1024, {0, 96, 96}, plan);
+  internal::PlanShift(DType::kBF16, iid.data(), 96 * 1024, {0, 96, 96}, plan);
   EXPECT_TRUE(plan.shift.empty()) << "no column scales, yet shifts";
   const Bytes w = test::ColumnScaledBF16(1024, 96, 3);
   for (TensorGrid g : {TensorGrid{}, TensorGrid{0, 1, 1}, TensorGrid{0, 96 * 1024, 96 * 1024}}) {
-    internal::PlanShift(w.data(), 96 * 1024, g, plan);
+    internal::PlanShift(DType::kBF16, w.data(), 96 * 1024, g, plan);
     EXPECT_TRUE(plan.shift.empty()) << g.columns << " columns";
   }
-  internal::PlanShift(w.data(), 1000, {0, 96, 96}, plan);  // too small a chunk to pay
+  internal::PlanShift(DType::kBF16, w.data(), 1000, {0, 96, 96}, plan);  // too small a chunk to pay
   EXPECT_TRUE(plan.shift.empty());
 }
 
@@ -145,14 +163,33 @@ TEST(ExponentShiftTest, DamagedShiftBlocksAreRejected) {
   }
 }
 
-TEST(ExponentShiftTest, OnlyGroupedBF16FramesMayCarryTheFlag) {
-  // Method, dtype and flags byte: flag 2 (shifted) is for grouped BF16 frames only.
+TEST(ExponentShiftTest, F16AndF32FramesShiftToo) {
+  for (DType t : {DType::kF16, DType::kF32}) {
+    const size_t columns = 64;
+    Bytes w = test::ColumnScaled(t, 1024, columns, 6);
+    w.push_back(0x33);  // a trailing byte
+    Bytes shifted, plain;
+    const TensorGrid grid{5, columns, columns};
+    const std::span<const uint8_t> data = std::span(w).subspan(5 * DTypeSize(t));
+    ASSERT_TRUE(test::RoundTrip(data, t, {}, {}, &shifted, grid)) << DTypeName(t);
+    EncodeOptions off;
+    off.exponent_shift = false;
+    ASSERT_TRUE(test::RoundTrip(data, t, off, {}, &plain, grid)) << DTypeName(t);
+    EXPECT_TRUE(test::InfoOf(shifted).shifted) << DTypeName(t);
+    EXPECT_LT(shifted.size(), plain.size()) << DTypeName(t);
+  }
+}
+
+TEST(ExponentShiftTest, OnlyGroupedFloatFramesMayCarryTheFlag) {
+  // Method, dtype and flags byte: flag 2 (shifted) is for grouped BF16, F16 and F32 frames, flag 1
+  // (joint) for BF16 ones.
   struct Case {
     uint8_t method, dtype, flags;
     bool ok;
   };
-  for (const Case& c : {Case{3, 1, 2, true}, Case{3, 1, 3, true}, Case{3, 3, 2, false},
-                        Case{2, 1, 2, false}, Case{3, 2, 2, false}, Case{3, 1, 4, false}}) {
+  for (const Case& c :
+       {Case{3, 1, 2, true}, Case{3, 1, 3, true}, Case{3, 3, 2, true}, Case{3, 2, 2, true},
+        Case{3, 3, 3, false}, Case{3, 4, 2, false}, Case{2, 1, 2, false}, Case{3, 1, 4, false}}) {
     Bytes h = test::ForgeHeader(c.method, c.dtype, 100, 50, 0);
     h[test::hdr::kFlags] = c.flags;
     test::FixHeaderCheck(h.data());

@@ -99,19 +99,37 @@ inline void StoreElement(uint8_t* p, uint64_t bits, size_t size) {
   for (size_t i = 0; i < size; i++) p[i] = static_cast<uint8_t>(bits >> (8 * i));  // little-endian
 }
 
-// BF16 weights of `rows` x `columns`, Gaussian with a scale per column (2^-8 to 2^0, as output
-// channels of a trained layer differ).
-inline Bytes ColumnScaledBF16(size_t rows, size_t columns, uint64_t seed) {
+// The bits of `v` in float type `t` (rounded to nearest even).
+inline uint64_t FloatBits(double v, DType t) {
+  uint64_t bits;
+  if (t == DType::kF32) {
+    const float f = static_cast<float>(v);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    bits = u;
+  } else if (t == DType::kF64) {
+    std::memcpy(&bits, &v, 8);
+  } else {
+    bits = PackFloat(v, FormatOf(t));
+  }
+  return bits;
+}
+
+// Float weights (BF16, F16 or F32) of `rows` x `columns`, Gaussian with a scale per column
+// (2^-8 to 2^0, as output channels of a trained layer differ).
+inline Bytes ColumnScaled(DType t, size_t rows, size_t columns, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> dist(0.0, 1.0);
-  Bytes b(2 * rows * columns);
-  for (size_t r = 0; r < rows; r++)
-    for (size_t c = 0; c < columns; c++) {
-      const double scale = std::ldexp(1.0, -static_cast<int>((c * 5) % 9));
-      StoreElement(b.data() + 2 * (r * columns + c),
-                   PackFloat(dist(rng) * scale, FormatOf(DType::kBF16)), 2);
-    }
+  const size_t es = DTypeSize(t);
+  Bytes b(es * rows * columns);
+  for (size_t i = 0; i < rows * columns; i++) {
+    const double v = std::ldexp(dist(rng), -static_cast<int>((i % columns * 5) % 9)) * 0.05;
+    StoreElement(b.data() + es * i, FloatBits(v, t), es);
+  }
   return b;
+}
+inline Bytes ColumnScaledBF16(size_t rows, size_t columns, uint64_t seed) {
+  return ColumnScaled(DType::kBF16, rows, columns, seed);
 }
 
 // `n` elements of Gaussian weights N(0, stddev^2) in float type `t`.
@@ -120,21 +138,7 @@ inline Bytes GaussianWeights(DType t, size_t n, double stddev, uint64_t seed) {
   std::normal_distribution<double> dist(0.0, stddev);
   const size_t es = DTypeSize(t);
   Bytes b(n * es);
-  for (size_t i = 0; i < n; i++) {
-    const double v = dist(rng);
-    uint64_t bits;
-    if (t == DType::kF32) {
-      const float f = static_cast<float>(v);
-      uint32_t u;
-      std::memcpy(&u, &f, 4);
-      bits = u;
-    } else if (t == DType::kF64) {
-      std::memcpy(&bits, &v, 8);
-    } else {
-      bits = PackFloat(v, FormatOf(t));
-    }
-    StoreElement(b.data() + i * es, bits, es);
-  }
+  for (size_t i = 0; i < n; i++) StoreElement(b.data() + i * es, FloatBits(dist(rng), t), es);
   return b;
 }
 
