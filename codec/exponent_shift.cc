@@ -1,7 +1,6 @@
 #include "codec/exponent_shift.h"
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstring>
 #include <span>
@@ -28,9 +27,10 @@ constexpr size_t kMinPattern = 256;
 
 // The float formats: element type and where the exponent field is. Exponents 1..kMod shift
 // cyclically; 0 and kMod + 1 (all ones) stay.
-template <typename T, int kPos, int kBits>
+template <typename T, int Pos, int Bits>
 struct Format {
   using Element = T;
+  static constexpr int kPos = Pos, kBits = Bits;
   static constexpr uint32_t kMod = (1u << kBits) - 2;
   static constexpr T kField = static_cast<T>(((1u << kBits) - 1) << kPos);
   static uint32_t ExponentOf(T v) { return v >> kPos & ((1u << kBits) - 1); }
@@ -185,9 +185,8 @@ inline uint32_t ShiftExponent(uint32_t e, uint32_t add) {
 template <typename F>
 inline typename F::Element ShiftOne(typename F::Element v, uint32_t add) {
   using T = typename F::Element;
-  constexpr int kPos = std::countr_zero(static_cast<uint32_t>(F::kField));
   return static_cast<T>((v & static_cast<T>(~F::kField)) | ShiftExponent<F>(F::ExponentOf(v), add)
-                                                               << kPos);
+                                                               << F::kPos);
 }
 
 // Shifts `count` values from src to dst (which may be src), by add[j] each. Branch-free, so the
@@ -211,7 +210,6 @@ __attribute__((target("avx2"))) void ShiftRunAvx2(const uint8_t* src, uint8_t* d
                                                   const uint16_t* add) {
   size_t j = 0;
   if constexpr (sizeof(typename F::Element) == 2) {
-    constexpr int kPos = std::countr_zero(static_cast<uint32_t>(F::kField));
     const __m256i ones = _mm256_set1_epi16(static_cast<short>(F::kMod + 1));
     const __m256i keep = _mm256_set1_epi16(static_cast<short>(static_cast<uint16_t>(~F::kField)));
     const __m256i mod = _mm256_set1_epi16(static_cast<short>(F::kMod));
@@ -219,12 +217,13 @@ __attribute__((target("avx2"))) void ShiftRunAvx2(const uint8_t* src, uint8_t* d
     for (; j + 16 <= count; j += 16) {
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * j));
       const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(add + j));
-      const __m256i e = _mm256_and_si256(_mm256_srli_epi16(v, kPos), ones);
+      const __m256i e = _mm256_and_si256(_mm256_srli_epi16(v, F::kPos), ones);
       __m256i u = _mm256_add_epi16(e, a);
       u = _mm256_sub_epi16(u, _mm256_and_si256(_mm256_cmpgt_epi16(u, mod), mod));
       const __m256i fixed =
           _mm256_or_si256(_mm256_cmpeq_epi16(e, zero), _mm256_cmpeq_epi16(e, ones));
-      const __m256i moved = _mm256_or_si256(_mm256_and_si256(v, keep), _mm256_slli_epi16(u, kPos));
+      const __m256i moved =
+          _mm256_or_si256(_mm256_and_si256(v, keep), _mm256_slli_epi16(u, F::kPos));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 2 * j),
                           _mm256_blendv_epi8(moved, v, fixed));
     }
@@ -233,12 +232,6 @@ __attribute__((target("avx2"))) void ShiftRunAvx2(const uint8_t* src, uint8_t* d
                count - j, add + j);
 }
 #endif
-
-template <typename F>
-void Plan(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& plan);
-template <typename F>
-void Apply(const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& plan, bool inverse,
-           bool use_avx2);
 
 template <typename F>
 void Plan(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& plan) {
