@@ -72,7 +72,7 @@ struct FrameInfo {
   uint64_t checksum = 0;        // XXH3-64 of the uncompressed bytes
   uint8_t version = 0;          // frame format version
   bool joint = false;           // BF16 exponent and top mantissa bits coded as one symbol
-  bool shifted = false;         // BF16 exponents shifted per row or column of the tensor
+  bool shifted = false;         // float exponents shifted per column of the tensor
   size_t frame_size() const { return kFrameHeaderSize + payload_size; }
 };
 
@@ -88,16 +88,16 @@ struct EncodeOptions {
   std::optional<Method> force_method;  // tests and tools: skip the automatic choice
   double min_saving = 0.02;            // below this saving, store raw
   int joint_k = -1;  // BF16 joint coding: -1 chosen per chunk, 0 never, 1..3 forced (tests)
-  bool exponent_shift = true;  // BF16: shift exponents per row or column where that pays
+  bool exponent_shift = true;  // BF16, F16, F32: shift exponents per column where that pays
 };
 
-// Where a chunk of one tensor lies in that tensor's matrix view: the encoder may then give each
-// row or column its own exponent offset (weights have a scale per output channel, and often per
-// input channel). All zero: unknown, or the chunk holds several tensors.
+// Where a chunk lies in the matrix view of the tensor it starts with: the encoder may then give
+// each column its own exponent offset (weights have a scale per output channel), where that
+// measurably pays. Small tensors after it in the chunk continue the same columns (layers of one
+// width, and their biases, follow each other). All zero: unknown.
 struct TensorGrid {
   uint64_t first = 0;    // index in the tensor of the chunk's first element
-  uint64_t columns = 0;  // the tensor's last dimension (a row of the matrix view)
-  uint64_t row = 0;      // elements per index of its first dimension
+  uint64_t columns = 0;  // the tensor's last dimension other than 1 (a row of the matrix view)
 };
 
 // Per-frame statistics an encoder reports, for `zipnn bench`/`info`.
@@ -115,7 +115,7 @@ class FrameEncoder {
 
   // Appends one frame holding `chunk` to `out`. `segments` are optional element offsets inside
   // the chunk where statistics may change (tensor starts); the coder may give each its own table.
-  // `grid` places a chunk of one tensor in the tensor's rows and columns.
+  // `grid` places the chunk in the columns of the tensor it starts with.
   Status Encode(std::span<const uint8_t> chunk, DType dtype, std::vector<uint8_t>& out,
                 std::span<const uint32_t> segments = {}, EncodeStats* stats = nullptr,
                 const TensorGrid& grid = {});
@@ -171,7 +171,7 @@ struct ChunkSpec {
   uint32_t size = 0;
   DType dtype = DType::kBytes;
   std::vector<uint32_t> segments;  // element offsets of tensor starts inside the chunk
-  TensorGrid grid;                 // for a chunk of one tensor of two or more dimensions
+  TensorGrid grid;                 // for a chunk that starts in a tensor of 2+ dimensions
 };
 
 struct PlanOptions {

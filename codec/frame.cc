@@ -382,9 +382,21 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
   const auto saving_bound =
       static_cast<size_t>(std::ceil(static_cast<double>(chunk.size()) * (1 - im.opts.min_saving)));
   bool joint = false;    // whether the grouped payload codes BF16 jointly
-  bool shifted = false;  // whether it shifts exponents per row or column first
+  bool shifted = false;  // whether it shifts exponents per column first
+  // The grouped payload of `data` (the chunk, or its shifted copy after a shift block), if it
+  // saves enough (or is forced) and never grows the frame.
+  auto grouped = [&](DType t, std::span<const uint8_t> data) {
+    const size_t limit = im.opts.force_method ? chunk.size() : std::min(saving_bound, chunk.size());
+    if (im.Grouped(data, t, segments, out, &entropy, &joint) &&
+        out.size() - start - kFrameHeaderSize < limit) {
+      coded_as = t;
+      return true;
+    }
+    out.resize(start + kFrameHeaderSize);
+    entropy = 0;
+    return false;
+  };
   auto try_grouped = [&](DType t) {
-    std::span<const uint8_t> data = chunk;
     shifted = false;
     if (internal::ShiftsExponents(t) && im.opts.exponent_shift) {
       const size_t size = DTypeSize(t), n = chunk.size() / size;
@@ -394,17 +406,10 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
         internal::ApplyShift(t, chunk.data(), im.shifted.data(), n, im.shift, false);
         std::copy(chunk.begin() + n * size, chunk.end(), im.shifted.begin() + n * size);
         im.PutShift(im.shift, out, &entropy);
-        data = im.shifted;
-        shifted = true;
+        if ((shifted = grouped(t, im.shifted))) return true;  // else as it is, below
       }
     }
-    if (!im.Grouped(data, t, segments, out, &entropy, &joint) ||
-        out.size() - start - kFrameHeaderSize >= chunk.size()) {  // (a frame never grows)
-      out.resize(start + kFrameHeaderSize);
-      return false;
-    }
-    coded_as = t;
-    return true;
+    return grouped(t, chunk);
   };
 
   const bool zero = AllZero(chunk);

@@ -83,6 +83,18 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const ReadAtFn& read, uint64_t 
   return h;
 }
 
+namespace {
+
+// A tensor's columns: its last dimension other than 1 (a depthwise kernel [h, w, c, 1] has c),
+// 0 for none.
+uint64_t Columns(const std::vector<uint64_t>& shape) {
+  for (auto d = shape.rbegin(); d != shape.rend(); ++d)
+    if (*d != 1) return *d;
+  return 0;
+}
+
+}  // namespace
+
 void PlanUntyped(uint64_t begin, uint64_t end, uint32_t chunk_size, std::vector<ChunkSpec>& out) {
   for (uint64_t off = begin; off < end; off += chunk_size) {
     ChunkSpec c;
@@ -130,12 +142,7 @@ Result<std::vector<ChunkSpec>> PlanChunks(std::string_view file_name, const Read
         c.offset = off;
         c.size = static_cast<uint32_t>(std::min<uint64_t>(cs, t.end - off));
         c.dtype = t.dtype;
-        if (t.shape.size() >= 2) {
-          const uint64_t elem = DTypeSize(t.dtype);
-          c.grid.first = (off - t.begin) / elem;
-          c.grid.columns = t.shape.back();
-          c.grid.row = size / elem / t.shape.front();  // (no dimension is 0: size > 0)
-        }
+        if (t.shape.size() >= 2) c.grid = {(off - t.begin) / DTypeSize(t.dtype), Columns(t.shape)};
         plan.push_back(std::move(c));
       }
     }

@@ -68,7 +68,7 @@ const std::vector<Sample>& Samples() {
     v.push_back(Make("bytes_grouped", DType::kBytes, test::TypicalData(DType::kBytes, 5000, 11),
                      Method::kGrouped, grouped));
     v.push_back(Make("bf16_columns", DType::kBF16, test::ColumnScaledBF16(100, 64, 12),
-                     Method::kGrouped, {}, {}, {3, 64, 64}));
+                     Method::kGrouped, {}, {}, {3, 64}));
     EXPECT_TRUE(test::InfoOf(v.back().frame).shifted);
     return v;
   }();

@@ -34,7 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     segments.push_back(static_cast<uint32_t>(data[pos] | data[pos + 1] << 8));
   const std::vector<uint8_t> chunk(data + pos, data + size);
   TensorGrid grid;
-  if (segments.size() >= 2) grid = {segments[1], segments[0], segments[0]};
+  if (segments.size() >= 2) grid = {segments[1], segments[0]};
 
   static FrameEncoder* reused = new FrameEncoder;  // also exercise a long-lived encoder
   FrameEncoder fresh(opts);

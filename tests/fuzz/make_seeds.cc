@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
                 chunk[2 * i + 1] = static_cast<uint8_t>(u >> 24);
     }
     Bytes frame;
-    if (!FrameEncoder().Encode(chunk, DType::kBF16, frame, {}, nullptr, {0, columns, columns}).ok())
+    if (!FrameEncoder().Encode(chunk, DType::kBF16, frame, {}, nullptr, {0, columns}).ok())
       return 1;
     frames.push_back(frame);
     Bytes seed{0};
