@@ -236,7 +236,6 @@ __attribute__((target("avx2"))) void ShiftRunAvx2(const uint8_t* src, uint8_t* d
 template <typename F>
 void Plan(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& plan) {
   constexpr size_t kSize = sizeof(typename F::Element);
-  plan.shift.clear();
   const uint64_t columns = grid.columns;
   if (n < kMinElements || n > kMaxElements || columns < 2 || columns > n / kMinPerColumn ||
       columns > kMaxColumns)
@@ -310,13 +309,12 @@ void Apply(const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& plan, bo
 #endif
     ShiftRun<F>(src + kSize * i, dst + kSize * i, count, pattern);
   };
-  // The rest of the first row, then the pattern repeated over several rows at once.
-  const size_t first = std::min<size_t>(n, columns - plan.first);
-  run(0, first, add.data() + plan.first);
+  // The pattern repeated over several rows, so that short rows still make long runs.
   const size_t wide = Widened(columns);
   add.resize(wide);
   for (size_t j = columns; j < wide; j++) add[j] = add[j - columns];
-  for (size_t i = first; i < n; i += wide) run(i, std::min(wide, n - i), add.data());
+  ForEachRow(plan.first, wide, 0, n,
+             [&](size_t column, size_t i, size_t count) { run(i, count, add.data() + column); });
 }
 
 }  // namespace
