@@ -184,9 +184,9 @@ using ReadAtFn = std::function<Status(uint64_t offset, std::span<uint8_t> out)>;
 // A parsed safetensors header: where each tensor's bytes are and their dtype.
 struct TensorInfo {
   std::string name;
-  DType dtype = DType::kBytes;
-  std::vector<uint64_t> shape;
-  uint64_t begin = 0;  // absolute file offsets
+  DType dtype = DType::kBytes;  // as coded (safetensors dtypes newer than DType map to one)
+  std::vector<uint64_t> shape;  // in coded elements (complex64 [.., n] is F32 [.., 2n])
+  uint64_t begin = 0;           // absolute file offsets
   uint64_t end = 0;
 };
 struct SafetensorsHeader {

@@ -1,7 +1,10 @@
 // safetensors awareness: parse the header strictly and plan chunks along tensors.
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 
 #include "codec/bytes.h"
 #include "codec/codec.h"
@@ -15,6 +18,30 @@ bool EndsWith(std::string_view s, std::string_view suffix) {
 
 Status Bad(const std::string& why) { return Status::Corrupt("safetensors header: " + why); }
 
+// A safetensors dtype as coded: the type its bytes are grouped as, and its size in bits (the
+// sub-byte ones are packed). Newer dtypes than the frame knows are coded as the nearest type of the
+// same bit layout: FNUZ floats differ from the FN ones only in bias and NaN, complex64 is pairs of
+// F32, E8M0 (exponent-only scales) is a skewed byte, packed F4/F6 are plain bytes.
+struct StDType {
+  DType coded_as;
+  uint32_t bits;
+  uint32_t lanes = 1;  // coded elements per tensor element (complex: 2)
+};
+
+std::optional<StDType> ParseDType(const std::string& s) {
+  if (std::optional<DType> d = DTypeFromSafetensors(s))
+    return StDType{*d, static_cast<uint32_t>(8 * DTypeSize(*d))};
+  static const std::pair<std::string_view, StDType> kNewer[] = {
+      {"F8_E4M3FNUZ", {DType::kF8E4M3, 8}}, {"F8_E5M2FNUZ", {DType::kF8E5M2, 8}},
+      {"F8_E8M0", {DType::kU8, 8}},         {"C64", {DType::kF32, 64, 2}},
+      {"F4", {DType::kBytes, 4}},           {"F6_E2M3", {DType::kBytes, 6}},
+      {"F6_E3M2", {DType::kBytes, 6}},
+  };
+  for (const auto& [name, d] : kNewer)
+    if (name == s) return d;
+  return std::nullopt;
+}
+
 // Parses one tensor entry; offsets become absolute.
 Status ParseTensor(const std::string& name, const nlohmann::json& v, uint64_t data_start,
                    uint64_t data_size, TensorInfo* t) {
@@ -25,10 +52,10 @@ Status ParseTensor(const std::string& name, const nlohmann::json& v, uint64_t da
   if (dt == v.end() || !dt->is_string() || shape == v.end() || !shape->is_array() ||
       offs == v.end() || !offs->is_array() || offs->size() != 2)
     return Bad(name + ": needs dtype, shape and data_offsets");
-  std::optional<DType> d = DTypeFromSafetensors(dt->get<std::string>());
+  std::optional<StDType> d = ParseDType(dt->get<std::string>());
   if (!d) return Bad(name + ": unknown dtype " + dt->get<std::string>());
   t->name = name;
-  t->dtype = *d;
+  t->dtype = d->coded_as;
   unsigned __int128 elements = 1;
   for (const auto& dim : *shape) {
     if (!dim.is_number_unsigned()) return Bad(name + ": bad shape");
@@ -36,11 +63,16 @@ Status ParseTensor(const std::string& name, const nlohmann::json& v, uint64_t da
     elements *= t->shape.back();
     if (elements > (uint64_t{1} << 62)) return Bad(name + ": shape too large");
   }
+  if (d->lanes > 1) {  // the shape in coded elements
+    if (t->shape.empty()) t->shape.push_back(1);
+    t->shape.back() *= d->lanes;
+  }
   if (!(*offs)[0].is_number_unsigned() || !(*offs)[1].is_number_unsigned())
     return Bad(name + ": bad data_offsets");
   const uint64_t b = (*offs)[0].get<uint64_t>(), e = (*offs)[1].get<uint64_t>();
   if (b > e || e > data_size) return Bad(name + ": data_offsets out of bounds");
-  if (elements * DTypeSize(*d) != e - b) return Bad(name + ": size does not match shape");
+  if (elements * d->bits != static_cast<unsigned __int128>(e - b) * 8)
+    return Bad(name + ": size does not match shape");
   t->begin = data_start + b;
   t->end = data_start + e;
   return Status::Ok();
@@ -128,6 +160,12 @@ Result<std::vector<ChunkSpec>> PlanChunks(std::string_view file_name, const Read
     if (t.begin > pos) {  // padding between tensors
       PlanUntyped(pos, t.begin, cs, plan);
       open = false;
+    }
+    if (t.dtype == DType::kBytes) {  // packed sub-byte floats: bytes, never sharing a chunk
+      PlanUntyped(t.begin, t.end, cs, plan);
+      open = false;
+      pos = t.end;
+      continue;
     }
     const uint64_t size = t.end - t.begin;
     ChunkSpec* last = open ? &plan.back() : nullptr;

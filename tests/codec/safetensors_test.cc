@@ -315,6 +315,82 @@ TEST(SafetensorsHeaderTest, ParsesAValidHeader) {
   }
 }
 
+// Dtypes safetensors gained after DType was fixed (MX scales, FNUZ floats, packed FP4/FP6,
+// complex64) are coded as the type of the same bit layout, with their packed sizes checked: one
+// such tensor must not make the whole file untyped.
+TEST(SafetensorsHeaderTest, AcceptsNewerDTypesAsTheirCodedType) {
+  const std::vector<T> ts = {
+      {"scale", "F8_E8M0", {4}, 0, 4},    {"fp4", "F4", {2, 3}, 4, 7},
+      {"fp6", "F6_E2M3", {4}, 7, 10},     {"fp6b", "F6_E3M2", {8}, 10, 16},
+      {"z", "C64", {2, 3}, 16, 64},       {"e4", "F8_E4M3FNUZ", {2}, 64, 66},
+      {"e5", "F8_E5M2FNUZ", {2}, 66, 68}, {"zs", "C64", {}, 68, 76},
+      {"w", "BF16", {8}, 76, 92},
+  };
+  const Bytes f = test::MakeSafetensors(Json(ts), Bytes(92, 1));
+  auto h = ParseSafetensorsHeader(test::MemoryReader(f), f.size());
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  ASSERT_EQ(h->tensors.size(), ts.size());
+  const std::pair<DType, std::vector<uint64_t>> want[] = {
+      {DType::kU8, {4}},     {DType::kBytes, {2, 3}}, {DType::kBytes, {4}},
+      {DType::kBytes, {8}},  {DType::kF32, {2, 6}},   {DType::kF8E4M3, {2}},
+      {DType::kF8E5M2, {2}}, {DType::kF32, {2}},      {DType::kBF16, {8}},
+  };
+  for (size_t i = 0; i < ts.size(); i++) {
+    EXPECT_EQ(h->tensors[i].name, ts[i].name);
+    EXPECT_EQ(h->tensors[i].dtype, want[i].first) << ts[i].name;
+    EXPECT_EQ(h->tensors[i].shape, want[i].second) << ts[i].name << ": shape in coded elements";
+  }
+  // Packed sizes are checked in bits: 3 FP4 values are 12 bits, not a whole number of bytes.
+  for (const T& bad : {T{"a", "F4", {3}, 0, 2}, T{"a", "F4", {3}, 0, 1}, T{"a", "F4", {4}, 0, 1},
+                       T{"a", "F6_E2M3", {4}, 0, 4}, T{"a", "C64", {2}, 0, 8},
+                       T{"a", "F8_E8M0", {4}, 0, 3}, T{"a", "f4", {2}, 0, 1}}) {
+    const Bytes b = test::MakeSafetensors(Json({bad}), Bytes(4, 0));
+    EXPECT_FALSE(ParseSafetensorsHeader(test::MemoryReader(b), b.size()).ok())
+        << bad.dtype << " [" << bad.shape[0] << "] in " << bad.end << " bytes";
+  }
+}
+
+TEST(SafetensorsPlanTest, NewerDTypesKeepTheFileTyped) {
+  // An FP8 checkpoint with E8M0 block scales and a packed FP4 expert, as MX models ship.
+  const uint32_t cs = 4096;
+  const std::vector<T> ts = {{"w", "F8_E4M3", {64, 100}, 0, 6400},
+                             {"w.scale", "F8_E8M0", {64, 1}, 6400, 6464},
+                             {"expert", "F4", {100, 100}, 6464, 11464},
+                             {"tiny", "F4", {8}, 11464, 11468},
+                             {"norm", "BF16", {64}, 11468, 11596}};
+  const Bytes f = test::MakeSafetensors(Json(ts), Bytes(11596, 0x38));
+  const uint64_t ds = DataStart(f);
+  auto plan = Plan("mx.safetensors", f, cs);
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  uint64_t pos = 0;
+  for (const ChunkSpec& c : *plan) {
+    ASSERT_EQ(c.offset, pos);
+    pos += c.size;
+    const uint64_t rel = c.offset - std::min(c.offset, ds);
+    if (c.offset < ds) {
+      EXPECT_EQ(c.dtype, DType::kBytes) << "header";
+    } else if (rel < 6400) {
+      EXPECT_EQ(c.dtype, DType::kF8E4M3) << rel;
+      EXPECT_EQ(c.grid.columns, 100u) << rel;
+    } else if (rel < 6464) {
+      EXPECT_EQ(c.dtype, DType::kU8) << rel;
+    } else if (rel < 11468) {
+      EXPECT_EQ(c.dtype, DType::kBytes) << rel;
+      EXPECT_TRUE(c.segments.empty()) << "packed FP4 shares no chunk";
+      EXPECT_LE(c.offset + c.size, ds + (rel < 11464 ? 11464 : 11468)) << "nor spills over";
+    } else {
+      EXPECT_EQ(c.dtype, DType::kBF16) << rel;
+    }
+  }
+  EXPECT_EQ(pos, f.size());
+  EXPECT_TRUE(std::any_of(plan->begin(), plan->end(), [&](const ChunkSpec& c) {
+    return c.offset == ds + 6464;
+  })) << "the FP4 tensor starts a chunk";
+  EXPECT_TRUE(std::any_of(plan->begin(), plan->end(), [&](const ChunkSpec& c) {
+    return c.offset == ds + 11464;
+  })) << "so does the small one after it";
+}
+
 TEST(SafetensorsHeaderTest, AcceptsUnorderedPaddedAndEmptyHeaders) {
   // Listed out of order but not overlapping; header padded with spaces as writers do.
   const Bytes data(48, 1);
