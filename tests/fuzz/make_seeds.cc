@@ -1,6 +1,7 @@
 // Writes seed inputs for the fuzz targets: small valid frames of every method and several element
 // types, chunks for the round-trip target and (when built with ZIPNN_FUZZ_CONTAINER) containers.
-// Usage: make_seeds OUT_DIR   (creates OUT_DIR/frame, OUT_DIR/roundtrip, OUT_DIR/container)
+// Usage: make_seeds OUT_DIR   (creates OUT_DIR/frame, OUT_DIR/roundtrip, OUT_DIR/container and
+// OUT_DIR/plan: small safetensors files)
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -73,7 +74,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const fs::path out = argv[1];
-  for (const char* d : {"frame", "roundtrip", "container"}) fs::create_directories(out / d);
+  for (const char* d : {"frame", "roundtrip", "container", "plan"}) fs::create_directories(out / d);
   int n = 0;
   std::vector<Bytes> frames;
   for (const auto& [dtype, chunk] : Chunks()) {
@@ -122,6 +123,28 @@ int main(int argc, char** argv) {
     Bytes rt{static_cast<uint8_t>(DType::kBF16), 0x07 | 2 << 3, columns, 0, 0, 0};  // the grid
     rt.insert(rt.end(), chunk.begin(), chunk.end());
     Write(out / "roundtrip" / ("seed" + std::to_string(n++)), rt);
+  }
+  {  // safetensors files: every dtype spelling, matrices, small tensors sharing a chunk, padding
+    const std::string headers[] = {
+        R"({"w":{"dtype":"BF16","shape":[64,40],"data_offsets":[0,5120]},)"
+        R"("b":{"dtype":"BF16","shape":[40],"data_offsets":[5120,5200]},)"
+        R"("s":{"dtype":"F8_E8M0","shape":[64,1],"data_offsets":[5200,5264]},)"
+        R"("q":{"dtype":"F4","shape":[16,16],"data_offsets":[5264,5392]},)"
+        R"("c":{"dtype":"C64","shape":[4,2],"data_offsets":[5392,5456]},)"
+        R"("__metadata__":{"format":"pt"}})",
+        R"({"a":{"dtype":"F32","shape":[3,1,7],"data_offsets":[0,84]},)"
+        R"("i":{"dtype":"I64","shape":[2],"data_offsets":[88,104]},)"
+        R"("e":{"dtype":"F8_E4M3","shape":[0],"data_offsets":[104,104]},)"
+        R"("h":{"dtype":"F16","shape":[],"data_offsets":[104,106]}})",
+    };
+    for (const std::string& j : headers) {
+      Bytes f(8);
+      const uint64_t len = j.size();
+      for (int i = 0; i < 8; i++) f[i] = static_cast<uint8_t>(len >> (8 * i));
+      f.insert(f.end(), j.begin(), j.end());
+      for (int i = 0; i < 5456; i++) f.push_back(static_cast<uint8_t>(0x3c + i % 7));
+      Write(out / "plan" / ("seed" + std::to_string(n++)), f);
+    }
   }
 #ifdef ZIPNN_FUZZ_CONTAINER
   for (size_t count : {size_t{0}, size_t{1}, size_t{3}, frames.size()}) {
