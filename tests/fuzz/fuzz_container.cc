@@ -7,17 +7,11 @@
 
 #include "codec/codec.h"
 #include "codec/container.h"
-
-namespace {
-
-void Check(bool ok) {
-  if (!ok) std::abort();
-}
-
-}  // namespace
+#include "tests/fuzz/fuzz_check.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace zipnn;
+  using fuzz::Check;
   const std::span<const uint8_t> file(data, size);
   const Result<ContainerIndex> index = ParseContainer(file);
   if (!index.ok()) return 0;

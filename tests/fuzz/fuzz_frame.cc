@@ -13,19 +13,17 @@
 #include <vector>
 
 #include "codec/codec.h"
+#include "tests/fuzz/fuzz_check.h"
 
 namespace {
 
 constexpr size_t kMaxOut = 1u << 20;  // decode only frames that declare at most this much
 
-void Check(bool ok) {
-  if (!ok) std::abort();
-}
-
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace zipnn;
+  using fuzz::Check;
   if (size < 1) return 0;
   const uint8_t mode = data[0];
   std::vector<uint8_t> frame(data + 1, data + size);

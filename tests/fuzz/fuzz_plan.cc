@@ -8,17 +8,11 @@
 #include <span>
 
 #include "codec/codec.h"
-
-namespace {
-
-void Check(bool ok) {
-  if (!ok) std::abort();
-}
-
-}  // namespace
+#include "tests/fuzz/fuzz_check.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace zipnn;
+  using fuzz::Check;
   const ReadAtFn read = [&](uint64_t offset, std::span<uint8_t> out) {
     if (offset > size || out.size() > size - offset) return Status::Io("read past the end");
     std::copy_n(data + offset, out.size(), out.data());

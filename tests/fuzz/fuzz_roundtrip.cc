@@ -10,17 +10,11 @@
 #include <vector>
 
 #include "codec/codec.h"
-
-namespace {
-
-void Check(bool ok) {
-  if (!ok) std::abort();
-}
-
-}  // namespace
+#include "tests/fuzz/fuzz_check.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace zipnn;
+  using fuzz::Check;
   if (size < 2) return 0;
   const auto dtype = static_cast<DType>(data[0] % kNumDTypes);
   const uint8_t opt = data[1];
