@@ -5,13 +5,68 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <system_error>
+#include <utility>
 
 namespace zipnn::index {
 
 namespace {
 constexpr size_t kWriteBufferSize = 8u << 20;
-constexpr size_t kDirectWriteSize = 256u << 10;  // larger appends skip the buffer (no copy)
+constexpr size_t kDirectWriteSize = 256u << 10;      // larger appends skip the buffer (no copy)
+constexpr uint64_t kBackgroundSyncBytes = 8u << 20;  // (measured: 4-16 MB alike, 64 MB no help)
 }  // namespace
+
+std::unique_ptr<BackgroundSyncer> BackgroundSyncer::Start(int fd) {
+  UniqueFd dup(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!dup.valid()) return nullptr;
+  std::unique_ptr<BackgroundSyncer> s(new BackgroundSyncer(std::move(dup)));
+  try {
+    s->thread_ = std::thread([p = s.get()] { p->Loop(); });
+  } catch (const std::system_error&) {
+    return nullptr;
+  }
+  return s;
+}
+
+BackgroundSyncer::~BackgroundSyncer() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+void BackgroundSyncer::Request() {
+  {
+    std::lock_guard lock(mu_);
+    requested_ = true;
+  }
+  cv_.notify_one();
+}
+
+Status BackgroundSyncer::Drain() {
+  std::unique_lock lock(mu_);
+  idle_cv_.wait(lock, [this] { return !running_ && !requested_; });
+  return std::exchange(error_, Status::Ok());
+}
+
+void BackgroundSyncer::Loop() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [this] { return requested_ || stop_; });
+    if (stop_) return;
+    requested_ = false;
+    running_ = true;
+    lock.unlock();
+    const int rc = ::fdatasync(fd_.get());
+    const int err = errno;
+    lock.lock();
+    running_ = false;
+    if (rc != 0 && error_.ok()) error_ = Status::FromErrno(err, "pack fdatasync (background)");
+    idle_cv_.notify_all();
+  }
+}
 
 std::string PackPath(const std::string& packs_dir, uint32_t pack_id) {
   char name[32];
@@ -59,6 +114,7 @@ Result<PackWriter> PackWriter::Open(const std::string& packs_dir, uint32_t pack_
   }
   w.id_ = pack_id;
   w.end_ = w.committed_ = w.flushed_ = committed;
+  w.syncer_ = BackgroundSyncer::Start(w.fd_.get());  // without one, only Sync syncs
   return w;
 }
 
@@ -83,6 +139,11 @@ Status PackWriter::Write(std::span<const uint8_t> bytes) {
   (void)::sync_file_range(fd_.get(), static_cast<off_t>(flushed_), static_cast<off_t>(bytes.size()),
                           SYNC_FILE_RANGE_WRITE);
   flushed_ += bytes.size();
+  unsynced_ += bytes.size();
+  if (syncer_ && unsynced_ >= kBackgroundSyncBytes) {
+    syncer_->Request();
+    unsynced_ = 0;
+  }
   return Status::Ok();
 }
 
@@ -95,7 +156,10 @@ Status PackWriter::Flush() {
 
 Status PackWriter::Sync() {
   ZIPNN_RETURN_IF_ERROR(Flush());
+  // A background sync under way leaves this one only the tail; its failure is ours too.
+  if (syncer_) ZIPNN_RETURN_IF_ERROR(syncer_->Drain());
   if (::fdatasync(fd_.get()) != 0) return Status::FromErrno(errno, "pack fdatasync");
+  unsynced_ = 0;
   return Status::Ok();
 }
 
