@@ -254,6 +254,7 @@ class ParallelCodec {
  private:
   ThreadPool pool_;
   std::vector<std::unique_ptr<FrameEncoder>> encoders_;
+  DecoderTableCache tables_;  // shared by the decoders (declared first: it outlives them)
   std::vector<std::unique_ptr<FrameDecoder>> decoders_;
 };
 

@@ -79,7 +79,7 @@ void ThreadPool::ParallelFor(size_t n, const std::function<void(size_t, unsigned
 ParallelCodec::ParallelCodec(unsigned threads, const EncodeOptions& opts) : pool_(threads) {
   for (unsigned i = 0; i < pool_.size(); i++) {
     encoders_.push_back(std::make_unique<FrameEncoder>(opts));
-    decoders_.push_back(std::make_unique<FrameDecoder>());
+    decoders_.push_back(std::make_unique<FrameDecoder>(&tables_));
   }
 }
 ParallelCodec::~ParallelCodec() = default;
