@@ -1,14 +1,43 @@
 #include "fs/buffer_pool.h"
 
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <system_error>
 
 namespace zipnn::fs {
 
-std::shared_ptr<BufferPool> BufferPool::Create(size_t unit, size_t max_free_bytes) {
-  return std::shared_ptr<BufferPool>(new BufferPool(unit, max_free_bytes));
+namespace {
+
+uint8_t* MapBuffer(size_t bytes) {
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  return p == MAP_FAILED ? nullptr : static_cast<uint8_t*>(p);
+}
+
+}  // namespace
+
+std::shared_ptr<BufferPool> BufferPool::Create(size_t unit, size_t max_free_bytes,
+                                               size_t reserve_bytes) {
+  std::shared_ptr<BufferPool> pool(new BufferPool(unit, max_free_bytes, reserve_bytes));
+  if (pool->reserve_ >= unit) {
+    try {
+      pool->refiller_ = std::thread([p = pool.get()] { p->RefillLoop(); });
+    } catch (const std::system_error&) {  // no thread: buffers are mapped when needed
+    }
+  }
+  return pool;
 }
 
 BufferPool::~BufferPool() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  refill_cv_.notify_one();
+  if (refiller_.joinable()) refiller_.join();
   for (uint8_t* p : free_) ::munmap(p, unit_);
 }
 
@@ -21,14 +50,46 @@ std::unique_ptr<BufferPool::Buffer> BufferPool::Get(size_t size) {
       data = free_.back();
       free_.pop_back();
     }
+    if (Short()) refill_cv_.notify_one();
   }
-  if (data == nullptr) {
-    void* p = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (p == MAP_FAILED) return nullptr;
-    data = static_cast<uint8_t*>(p);
-  }
+  if (data == nullptr && (data = MapBuffer(mapped)) == nullptr) return nullptr;
   return std::unique_ptr<Buffer>(new Buffer(shared_from_this(), data, size, mapped));
+}
+
+bool BufferPool::FillReserve() {
+  std::unique_lock lock(mu_);
+  while (Short() && !stop_) {
+    lock.unlock();
+    uint8_t* p = MapBuffer(unit_);
+    lock.lock();
+    if (p == nullptr) return false;
+    if ((free_.size() + 1) * unit_ > max_free_) {  // freed buffers filled it meanwhile
+      ::munmap(p, unit_);
+      break;
+    }
+    free_.push_back(p);
+  }
+  return true;
+}
+
+size_t BufferPool::free_buffers() {
+  std::lock_guard lock(mu_);
+  return free_.size();
+}
+
+void BufferPool::RefillLoop() {
+  // Below the threads that decode what readers wait for: mapping ahead is for idle time.
+  (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+  std::unique_lock lock(mu_);
+  for (;;) {
+    refill_cv_.wait(lock, [this] { return stop_ || Short(); });
+    if (stop_) return;
+    lock.unlock();
+    const bool ok = FillReserve();
+    lock.lock();
+    // Out of memory: wait for the next Get to ask again rather than spin.
+    if (!ok) refill_cv_.wait(lock);
+  }
 }
 
 void BufferPool::Put(uint8_t* data, size_t mapped) {

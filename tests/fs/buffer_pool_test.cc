@@ -1,0 +1,65 @@
+// BufferPool: recycled chunk buffers, a reserve mapped ahead, and a bound on what it keeps.
+#include "fs/buffer_pool.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <set>
+#include <vector>
+
+namespace zipnn::fs {
+namespace {
+
+constexpr size_t kUnit = 64u << 10;
+
+TEST(BufferPoolTest, ReserveIsMappedAheadAndKeptWithinTheBound) {
+  // Reserve 4 units, keep at most 6: whatever the refill thread has done meanwhile, the free
+  // list holds the reserve after FillReserve and never more than the bound.
+  std::shared_ptr<BufferPool> pool = BufferPool::Create(kUnit, 6 * kUnit, 4 * kUnit);
+  ASSERT_TRUE(pool->FillReserve());
+  EXPECT_GE(pool->free_buffers(), 4u);
+  EXPECT_LE(pool->free_buffers(), 6u);
+  std::vector<std::unique_ptr<BufferPool::Buffer>> held;
+  std::set<uint8_t*> seen;
+  for (int i = 0; i < 20; ++i) {
+    held.push_back(pool->Get(kUnit - i));  // smaller sizes share the unit
+    ASSERT_NE(held.back(), nullptr);
+    EXPECT_EQ(held.back()->size(), kUnit - i);
+    EXPECT_TRUE(seen.insert(held.back()->data()).second) << "a buffer handed out twice";
+    std::memset(held.back()->data(), i, held.back()->size());
+    EXPECT_LE(pool->free_buffers(), 6u);
+  }
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(held[i]->data()[kUnit - i - 1], i) << "buffers overlap";
+  held.clear();
+  EXPECT_LE(pool->free_buffers(), 6u) << "freed buffers beyond the bound are unmapped";
+  EXPECT_GE(pool->free_buffers(), 4u);
+}
+
+TEST(BufferPoolTest, OversizedBuffersAreNotKept) {
+  std::shared_ptr<BufferPool> pool = BufferPool::Create(kUnit, 8 * kUnit);
+  const size_t before = pool->free_buffers();
+  {
+    std::unique_ptr<BufferPool::Buffer> big = pool->Get(3 * kUnit + 5);
+    ASSERT_NE(big, nullptr);
+    std::memset(big->data(), 1, big->size());
+  }
+  EXPECT_EQ(pool->free_buffers(), before);
+  { std::unique_ptr<BufferPool::Buffer> small = pool->Get(100); }
+  EXPECT_EQ(pool->free_buffers(), before + 1) << "a unit buffer is recycled";
+  EXPECT_TRUE(pool->FillReserve()) << "no reserve: nothing to do";
+  EXPECT_EQ(pool->free_buffers(), before + 1);
+}
+
+TEST(BufferPoolTest, BuffersOutliveThePoolsOwner) {
+  std::unique_ptr<BufferPool::Buffer> b;
+  {
+    std::shared_ptr<BufferPool> pool = BufferPool::Create(kUnit, 2 * kUnit, 2 * kUnit);
+    b = pool->Get(kUnit);
+  }  // the buffer keeps the pool (and its refill thread) alive until it goes
+  ASSERT_NE(b, nullptr);
+  std::memset(b->data(), 7, b->size());
+  b.reset();
+}
+
+}  // namespace
+}  // namespace zipnn::fs
