@@ -61,7 +61,9 @@ Status ParseTensor(const std::string& name, const nlohmann::json& v, uint64_t da
     if (!dim.is_number_unsigned()) return Bad(name + ": bad shape");
     t->shape.push_back(dim.get<uint64_t>());
     elements *= t->shape.back();
-    if (elements > (uint64_t{1} << 62)) return Bad(name + ": shape too large");
+    // (each dimension too: after a zero one, the product no longer bounds them)
+    if (elements > (uint64_t{1} << 62) || t->shape.back() > (uint64_t{1} << 62))
+      return Bad(name + ": shape too large");
   }
   if (d->lanes > 1) {  // the shape in coded elements
     if (t->shape.empty()) t->shape.push_back(1);

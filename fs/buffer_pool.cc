@@ -22,7 +22,7 @@ uint8_t* MapBuffer(size_t bytes) {
 std::shared_ptr<BufferPool> BufferPool::Create(size_t unit, size_t max_free_bytes,
                                                size_t reserve_bytes) {
   std::shared_ptr<BufferPool> pool(new BufferPool(unit, max_free_bytes, reserve_bytes));
-  if (pool->reserve_ >= unit) {
+  if (pool->reserve_ > 0) {
     try {
       pool->refiller_ = std::thread([p = pool.get()] { p->RefillLoop(); });
     } catch (const std::system_error&) {  // no thread: buffers are mapped when needed
@@ -88,7 +88,7 @@ void BufferPool::RefillLoop() {
     const bool ok = FillReserve();
     lock.lock();
     // Out of memory: wait for the next Get to ask again rather than spin.
-    if (!ok) refill_cv_.wait(lock);
+    if (!ok && !stop_) refill_cv_.wait(lock);
   }
 }
 

@@ -11,6 +11,7 @@
 // priority keeps `reserve_bytes` of the free list mapped ahead, so a read finds its buffer ready.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -55,14 +56,16 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
 
  private:
   BufferPool(size_t unit, size_t max_free_bytes, size_t reserve_bytes)
-      : unit_(unit), max_free_(max_free_bytes), reserve_(std::min(reserve_bytes, max_free_bytes)) {}
+      : unit_(unit),
+        max_free_(max_free_bytes),
+        reserve_(std::min((reserve_bytes + unit - 1) / unit, max_free_bytes / unit)) {}
   void Put(uint8_t* data, size_t mapped);
-  bool Short() const { return free_.size() * unit_ < reserve_; }  // with mu_ held
+  bool Short() const { return free_.size() < reserve_; }  // with mu_ held
   void RefillLoop();
 
   const size_t unit_;      // buffers of up to this size are recycled
   const size_t max_free_;  // bytes kept on the free list, at most
-  const size_t reserve_;   // bytes the thread keeps on the free list, when it can
+  const size_t reserve_;   // buffers the thread keeps on the free list, when it can
   std::mutex mu_;
   std::condition_variable refill_cv_;
   bool stop_ = false;

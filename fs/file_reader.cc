@@ -34,7 +34,9 @@ uint64_t NowNs() {
 FileReader::FileReader(index::Store& store, const FileReaderOptions& opts)
     : store_(store),
       opts_(opts),
-      pool_(BufferPool::Create(opts.chunk_size, 16u << 20, 8u << 20)),
+      // Freed buffers kept and a reserve mapped ahead: a few MiB, never more than the cache.
+      pool_(BufferPool::Create(opts.chunk_size, std::min<uint64_t>(16u << 20, opts.cache_size),
+                               std::min<uint64_t>(8u << 20, opts.cache_size / 2))),
       // Fully read chunks are cheap to keep only while they fit in a small budget: beyond it,
       // recycling their warm buffers beats holding bytes the kernel caches anyway.
       cache_(opts.cache_size, std::min<uint64_t>(opts.cache_size / 4, 32u << 20)) {

@@ -114,7 +114,6 @@ Result<PackWriter> PackWriter::Open(const std::string& packs_dir, uint32_t pack_
   }
   w.id_ = pack_id;
   w.end_ = w.committed_ = w.flushed_ = committed;
-  w.syncer_ = BackgroundSyncer::Start(w.fd_.get());  // without one, only Sync syncs
   return w;
 }
 
@@ -140,8 +139,10 @@ Status PackWriter::Write(std::span<const uint8_t> bytes) {
                           SYNC_FILE_RANGE_WRITE);
   flushed_ += bytes.size();
   unsynced_ += bytes.size();
-  if (syncer_ && unsynced_ >= kBackgroundSyncBytes) {
-    syncer_->Request();
+  if (unsynced_ >= kBackgroundSyncBytes) {
+    // Started on first need: most writers (a mount, opening old packs) never need one.
+    if (!syncer_) syncer_ = BackgroundSyncer::Start(fd_.get());  // without one, only Sync syncs
+    if (syncer_) syncer_->Request();
     unsynced_ = 0;
   }
   return Status::Ok();
@@ -179,6 +180,9 @@ Status PackWriter::Truncate(uint64_t offset) {
 }
 
 Status PackWriter::Rollback() {
+  // Everything committed was synced before its commit: a background failure since concerns only
+  // the bytes dropped here, and must not fail the next group.
+  if (syncer_) (void)syncer_->Drain();
   buffer_.clear();
   end_ = flushed_ = committed_;
   if (::ftruncate(fd_.get(), static_cast<off_t>(committed_)) != 0) {

@@ -95,7 +95,7 @@ class PackWriter {
   Status Write(std::span<const uint8_t> bytes);  // at flushed_, then starts its writeback
 
   UniqueFd fd_;
-  std::unique_ptr<BackgroundSyncer> syncer_;  // null if no thread could be had
+  std::unique_ptr<BackgroundSyncer> syncer_;  // started when first needed (null: none yet)
   uint32_t id_ = 0;
   uint64_t end_ = 0;
   uint64_t committed_ = 0;

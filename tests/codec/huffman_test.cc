@@ -1,4 +1,5 @@
-// The Huffman coder's building blocks (codec/huffman.h): exact symbol counts.
+// The Huffman coder's building blocks (codec/huffman.h): exact symbol counts, and decode tables
+// built one after another in one decoder.
 #include "codec/huffman.h"
 
 #include <gtest/gtest.h>
@@ -33,6 +34,35 @@ TEST(CountSymbolsTest, ExactForEveryLengthAndSkew) {
       Histogram h;
       CountSymbols(std::span(s.data() + 3, n), h);
       EXPECT_EQ(h, NaiveCount(s, 3, n)) << "n " << n << " kind " << kind;
+    }
+  }
+}
+
+// Symbols whose shortest code is about `bits` long: 2^bits equally likely ones, and a few rare.
+std::vector<uint8_t> StreamWithShortestCode(int bits, size_t n, std::mt19937& rng) {
+  std::vector<uint8_t> s(n);
+  for (uint8_t& b : s) {
+    b = rng() % 64 == 0 ? static_cast<uint8_t>(200 + rng() % 6)
+                        : static_cast<uint8_t>(rng() % (1u << bits));
+  }
+  return s;
+}
+
+TEST(HuffmanDecoderTest, TablesBuiltInTurnDecodeExactly) {
+  // One decoder, so every table is built in the scratch the one before left: each build must
+  // compute every window width it reads (the widths it skips hold another table's entries).
+  std::mt19937 rng(11);
+  HuffmanDecoder decoder;
+  for (int round = 0; round < 3; round++) {
+    for (int bits : {1, 5, 2, 4, 3, 1, 3, 5, 2, 4, 6, 1}) {
+      const std::vector<uint8_t> syms = StreamWithShortestCode(bits, 40000 + round * 997, rng);
+      HufPlan plan;
+      PlanHuffman(syms, {}, plan);
+      std::vector<uint8_t> coded;
+      EncodeHuffman(syms, plan, coded);
+      std::vector<uint8_t> out(syms.size());
+      ASSERT_TRUE(decoder.Decode(coded, out)) << "shortest code ~" << bits << " bits";
+      ASSERT_EQ(out, syms) << "shortest code ~" << bits << " bits, round " << round;
     }
   }
 }

@@ -343,10 +343,14 @@ TEST(SafetensorsHeaderTest, AcceptsNewerDTypesAsTheirCodedType) {
   // Packed sizes are checked in bits: 3 FP4 values are 12 bits, not a whole number of bytes.
   for (const T& bad : {T{"a", "F4", {3}, 0, 2}, T{"a", "F4", {3}, 0, 1}, T{"a", "F4", {4}, 0, 1},
                        T{"a", "F6_E2M3", {4}, 0, 4}, T{"a", "C64", {2}, 0, 8},
-                       T{"a", "F8_E8M0", {4}, 0, 3}, T{"a", "f4", {2}, 0, 1}}) {
+                       T{"a", "F8_E8M0", {4}, 0, 3}, T{"a", "f4", {2}, 0, 1},
+                       // 2^58 F64 values are 2^64 bits: a 64-bit product would wrap to 0
+                       T{"a", "F64", {uint64_t{1} << 58}, 0, 0},
+                       // after a zero dimension the product no longer bounds the others
+                       T{"a", "C64", {0, uint64_t{1} << 63}, 0, 0}}) {
     const Bytes b = test::MakeSafetensors(Json({bad}), Bytes(4, 0));
     EXPECT_FALSE(ParseSafetensorsHeader(test::MemoryReader(b), b.size()).ok())
-        << bad.dtype << " [" << bad.shape[0] << "] in " << bad.end << " bytes";
+        << bad.dtype << " [" << bad.shape.back() << "] in " << bad.end << " bytes";
   }
 }
 
