@@ -5,14 +5,12 @@
 // writer that did not commit (a crash or an error) and are cut off when a writer opens the pack.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "codec/container.h"
@@ -32,36 +30,6 @@ class PackReader {
   std::string dir_;
   std::mutex mutex_;
   std::map<uint32_t, UniqueFd> fds_;
-};
-
-// fdatasyncs a file on a thread of its own when asked, so that a long run of appends reaches the
-// disk while the appender goes on: a flush takes time in proportion to what it flushes (measured
-// here: ~1 ms per MB, however early writeback was started), and the Sync before a commit then has
-// little left. A failure is kept for Drain: the kernel reports a writeback error once per open
-// file, so the appender's own fdatasync would not see it.
-class BackgroundSyncer {
- public:
-  // Syncs a duplicate of `fd`, so it never outlives what it syncs. Null if no fd or thread.
-  static std::unique_ptr<BackgroundSyncer> Start(int fd);
-  ~BackgroundSyncer();  // waits for a sync under way
-  BackgroundSyncer(const BackgroundSyncer&) = delete;
-  BackgroundSyncer& operator=(const BackgroundSyncer&) = delete;
-
-  void Request();  // never blocks
-  // Waits until every requested sync has run; returns the first failure since the last call.
-  Status Drain();
-
- private:
-  explicit BackgroundSyncer(UniqueFd fd) : fd_(std::move(fd)) {}
-  void Loop();
-
-  const UniqueFd fd_;
-  std::mutex mu_;
-  std::condition_variable cv_;       // the thread: a request or stop
-  std::condition_variable idle_cv_;  // Drain: the sync under way is done
-  bool requested_ = false, running_ = false, stop_ = false;
-  Status error_;
-  std::thread thread_;
 };
 
 // Appends frames to one pack. Frames go to a buffer and reach the file in large writes; Sync

@@ -110,7 +110,10 @@ Status Compress(const CompressOptions& opts) {
     ZIPNN_RETURN_IF_ERROR(WithPath(out_path, wait_for_write()));
     std::swap(frames, frames_writing);
     writing = std::async(std::launch::async, [&] {
-      for (const std::vector<uint8_t>& f : frames_writing) ZIPNN_RETURN_IF_ERROR(writer.Append(f));
+      for (const std::vector<uint8_t>& f : frames_writing) {
+        ZIPNN_RETURN_IF_ERROR(writer.Append(f));
+        out->Wrote(f.size());
+      }
       return Status::Ok();
     });
     first = end;
@@ -151,7 +154,9 @@ Status Decompress(const DecompressOptions& opts) {
     ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, reader->ReadFrame(i, frame[w])));
     raw[w].resize(e.raw_size);
     ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, codec.decoder(w).Decode(frame[w], raw[w])));
-    return WithPath(out_path, writer.Write(e.raw_offset, raw[w]));
+    ZIPNN_RETURN_IF_ERROR(WithPath(out_path, writer.Write(e.raw_offset, raw[w])));
+    out->Wrote(e.raw_size);
+    return Status::Ok();
   }));
   ZIPNN_RETURN_IF_ERROR(out->Commit());
   if (!opts.quiet) {

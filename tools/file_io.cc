@@ -87,19 +87,32 @@ bool PathExists(const std::string& path) {
 AtomicOutputFile::AtomicOutputFile(UniqueFd fd, std::string path, std::string temp_path,
                                    bool overwrite)
     : fd_(std::move(fd)),
+      syncer_(BackgroundSyncer::Start(fd_.get())),
       path_(std::move(path)),
       temp_path_(std::move(temp_path)),
       overwrite_(overwrite) {}
 
 AtomicOutputFile::AtomicOutputFile(AtomicOutputFile&& o) noexcept
     : fd_(std::move(o.fd_)),
+      syncer_(std::move(o.syncer_)),
+      unsynced_(std::move(o.unsynced_)),
       path_(std::move(o.path_)),
       temp_path_(std::exchange(o.temp_path_, std::string())),
       overwrite_(o.overwrite_) {}
 
 AtomicOutputFile::~AtomicOutputFile() { Discard(); }
 
+void AtomicOutputFile::Wrote(uint64_t bytes) {
+  constexpr uint64_t kSyncStep = 8u << 20;
+  if (!syncer_ || !unsynced_) return;
+  if (unsynced_->fetch_add(bytes, std::memory_order_relaxed) + bytes >= kSyncStep) {
+    unsynced_->store(0, std::memory_order_relaxed);  // (a race only moves a sync a little)
+    syncer_->Request();
+  }
+}
+
 void AtomicOutputFile::Discard() {
+  syncer_.reset();  // (its own descriptor: no wait for the file's)
   fd_.Reset();
   if (temp_path_.empty()) return;
   ::unlink(temp_path_.c_str());
@@ -123,8 +136,9 @@ Result<AtomicOutputFile> AtomicOutputFile::Create(const std::string& path, bool 
 
 Status AtomicOutputFile::Commit() {
   if (temp_path_.empty()) return Status::InvalidArgument(path_ + ": already committed");
-  Status s;
-  if (::fsync(fd_.get()) != 0) s = Status::FromErrno(errno, path_);
+  Status s = syncer_ ? syncer_->Drain() : Status::Ok();  // its failure is this file's
+  if (s.ok() && ::fsync(fd_.get()) != 0) s = Status::FromErrno(errno, path_);
+  syncer_.reset();
   // close() can report a deferred write error (NFS, quotas): check it.
   if (s.ok() && ::close(fd_.Release()) != 0) s = Status::FromErrno(errno, path_);
   if (s.ok()) {

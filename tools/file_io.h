@@ -3,9 +3,11 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <string>
@@ -46,6 +48,10 @@ class AtomicOutputFile {
 
   int fd() const { return fd_.get(); }
   const std::string& path() const { return path_; }
+  // Tells that `bytes` more were written: every few MB they are synced in the background, so the
+  // fsync of Commit has little left (a flush costs time in proportion to what it flushes). Any
+  // thread.
+  void Wrote(uint64_t bytes);
   // fsync, rename over the real name (refusing to replace it unless overwrite), fsync directory.
   Status Commit();
 
@@ -54,6 +60,8 @@ class AtomicOutputFile {
   void Discard();
 
   UniqueFd fd_;
+  std::unique_ptr<BackgroundSyncer> syncer_;  // null: syncs only in Commit
+  std::unique_ptr<std::atomic<uint64_t>> unsynced_ = std::make_unique<std::atomic<uint64_t>>(0);
   std::string path_;
   std::string temp_path_;  // empty once committed or discarded
   bool overwrite_ = false;

@@ -1,5 +1,5 @@
-// Tests of pack files (index/pack.h): appends reach the file whole and in order, syncs in the
-// background meanwhile, and a failed background sync is reported by the next Sync.
+// Tests of pack files (index/pack.h): appends reach the file whole and in order, with background
+// syncs meanwhile; rollbacks and reopening drop what was not committed.
 #include "index/pack.h"
 
 #include <fcntl.h>
@@ -65,38 +65,6 @@ TEST_F(PackTest, AppendsOfEverySizeLandInOrderAcrossBackgroundSyncs) {
   Result<PackWriter> again = PackWriter::Open(dir_, 1, expected.size());
   ASSERT_TRUE(again.ok()) << again.status().ToString();
   EXPECT_EQ(FileBytes(1), expected);
-}
-
-TEST_F(PackTest, BackgroundSyncFailureIsReportedOnce) {
-  // fdatasync fails on a pipe (EINVAL): the failure must not vanish in the background thread.
-  int p[2];
-  ASSERT_EQ(::pipe(p), 0);
-  {
-    std::unique_ptr<BackgroundSyncer> s = BackgroundSyncer::Start(p[1]);
-    ASSERT_NE(s, nullptr);
-    EXPECT_TRUE(s->Drain().ok()) << "nothing asked, nothing failed";
-    s->Request();
-    const Status st = s->Drain();
-    ASSERT_FALSE(st.ok()) << "a failed background fdatasync is reported";
-    EXPECT_NE(st.message().find("background"), std::string::npos) << st.ToString();
-    EXPECT_TRUE(s->Drain().ok()) << "and reported once";
-  }
-  ::close(p[0]);
-  ::close(p[1]);
-}
-
-TEST_F(PackTest, BackgroundSyncOfAFileSucceeds) {
-  const std::string path = dir_ + "/f";
-  std::ofstream(path) << "data";
-  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
-  ASSERT_TRUE(fd.valid());
-  std::unique_ptr<BackgroundSyncer> s = BackgroundSyncer::Start(fd.get());
-  ASSERT_NE(s, nullptr);
-  for (int i = 0; i < 20; ++i) s->Request();
-  EXPECT_TRUE(s->Drain().ok());
-  fd.Reset();  // the syncer keeps its own descriptor: closing ours is safe while it lives
-  s->Request();
-  EXPECT_TRUE(s->Drain().ok());
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
-// OffsetWriter: many workers writing one file at their own offsets.
+// OffsetWriter: many workers writing one file at their own offsets. AtomicOutputFile: synced as it
+// grows, committed whole under its name.
 #include "tools/file_io.h"
 
 #include <fcntl.h>
@@ -67,6 +68,39 @@ TEST_F(OffsetWriterTest, AFailedWriteSticks) {
   for (std::thread& t : workers) t.join();
   for (const Status& s : later) EXPECT_EQ(s.code(), first.code()) << s.ToString();
   EXPECT_EQ(test::ReadAll(path), "") << "written after the failure";
+}
+
+// Writers on several threads report what they wrote (background syncs run meanwhile); the file
+// appears under its name only at Commit, whole, and a second Commit is refused.
+TEST_F(OffsetWriterTest, AtomicOutputFileSyncsAsItGrowsAndCommitsWhole) {
+  const std::string path = Path("big.out");
+  Result<AtomicOutputFile> out = AtomicOutputFile::Create(path, false, 0644);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  constexpr size_t kPiece = 1u << 20, kPieces = 40;
+  OffsetWriter writer(out->fd(), 4);
+  std::vector<std::thread> workers;
+  std::vector<Status> status(2);
+  for (size_t w = 0; w < status.size(); ++w) {
+    workers.emplace_back([&, w] {
+      std::vector<uint8_t> buf;
+      for (size_t i = w; i < kPieces && status[w].ok(); i += status.size()) {
+        buf.assign(kPiece, static_cast<uint8_t>(i + 1));
+        status[w] = writer.Write(i * kPiece, buf);
+        out->Wrote(kPiece);
+      }
+    });
+  }
+  for (std::thread& t : workers) t.join();
+  for (const Status& s : status) ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_FALSE(PathExists(path)) << "visible before Commit";
+  ASSERT_TRUE(out->Commit().ok());
+  const std::string got = test::ReadAll(path);
+  ASSERT_EQ(got.size(), kPiece * kPieces);
+  for (size_t i = 0; i < kPieces; ++i) {
+    ASSERT_EQ(static_cast<uint8_t>(got[i * kPiece]), i + 1) << "piece " << i;
+    ASSERT_EQ(static_cast<uint8_t>(got[(i + 1) * kPiece - 1]), i + 1) << "piece " << i;
+  }
+  EXPECT_FALSE(out->Commit().ok());
 }
 
 }  // namespace

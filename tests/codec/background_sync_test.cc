@@ -1,0 +1,47 @@
+// BackgroundSyncer (codec/container.h): syncs run on its thread, and a failed one is reported
+// once, by the next Drain.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "codec/container.h"
+
+namespace zipnn {
+namespace {
+
+TEST(BackgroundSyncerTest, BackgroundSyncFailureIsReportedOnce) {
+  // fdatasync fails on a pipe (EINVAL): the failure must not vanish in the background thread.
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+  {
+    std::unique_ptr<BackgroundSyncer> s = BackgroundSyncer::Start(p[1]);
+    ASSERT_NE(s, nullptr);
+    EXPECT_TRUE(s->Drain().ok()) << "nothing asked, nothing failed";
+    s->Request();
+    const Status st = s->Drain();
+    ASSERT_FALSE(st.ok()) << "a failed background fdatasync is reported";
+    EXPECT_NE(st.message().find("background"), std::string::npos) << st.ToString();
+    EXPECT_TRUE(s->Drain().ok()) << "and reported once";
+  }
+  ::close(p[0]);
+  ::close(p[1]);
+}
+
+TEST(BackgroundSyncerTest, BackgroundSyncOfAFileSucceeds) {
+  UniqueFd fd(
+      ::open(std::filesystem::temp_directory_path().c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+  ASSERT_TRUE(fd.valid());
+  ASSERT_EQ(::write(fd.get(), "data", 4), 4);
+  std::unique_ptr<BackgroundSyncer> s = BackgroundSyncer::Start(fd.get());
+  ASSERT_NE(s, nullptr);
+  for (int i = 0; i < 20; ++i) s->Request();
+  EXPECT_TRUE(s->Drain().ok());
+  fd.Reset();  // the syncer keeps its own descriptor: closing ours is safe while it lives
+  s->Request();
+  EXPECT_TRUE(s->Drain().ok());
+}
+
+}  // namespace
+}  // namespace zipnn
