@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <future>
 #include <string_view>
 #include <vector>
 
@@ -176,7 +177,52 @@ Status ForEachDirEntry(Store& store, uint64_t dir,
   return Status::Ok();
 }
 
-Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary) {
+namespace {
+
+// The bytes of file `ino` (`size` long) into `fd`: pieces of whole chunks (about 4 MiB) are
+// decoded on the pool's threads, and a batch is written in order while the next one decodes.
+Status ExportData(Store& store, ThreadPool& pool, uint64_t ino, uint64_t size, int fd,
+                  const std::string& dest) {
+  constexpr uint64_t kPiece = 4u << 20;
+  const size_t batch = 2 * size_t{pool.size()};
+  std::vector<std::vector<uint8_t>> decoding(batch), writing(batch);
+  std::vector<uint64_t> begin(batch + 1);
+  std::vector<Status> status(batch);
+  std::future<Status> written;
+  auto wait_written = [&written] { return written.valid() ? written.get() : Status::Ok(); };
+  for (uint64_t off = 0; off < size;) {
+    // Cut pieces at chunk ends, so that no chunk is decoded twice.
+    size_t n = 0;
+    for (begin[0] = off; n < batch && off < size; begin[++n] = off) {
+      Result<std::vector<ChunkLocation>> chunks = store.ChunksInRange(ino, off, kPiece);
+      if (!chunks.ok()) return WithPath(dest, chunks.status());
+      const uint64_t end =
+          chunks->empty() ? off : chunks->back().file_offset + chunks->back().raw_size;
+      if (end <= off) return Status::Corrupt(dest + ": file ends early in the store");
+      off = std::min(end, size);
+    }
+    pool.ParallelFor(n, [&](size_t i, unsigned) {
+      decoding[i].resize(begin[i + 1] - begin[i]);
+      Result<size_t> got = store.Read(ino, begin[i], decoding[i]);
+      status[i] = !got.ok()                    ? got.status()
+                  : *got != decoding[i].size() ? Status::Corrupt("file ends early in the store")
+                                               : Status::Ok();
+    });
+    ZIPNN_RETURN_IF_ERROR(wait_written());
+    for (size_t i = 0; i < n; ++i) {
+      if (!status[i].ok()) return WithPath(dest, status[i]);
+    }
+    std::swap(decoding, writing);
+    written = std::async(std::launch::async, [&writing, fd, n] {
+      for (size_t i = 0; i < n; ++i) ZIPNN_RETURN_IF_ERROR(WriteFull(fd, writing[i]));
+      return Status::Ok();
+    });
+  }
+  return WithPath(dest, wait_written());
+}
+
+Status ExportNode(Store& store, ThreadPool& pool, uint64_t ino, const std::string& dest,
+                  TreeSummary& summary) {
   Result<InodeAttr> attr = store.GetAttr(ino);
   if (!attr.ok()) return attr.status();
   const bool root = ::geteuid() == 0;
@@ -185,14 +231,7 @@ Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSumma
     case InodeKind::kFile: {
       UniqueFd fd(::open(dest.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
       if (!fd.valid()) return Status::FromErrno(errno, dest);
-      std::vector<uint8_t> buf(std::min<uint64_t>(attr->size, 16u << 20));
-      for (uint64_t off = 0; off < attr->size;) {
-        Result<size_t> n = store.Read(ino, off, buf);
-        if (!n.ok()) return WithPath(dest, n.status());
-        if (*n == 0) return Status::Corrupt(dest + ": file ends early in the store");
-        ZIPNN_RETURN_IF_ERROR(WriteFull(fd.get(), {buf.data(), *n}));
-        off += *n;
-      }
+      ZIPNN_RETURN_IF_ERROR(ExportData(store, pool, ino, attr->size, fd.get(), dest));
       ZIPNN_RETURN_IF_ERROR(WriteXattrs(store, ino, dest));
       if (root && ::fchown(fd.get(), attr->uid, attr->gid) != 0) {
         return Status::FromErrno(errno, dest);
@@ -221,7 +260,7 @@ Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSumma
     case InodeKind::kDirectory: {
       if (::mkdir(dest.c_str(), 0700) != 0) return Status::FromErrno(errno, dest);
       ZIPNN_RETURN_IF_ERROR(ForEachDirEntry(store, ino, [&](const DirEntry& e) {
-        return ExportTree(store, e.ino, dest + "/" + e.name, summary);
+        return ExportNode(store, pool, e.ino, dest + "/" + e.name, summary);
       }));
       if (root && ::lchown(dest.c_str(), attr->uid, attr->gid) != 0) {
         return Status::FromErrno(errno, dest);
@@ -236,6 +275,13 @@ Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSumma
     }
   }
   return Status::Corrupt("inode " + std::to_string(ino) + ": unknown kind");
+}
+
+}  // namespace
+
+Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary) {
+  ThreadPool pool(0);
+  return ExportNode(store, pool, ino, dest, summary);
 }
 
 }  // namespace zipnn::index

@@ -453,6 +453,12 @@ TEST_F(StoreTest, DamagedFrameFailsOnlyItsRange) {
   EXPECT_EQ(check->problems[0].begin, 131072u);
   EXPECT_EQ(check->problems[0].end, 196608u);
   EXPECT_EQ(check->frames_verified, 4u);
+  // Export refuses the file, naming it and the damaged range.
+  TreeSummary exported;
+  const Status ex = ExportTree(*store, ino, dir_ + "/blob.out", exported);
+  EXPECT_EQ(ex.code(), bad.status().code()) << ex.ToString();
+  EXPECT_NE(ex.message().find("blob.out"), std::string::npos) << ex.message();
+  EXPECT_NE(ex.message().find(range), std::string::npos) << ex.message();
 }
 
 // A child imports files and is killed at a random point (after it reported some progress through
