@@ -179,38 +179,36 @@ Status ForEachDirEntry(Store& store, uint64_t dir,
 
 namespace {
 
-// The bytes of file `ino` (`size` long) into `fd`: pieces of whole chunks (about 4 MiB) are
-// decoded on the pool's threads, and a batch is written in order while the next one decodes.
-Status ExportData(Store& store, ThreadPool& pool, uint64_t ino, uint64_t size, int fd,
-                  const std::string& dest) {
+Status WriteRange(Store& store, ThreadPool& pool, uint64_t ino, uint64_t begin, uint64_t end,
+                  int fd, const std::string& label) {
   constexpr uint64_t kPiece = 4u << 20;
   const size_t batch = 2 * size_t{pool.size()};
   std::vector<std::vector<uint8_t>> decoding(batch), writing(batch);
-  std::vector<uint64_t> begin(batch + 1);
+  std::vector<uint64_t> from(batch + 1);
   std::vector<Status> status(batch);
   std::future<Status> written;
   auto wait_written = [&written] { return written.valid() ? written.get() : Status::Ok(); };
-  for (uint64_t off = 0; off < size;) {
+  for (uint64_t off = begin; off < end;) {
     // Cut pieces at chunk ends, so that no chunk is decoded twice.
     size_t n = 0;
-    for (begin[0] = off; n < batch && off < size; begin[++n] = off) {
+    for (from[0] = off; n < batch && off < end; from[++n] = off) {
       Result<std::vector<ChunkLocation>> chunks = store.ChunksInRange(ino, off, kPiece);
-      if (!chunks.ok()) return WithPath(dest, chunks.status());
-      const uint64_t end =
+      if (!chunks.ok()) return WithPath(label, chunks.status());
+      const uint64_t chunk_end =
           chunks->empty() ? off : chunks->back().file_offset + chunks->back().raw_size;
-      if (end <= off) return Status::Corrupt(dest + ": file ends early in the store");
-      off = std::min(end, size);
+      if (chunk_end <= off) return Status::Corrupt(label + ": file ends early in the store");
+      off = std::min(chunk_end, end);
     }
     pool.ParallelFor(n, [&](size_t i, unsigned) {
-      decoding[i].resize(begin[i + 1] - begin[i]);
-      Result<size_t> got = store.Read(ino, begin[i], decoding[i]);
+      decoding[i].resize(from[i + 1] - from[i]);
+      Result<size_t> got = store.Read(ino, from[i], decoding[i]);
       status[i] = !got.ok()                    ? got.status()
                   : *got != decoding[i].size() ? Status::Corrupt("file ends early in the store")
                                                : Status::Ok();
     });
     ZIPNN_RETURN_IF_ERROR(wait_written());
     for (size_t i = 0; i < n; ++i) {
-      if (!status[i].ok()) return WithPath(dest, status[i]);
+      if (!status[i].ok()) return WithPath(label, status[i]);
     }
     std::swap(decoding, writing);
     written = std::async(std::launch::async, [&writing, fd, n] {
@@ -218,7 +216,7 @@ Status ExportData(Store& store, ThreadPool& pool, uint64_t ino, uint64_t size, i
       return Status::Ok();
     });
   }
-  return WithPath(dest, wait_written());
+  return WithPath(label, wait_written());
 }
 
 Status ExportNode(Store& store, ThreadPool& pool, uint64_t ino, const std::string& dest,
@@ -231,7 +229,7 @@ Status ExportNode(Store& store, ThreadPool& pool, uint64_t ino, const std::strin
     case InodeKind::kFile: {
       UniqueFd fd(::open(dest.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
       if (!fd.valid()) return Status::FromErrno(errno, dest);
-      ZIPNN_RETURN_IF_ERROR(ExportData(store, pool, ino, attr->size, fd.get(), dest));
+      ZIPNN_RETURN_IF_ERROR(WriteRange(store, pool, ino, 0, attr->size, fd.get(), dest));
       ZIPNN_RETURN_IF_ERROR(WriteXattrs(store, ino, dest));
       if (root && ::fchown(fd.get(), attr->uid, attr->gid) != 0) {
         return Status::FromErrno(errno, dest);
@@ -282,6 +280,12 @@ Status ExportNode(Store& store, ThreadPool& pool, uint64_t ino, const std::strin
 Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary) {
   ThreadPool pool(0);
   return ExportNode(store, pool, ino, dest, summary);
+}
+
+Status WriteFileRange(Store& store, uint64_t ino, uint64_t begin, uint64_t end, int fd,
+                      const std::string& label) {
+  ThreadPool pool(0);
+  return WriteRange(store, pool, ino, begin, end, fd, label);
 }
 
 }  // namespace zipnn::index

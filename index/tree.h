@@ -42,4 +42,10 @@ Status ImportTree(Store& store, const std::string& src, uint64_t parent, const s
 // which must not exist. Owners are restored when running as root.
 Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary);
 
+// Writes bytes [begin, end) of file `ino` (end within the file) to `fd`, in order: pieces of
+// whole chunks are decoded on all cores while the previous ones are written. Errors start with
+// `label`, and a damaged chunk's name its byte range.
+Status WriteFileRange(Store& store, uint64_t ino, uint64_t begin, uint64_t end, int fd,
+                      const std::string& label);
+
 }  // namespace zipnn::index

@@ -179,17 +179,8 @@ int Cat(const std::string& store_dir, const std::string& path, uint64_t offset,
   if (file->kind != InodeKind::kFile) return Fail(Status::InvalidArgument(path + ": not a file"));
   uint64_t end = file->size;
   if (length && offset + *length < end) end = offset + *length;
-  std::vector<uint8_t> buf(8u << 20);
-  for (uint64_t off = offset; off < end;) {
-    std::span<uint8_t> out(buf.data(), std::min<uint64_t>(buf.size(), end - off));
-    Result<size_t> n = (*store)->Read(file->ino, off, out);
-    if (!n.ok()) return Fail(Status(n.status().code(), path + ": " + n.status().message()));
-    if (*n == 0) break;
-    Status st = WriteFull(STDOUT_FILENO, {buf.data(), *n});
-    if (!st.ok()) return Fail(st);
-    off += *n;
-  }
-  return 0;
+  Status st = WriteFileRange(**store, file->ino, offset, end, STDOUT_FILENO, path);
+  return st.ok() ? 0 : Fail(st);
 }
 
 // Every regular file at or below `ino`, with its store path.
