@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <string>
 #include <system_error>
 #include <utility>
 
@@ -10,10 +11,14 @@
 
 namespace zipnn {
 
-std::unique_ptr<BackgroundSyncer> BackgroundSyncer::Start(int fd) {
+namespace {
+constexpr uint64_t kSyncStep = 8u << 20;
+}  // namespace
+
+std::unique_ptr<BackgroundSyncer> BackgroundSyncer::Start(int fd, std::string label) {
   UniqueFd dup(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
   if (!dup.valid()) return nullptr;
-  std::unique_ptr<BackgroundSyncer> s(new BackgroundSyncer(std::move(dup)));
+  std::unique_ptr<BackgroundSyncer> s(new BackgroundSyncer(std::move(dup), std::move(label)));
   try {
     s->thread_ = std::thread([p = s.get()] { p->Loop(); });
   } catch (const std::system_error&) {
@@ -31,9 +36,20 @@ BackgroundSyncer::~BackgroundSyncer() {
   if (thread_.joinable()) thread_.join();
 }
 
+void BackgroundSyncer::Wrote(uint64_t bytes) {
+  {
+    std::lock_guard lock(mu_);
+    if ((unsynced_ += bytes) < kSyncStep) return;
+    unsynced_ = 0;
+    requested_ = true;
+  }
+  cv_.notify_one();
+}
+
 void BackgroundSyncer::Request() {
   {
     std::lock_guard lock(mu_);
+    unsynced_ = 0;
     requested_ = true;
   }
   cv_.notify_one();
@@ -42,6 +58,7 @@ void BackgroundSyncer::Request() {
 Status BackgroundSyncer::Drain() {
   std::unique_lock lock(mu_);
   idle_cv_.wait(lock, [this] { return !running_ && !requested_; });
+  unsynced_ = 0;
   return std::exchange(error_, Status::Ok());
 }
 
@@ -57,7 +74,7 @@ void BackgroundSyncer::Loop() {
     const int err = errno;
     lock.lock();
     running_ = false;
-    if (rc != 0 && error_.ok()) error_ = Status::FromErrno(err, "pack fdatasync (background)");
+    if (rc != 0 && error_.ok()) error_ = Status::FromErrno(err, label_ + ": background fdatasync");
     idle_cv_.notify_all();
   }
 }

@@ -11,8 +11,7 @@ namespace zipnn::index {
 
 namespace {
 constexpr size_t kWriteBufferSize = 8u << 20;
-constexpr size_t kDirectWriteSize = 256u << 10;      // larger appends skip the buffer (no copy)
-constexpr uint64_t kBackgroundSyncBytes = 8u << 20;  // (measured: 4-16 MB alike, 64 MB no help)
+constexpr size_t kDirectWriteSize = 256u << 10;  // larger appends skip the buffer (no copy)
 }  // namespace
 
 std::string PackPath(const std::string& packs_dir, uint32_t pack_id) {
@@ -85,13 +84,10 @@ Status PackWriter::Write(std::span<const uint8_t> bytes) {
   (void)::sync_file_range(fd_.get(), static_cast<off_t>(flushed_), static_cast<off_t>(bytes.size()),
                           SYNC_FILE_RANGE_WRITE);
   flushed_ += bytes.size();
-  unsynced_ += bytes.size();
-  if (unsynced_ >= kBackgroundSyncBytes) {
-    // Started on first need: most writers (a mount, opening old packs) never need one.
-    if (!syncer_) syncer_ = BackgroundSyncer::Start(fd_.get());  // without one, only Sync syncs
-    if (syncer_) syncer_->Request();
-    unsynced_ = 0;
-  }
+  // Started at the first write: most writers (a mount, opening old packs) never write. Without
+  // one, only Sync syncs.
+  if (!syncer_) syncer_ = BackgroundSyncer::Start(fd_.get(), "pack " + std::to_string(id_));
+  if (syncer_) syncer_->Wrote(bytes.size());
   return Status::Ok();
 }
 
@@ -107,7 +103,6 @@ Status PackWriter::Sync() {
   // A background sync under way leaves this one only the tail; its failure is ours too.
   if (syncer_) ZIPNN_RETURN_IF_ERROR(syncer_->Drain());
   if (::fdatasync(fd_.get()) != 0) return Status::FromErrno(errno, "pack fdatasync");
-  unsynced_ = 0;
   return Status::Ok();
 }
 

@@ -63,12 +63,11 @@ class PackWriter {
   Status Write(std::span<const uint8_t> bytes);  // at flushed_, then starts its writeback
 
   UniqueFd fd_;
-  std::unique_ptr<BackgroundSyncer> syncer_;  // started when first needed (null: none yet)
+  std::unique_ptr<BackgroundSyncer> syncer_;  // started at the first write (null: none yet)
   uint32_t id_ = 0;
   uint64_t end_ = 0;
   uint64_t committed_ = 0;
-  uint64_t flushed_ = 0;   // file offset where the buffer goes
-  uint64_t unsynced_ = 0;  // bytes written since the last sync was asked for
+  uint64_t flushed_ = 0;  // file offset where the buffer goes
   std::vector<uint8_t> buffer_;
 };
 

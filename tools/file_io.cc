@@ -87,7 +87,7 @@ bool PathExists(const std::string& path) {
 AtomicOutputFile::AtomicOutputFile(UniqueFd fd, std::string path, std::string temp_path,
                                    bool overwrite)
     : fd_(std::move(fd)),
-      syncer_(BackgroundSyncer::Start(fd_.get())),
+      syncer_(BackgroundSyncer::Start(fd_.get(), path)),
       path_(std::move(path)),
       temp_path_(std::move(temp_path)),
       overwrite_(overwrite) {}
@@ -95,7 +95,6 @@ AtomicOutputFile::AtomicOutputFile(UniqueFd fd, std::string path, std::string te
 AtomicOutputFile::AtomicOutputFile(AtomicOutputFile&& o) noexcept
     : fd_(std::move(o.fd_)),
       syncer_(std::move(o.syncer_)),
-      unsynced_(std::move(o.unsynced_)),
       path_(std::move(o.path_)),
       temp_path_(std::exchange(o.temp_path_, std::string())),
       overwrite_(o.overwrite_) {}
@@ -103,12 +102,7 @@ AtomicOutputFile::AtomicOutputFile(AtomicOutputFile&& o) noexcept
 AtomicOutputFile::~AtomicOutputFile() { Discard(); }
 
 void AtomicOutputFile::Wrote(uint64_t bytes) {
-  constexpr uint64_t kSyncStep = 8u << 20;
-  if (!syncer_ || !unsynced_) return;
-  if (unsynced_->fetch_add(bytes, std::memory_order_relaxed) + bytes >= kSyncStep) {
-    unsynced_->store(0, std::memory_order_relaxed);  // (a race only moves a sync a little)
-    syncer_->Request();
-  }
+  if (syncer_) syncer_->Wrote(bytes);
 }
 
 void AtomicOutputFile::Discard() {

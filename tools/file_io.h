@@ -3,7 +3,6 @@
 
 #include <sys/types.h>
 
-#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -61,7 +60,6 @@ class AtomicOutputFile {
 
   UniqueFd fd_;
   std::unique_ptr<BackgroundSyncer> syncer_;  // null: syncs only in Commit
-  std::unique_ptr<std::atomic<uint64_t>> unsynced_ = std::make_unique<std::atomic<uint64_t>>(0);
   std::string path_;
   std::string temp_path_;  // empty once committed or discarded
   bool overwrite_ = false;
