@@ -5,7 +5,6 @@
 
 #include <cstring>
 #include <map>
-#include <memory>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -205,27 +204,20 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
   }
   // Frames are decoded on all cores (a store is read many times faster than one core decodes);
   // what is found is reported in chunk order, as it would be one by one.
-  ThreadPool pool(0);
-  DecoderTableCache tables;
-  struct Worker {
-    explicit Worker(DecoderTableCache* t) : decoder(t) {}
-    FrameDecoder decoder;
-    std::vector<uint8_t> frame, raw;
-  };
-  std::vector<std::unique_ptr<Worker>> workers;
-  for (unsigned w = 0; w < pool.size(); ++w) workers.push_back(std::make_unique<Worker>(&tables));
+  ParallelCodec codec(0);
+  std::vector<std::vector<uint8_t>> frame(codec.threads()), raw(codec.threads());
   std::vector<Status> verdict(to_verify.size());
-  pool.ParallelFor(to_verify.size(), [&](size_t i, unsigned w) {
-    Worker& k = *workers[w];
+  (void)codec.Run(to_verify.size(), [&](size_t i, unsigned w) {
     const ChunkLocation& loc = to_verify[i].second;
-    Status st = ReadFrame(loc, k.frame);
+    Status st = ReadFrame(loc, frame[w]);
     if (st.ok()) {
-      k.raw.resize(loc.raw_size);
-      st = k.decoder.Decode(k.frame, k.raw);
+      raw[w].resize(loc.raw_size);
+      st = codec.decoder(w).Decode(frame[w], raw[w]);
     }
-    if (st.ok() && HashChunk(k.raw) != *to_verify[i].first)
+    if (st.ok() && HashChunk(raw[w]) != *to_verify[i].first)
       st = Status::ChecksumMismatch("content does not match its hash");
     verdict[i] = st;
+    return Status::Ok();  // every chunk is verified: failures are findings, not errors
   });
   for (size_t i = 0; i < to_verify.size(); ++i) {
     if (!verdict[i].ok()) {
