@@ -2,39 +2,21 @@
 // syncs meanwhile; rollbacks and reopening drop what was not committed.
 #include "index/pack.h"
 
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <stdlib.h>
-#include <unistd.h>
 
-#include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "tests/index/store_test_util.h"
+
 namespace zipnn::index {
 namespace {
 
-namespace fs = std::filesystem;
-
-class PackTest : public ::testing::Test {
+// A temporary directory (dir_) that holds the packs.
+class PackTest : public test::StoreDirTest {
  protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "zipnn-pack-test-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::vector<uint8_t> FileBytes(uint32_t id) const {
-    std::ifstream in(PackPath(dir_, id), std::ios::binary);
-    return {std::istreambuf_iterator<char>(in), {}};
-  }
-  std::string dir_;
+  std::vector<uint8_t> FileBytes(uint32_t id) const { return test::ReadAll(PackPath(dir_, id)); }
 };
 
 TEST_F(PackTest, AppendsOfEverySizeLandInOrderAcrossBackgroundSyncs) {
