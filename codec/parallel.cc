@@ -143,4 +143,85 @@ Status ParallelCodec::Run(size_t n, const std::function<Status(size_t, unsigned)
   return first;
 }
 
+Status ParallelCodec::RunOrdered(
+    size_t n, size_t window,
+    const std::function<Status(size_t, unsigned, std::vector<uint8_t>&)>& make,
+    const std::function<Status(size_t, std::span<const uint8_t>)>& consume) {
+  window = std::max<size_t>(window, 1);
+  struct Slot {
+    std::vector<uint8_t> buf;
+    bool ready = false;
+  };
+  std::vector<Slot> slots(window);
+  std::mutex mu;
+  std::condition_variable space, ready;
+  size_t consumed = 0;     // buffers [0, consumed) are consumed
+  bool consuming = false;  // a thread is in Drain
+  bool done = false;       // no more buffers will be made
+  size_t failed_at = SIZE_MAX;
+  Status first;
+  auto fail = [&](size_t i, Status s) {  // with mu held
+    if (i < failed_at) failed_at = i, first = std::move(s);
+    space.notify_all();
+  };
+  // Consumes the buffers ready in line, with mu held (released around consume).
+  auto drain = [&](std::unique_lock<std::mutex>& lk) {
+    consuming = true;
+    for (Slot* next; consumed < failed_at && (next = &slots[consumed % window])->ready;) {
+      lk.unlock();
+      Status st = consume(consumed, next->buf);
+      lk.lock();
+      if (!st.ok()) {
+        fail(consumed, std::move(st));
+        break;
+      }
+      next->ready = false;
+      consumed++;
+      space.notify_all();
+    }
+    consuming = false;
+  };
+  // With one worker, the consumer has a thread of its own so that its I/O overlaps coding. With
+  // more, the worker that finishes the buffer next in line consumes it (and any ready behind it):
+  // no thread more than cores.
+  std::thread consumer;
+  if (pool_.size() == 1) {
+    consumer = std::thread([&] {
+      std::unique_lock lk(mu);
+      for (;;) {
+        drain(lk);
+        if (done) return;
+        ready.wait(lk);
+      }
+    });
+  }
+  // Index i waits for slot i % window to be free. The indices below it are out already (the pool
+  // hands them out in order) and none of them waits, so `consumed` moves on: no deadlock.
+  pool_.ParallelFor(n, [&](size_t i, unsigned w) {
+    std::unique_lock lk(mu);
+    space.wait(lk, [&] { return failed_at < i || i < consumed + window; });
+    if (failed_at < i) return;
+    Slot& slot = slots[i % window];
+    lk.unlock();
+    Status st = make(i, w, slot.buf);
+    lk.lock();
+    if (!st.ok()) return fail(i, std::move(st));
+    slot.ready = true;
+    if (consumer.joinable()) {
+      ready.notify_one();
+    } else if (!consuming) {  // else the consuming thread checks for this buffer before it stops
+      drain(lk);
+    }
+  });
+  if (consumer.joinable()) {
+    {
+      std::lock_guard lk(mu);
+      done = true;
+    }
+    ready.notify_one();
+    consumer.join();
+  }
+  return first;
+}
+
 }  // namespace zipnn

@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
-#include <future>
 #include <string_view>
 
 #include "codec/codec.h"
@@ -19,10 +18,14 @@
 namespace zipnn::tool {
 namespace {
 
-// A batch is what is read, coded in parallel and written before the next: enough chunks to keep
-// every thread busy, few enough to bound memory.
-constexpr size_t kBatchChunksPerThread = 8;
-constexpr uint64_t kMaxBatchBytes = 256u << 20;
+// Frames coded ahead of the one being written: enough to keep every thread busy while the writer
+// waits for a slow chunk, few enough to bound memory (about 64 MiB of frames, unless chunks are
+// larger).
+size_t OrderedWindow(unsigned threads, uint64_t chunk_size) {
+  const size_t least = 2 * size_t{threads} + 2;
+  return std::max(least, std::min<size_t>(8 * size_t{threads},
+                                          (64u << 20) / std::max<uint64_t>(chunk_size, 1)));
+}
 constexpr size_t kCatPieceSize = 4u << 20;
 
 std::string_view BaseName(std::string_view path) {
@@ -80,45 +83,30 @@ Status Compress(const CompressOptions& opts) {
   ParallelCodec codec(opts.threads, enc);
 
   const std::vector<ChunkSpec>& chunks = *plan;
-  const size_t max_chunks = static_cast<size_t>(codec.threads()) * kBatchChunksPerThread;
-  std::vector<std::vector<uint8_t>> data(codec.threads()), frames, frames_writing;
-  // Batch k is written on another thread while batch k + 1 is coded (declared last: its
-  // destructor waits for the write, which uses the objects above).
-  std::future<Status> writing;
-  auto wait_for_write = [&writing] { return writing.valid() ? writing.get() : Status::Ok(); };
-  for (size_t first = 0; first < chunks.size();) {
-    size_t end = first;
-    uint64_t bytes = 0;
-    while (end < chunks.size() && end - first < max_chunks &&
-           (end == first || bytes + chunks[end].size <= kMaxBatchBytes)) {
-      // The container numbers original bytes by summing frame sizes: a gap would go unnoticed.
-      if (chunks[end].offset != chunks[first].offset + bytes) {
-        return Status::Corrupt(opts.input + ": chunk plan is not contiguous");  // a codec bug
-      }
-      bytes += chunks[end++].size;
+  for (size_t i = 1; i < chunks.size(); i++) {
+    // The container numbers original bytes by summing frame sizes: a gap would go unnoticed.
+    if (chunks[i].offset != chunks[i - 1].offset + chunks[i - 1].size) {
+      return Status::Corrupt(opts.input + ": chunk plan is not contiguous");  // a codec bug
     }
-    frames.resize(end - first);
-    // Each worker reads its own chunk: the reads run in parallel, and the chunk is in the
-    // worker's cache when it codes it.
-    ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, codec.Run(end - first, [&](size_t i, unsigned w) {
-      const ChunkSpec& c = chunks[first + i];
-      data[w].resize(c.size);
-      ZIPNN_RETURN_IF_ERROR(PreadFull(fd, c.offset, data[w]));
-      frames[i].clear();
-      return codec.encoder(w).Encode(data[w], c.dtype, frames[i], c.segments, nullptr, c.grid);
-    })));
-    ZIPNN_RETURN_IF_ERROR(WithPath(out_path, wait_for_write()));
-    std::swap(frames, frames_writing);
-    writing = std::async(std::launch::async, [&] {
-      for (const std::vector<uint8_t>& f : frames_writing) {
-        ZIPNN_RETURN_IF_ERROR(writer.Append(f));
-        out->Wrote(f.size());
-      }
-      return Status::Ok();
-    });
-    first = end;
   }
-  ZIPNN_RETURN_IF_ERROR(WithPath(out_path, wait_for_write()));
+  // Each worker reads its own chunk (the reads run in parallel, and the chunk is in the worker's
+  // cache when it codes it); frames are appended in order as they come.
+  std::vector<std::vector<uint8_t>> data(codec.threads());
+  ZIPNN_RETURN_IF_ERROR(codec.RunOrdered(
+      chunks.size(), OrderedWindow(codec.threads(), opts.chunk_size),
+      [&](size_t i, unsigned w, std::vector<uint8_t>& frame) {
+        const ChunkSpec& c = chunks[i];
+        data[w].resize(c.size);
+        frame.clear();
+        Status st = PreadFull(fd, c.offset, data[w]);
+        if (st.ok())
+          st = codec.encoder(w).Encode(data[w], c.dtype, frame, c.segments, nullptr, c.grid);
+        return WithPath(opts.input, std::move(st));
+      },
+      [&](size_t, std::span<const uint8_t> frame) {
+        out->Wrote(frame.size());
+        return WithPath(out_path, writer.Append(frame));
+      }));
   ZIPNN_RETURN_IF_ERROR(WithPath(out_path, writer.Finish()));
   ZIPNN_RETURN_IF_ERROR(out->Commit());
   if (!opts.quiet) {

@@ -242,6 +242,67 @@ TEST(ParallelCodecTest, RunReportsTheLowestFailure) {
   EXPECT_TRUE(codec.Run(0, [](size_t, unsigned) { return Status::Io("never"); }).ok());
 }
 
+TEST(ParallelCodecTest, RunOrderedConsumesInOrderWithinTheWindow) {
+  constexpr size_t kCalls = 2000;
+  for (unsigned threads : {1u, 2u, 4u}) {
+    for (size_t window : {1u, 3u, 16u}) {
+      ParallelCodec codec(threads);
+      std::atomic<size_t> out{0}, most_out{0};
+      std::vector<size_t> order;
+      std::atomic<int> consuming{0};
+      const Status st = codec.RunOrdered(
+          kCalls, window,
+          [&](size_t i, unsigned, std::vector<uint8_t>& buf) {
+            const size_t now = ++out;
+            size_t m = most_out;
+            while (now > m && !most_out.compare_exchange_weak(m, now)) {
+            }
+            buf.assign(1 + i % 7, static_cast<uint8_t>(i));  // a recycled buffer is overwritten
+            return Status::Ok();
+          },
+          [&](size_t i, std::span<const uint8_t> buf) {
+            EXPECT_EQ(++consuming, 1) << "consume calls overlap";
+            EXPECT_EQ(buf.size(), 1 + i % 7);
+            EXPECT_TRUE(std::all_of(buf.begin(), buf.end(),
+                                    [&](uint8_t b) { return b == static_cast<uint8_t>(i); }));
+            order.push_back(i);
+            out--;
+            consuming--;
+            return Status::Ok();
+          });
+      ASSERT_TRUE(st.ok()) << st.message();
+      ASSERT_EQ(order.size(), kCalls);
+      for (size_t i = 0; i < kCalls; i++) ASSERT_EQ(order[i], i);
+      EXPECT_LE(most_out, window) << threads << " threads";
+    }
+  }
+}
+
+TEST(ParallelCodecTest, RunOrderedStopsAtTheFirstFailureInOrder) {
+  constexpr size_t kCalls = 1000;
+  for (unsigned threads : {1u, 2u, 4u}) {
+    ParallelCodec codec(threads);
+    for (bool in_consume : {false, true}) {
+      size_t consumed = 0;
+      const Status st = codec.RunOrdered(
+          kCalls, 8,
+          [&](size_t i, unsigned, std::vector<uint8_t>&) {
+            if (!in_consume && (i == 300 || i == 700))
+              return Status::Io("make " + std::to_string(i));
+            return Status::Ok();
+          },
+          [&](size_t i, std::span<const uint8_t>) {
+            if (in_consume && (i == 300 || i == 700))
+              return Status::Io("consume " + std::to_string(i));
+            consumed++;
+            return Status::Ok();
+          });
+      EXPECT_EQ(st.message(), in_consume ? "consume 300" : "make 300") << threads << " threads";
+      EXPECT_EQ(consumed, 300u) << "consumed past a failure, or stopped before it";
+    }
+  }
+}
+
 TEST(ParallelCodecTest, RejectsMismatchedArguments) {
   const Workload w = MakeWorkload(0);
   ParallelCodec codec(2);
