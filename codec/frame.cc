@@ -131,7 +131,8 @@ Result<FrameInfo> ParseFrameHeader(std::span<const uint8_t> f) {
 struct FrameEncoder::Impl {
   EncodeOptions opts;
   ZSTD_CCtx* zstd = ZSTD_createCCtx();
-  std::vector<uint8_t> streams[9];  // split streams
+  std::vector<uint8_t> streams[9];  // split streams (0-7 only grow: see Scratch)
+  std::vector<uint8_t> exceptions;  // joint BF16's exception list
   std::vector<uint8_t> coded[9];    // their coded forms
   std::vector<uint8_t> tmp;
   HufPlan plan;
@@ -139,6 +140,13 @@ struct FrameEncoder::Impl {
   std::vector<uint8_t> shifted;  // the chunk with its exponents shifted
 
   ~Impl() { ZSTD_freeCCtx(zstd); }
+
+  // The first `size` bytes of split stream `s`. The buffer only grows: resizing it to each
+  // chunk's size would zero-fill the difference every time chunk sizes alternate.
+  std::span<uint8_t> Scratch(int s, size_t size) {
+    if (streams[s].size() < size) streams[s].resize(size);
+    return {streams[s].data(), size};
+  }
 
   // zstd into `out` (replacing it); false when zstd fails or saves nothing.
   bool Zstd(std::span<const uint8_t> in, int level, std::vector<uint8_t>& out) {
@@ -230,26 +238,26 @@ struct FrameEncoder::Impl {
   bool Joint(std::span<const uint8_t> chunk, internal::JointParams jp,
              std::span<const uint32_t> segments, std::vector<uint8_t>& out, double* entropy) {
     const size_t n = chunk.size() / 2, tail = chunk.size() % 2;
-    streams[0].resize(n);
-    streams[1].resize(internal::JointRestBytes(n, jp.k));
-    streams[2].clear();
-    internal::SplitJoint(chunk.data(), n, jp, streams[0].data(), streams[1].data(), streams[2]);
-    double bits = 8.0 * static_cast<double>(streams[1].size() + streams[2].size());
-    const StreamCoding coding = CodeStream(streams[0], true, segments, &bits, 0);
-    const std::span<const uint8_t> sym = coding == StreamCoding::kRaw ? streams[0] : coded[0];
-    const size_t total = 24 + sym.size() + streams[1].size() + streams[2].size() + tail;
+    const std::span<uint8_t> exps = Scratch(0, n),
+                             rest = Scratch(1, internal::JointRestBytes(n, jp.k));
+    exceptions.clear();
+    internal::SplitJoint(chunk.data(), n, jp, exps.data(), rest.data(), exceptions);
+    double bits = 8.0 * static_cast<double>(rest.size() + exceptions.size());
+    const StreamCoding coding = CodeStream(exps, true, segments, &bits, 0);
+    const std::span<const uint8_t> sym = coding == StreamCoding::kRaw ? exps : coded[0];
+    const size_t total = 24 + sym.size() + rest.size() + exceptions.size() + tail;
     if (total >= chunk.size() * (1 - opts.min_saving) && !opts.force_method) return false;
     if (total >= chunk.size()) return false;  // a frame never grows
     *entropy += bits;
     out.push_back(static_cast<uint8_t>(jp.k));
     out.push_back(static_cast<uint8_t>(jp.base));
     out.push_back(static_cast<uint8_t>(jp.base >> 8));
-    internal::PutVarint(out, streams[2].size() / 2);
+    internal::PutVarint(out, exceptions.size() / 2);
     out.push_back(static_cast<uint8_t>(coding));
     internal::PutVarint(out, sym.size());
     out.insert(out.end(), sym.begin(), sym.end());
-    out.insert(out.end(), streams[1].begin(), streams[1].end());
-    out.insert(out.end(), streams[2].begin(), streams[2].end());
+    out.insert(out.end(), rest.begin(), rest.end());
+    out.insert(out.end(), exceptions.begin(), exceptions.end());
     out.insert(out.end(), chunk.end() - tail, chunk.end());
     return true;
   }
@@ -277,9 +285,8 @@ struct FrameEncoder::Impl {
     } else {
       uint8_t* ptrs[9];
       for (int s = 0; s < l.streams; s++) {
-        streams[s].resize(l.StreamSize(s));
+        in[s] = Scratch(s, l.StreamSize(s));
         ptrs[s] = streams[s].data();
-        in[s] = streams[s];
       }
       internal::SplitStreams(dtype, l, chunk.data(), ptrs);
     }
@@ -402,11 +409,12 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
       const size_t size = DTypeSize(t), n = chunk.size() / size;
       internal::PlanShift(t, chunk.data(), n, grid, im.shift);
       if (!im.shift.shift.empty()) {
-        im.shifted.resize(chunk.size());
-        internal::ApplyShift(t, chunk.data(), im.shifted.data(), n, im.shift, false);
-        std::copy(chunk.begin() + n * size, chunk.end(), im.shifted.begin() + n * size);
+        if (im.shifted.size() < chunk.size()) im.shifted.resize(chunk.size());
+        const std::span<uint8_t> copy(im.shifted.data(), chunk.size());
+        internal::ApplyShift(t, chunk.data(), copy.data(), n, im.shift, false);
+        std::copy(chunk.begin() + n * size, chunk.end(), copy.begin() + n * size);
         im.PutShift(im.shift, out, &entropy);
-        if ((shifted = grouped(t, im.shifted))) return true;  // else as it is, below
+        if ((shifted = grouped(t, copy))) return true;  // else as it is, below
       }
     }
     return grouped(t, chunk);
