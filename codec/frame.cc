@@ -469,9 +469,10 @@ struct FrameDecoder::Impl {
   internal::ShiftPlan shift;
   ~Impl() { ZSTD_freeDCtx(zstd); }
 
+  // The first `size` bytes of scratch buffer `s`, which only grows (as the encoder's).
   std::span<uint8_t> Scratch(int s, size_t size) {
-    scratch[s].resize(size);
-    return scratch[s];
+    if (scratch[s].size() < size) scratch[s].resize(size);
+    return {scratch[s].data(), size};
   }
 
   // Decodes one stream of `want` bytes into `buf` (or points at it in place, when raw).

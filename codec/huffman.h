@@ -57,6 +57,7 @@ void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uin
 // Decode tables shared by the decoders of many threads: chunks of one tensor share their
 // tables, so whichever thread meets a table first builds it for all. Thread-safe.
 class SharedHuffmanTables;
+struct CodeLengths;
 
 // Decodes one coded stream into exactly out.size() symbols. Keeps a cache of decode tables,
 // backed by `shared` when given.
@@ -71,10 +72,9 @@ class HuffmanDecoder {
   struct Table;
 
  private:
-  const Table* GetTable(std::span<const uint8_t> desc, const std::array<uint8_t, 256>& len,
-                        bool multi);
+  const Table* GetTable(std::span<const uint8_t> desc, const CodeLengths& c, bool multi);
   std::shared_ptr<const Table> BuildTable(std::span<const uint8_t> desc, uint64_t hash,
-                                          const std::array<uint8_t, 256>& len, bool multi);
+                                          const CodeLengths& c, bool multi);
   static constexpr int kCacheSize = 8;
   SharedHuffmanTables* shared_;
   std::array<std::shared_ptr<const Table>, kCacheSize> cache_;

@@ -73,8 +73,7 @@ HuffmanDecoder::HuffmanDecoder(SharedHuffmanTables* shared) : shared_(shared) {}
 HuffmanDecoder::~HuffmanDecoder() = default;
 
 const HuffmanDecoder::Table* HuffmanDecoder::GetTable(std::span<const uint8_t> desc,
-                                                      const std::array<uint8_t, 256>& len,
-                                                      bool multi) {
+                                                      const CodeLengths& c, bool multi) {
   const uint64_t hash = XXH3_64bits(desc.data(), desc.size());
   for (const auto& c : cache_) {
     if (c && SameTable(*c, hash, desc, multi)) return c.get();
@@ -82,7 +81,7 @@ const HuffmanDecoder::Table* HuffmanDecoder::GetTable(std::span<const uint8_t> d
   std::shared_ptr<const Table> t;
   if (shared_ != nullptr) t = shared_->Find(hash, desc, multi);
   if (!t) {
-    t = BuildTable(desc, hash, len, multi);
+    t = BuildTable(desc, hash, c, multi);
     if (shared_ != nullptr) shared_->Put(t);
   }
   auto& slot = cache_[next_victim_];
@@ -92,7 +91,8 @@ const HuffmanDecoder::Table* HuffmanDecoder::GetTable(std::span<const uint8_t> d
 }
 
 std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
-    std::span<const uint8_t> desc, uint64_t hash, const std::array<uint8_t, 256>& len, bool multi) {
+    std::span<const uint8_t> desc, uint64_t hash, const CodeLengths& c, bool multi) {
+  const std::array<uint8_t, 256>& len = c.len;
   auto t = std::make_shared_for_overwrite<Table>();  // every entry is written below
   t->hash = hash;
   t->desc.assign(desc.begin(), desc.end());
@@ -100,14 +100,15 @@ std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
   // Canonical codes follow in code order (length, then symbol), each taking the next
   // 2^(kL - length) windows of the table: a counting sort by length gives the order, and the
   // table fills in runs, without the codes themselves. ReadTable has checked the code complete.
-  int start[kL + 2] = {};  // where each length's symbols start in `order`
-  for (int s = 0; s < 256; s++)
-    if (len[s]) start[len[s] + 1]++;
+  // Only [lo, hi] has codes; symbols without one sort first, as length 0, and are skipped.
+  int start[kL + 2] = {};  // where each length's symbols start in `sorted`
+  for (int s = c.lo; s <= c.hi; s++) start[len[s] + 1]++;
   for (int l = 1; l <= kL + 1; l++) start[l] += start[l - 1];
-  uint8_t order[256];
-  for (int s = 0; s < 256; s++)
-    if (len[s]) order[start[len[s]]++] = static_cast<uint8_t>(s);
-  const int nsyms = start[kL];  // (each start[l] has moved on to the next length's)
+  const int unused = start[1];
+  uint8_t sorted[256];
+  for (int s = c.lo; s <= c.hi; s++) sorted[start[len[s]]++] = static_cast<uint8_t>(s);
+  const uint8_t* order = sorted + unused;
+  const int nsyms = start[kL] - unused;  // (each start[l] has moved on to the next length's)
   for (int i = 0, x = 0; i < nsyms; i++) {
     const uint8_t s = order[i];
     const int run = 1 << (kL - len[s]);
@@ -280,7 +281,7 @@ bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out,
   if (!r.GetVarint(&nblocks) || nblocks > out.size() || (nblocks == 0 && !out.empty()))
     return false;
   size_t pos = 0;
-  std::array<uint8_t, 256> len;
+  CodeLengths lengths;
   for (uint64_t b = 0; b < nblocks; b++) {
     uint64_t count;
     uint8_t mode;
@@ -295,14 +296,11 @@ bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out,
       continue;
     }
     const uint8_t* desc_begin = r.pos() - 1;
-    if (!ReadTable(r, mode, len)) return false;
+    if (!ReadTable(r, mode, lengths)) return false;
     // Several symbols per lookup pay where codes are short and the block long enough to build
     // the table; where no two codes fit in a lookup, the one-symbol table is leaner.
-    int min_len = kL;
-    for (int s = 0; s < 256; s++)
-      if (len[s]) min_len = std::min<int>(min_len, len[s]);
-    const bool fits = 2 * min_len <= kL;
-    const Table* t = GetTable({desc_begin, static_cast<size_t>(r.pos() - desc_begin)}, len,
+    const bool fits = 2 * lengths.min_len <= kL;
+    const Table* t = GetTable({desc_begin, static_cast<size_t>(r.pos() - desc_begin)}, lengths,
                               fits && count >= kMinMultiSymbols);
     const bool multi = fits && t->has_multi;  // built for a longer block: free to use here
     uint64_t size[4];

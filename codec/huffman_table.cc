@@ -272,15 +272,23 @@ void WriteTable(const HufBlockPlan& b, std::vector<uint8_t>& out) {
   }
 }
 
-bool ReadTable(ByteReader& r, uint8_t mode, std::array<uint8_t, 256>& len) {
+bool ReadTable(ByteReader& r, uint8_t mode, CodeLengths& c) {
   uint8_t lo, hi;
   if ((mode != 1 && mode != 2) || !r.GetU8(&lo) || !r.GetU8(&hi) || hi <= lo) return false;
+  std::array<uint8_t, 256>& len = c.len;
   len.fill(0);
   if (!(mode == 1 ? ReadNibbles(r, lo, hi, len) : ReadDeltas(r, lo, hi, len))) return false;
   if (!len[lo] || !len[hi]) return false;
+  c.lo = lo;
+  c.hi = hi;
   int64_t kraft = 0;
-  for (int i = 0; i < 256; i++)
-    if (len[i]) kraft += int64_t{1} << (kL - len[i]);
+  int min_len = kL;
+  for (int i = lo; i <= hi; i++) {
+    const int l = len[i];  // (0: no code, masked out without a branch)
+    kraft += (int64_t{1} << (kL - l)) & -int64_t{l != 0};
+    min_len = std::min(min_len, l ? l : kL);
+  }
+  c.min_len = min_len;
   return kraft == kTableSize;
 }
 

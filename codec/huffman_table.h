@@ -20,7 +20,14 @@ int BuildLengths(const Histogram& h, std::array<uint8_t, 256>& len);
 void AssignCodes(const std::array<uint8_t, 256>& len, std::array<uint32_t, 256>& code);
 // Appends a block's serialized table (format in docs/format.md).
 void WriteTable(const HufBlockPlan& b, std::vector<uint8_t>& out);
-// Parses a mode-1 or mode-2 table (after its mode byte) into `len`; checks the code is complete.
-bool ReadTable(ByteReader& r, uint8_t mode, std::array<uint8_t, 256>& len);
+// Code lengths as a table gives them: only symbols in [lo, hi] have codes, which lets a decoder
+// skip the rest of the alphabet (exponent tables use a few dozen symbols of 256).
+struct CodeLengths {
+  std::array<uint8_t, 256> len;
+  int lo = 0, hi = 0;
+  int min_len = kL;  // the shortest code's length
+};
+// Parses a mode-1 or mode-2 table (after its mode byte); checks the code is complete.
+bool ReadTable(ByteReader& r, uint8_t mode, CodeLengths& c);
 
 }  // namespace zipnn::internal
