@@ -7,8 +7,9 @@
 // live chunks plus at most `max_free_bytes`.
 //
 // Until the cache is full, every decoded chunk needs fresh memory, which the kernel must map and
-// clear: ~70 us per 256 KiB in a VM (measured here), a quarter of a random read. A thread of low
-// priority keeps `reserve_bytes` of the free list mapped ahead, so a read finds its buffer ready.
+// clear, and which in a VM may trap again on its first access from user space: 70 to 350 us per
+// 256 KiB (measured here), up to half of a random read. A thread of low priority keeps
+// `reserve_bytes` of the free list mapped and touched ahead, so a read finds its buffer ready.
 #pragma once
 
 #include <algorithm>
