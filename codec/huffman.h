@@ -58,6 +58,7 @@ void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uin
 // tables, so whichever thread meets a table first builds it for all. Thread-safe.
 class SharedHuffmanTables;
 struct CodeLengths;
+class TableMemory;
 
 // Decodes one coded stream into exactly out.size() symbols. Keeps a cache of decode tables,
 // backed by `shared` when given.
@@ -77,6 +78,7 @@ class HuffmanDecoder {
                                           const CodeLengths& c, bool multi);
   static constexpr int kCacheSize = 8;
   SharedHuffmanTables* shared_;
+  std::shared_ptr<TableMemory> memory_;  // the shared tables' when shared, else our own
   std::array<std::shared_ptr<const Table>, kCacheSize> cache_;
   std::vector<uint64_t> levels_ = std::vector<uint64_t>(2u << kHufMaxBits);  // table-build scratch
   int next_victim_ = 0;
@@ -84,14 +86,17 @@ class HuffmanDecoder {
 
 class SharedHuffmanTables {
  public:
-  explicit SharedHuffmanTables(size_t max_tables) : max_tables_(max_tables) {}
+  explicit SharedHuffmanTables(size_t max_tables);
+  ~SharedHuffmanTables();
   // The table described by `desc` (with `multi`, one that has the multi-symbol part), or null.
   std::shared_ptr<const HuffmanDecoder::Table> Find(uint64_t hash, std::span<const uint8_t> desc,
                                                     bool multi);
   void Put(std::shared_ptr<const HuffmanDecoder::Table> table);
 
  private:
+  friend class HuffmanDecoder;
   const size_t max_tables_;
+  const std::shared_ptr<TableMemory> memory_;
   std::mutex mu_;
   std::unordered_map<uint64_t, std::shared_ptr<const HuffmanDecoder::Table>> tables_;
   std::deque<uint64_t> order_;  // insertion order, for eviction
