@@ -38,8 +38,10 @@ FileReader::FileReader(index::Store& store, const FileReaderOptions& opts)
       pool_(BufferPool::Create(opts.chunk_size, std::min<uint64_t>(16u << 20, opts.cache_size),
                                std::min<uint64_t>(8u << 20, opts.cache_size / 2))),
       // Fully read chunks are cheap to keep only while they fit in a small budget: beyond it,
-      // recycling their warm buffers beats holding bytes the kernel caches anyway.
-      cache_(opts.cache_size, std::min<uint64_t>(opts.cache_size / 4, 32u << 20)) {
+      // recycling their warm buffers beats holding bytes the kernel caches anyway. Every buffer
+      // the budget adds is fresh memory at first (a page-fault trap per page in a VM): 8 MiB
+      // instead of 32 halved a fresh mount's faults over a model and cut its CPU by 6%.
+      cache_(opts.cache_size, std::min<uint64_t>(opts.cache_size / 4, 8u << 20)) {
   if (opts_.prefetch == 0) return;
   PrefetcherOptions p;
   p.workers =
