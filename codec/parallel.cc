@@ -2,6 +2,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include "codec/codec.h"
@@ -186,14 +187,17 @@ Status ParallelCodec::RunOrdered(
   // no thread more than cores.
   std::thread consumer;
   if (pool_.size() == 1) {
-    consumer = std::thread([&] {
-      std::unique_lock lk(mu);
-      for (;;) {
-        drain(lk);
-        if (done) return;
-        ready.wait(lk);
-      }
-    });
+    try {
+      consumer = std::thread([&] {
+        std::unique_lock lk(mu);
+        for (;;) {
+          drain(lk);
+          if (done) return;
+          ready.wait(lk);
+        }
+      });
+    } catch (const std::system_error&) {  // no thread to be had: the worker consumes too
+    }
   }
   // Index i waits for slot i % window to be free. The indices below it are out already (the pool
   // hands them out in order) and none of them waits, so `consumed` moves on: no deadlock.
