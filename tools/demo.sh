@@ -78,4 +78,4 @@ echo "== unmount"
 fusermount3 -u "$mnt"
 flock "$store/LOCK" true
 echo "ok: unmounted; store verified clean:"
-"$zipnnfs" fsck "$store" --quick
+"$zipnnfs" fsck "$store"
