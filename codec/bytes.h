@@ -42,6 +42,13 @@ inline void PutVarint(std::vector<uint8_t>& out, uint64_t v) {
   out.insert(out.end(), buf, PutVarint(buf, v));
 }
 
+// The first `n` bytes of `v`, a scratch buffer that only grows: resizing it to each use's size
+// would zero-fill the difference every time sizes alternate.
+inline std::span<uint8_t> GrowTo(std::vector<uint8_t>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return {v.data(), n};
+}
+
 // A bounds-checked reader over a byte span: every read fails cleanly past the end.
 class ByteReader {
  public:

@@ -131,7 +131,7 @@ Result<FrameInfo> ParseFrameHeader(std::span<const uint8_t> f) {
 struct FrameEncoder::Impl {
   EncodeOptions opts;
   ZSTD_CCtx* zstd = ZSTD_createCCtx();
-  std::vector<uint8_t> streams[9];  // split streams (0-7 only grow: see Scratch)
+  std::vector<uint8_t> streams[9];  // split streams (0-7 only grow: see internal::GrowTo)
   std::vector<uint8_t> exceptions;  // joint BF16's exception list
   std::vector<uint8_t> coded[9];    // their coded forms
   std::vector<uint8_t> tmp;
@@ -141,12 +141,7 @@ struct FrameEncoder::Impl {
 
   ~Impl() { ZSTD_freeCCtx(zstd); }
 
-  // The first `size` bytes of split stream `s`. The buffer only grows: resizing it to each
-  // chunk's size would zero-fill the difference every time chunk sizes alternate.
-  std::span<uint8_t> Scratch(int s, size_t size) {
-    if (streams[s].size() < size) streams[s].resize(size);
-    return {streams[s].data(), size};
-  }
+  std::span<uint8_t> Scratch(int s, size_t size) { return internal::GrowTo(streams[s], size); }
 
   // zstd into `out` (replacing it); false when zstd fails or saves nothing.
   bool Zstd(std::span<const uint8_t> in, int level, std::vector<uint8_t>& out) {
@@ -285,8 +280,9 @@ struct FrameEncoder::Impl {
     } else {
       uint8_t* ptrs[9];
       for (int s = 0; s < l.streams; s++) {
-        in[s] = Scratch(s, l.StreamSize(s));
-        ptrs[s] = streams[s].data();
+        const std::span<uint8_t> buf = Scratch(s, l.StreamSize(s));
+        in[s] = buf;
+        ptrs[s] = buf.data();
       }
       internal::SplitStreams(dtype, l, chunk.data(), ptrs);
     }
@@ -409,8 +405,7 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
       const size_t size = DTypeSize(t), n = chunk.size() / size;
       internal::PlanShift(t, chunk.data(), n, grid, im.shift);
       if (!im.shift.shift.empty()) {
-        if (im.shifted.size() < chunk.size()) im.shifted.resize(chunk.size());
-        const std::span<uint8_t> copy(im.shifted.data(), chunk.size());
+        const std::span<uint8_t> copy = internal::GrowTo(im.shifted, chunk.size());
         internal::ApplyShift(t, chunk.data(), copy.data(), n, im.shift, false);
         std::copy(chunk.begin() + n * size, chunk.end(), copy.begin() + n * size);
         im.PutShift(im.shift, out, &entropy);
@@ -469,11 +464,7 @@ struct FrameDecoder::Impl {
   internal::ShiftPlan shift;
   ~Impl() { ZSTD_freeDCtx(zstd); }
 
-  // The first `size` bytes of scratch buffer `s`, which only grows (as the encoder's).
-  std::span<uint8_t> Scratch(int s, size_t size) {
-    if (scratch[s].size() < size) scratch[s].resize(size);
-    return {scratch[s].data(), size};
-  }
+  std::span<uint8_t> Scratch(int s, size_t size) { return internal::GrowTo(scratch[s], size); }
 
   // Decodes one stream of `want` bytes into `buf` (or points at it in place, when raw).
   Status DecodeStream(StreamCoding coding, std::span<const uint8_t> data, std::span<uint8_t> buf,

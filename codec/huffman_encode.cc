@@ -208,8 +208,7 @@ void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uin
     }
     // The lanes go to scratch (reused, so never cleared), then behind their sizes in `out`.
     const size_t room = cap[0] + cap[1] + cap[2] + cap[3];
-    if (plan.lanes.size() < room) plan.lanes.resize(room);
-    uint8_t* base = plan.lanes.data();
+    uint8_t* base = GrowTo(plan.lanes, room).data();
     uint8_t* region[4];
     region[0] = base;
     for (int k = 1; k < 4; k++) region[k] = region[k - 1] + cap[k - 1];
