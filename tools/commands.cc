@@ -104,8 +104,9 @@ Status Compress(const CompressOptions& opts) {
         return WithPath(opts.input, std::move(st));
       },
       [&](size_t, std::span<const uint8_t> frame) {
+        ZIPNN_RETURN_IF_ERROR(WithPath(out_path, writer.Append(frame)));
         out->Wrote(frame.size());
-        return WithPath(out_path, writer.Append(frame));
+        return Status::Ok();
       }));
   ZIPNN_RETURN_IF_ERROR(WithPath(out_path, writer.Finish()));
   ZIPNN_RETURN_IF_ERROR(out->Commit());
