@@ -224,6 +224,16 @@ class ThreadPool {
   // all are done. `worker` is in [0, size()) and no two concurrent calls of fn share one.
   // One ParallelFor at a time per pool.
   void ParallelFor(size_t n, const std::function<void(size_t i, unsigned worker)>& fn);
+  // A pipeline without barriers: make(i, worker, buf) fills a buffer for every i in [0, n) on the
+  // pool, and consume(i, buf) takes the buffers strictly in order of i, one call at a time, on
+  // whichever pool thread finishes the next one in line (or a thread of its own when the pool
+  // has one thread, so that consuming overlaps making). At most `window` buffers are made and
+  // not yet consumed (buffers are recycled: make must not assume them empty). Stops at the first
+  // failure in order of i and returns it.
+  Status RunOrdered(
+      size_t n, size_t window,
+      const std::function<Status(size_t i, unsigned worker, std::vector<uint8_t>& buf)>& make,
+      const std::function<Status(size_t i, std::span<const uint8_t> buf)>& consume);
 
  private:
   struct Impl;
@@ -248,15 +258,13 @@ class ParallelCodec {
   // around the worker's codec contexts (reading and writing where the data is hot in cache).
   // Once a call fails, calls not yet started are skipped; returns the failure of lowest i.
   Status Run(size_t n, const std::function<Status(size_t i, unsigned worker)>& fn);
-  // A pipeline without barriers: make(i, worker, buf) fills a buffer for every i in [0, n) on the
-  // pool, and consume(i, buf) takes the buffers strictly in order of i, one call at a time, on
-  // whichever pool thread finishes the next one in line. At most `window` buffers are made and
-  // not yet consumed (buffers are recycled: make must not assume them empty). Stops at the first
-  // failure in order of i and returns it.
+  // ThreadPool::RunOrdered on this codec's pool (make uses the worker's codec contexts).
   Status RunOrdered(
       size_t n, size_t window,
       const std::function<Status(size_t i, unsigned worker, std::vector<uint8_t>& buf)>& make,
-      const std::function<Status(size_t i, std::span<const uint8_t> buf)>& consume);
+      const std::function<Status(size_t i, std::span<const uint8_t> buf)>& consume) {
+    return pool_.RunOrdered(n, window, make, consume);
+  }
   FrameEncoder& encoder(unsigned worker) { return *encoders_[worker]; }
   FrameDecoder& decoder(unsigned worker) { return *decoders_[worker]; }
 

@@ -144,7 +144,7 @@ Status ParallelCodec::Run(size_t n, const std::function<Status(size_t, unsigned)
   return first;
 }
 
-Status ParallelCodec::RunOrdered(
+Status ThreadPool::RunOrdered(
     size_t n, size_t window,
     const std::function<Status(size_t, unsigned, std::vector<uint8_t>&)>& make,
     const std::function<Status(size_t, std::span<const uint8_t>)>& consume) {
@@ -186,7 +186,7 @@ Status ParallelCodec::RunOrdered(
   // more, the worker that finishes the buffer next in line consumes it (and any ready behind it):
   // no thread more than cores.
   std::thread consumer;
-  if (pool_.size() == 1) {
+  if (size() == 1) {
     try {
       consumer = std::thread([&] {
         std::unique_lock lk(mu);
@@ -201,7 +201,7 @@ Status ParallelCodec::RunOrdered(
   }
   // Index i waits for slot i % window to be free. The indices below it are out already (the pool
   // hands them out in order) and none of them waits, so `consumed` moves on: no deadlock.
-  pool_.ParallelFor(n, [&](size_t i, unsigned w) {
+  ParallelFor(n, [&](size_t i, unsigned w) {
     std::unique_lock lk(mu);
     space.wait(lk, [&] { return failed_at < i || i < consumed + window; });
     if (failed_at < i) return;

@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <future>
 #include <string_view>
 #include <vector>
 
@@ -181,42 +180,30 @@ namespace {
 
 Status WriteRange(Store& store, ThreadPool& pool, uint64_t ino, uint64_t begin, uint64_t end,
                   int fd, const std::string& label) {
+  // Pieces of about 4 MiB, cut at chunk ends so that no chunk is decoded twice: decoded on all
+  // cores, written in order as they come.
   constexpr uint64_t kPiece = 4u << 20;
-  const size_t batch = 2 * size_t{pool.size()};
-  std::vector<std::vector<uint8_t>> decoding(batch), writing(batch);
-  std::vector<uint64_t> from(batch + 1);
-  std::vector<Status> status(batch);
-  std::future<Status> written;
-  auto wait_written = [&written] { return written.valid() ? written.get() : Status::Ok(); };
-  for (uint64_t off = begin; off < end;) {
-    // Cut pieces at chunk ends, so that no chunk is decoded twice.
-    size_t n = 0;
-    for (from[0] = off; n < batch && off < end; from[++n] = off) {
-      Result<std::vector<ChunkLocation>> chunks = store.ChunksInRange(ino, off, kPiece);
-      if (!chunks.ok()) return WithPath(label, chunks.status());
-      const uint64_t chunk_end =
-          chunks->empty() ? off : chunks->back().file_offset + chunks->back().raw_size;
-      if (chunk_end <= off) return Status::Corrupt(label + ": file ends early in the store");
-      off = std::min(chunk_end, end);
-    }
-    pool.ParallelFor(n, [&](size_t i, unsigned) {
-      decoding[i].resize(from[i + 1] - from[i]);
-      Result<size_t> got = store.Read(ino, from[i], decoding[i]);
-      status[i] = !got.ok()                    ? got.status()
-                  : *got != decoding[i].size() ? Status::Corrupt("file ends early in the store")
-                                               : Status::Ok();
-    });
-    ZIPNN_RETURN_IF_ERROR(wait_written());
-    for (size_t i = 0; i < n; ++i) {
-      if (!status[i].ok()) return WithPath(label, status[i]);
-    }
-    std::swap(decoding, writing);
-    written = std::async(std::launch::async, [&writing, fd, n] {
-      for (size_t i = 0; i < n; ++i) ZIPNN_RETURN_IF_ERROR(WriteFull(fd, writing[i]));
-      return Status::Ok();
-    });
+  std::vector<uint64_t> from{begin};
+  for (uint64_t off = begin; off < end; from.push_back(off)) {
+    Result<std::vector<ChunkLocation>> chunks = store.ChunksInRange(ino, off, kPiece);
+    if (!chunks.ok()) return WithPath(label, chunks.status());
+    const uint64_t chunk_end =
+        chunks->empty() ? off : chunks->back().file_offset + chunks->back().raw_size;
+    if (chunk_end <= off) return Status::Corrupt(label + ": file ends early in the store");
+    off = std::min(chunk_end, end);
   }
-  return WithPath(label, wait_written());
+  return WithPath(label,
+                  pool.RunOrdered(
+                      from.size() - 1, 2 * size_t{pool.size()} + 2,
+                      [&](size_t i, unsigned, std::vector<uint8_t>& buf) -> Status {
+                        buf.resize(from[i + 1] - from[i]);
+                        Result<size_t> got = store.Read(ino, from[i], buf);
+                        if (!got.ok()) return got.status();
+                        if (*got != buf.size())
+                          return Status::Corrupt("file ends early in the store");
+                        return Status::Ok();
+                      },
+                      [&](size_t, std::span<const uint8_t> buf) { return WriteFull(fd, buf); }));
 }
 
 Status ExportNode(Store& store, ThreadPool& pool, uint64_t ino, const std::string& dest,
