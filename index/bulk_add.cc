@@ -182,18 +182,33 @@ std::unique_ptr<BulkTask> BulkAddImpl::NextTask() {
         if (t->last_batch) job_.reset();
         return t;
       }
+      if (opening_) {  // its tasks come next: wait for them
+        work_cv_.wait(lock);
+        continue;
+      }
       if (next_entry_ < entries_.size()) {
         const size_t entry = next_entry_++;
         space_cv_.notify_one();
         BulkEntry& e = *entries_[entry];
         if (e.kind == BulkEntry::Kind::kFile) {
-          Status st = OpenJob(entry, e);
-          if (st.ok()) continue;
+          // Opened and planned (a header read and parsed) without the lock, which the writer and
+          // the other workers need meanwhile. Entries are never moved, only freed once committed.
+          opening_ = true;
+          lock.unlock();
+          Result<std::shared_ptr<FileJob>> job = OpenJob(entry, e);
+          lock.lock();
+          opening_ = false;
+          work_cv_.notify_all();
+          result_cv_.notify_one();  // the writer may wait to know whether anything is left
+          if (job.ok()) {
+            job_ = std::move(*job);
+            continue;
+          }
           auto t = std::make_unique<BulkTask>();  // the writer reports it in its turn
           t->seq = next_seq_++;
           t->entry = entry;
           t->e = &e;
-          t->status = st;
+          t->status = job.status();
           return t;
         }
         auto t = std::make_unique<BulkTask>();  // nothing to compute
@@ -213,7 +228,7 @@ std::unique_ptr<BulkTask> BulkAddImpl::NextTask() {
   }
 }
 
-Status BulkAddImpl::OpenJob(size_t entry, BulkEntry& e) {
+Result<std::shared_ptr<FileJob>> BulkAddImpl::OpenJob(size_t entry, BulkEntry& e) {
   auto job = std::make_shared<FileJob>();
   job->entry = entry;
   if (e.fd.valid()) {
@@ -237,8 +252,7 @@ Status BulkAddImpl::OpenJob(size_t entry, BulkEntry& e) {
       PlanChunks(e.name, read_at, static_cast<uint64_t>(job->before.st_size), plan_opts);
   if (!plan.ok()) return plan.status();
   job->plan = std::move(*plan);
-  job_ = std::move(job);
-  return Status::Ok();
+  return job;
 }
 
 // The first batch to claim a chunk the store lacks codes it; a later batch leaves it to that one
@@ -265,7 +279,9 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
   size_t bound = 0;
   for (size_t i = t.first; i < t.last; ++i) bound += MaxFrameSize(plan[i].size);
   t.frame_data.clear();
-  t.frame_data.reserve(bound);  // no reallocation while coding
+  // No reallocation while coding; and room to spare, so a recycled buffer is seldom too small
+  // next time (a new one means fresh pages, whose first write costs more than the copy).
+  if (t.frame_data.capacity() < bound) t.frame_data.reserve(bound + bound / 4);
   t.extents.resize(t.last - t.first);
   std::unordered_set<ChunkHash, rec::ChunkHashHasher> seen;
   // A chunk at a time, so it is still in cache when it is hashed and coded. The read

@@ -3,8 +3,9 @@
 // Three kinds of threads share one ordered sequence of tasks:
 //  - the caller queues entries (directories, symlinks, files, times);
 //  - workers take tasks in sequence order: a worker that finds no file in progress opens and
-//    plans the next queued file, then hands out its chunks in batches; a batch is read, hashed,
-//    checked against the store and compressed by whichever worker took it. Non-file entries
+//    plans the next queued file (without the lock; the others wait for its tasks), then hands
+//    out its chunks in batches; a batch is read, hashed, checked against the store and
+//    compressed by whichever worker took it. Non-file entries
 //    become tasks without work. At most `window_` tasks are out between the writer and the
 //    newest one, which bounds memory;
 //  - the writer consumes tasks strictly in sequence order: it appends new frames to the pack
@@ -99,8 +100,8 @@ class BulkAddImpl final : public BulkAdd {
   void Stop(bool abandon);
   // ---- workers (bulk_add.cc) ----
   void WorkerLoop(unsigned worker);
-  std::unique_ptr<BulkTask> NextTask();        // null: no more work
-  Status OpenJob(size_t entry, BulkEntry& e);  // with mutex_ held
+  std::unique_ptr<BulkTask> NextTask();                                  // null: no more work
+  Result<std::shared_ptr<FileJob>> OpenJob(size_t entry, BulkEntry& e);  // without mutex_
   Status RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uint8_t>& buf);
   bool Claim(const ChunkHash& h, uint64_t seq);
   // ---- writer (bulk_commit.cc) ----
@@ -125,6 +126,7 @@ class BulkAddImpl final : public BulkAdd {
   std::vector<std::unique_ptr<BulkEntry>> entries_;  // freed once committed
   size_t next_entry_ = 0;                            // the next entry to hand out
   std::shared_ptr<FileJob> job_;                     // the file being handed out
+  bool opening_ = false;  // a worker is opening the next file (whose tasks come next)
   uint64_t next_seq_ = 0, consumed_ = 0;
   std::map<uint64_t, std::unique_ptr<BulkTask>> results_;  // done, waiting for the writer
   // Frame buffers the writer is done with: reusing them spares page faults on fresh memory.

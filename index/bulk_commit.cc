@@ -40,7 +40,8 @@ void BulkAddImpl::WriterLoop() {
           results_.erase(it);
           break;
         }
-        if (closed_ && next_entry_ == entries_.size() && !job_ && consumed_ == next_seq_) {
+        if (closed_ && next_entry_ == entries_.size() && !job_ && !opening_ &&
+            consumed_ == next_seq_) {
           done = true;
           break;
         }
