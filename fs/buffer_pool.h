@@ -9,7 +9,8 @@
 // Until the cache is full, every decoded chunk needs fresh memory, which the kernel must map and
 // clear, and which in a VM may trap again on its first access from user space: 70 to 350 us per
 // 256 KiB (measured here), up to half of a random read. A thread of low priority keeps
-// `reserve_bytes` of the free list mapped and touched ahead, so a read finds its buffer ready.
+// `reserve_bytes` of the free list mapped and touched ahead, so a read finds its buffer ready,
+// and maps it 2 MiB at a time on transparent huge pages where it can: one trap per 2 MiB.
 #pragma once
 
 #include <algorithm>
