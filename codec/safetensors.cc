@@ -42,43 +42,153 @@ std::optional<StDType> ParseDType(const std::string& s) {
   return std::nullopt;
 }
 
-// Parses one tensor entry; offsets become absolute.
-Status ParseTensor(const std::string& name, const nlohmann::json& v, uint64_t data_start,
-                   uint64_t data_size, TensorInfo* t) {
-  if (!v.is_object()) return Bad(name + ": not an object");
-  auto dt = v.find("dtype");
-  auto shape = v.find("shape");
-  auto offs = v.find("data_offsets");
-  if (dt == v.end() || !dt->is_string() || shape == v.end() || !shape->is_array() ||
-      offs == v.end() || !offs->is_array() || offs->size() != 2)
+// One tensor entry as read: what ParseTensor checks.
+struct RawTensor {
+  std::optional<std::string> dtype;
+  std::vector<uint64_t> shape;
+  std::vector<uint64_t> offsets;
+  bool has_shape = false, has_offsets = false;
+};
+
+// Checks one tensor entry and fills `t`; offsets become absolute.
+Status ParseTensor(std::string name, const RawTensor& r, uint64_t data_start, uint64_t data_size,
+                   TensorInfo* t) {
+  if (!r.dtype || !r.has_shape || !r.has_offsets || r.offsets.size() != 2)
     return Bad(name + ": needs dtype, shape and data_offsets");
-  std::optional<StDType> d = ParseDType(dt->get<std::string>());
-  if (!d) return Bad(name + ": unknown dtype " + dt->get<std::string>());
-  t->name = name;
+  std::optional<StDType> d = ParseDType(*r.dtype);
+  if (!d) return Bad(name + ": unknown dtype " + *r.dtype);
   t->dtype = d->coded_as;
+  t->shape = r.shape;
   unsigned __int128 elements = 1;
-  for (const auto& dim : *shape) {
-    if (!dim.is_number_unsigned()) return Bad(name + ": bad shape");
-    t->shape.push_back(dim.get<uint64_t>());
-    elements *= t->shape.back();
+  for (uint64_t dim : t->shape) {
+    elements *= dim;
     // (each dimension too: after a zero one, the product no longer bounds them)
-    if (elements > (uint64_t{1} << 62) || t->shape.back() > (uint64_t{1} << 62))
+    if (elements > (uint64_t{1} << 62) || dim > (uint64_t{1} << 62))
       return Bad(name + ": shape too large");
   }
   if (d->lanes > 1) {  // the shape in coded elements
     if (t->shape.empty()) t->shape.push_back(1);
     t->shape.back() *= d->lanes;
   }
-  if (!(*offs)[0].is_number_unsigned() || !(*offs)[1].is_number_unsigned())
-    return Bad(name + ": bad data_offsets");
-  const uint64_t b = (*offs)[0].get<uint64_t>(), e = (*offs)[1].get<uint64_t>();
+  const uint64_t b = r.offsets[0], e = r.offsets[1];
   if (b > e || e > data_size) return Bad(name + ": data_offsets out of bounds");
   if (elements * d->bits != static_cast<unsigned __int128>(e - b) * 8)
     return Bad(name + ": size does not match shape");
+  t->name = std::move(name);
   t->begin = data_start + b;
   t->end = data_start + e;
   return Status::Ok();
 }
+
+// Reads the header's tensors straight from parser events (nlohmann's SAX interface), without the
+// document tree, which was most of the time of parsing: 2.3 us per tensor over the corpus's 5290.
+// The top level is an object of tensor objects and "__metadata__" (an object, not looked into);
+// in a tensor, dtype is a string, shape and data_offsets arrays of unsigned integers, other
+// fields are skipped.
+class HeaderReader {
+ public:
+  HeaderReader(uint64_t data_start, uint64_t data_size)
+      : data_start_(data_start), data_size_(data_size) {}
+
+  Status status;
+  std::vector<TensorInfo> tensors;
+
+  bool null() { return Scalar(); }
+  bool boolean(bool) { return Scalar(); }
+  bool number_integer(int64_t) { return Scalar(); }  // negative: never a dimension or offset
+  bool number_float(double, const std::string&) { return Scalar(); }
+  bool binary(nlohmann::json::binary_t&) { return Scalar(); }
+  bool number_unsigned(uint64_t v) {
+    if (skip_ == 0 && depth_ == 3) {
+      (field_ == Field::kShape ? raw_.shape : raw_.offsets).push_back(v);
+      return true;
+    }
+    return Scalar();
+  }
+  bool string(std::string& s) {
+    if (skip_ == 0 && depth_ == 2 && field_ == Field::kDtype) {
+      raw_.dtype = std::move(s);
+      return true;
+    }
+    return Scalar();
+  }
+  bool key(std::string& k) {  // (inside a skipped value too: the next key resets it)
+    if (depth_ == 1) {
+      name_ = std::move(k);
+    } else {
+      field_ = k == "dtype"          ? Field::kDtype
+               : k == "shape"        ? Field::kShape
+               : k == "data_offsets" ? Field::kOffsets
+                                     : Field::kOther;
+    }
+    return true;
+  }
+  bool start_object(size_t) {
+    if (skip_ > 0 || (depth_ == 2 && field_ == Field::kOther)) return Skip();
+    if (depth_ == 1 && name_ == "__metadata__") return Skip();
+    if (depth_ >= 2) return Scalar();  // an object where an array or a string belongs
+    if (depth_ == 1) raw_ = RawTensor{};
+    ++depth_;
+    return true;
+  }
+  bool end_object() {
+    if (skip_ > 0) return --skip_, true;
+    if (--depth_ == 1) {
+      TensorInfo t;
+      status = ParseTensor(std::move(name_), raw_, data_start_, data_size_, &t);
+      tensors.push_back(std::move(t));
+      return status.ok();
+    }
+    return true;
+  }
+  bool start_array(size_t) {
+    if (skip_ > 0 || (depth_ == 2 && field_ == Field::kOther)) return Skip();
+    if (depth_ != 2 || field_ == Field::kDtype) return Scalar();
+    (field_ == Field::kShape ? raw_.has_shape : raw_.has_offsets) = true;
+    (field_ == Field::kShape ? raw_.shape : raw_.offsets).clear();
+    ++depth_;
+    return true;
+  }
+  bool end_array() {
+    if (skip_ > 0) return --skip_, true;
+    --depth_;
+    return true;
+  }
+  bool parse_error(size_t, const std::string&, const nlohmann::detail::exception&) {
+    return Fail("not a JSON object");
+  }
+
+ private:
+  enum class Field { kDtype, kShape, kOffsets, kOther };
+
+  // A value that is not a container, or a container where none belongs.
+  bool Scalar() {
+    if (skip_ > 0 || (depth_ == 2 && field_ == Field::kOther)) return true;
+    if (depth_ == 0) return Fail("not a JSON object");
+    if (depth_ == 1) {
+      return Fail(name_ == "__metadata__" ? "__metadata__ is not an object"
+                                          : name_ + ": not an object");
+    }
+    if (depth_ == 3)
+      return Fail(name_ + (field_ == Field::kShape ? ": bad shape" : ": bad data_offsets"));
+    return Fail(name_ + ": needs dtype, shape and data_offsets");
+  }
+  bool Skip() {
+    ++skip_;
+    return true;
+  }
+  bool Fail(const std::string& why) {
+    status = Bad(why);
+    return false;
+  }
+
+  const uint64_t data_start_, data_size_;
+  int depth_ = 0;  // 1: in the top object; 2: in a tensor; 3: in its shape or data_offsets
+  int skip_ = 0;   // depth inside a value that is skipped (metadata, unknown fields)
+  std::string name_;
+  Field field_ = Field::kOther;
+  RawTensor raw_;
+};
 
 }  // namespace
 
@@ -91,19 +201,13 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const ReadAtFn& read, uint64_t 
   if (n < 2 || n > file_size - 8) return Bad("length beyond the end of the file");
   std::string text(n, '\0');
   ZIPNN_RETURN_IF_ERROR(read(8, {reinterpret_cast<uint8_t*>(text.data()), text.size()}));
-  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return Bad("not a JSON object");
   SafetensorsHeader h;
   h.data_start = 8 + n;
-  for (const auto& [name, v] : j.items()) {
-    if (name == "__metadata__") {
-      if (!v.is_object()) return Bad("__metadata__ is not an object");
-      continue;
-    }
-    TensorInfo t;
-    ZIPNN_RETURN_IF_ERROR(ParseTensor(name, v, h.data_start, file_size - h.data_start, &t));
-    h.tensors.push_back(std::move(t));
+  HeaderReader reader(h.data_start, file_size - h.data_start);
+  if (!nlohmann::json::sax_parse(text, &reader)) {
+    return reader.status.ok() ? Bad("not a JSON object") : reader.status;
   }
+  h.tensors = std::move(reader.tensors);
   std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
     return a.begin < b.begin || (a.begin == b.begin && a.end < b.end);
   });

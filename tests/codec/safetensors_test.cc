@@ -416,6 +416,26 @@ TEST(SafetensorsHeaderTest, AcceptsUnorderedPaddedAndEmptyHeaders) {
   EXPECT_TRUE(ParseSafetensorsHeader(test::MemoryReader(zf), zf.size()).ok());
 }
 
+TEST(SafetensorsHeaderTest, SkipsMetadataAndUnknownFieldsWhateverTheyHold) {
+  // Fields a tensor does not need, and metadata, may nest objects and arrays that look like
+  // tensor fields; none of it is taken for the tensor's own.
+  const std::string j =
+      "{\"__metadata__\":{\"format\":\"pt\",\"x\":{\"dtype\":\"F64\",\"shape\":[9],"
+      "\"data_offsets\":[0,72]},\"y\":[[1],{\"shape\":[2]}]},"
+      "\"w\":{\"extra\":{\"shape\":[5],\"dtype\":\"U8\",\"data_offsets\":[1,2]},"
+      "\"dtype\":\"F32\",\"more\":[[3,4],{\"a\":null}],\"shape\":[2,2],\"note\":\"x\","
+      "\"data_offsets\":[0,16],\"tail\":[\"shape\",1.5,-1,true]}}";
+  const Bytes f = test::MakeSafetensors(j, Bytes(16, 0));
+  auto h = ParseSafetensorsHeader(test::MemoryReader(f), f.size());
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  ASSERT_EQ(h->tensors.size(), 1u);
+  EXPECT_EQ(h->tensors[0].name, "w");
+  EXPECT_EQ(h->tensors[0].dtype, DType::kF32);
+  EXPECT_EQ(h->tensors[0].shape, (std::vector<uint64_t>{2, 2}));
+  EXPECT_EQ(h->tensors[0].begin, DataStart(f));
+  EXPECT_EQ(h->tensors[0].end, DataStart(f) + 16);
+}
+
 struct BadHeader {
   const char* what;
   std::string json;
