@@ -10,6 +10,7 @@
 // only): u8 k, u16 base, varint escape count E, the symbol stream (u8 coding + varint length +
 // bytes), the raw bit planes, E u16 escapes, the trailing byte (see joint_bf16.h).
 #include <xxhash.h>
+#define ZSTD_STATIC_LINKING_ONLY  // ZSTD_customMem: stable since 1.4, exported by libzstd
 #include <zstd.h>
 #if defined(__x86_64__)
 #include <xxh_x86dispatch.h>  // picks the AVX2 XXH3 kernel at run time where the CPU has it
@@ -17,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "codec/byte_groups.h"
@@ -25,6 +27,7 @@
 #include "codec/exponent_shift.h"
 #include "codec/huffman.h"
 #include "codec/joint_bf16.h"
+#include "codec/page_buffer.h"
 
 namespace zipnn {
 namespace {
@@ -84,6 +87,38 @@ double HuffmanBoundBits(std::span<const uint8_t> d) {
   return bits;
 }
 
+// zstd's working memory, its large tables (a compression context at level 3 holds ~1 MiB) on
+// huge pages, as a fresh context's would otherwise cost a page-fault trap per 4 KiB (see
+// page_buffer.h); small blocks from malloc. A tag byte before each block says which.
+constexpr size_t kZstdBigBlock = 256u << 10, kZstdBigHeader = 64, kZstdSmallHeader = 16;
+
+void* ZstdAlloc(void*, size_t size) {
+  if (size >= kZstdBigBlock) {
+    uint8_t* p = MapHugePages(size + kZstdBigHeader);
+    if (p == nullptr) return nullptr;
+    internal::Store64(p, size + kZstdBigHeader);
+    p[kZstdBigHeader - 1] = 1;
+    return p + kZstdBigHeader;
+  }
+  auto* p = static_cast<uint8_t*>(std::malloc(size + kZstdSmallHeader));
+  if (p == nullptr) return nullptr;
+  p[kZstdSmallHeader - 1] = 0;
+  return p + kZstdSmallHeader;
+}
+
+void ZstdFree(void*, void* block) {
+  if (block == nullptr) return;
+  auto* p = static_cast<uint8_t*>(block);
+  if (p[-1] == 1) {
+    uint8_t* base = p - kZstdBigHeader;
+    UnmapPages(base, internal::Load64(base));
+  } else {
+    std::free(p - kZstdSmallHeader);
+  }
+}
+
+constexpr ZSTD_customMem kZstdMemory = {ZstdAlloc, ZstdFree, nullptr};
+
 }  // namespace
 
 uint64_t Checksum(std::span<const uint8_t> data) {
@@ -130,7 +165,7 @@ Result<FrameInfo> ParseFrameHeader(std::span<const uint8_t> f) {
 
 struct FrameEncoder::Impl {
   EncodeOptions opts;
-  ZSTD_CCtx* zstd = ZSTD_createCCtx();
+  ZSTD_CCtx* zstd = ZSTD_createCCtx_advanced(kZstdMemory);
   std::vector<uint8_t> streams[9];  // split streams (0-7 only grow: see internal::GrowTo)
   std::vector<uint8_t> exceptions;  // joint BF16's exception list
   std::vector<uint8_t> coded[9];    // their coded forms
@@ -138,6 +173,7 @@ struct FrameEncoder::Impl {
   HufPlan plan;
   internal::ShiftPlan shift;
   std::vector<uint8_t> shifted;  // the chunk with its exponents shifted
+  std::vector<uint8_t> frame;    // EncodeTo's frame, before it is copied out
 
   ~Impl() { ZSTD_freeCCtx(zstd); }
 
@@ -452,6 +488,18 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
           : static_cast<uint8_t>((joint ? kFlagJoint : 0) | (shifted ? kFlagShift : 0));
   WriteHeader(out.data() + start, method, coded_as, flags, raw, payload, sum);
   return Status::Ok();
+}
+
+Result<size_t> FrameEncoder::EncodeTo(std::span<const uint8_t> chunk, DType dtype,
+                                      std::span<uint8_t> dst, std::span<const uint32_t> segments,
+                                      const TensorGrid& grid) {
+  if (dst.size() < MaxFrameSize(chunk.size()))
+    return Status::InvalidArgument("frame buffer too small");
+  std::vector<uint8_t>& frame = impl_->frame;
+  frame.clear();
+  ZIPNN_RETURN_IF_ERROR(Encode(chunk, dtype, frame, segments, nullptr, grid));
+  std::copy(frame.begin(), frame.end(), dst.begin());
+  return frame.size();
 }
 
 // ---- Decoder -------------------------------------------------------------------------------

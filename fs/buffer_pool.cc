@@ -7,11 +7,11 @@
 #include <algorithm>
 #include <system_error>
 
+#include "codec/page_buffer.h"
+
 namespace zipnn::fs {
 
 namespace {
-
-constexpr size_t kHugePage = 2u << 20;
 
 uint8_t* MapBuffer(size_t bytes) {
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
@@ -19,29 +19,12 @@ uint8_t* MapBuffer(size_t bytes) {
   return p == MAP_FAILED ? nullptr : static_cast<uint8_t*>(p);
 }
 
-// Maps `bytes` starting on a 2 MiB boundary, advised to transparent huge pages, and writes a
-// byte of every page. A new page's first write from user space is costly where the hypervisor
-// shadows page tables (this machine's does): 2.5-3.2 us per KiB with 4 KiB pages, measured here,
-// but 0.07-0.9 us per KiB where the kernel gives a huge page (one trap per 2 MiB), and writes to
-// it are faster after too (fewer TLB misses). Without huge pages, touching on the reserve thread
-// still leaves readers only warm memory.
-uint8_t* MapTouched(size_t bytes) {
-  const size_t span = bytes + kHugePage;
-  void* m = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m == MAP_FAILED) return nullptr;
-  const auto base = reinterpret_cast<uintptr_t>(m);
-  const uintptr_t start = (base + kHugePage - 1) & ~uintptr_t{kHugePage - 1};
-  if (start > base) ::munmap(m, start - base);
-  if (base + span > start + bytes)
-    ::munmap(reinterpret_cast<void*>(start + bytes), base + span - start - bytes);
-  auto* p = reinterpret_cast<uint8_t*>(start);
-  (void)::madvise(p, bytes, MADV_HUGEPAGE);  // a hint: without it, 4 KiB pages
-  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-  for (size_t i = 0; i < bytes; i += page) reinterpret_cast<volatile uint8_t*>(p)[i] = 0;
-  return p;
-}
-
 }  // namespace
+
+size_t BufferPool::PageRound(size_t bytes) {
+  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  return (bytes + page - 1) / page * page;
+}
 
 std::shared_ptr<BufferPool> BufferPool::Create(size_t unit, size_t max_free_bytes,
                                                size_t reserve_bytes) {
@@ -81,12 +64,20 @@ std::unique_ptr<BufferPool::Buffer> BufferPool::Get(size_t size) {
 }
 
 bool BufferPool::FillReserve() {
-  // Units come a huge page's worth at a time (they are unmapped one by one all the same).
-  const size_t batch = std::clamp<size_t>((kHugePage + unit_ - 1) / unit_, 1, reserve_);
+  // Units come on huge pages, a huge page's worth or more at a time, and are touched here:
+  // readers find them warm (see codec/page_buffer.h). They are unmapped one by one all the same.
+  const size_t mapped = (unit_ + kHugePageSize - 1) / kHugePageSize * kHugePageSize;
+  const size_t batch = mapped / unit_;
+  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
   std::unique_lock lock(mu_);
   while (Short() && !stop_) {
     lock.unlock();
-    uint8_t* p = MapTouched(batch * unit_);
+    uint8_t* p = MapHugePages(mapped);
+    if (p != nullptr) {
+      if (mapped > batch * unit_) ::munmap(p + batch * unit_, mapped - batch * unit_);
+      for (size_t i = 0; i < batch * unit_; i += page)
+        reinterpret_cast<volatile uint8_t*>(p)[i] = 0;
+    }
     lock.lock();
     if (p == nullptr) return false;
     for (size_t i = 0; i < batch; ++i) {

@@ -58,9 +58,10 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
 
  private:
   BufferPool(size_t unit, size_t max_free_bytes, size_t reserve_bytes)
-      : unit_(unit),
+      : unit_(PageRound(unit)),  // units are mapped and unmapped on their own
         max_free_(max_free_bytes),
-        reserve_(std::min((reserve_bytes + unit - 1) / unit, max_free_bytes / unit)) {}
+        reserve_(std::min((reserve_bytes + unit_ - 1) / unit_, max_free_bytes / unit_)) {}
+  static size_t PageRound(size_t bytes);
   void Put(uint8_t* data, size_t mapped);
   bool Short() const { return free_.size() < reserve_; }  // with mu_ held
   void RefillLoop();

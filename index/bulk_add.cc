@@ -278,10 +278,12 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
   }
   size_t bound = 0;
   for (size_t i = t.first; i < t.last; ++i) bound += MaxFrameSize(plan[i].size);
-  t.frame_data.clear();
-  // No reallocation while coding; and room to spare, so a recycled buffer is seldom too small
-  // next time (a new one means fresh pages, whose first write costs more than the copy).
-  if (t.frame_data.capacity() < bound) t.frame_data.reserve(bound + bound / 4);
+  // Room to spare, so that a recycled buffer is seldom too small next time: a new one is fresh
+  // memory (see page_buffer.h).
+  if (t.frame_data.capacity() < bound && !t.frame_data.Reserve(bound + bound / 4)) {
+    return Status::FromErrno(ENOMEM, "frame buffer");
+  }
+  t.frame_bytes = 0;
   t.extents.resize(t.last - t.first);
   std::unordered_set<ChunkHash, rec::ChunkHashHasher> seen;
   // A chunk at a time, so it is still in cache when it is hashed and coded. The read
@@ -302,10 +304,13 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
     if (!Claim(h, t.seq)) continue;
     NewFrame& f = t.frames.emplace_back();
     f.hash = h;
-    f.offset = t.frame_data.size();
-    ZIPNN_RETURN_IF_ERROR(encoder.Encode(buf, c.dtype, t.frame_data, c.segments, nullptr, c.grid));
-    Result<FrameInfo> info =
-        ParseFrameHeader(std::span(t.frame_data).subspan(f.offset, kFrameHeaderSize));
+    f.offset = t.frame_bytes;
+    const std::span<uint8_t> dst(t.frame_data.data() + f.offset, bound);
+    Result<size_t> size = encoder.EncodeTo(buf, c.dtype, dst, c.segments, c.grid);
+    if (!size.ok()) return size.status();
+    bound -= *size;
+    t.frame_bytes += *size;
+    Result<FrameInfo> info = ParseFrameHeader(dst.first(kFrameHeaderSize));
     if (!info.ok()) return info.status();
     f.info = *info;
   }

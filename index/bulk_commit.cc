@@ -149,13 +149,13 @@ Status BulkAddImpl::Consume(BulkTask& t) {
     size_t run_begin = 0, run_end = 0;
     auto flush_run = [&]() -> Status {
       if (run_end == run_begin) return Status::Ok();
-      Status st = pack.Append(std::span(t.frame_data).subspan(run_begin, run_end - run_begin));
+      Status st = pack.Append({t.frame_data.data() + run_begin, run_end - run_begin});
       run_begin = run_end;
       return st;
     };
     for (size_t j = 0; j < t.frames.size(); ++j) {
       const NewFrame& f = t.frames[j];
-      const size_t end = j + 1 < t.frames.size() ? t.frames[j + 1].offset : t.frame_data.size();
+      const size_t end = j + 1 < t.frames.size() ? t.frames[j + 1].offset : t.frame_bytes;
       MDB_val v;
       Status got = written_.count(f.hash) != 0
                        ? Status::Ok()  // an earlier batch of this group has it
@@ -180,6 +180,8 @@ Status BulkAddImpl::Consume(BulkTask& t) {
     }
     Status st = flush_run();
     if (!st.ok()) return Labeled(*t.e, st);
+  }
+  if (t.frame_data.capacity() != 0) {
     std::lock_guard lock(mutex_);
     spare_buffers_.push_back(std::move(t.frame_data));
   }

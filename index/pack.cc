@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <utility>
@@ -64,13 +65,15 @@ Result<PackWriter> PackWriter::Open(const std::string& packs_dir, uint32_t pack_
 }
 
 Status PackWriter::Append(std::span<const uint8_t> frame) {
-  if (buffer_.size() + frame.size() > kWriteBufferSize || frame.size() >= kDirectWriteSize) {
+  if (buffered_ + frame.size() > kWriteBufferSize || frame.size() >= kDirectWriteSize) {
     ZIPNN_RETURN_IF_ERROR(Flush());
   }
   if (frame.size() >= kDirectWriteSize) {
     ZIPNN_RETURN_IF_ERROR(Write(frame));
   } else {
-    buffer_.insert(buffer_.end(), frame.begin(), frame.end());
+    if (!buffer_.Reserve(kWriteBufferSize)) return Status::FromErrno(ENOMEM, "pack buffer");
+    std::copy(frame.begin(), frame.end(), buffer_.data() + buffered_);
+    buffered_ += frame.size();
   }
   end_ += frame.size();
   return Status::Ok();
@@ -92,9 +95,9 @@ Status PackWriter::Write(std::span<const uint8_t> bytes) {
 }
 
 Status PackWriter::Flush() {
-  if (buffer_.empty()) return Status::Ok();
-  ZIPNN_RETURN_IF_ERROR(Write(buffer_));
-  buffer_.clear();
+  if (buffered_ == 0) return Status::Ok();
+  ZIPNN_RETURN_IF_ERROR(Write({buffer_.data(), buffered_}));
+  buffered_ = 0;
   return Status::Ok();
 }
 
@@ -109,9 +112,9 @@ Status PackWriter::Sync() {
 Status PackWriter::Truncate(uint64_t offset) {
   if (offset < committed_ || offset > end_) return Status::InvalidArgument("pack truncate");
   if (offset >= flushed_) {
-    buffer_.resize(offset - flushed_);
+    buffered_ = offset - flushed_;
   } else {
-    buffer_.clear();
+    buffered_ = 0;
     flushed_ = offset;
     if (::ftruncate(fd_.get(), static_cast<off_t>(offset)) != 0) {
       return Status::FromErrno(errno, "pack truncate");
@@ -125,7 +128,7 @@ Status PackWriter::Rollback() {
   // Everything committed was synced before its commit: a background failure since concerns only
   // the bytes dropped here, and must not fail the next group.
   if (syncer_) (void)syncer_->Drain();
-  buffer_.clear();
+  buffered_ = 0;
   end_ = flushed_ = committed_;
   if (::ftruncate(fd_.get(), static_cast<off_t>(committed_)) != 0) {
     return Status::FromErrno(errno, "pack truncate");

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "codec/container.h"
+#include "codec/page_buffer.h"
 #include "codec/status.h"
 
 namespace zipnn::index {
@@ -68,7 +69,8 @@ class PackWriter {
   uint64_t end_ = 0;
   uint64_t committed_ = 0;
   uint64_t flushed_ = 0;  // file offset where the buffer goes
-  std::vector<uint8_t> buffer_;
+  PageBuffer buffer_;     // frames not yet written (reserved at the first)
+  size_t buffered_ = 0;   // bytes in buffer_
 };
 
 }  // namespace zipnn::index

@@ -35,6 +35,26 @@ TEST(BufferPoolTest, ReserveIsMappedAheadAndKeptWithinTheBound) {
   EXPECT_GE(pool->free_buffers(), 4u);
 }
 
+TEST(BufferPoolTest, UnitsThatAreNotWholePagesNeverShareOne) {
+  // Chunk sizes need only be multiples of 8: buffers are unmapped one by one, so each must own
+  // its pages, or unmapping one would take the start of the next with it.
+  constexpr size_t kOdd = 100000;
+  std::shared_ptr<BufferPool> pool = BufferPool::Create(kOdd, 3 * kOdd, 2 * kOdd);
+  ASSERT_TRUE(pool->FillReserve());
+  std::vector<std::unique_ptr<BufferPool::Buffer>> held;
+  for (int i = 0; i < 40; ++i) {
+    held.push_back(pool->Get(kOdd));
+    ASSERT_NE(held.back(), nullptr);
+    std::memset(held.back()->data(), i, kOdd);
+  }
+  for (int i = 0; i < 40; i += 2) held[i].reset();  // most are unmapped: the free list is full
+  for (int i = 1; i < 40; i += 2) {
+    for (size_t k = 0; k < kOdd; k += 4096) ASSERT_EQ(held[i]->data()[k], i) << k;
+    ASSERT_EQ(held[i]->data()[kOdd - 1], i);
+    std::memset(held[i]->data(), 0, kOdd);  // still mapped and writable
+  }
+}
+
 TEST(BufferPoolTest, OversizedBuffersAreNotKept) {
   std::shared_ptr<BufferPool> pool = BufferPool::Create(kUnit, 8 * kUnit);
   const size_t before = pool->free_buffers();

@@ -1,0 +1,46 @@
+#include "codec/page_buffer.h"
+
+#include <sys/mman.h>
+
+namespace zipnn {
+namespace {
+
+constexpr uintptr_t kHugePage = kHugePageSize;
+
+// Whole huge pages: a huge page needs an aligned 2 MiB all in one mapping.
+size_t HugeRound(size_t bytes) { return (bytes + kHugePage - 1) & ~(kHugePage - 1); }
+
+}  // namespace
+
+uint8_t* MapHugePages(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  bytes = HugeRound(bytes);
+  // Over-map by a huge page and trim both ends to the aligned part.
+  const size_t span = bytes + kHugePage;
+  void* m = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return nullptr;
+  const auto base = reinterpret_cast<uintptr_t>(m);
+  const uintptr_t start = (base + kHugePage - 1) & ~(kHugePage - 1);
+  if (start > base) ::munmap(m, start - base);
+  if (base + span > start + bytes) {
+    ::munmap(reinterpret_cast<void*>(start + bytes), base + span - start - bytes);
+  }
+  auto* p = reinterpret_cast<uint8_t*>(start);
+  (void)::madvise(p, bytes, MADV_HUGEPAGE);  // a hint: without it, 4 KiB pages
+  return p;
+}
+
+void UnmapPages(uint8_t* p, size_t bytes) {
+  if (p != nullptr) ::munmap(p, HugeRound(bytes));
+}
+
+bool PageBuffer::Reserve(size_t bytes) {
+  if (bytes <= capacity_) return true;
+  UnmapPages(data_, capacity_);
+  capacity_ = HugeRound(bytes);
+  data_ = MapHugePages(capacity_);
+  if (data_ == nullptr) capacity_ = 0;
+  return data_ != nullptr;
+}
+
+}  // namespace zipnn
