@@ -98,6 +98,7 @@ Status Compress(const CompressOptions& opts) {
         const ChunkSpec& c = chunks[i];
         data[w].resize(c.size);
         frame.clear();
+        frame.reserve(MaxFrameSize(c.size));  // at once: growing by steps touches more new pages
         Status st = PreadFull(fd, c.offset, data[w]);
         if (st.ok())
           st = codec.encoder(w).Encode(data[w], c.dtype, frame, c.segments, nullptr, c.grid);
