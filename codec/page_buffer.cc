@@ -5,10 +5,8 @@
 namespace zipnn {
 namespace {
 
-constexpr uintptr_t kHugePage = kHugePageSize;
-
 // Whole huge pages: a huge page needs an aligned 2 MiB all in one mapping.
-size_t HugeRound(size_t bytes) { return (bytes + kHugePage - 1) & ~(kHugePage - 1); }
+size_t HugeRound(size_t bytes) { return (bytes + kHugePageSize - 1) & ~(kHugePageSize - 1); }
 
 }  // namespace
 
@@ -16,11 +14,11 @@ uint8_t* MapHugePages(size_t bytes) {
   if (bytes == 0) return nullptr;
   bytes = HugeRound(bytes);
   // Over-map by a huge page and trim both ends to the aligned part.
-  const size_t span = bytes + kHugePage;
+  const size_t span = bytes + kHugePageSize;
   void* m = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (m == MAP_FAILED) return nullptr;
   const auto base = reinterpret_cast<uintptr_t>(m);
-  const uintptr_t start = (base + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t start = (base + kHugePageSize - 1) & ~(kHugePageSize - 1);
   if (start > base) ::munmap(m, start - base);
   if (base + span > start + bytes) {
     ::munmap(reinterpret_cast<void*>(start + bytes), base + span - start - bytes);

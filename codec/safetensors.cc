@@ -45,20 +45,18 @@ std::optional<StDType> ParseDType(const std::string& s) {
 // One tensor entry as read: what ParseTensor checks.
 struct RawTensor {
   std::optional<std::string> dtype;
-  std::vector<uint64_t> shape;
-  std::vector<uint64_t> offsets;
-  bool has_shape = false, has_offsets = false;
+  std::optional<std::vector<uint64_t>> shape, offsets;
 };
 
 // Checks one tensor entry and fills `t`; offsets become absolute.
-Status ParseTensor(std::string name, const RawTensor& r, uint64_t data_start, uint64_t data_size,
+Status ParseTensor(std::string name, RawTensor& r, uint64_t data_start, uint64_t data_size,
                    TensorInfo* t) {
-  if (!r.dtype || !r.has_shape || !r.has_offsets || r.offsets.size() != 2)
+  if (!r.dtype || !r.shape || !r.offsets || r.offsets->size() != 2)
     return Bad(name + ": needs dtype, shape and data_offsets");
   std::optional<StDType> d = ParseDType(*r.dtype);
   if (!d) return Bad(name + ": unknown dtype " + *r.dtype);
   t->dtype = d->coded_as;
-  t->shape = r.shape;
+  t->shape = std::move(*r.shape);
   unsigned __int128 elements = 1;
   for (uint64_t dim : t->shape) {
     elements *= dim;
@@ -70,7 +68,7 @@ Status ParseTensor(std::string name, const RawTensor& r, uint64_t data_start, ui
     if (t->shape.empty()) t->shape.push_back(1);
     t->shape.back() *= d->lanes;
   }
-  const uint64_t b = r.offsets[0], e = r.offsets[1];
+  const uint64_t b = (*r.offsets)[0], e = (*r.offsets)[1];
   if (b > e || e > data_size) return Bad(name + ": data_offsets out of bounds");
   if (elements * d->bits != static_cast<unsigned __int128>(e - b) * 8)
     return Bad(name + ": size does not match shape");
@@ -100,7 +98,7 @@ class HeaderReader {
   bool binary(nlohmann::json::binary_t&) { return Scalar(); }
   bool number_unsigned(uint64_t v) {
     if (skip_ == 0 && depth_ == 3) {
-      (field_ == Field::kShape ? raw_.shape : raw_.offsets).push_back(v);
+      Array()->push_back(v);
       return true;
     }
     return Scalar();
@@ -144,8 +142,7 @@ class HeaderReader {
   bool start_array(size_t) {
     if (skip_ > 0 || (depth_ == 2 && field_ == Field::kOther)) return Skip();
     if (depth_ != 2 || field_ == Field::kDtype) return Scalar();
-    (field_ == Field::kShape ? raw_.has_shape : raw_.has_offsets) = true;
-    (field_ == Field::kShape ? raw_.shape : raw_.offsets).clear();
+    Array().emplace();
     ++depth_;
     return true;
   }
@@ -160,6 +157,11 @@ class HeaderReader {
 
  private:
   enum class Field { kDtype, kShape, kOffsets, kOther };
+
+  // The array field being read (shape or data_offsets).
+  std::optional<std::vector<uint64_t>>& Array() {
+    return field_ == Field::kShape ? raw_.shape : raw_.offsets;
+  }
 
   // A value that is not a container, or a container where none belongs.
   bool Scalar() {

@@ -19,11 +19,15 @@ uint8_t* MapBuffer(size_t bytes) {
   return p == MAP_FAILED ? nullptr : static_cast<uint8_t*>(p);
 }
 
+size_t PageSize() {
+  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  return page;
+}
+
 }  // namespace
 
 size_t BufferPool::PageRound(size_t bytes) {
-  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-  return (bytes + page - 1) / page * page;
+  return (bytes + PageSize() - 1) / PageSize() * PageSize();
 }
 
 std::shared_ptr<BufferPool> BufferPool::Create(size_t unit, size_t max_free_bytes,
@@ -68,7 +72,7 @@ bool BufferPool::FillReserve() {
   // readers find them warm (see codec/page_buffer.h). They are unmapped one by one all the same.
   const size_t mapped = (unit_ + kHugePageSize - 1) / kHugePageSize * kHugePageSize;
   const size_t batch = mapped / unit_;
-  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t page = PageSize();
   std::unique_lock lock(mu_);
   while (Short() && !stop_) {
     lock.unlock();
