@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "codec/byte_groups.h"
 #include "codec/bytes.h"
@@ -89,35 +90,58 @@ double HuffmanBoundBits(std::span<const uint8_t> d) {
 
 // zstd's working memory, its large tables (a compression context at level 3 holds ~1 MiB) on
 // huge pages, as a fresh context's would otherwise cost a page-fault trap per 4 KiB (see
-// page_buffer.h); small blocks from malloc. A tag byte before each block says which.
+// page_buffer.h); small blocks from malloc. A tag byte before each block says which. zstd frees
+// and remaps its workspace whenever the inputs' sizes swing (a 16 KiB sample, then a 256 KiB
+// stream): the block it frees is kept for its next allocation, which it then does not fault in
+// again (measured: ~20 remaps of fresh huge pages per pass over the corpus without).
 constexpr size_t kZstdBigBlock = 256u << 10, kZstdBigHeader = 64, kZstdSmallHeader = 16;
 
-void* ZstdAlloc(void*, size_t size) {
-  if (size >= kZstdBigBlock) {
-    uint8_t* p = MapHugePages(size + kZstdBigHeader);
-    if (p == nullptr) return nullptr;
-    internal::Store64(p, size + kZstdBigHeader);
+class ZstdMemory {
+ public:
+  ZstdMemory() = default;
+  ZstdMemory(const ZstdMemory&) = delete;
+  ZstdMemory& operator=(const ZstdMemory&) = delete;
+  ~ZstdMemory() { UnmapPages(spare_, spare_size_); }
+
+  static void* Alloc(void* self, size_t size) {
+    if (size < kZstdBigBlock) {
+      auto* p = static_cast<uint8_t*>(std::malloc(size + kZstdSmallHeader));
+      if (p == nullptr) return nullptr;
+      p[kZstdSmallHeader - 1] = 0;
+      return p + kZstdSmallHeader;
+    }
+    auto& m = *static_cast<ZstdMemory*>(self);
+    const size_t need = size + kZstdBigHeader;
+    uint8_t* p = nullptr;
+    size_t mapped = HugePageRound(need);
+    if (m.spare_ != nullptr && m.spare_size_ >= need) {
+      p = std::exchange(m.spare_, nullptr);
+      mapped = std::exchange(m.spare_size_, 0);
+    } else if ((p = MapHugePages(need)) == nullptr) {
+      return nullptr;
+    }
+    internal::Store64(p, mapped);
     p[kZstdBigHeader - 1] = 1;
     return p + kZstdBigHeader;
   }
-  auto* p = static_cast<uint8_t*>(std::malloc(size + kZstdSmallHeader));
-  if (p == nullptr) return nullptr;
-  p[kZstdSmallHeader - 1] = 0;
-  return p + kZstdSmallHeader;
-}
 
-void ZstdFree(void*, void* block) {
-  if (block == nullptr) return;
-  auto* p = static_cast<uint8_t*>(block);
-  if (p[-1] == 1) {
+  static void Free(void* self, void* block) {
+    if (block == nullptr) return;
+    auto* p = static_cast<uint8_t*>(block);
+    if (p[-1] != 1) return std::free(p - kZstdSmallHeader);
+    auto& m = *static_cast<ZstdMemory*>(self);
     uint8_t* base = p - kZstdBigHeader;
-    UnmapPages(base, internal::Load64(base));
-  } else {
-    std::free(p - kZstdSmallHeader);
+    const size_t size = internal::Load64(base);
+    if (size < m.spare_size_) return UnmapPages(base, size);
+    UnmapPages(m.spare_, m.spare_size_);  // keep the larger
+    m.spare_ = base;
+    m.spare_size_ = size;
   }
-}
 
-constexpr ZSTD_customMem kZstdMemory = {ZstdAlloc, ZstdFree, nullptr};
+ private:
+  uint8_t* spare_ = nullptr;  // a freed big block, kept for the next
+  size_t spare_size_ = 0;
+};
 
 }  // namespace
 
@@ -165,7 +189,8 @@ Result<FrameInfo> ParseFrameHeader(std::span<const uint8_t> f) {
 
 struct FrameEncoder::Impl {
   EncodeOptions opts;
-  ZSTD_CCtx* zstd = ZSTD_createCCtx_advanced(kZstdMemory);
+  ZstdMemory zstd_memory;  // (declared before the context that uses it)
+  ZSTD_CCtx* zstd = ZSTD_createCCtx_advanced({ZstdMemory::Alloc, ZstdMemory::Free, &zstd_memory});
   std::vector<uint8_t> streams[9];  // split streams (0-7 only grow: see internal::GrowTo)
   std::vector<uint8_t> exceptions;  // joint BF16's exception list
   std::vector<uint8_t> coded[9];    // their coded forms

@@ -3,16 +3,9 @@
 #include <sys/mman.h>
 
 namespace zipnn {
-namespace {
-
-// Whole huge pages: a huge page needs an aligned 2 MiB all in one mapping.
-size_t HugeRound(size_t bytes) { return (bytes + kHugePageSize - 1) & ~(kHugePageSize - 1); }
-
-}  // namespace
-
 uint8_t* MapHugePages(size_t bytes) {
   if (bytes == 0) return nullptr;
-  bytes = HugeRound(bytes);
+  bytes = HugePageRound(bytes);
   // Over-map by a huge page and trim both ends to the aligned part.
   const size_t span = bytes + kHugePageSize;
   void* m = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -29,13 +22,13 @@ uint8_t* MapHugePages(size_t bytes) {
 }
 
 void UnmapPages(uint8_t* p, size_t bytes) {
-  if (p != nullptr) ::munmap(p, HugeRound(bytes));
+  if (p != nullptr) ::munmap(p, HugePageRound(bytes));
 }
 
 bool PageBuffer::Reserve(size_t bytes) {
   if (bytes <= capacity_) return true;
   UnmapPages(data_, capacity_);
-  capacity_ = HugeRound(bytes);
+  capacity_ = HugePageRound(bytes);
   data_ = MapHugePages(capacity_);
   if (data_ == nullptr) capacity_ = 0;
   return data_ != nullptr;

@@ -15,6 +15,11 @@ namespace zipnn {
 
 inline constexpr size_t kHugePageSize = 2u << 20;
 
+// `bytes` rounded up to whole huge pages: what MapHugePages maps for them.
+inline constexpr size_t HugePageRound(size_t bytes) {
+  return (bytes + kHugePageSize - 1) & ~(kHugePageSize - 1);
+}
+
 // Maps `bytes`, rounded up to whole huge pages (2 MiB), on a 2 MiB boundary, advised to huge
 // pages. Null when out of memory. Release with UnmapPages, with the same `bytes` or for any
 // 2 MiB-aligned part of it, its size.

@@ -70,7 +70,7 @@ std::unique_ptr<BufferPool::Buffer> BufferPool::Get(size_t size) {
 bool BufferPool::FillReserve() {
   // Units come on huge pages, a huge page's worth or more at a time, and are touched here:
   // readers find them warm (see codec/page_buffer.h). They are unmapped one by one all the same.
-  const size_t mapped = (unit_ + kHugePageSize - 1) / kHugePageSize * kHugePageSize;
+  const size_t mapped = HugePageRound(unit_);
   const size_t batch = mapped / unit_;
   const size_t page = PageSize();
   std::unique_lock lock(mu_);

@@ -147,7 +147,7 @@ Status BulkAddImpl::SetTimes(BulkDir entry, int64_t atime_ns, int64_t mtime_ns) 
 }
 
 void BulkAddImpl::WorkerLoop(unsigned worker) {
-  std::vector<uint8_t> buf;
+  PageBuffer buf;  // the chunk being read: grown, never cleared (a resize would zero it)
   for (;;) {
     std::unique_ptr<BulkTask> t = NextTask();
     if (!t) return;
@@ -266,7 +266,7 @@ bool BulkAddImpl::Claim(const ChunkHash& h, uint64_t seq) {
   return true;
 }
 
-Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uint8_t>& buf) {
+Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, PageBuffer& chunk_buf) {
   if (t.first == t.last) return Status::Ok();
   const std::vector<ChunkSpec>& plan = t.job->plan;
   {
@@ -292,7 +292,8 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
   if (!txn.ok()) return txn.status();
   for (size_t i = t.first; i < t.last; ++i) {
     const ChunkSpec& c = plan[i];
-    buf.resize(c.size);
+    if (!chunk_buf.Reserve(c.size)) return Status::FromErrno(ENOMEM, "chunk buffer");
+    const std::span<uint8_t> buf(chunk_buf.data(), c.size);
     ZIPNN_RETURN_IF_ERROR(PreadFull(t.job->fd.get(), c.offset, buf));
     const ChunkHash h = HashChunk(buf);
     t.extents[i - t.first] = {h, c.size, c.dtype};
