@@ -205,11 +205,12 @@ inline constexpr uint64_t kMaxSafetensorsHeader = 100u << 20;
 // ordered and non-overlapping, sizes matching shapes).
 Result<SafetensorsHeader> ParseSafetensorsHeader(const ReadAtFn& read, uint64_t file_size);
 
-// Plans the chunks of a file. For a `.safetensors` file (detected by name and a valid header) no
-// chunk mixes dtypes and tensors start chunks where that costs little; the header is its own
-// untyped chunk. Other files are untyped fixed-size chunks. Covers [0, file_size) in order.
-Result<std::vector<ChunkSpec>> PlanChunks(std::string_view file_name, const ReadAtFn& read,
-                                          uint64_t file_size, const PlanOptions& opts = {});
+// Plans the chunks of a file. For a safetensors file (told by its content, a valid header, not by
+// its name: the Hugging Face cache names its blobs by hash) no chunk mixes dtypes and tensors
+// start chunks where that costs little; the header is its own untyped chunk. Other files are
+// untyped fixed-size chunks. Covers [0, file_size) in order.
+Result<std::vector<ChunkSpec>> PlanChunks(const ReadAtFn& read, uint64_t file_size,
+                                          const PlanOptions& opts = {});
 
 // Plans [begin, end) of an untyped region as fixed-size chunks.
 void PlanUntyped(uint64_t begin, uint64_t end, uint32_t chunk_size, std::vector<ChunkSpec>& out);

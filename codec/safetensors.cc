@@ -12,10 +12,6 @@
 namespace zipnn {
 namespace {
 
-bool EndsWith(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
 Status Bad(const std::string& why) { return Status::Corrupt("safetensors header: " + why); }
 
 // A safetensors dtype as coded: the type its bytes are grouped as, and its size in bits (the
@@ -195,12 +191,15 @@ class HeaderReader {
 }  // namespace
 
 Result<SafetensorsHeader> ParseSafetensorsHeader(const ReadAtFn& read, uint64_t file_size) {
-  if (file_size < 8) return Bad("file shorter than 8 bytes");
-  uint8_t len_bytes[8];
-  ZIPNN_RETURN_IF_ERROR(read(0, len_bytes));
-  const uint64_t n = internal::Load64(len_bytes);
+  if (file_size < 10) return Bad("file shorter than 10 bytes");
+  uint8_t head[9];  // the length, and the JSON's first byte
+  ZIPNN_RETURN_IF_ERROR(read(0, head));
+  const uint64_t n = internal::Load64(head);
   if (n > kMaxSafetensorsHeader) return Bad("larger than 100 MiB");
   if (n < 2 || n > file_size - 8) return Bad("length beyond the end of the file");
+  // As the reference implementation requires; and a file that is not safetensors is told from
+  // its first 9 bytes, not by a parse of up to 100 MiB.
+  if (head[8] != '{') return Bad("does not start with {");
   std::string text(n, '\0');
   ZIPNN_RETURN_IF_ERROR(read(8, {reinterpret_cast<uint8_t*>(text.data()), text.size()}));
   SafetensorsHeader h;
@@ -244,16 +243,12 @@ void PlanUntyped(uint64_t begin, uint64_t end, uint32_t chunk_size, std::vector<
   }
 }
 
-Result<std::vector<ChunkSpec>> PlanChunks(std::string_view file_name, const ReadAtFn& read,
-                                          uint64_t file_size, const PlanOptions& opts) {
+Result<std::vector<ChunkSpec>> PlanChunks(const ReadAtFn& read, uint64_t file_size,
+                                          const PlanOptions& opts) {
   const uint32_t cs = opts.chunk_size;
   if (cs < 4096 || cs > kMaxChunkSize || cs % 8 != 0)
     return Status::InvalidArgument("chunk size must be a multiple of 8 in [4 KiB, 64 MiB]");
   std::vector<ChunkSpec> plan;
-  if (!EndsWith(file_name, ".safetensors")) {
-    PlanUntyped(0, file_size, cs, plan);
-    return plan;
-  }
   Result<SafetensorsHeader> h = ParseSafetensorsHeader(read, file_size);
   if (!h.ok()) {
     if (h.status().code() != StatusCode::kCorrupt) return h.status();  // an I/O error

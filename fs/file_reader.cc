@@ -188,18 +188,12 @@ void FileReader::OnOpen(uint64_t ino, uint64_t file_size) {
   // Content, not the name, says whether a file is safetensors: the Hugging Face cache names
   // its blobs by hash.
   auto tensors = std::make_shared<Tensors>();
-  uint8_t head[9];
-  if (file_size >= 2 * opts_.chunk_size && ReadBytes(ino, 0, head, file_size).ok() &&
-      head[8] == '{') {
-    uint64_t n = 0;
-    for (int i = 7; i >= 0; --i) n = (n << 8) | head[i];
-    if (n <= kMaxSafetensorsHeader && n + 8 <= file_size) {
-      Result<SafetensorsHeader> header = ParseSafetensorsHeader(
-          [&](uint64_t off, std::span<uint8_t> out) { return ReadBytes(ino, off, out, file_size); },
-          file_size);
-      if (header.ok()) {
-        for (const TensorInfo& t : header->tensors) tensors->ranges.emplace_back(t.begin, t.end);
-      }
+  if (file_size >= 2 * opts_.chunk_size) {  // (smaller files are read whole soon enough)
+    Result<SafetensorsHeader> header = ParseSafetensorsHeader(
+        [&](uint64_t off, std::span<uint8_t> out) { return ReadBytes(ino, off, out, file_size); },
+        file_size);
+    if (header.ok()) {
+      for (const TensorInfo& t : header->tensors) tensors->ranges.emplace_back(t.begin, t.end);
     }
   }
   std::lock_guard lock(mu_);

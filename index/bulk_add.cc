@@ -249,7 +249,7 @@ Result<std::shared_ptr<FileJob>> BulkAddImpl::OpenJob(size_t entry, BulkEntry& e
   PlanOptions plan_opts;
   plan_opts.chunk_size = store_.opts_.chunk_size;
   Result<std::vector<ChunkSpec>> plan =
-      PlanChunks(e.name, read_at, static_cast<uint64_t>(job->before.st_size), plan_opts);
+      PlanChunks(read_at, static_cast<uint64_t>(job->before.st_size), plan_opts);
   if (!plan.ok()) return plan.status();
   job->plan = std::move(*plan);
   return job;

@@ -96,8 +96,7 @@ Result<BenchFile> LoadFile(const std::string& path) {
     std::memcpy(out.data(), data.data() + offset, out.size());
     return Status::Ok();
   };
-  Result<std::vector<ChunkSpec>> plan =
-      PlanChunks(fs::path(path).filename().string(), read_at, data.size());
+  Result<std::vector<ChunkSpec>> plan = PlanChunks(read_at, data.size());
   if (!plan.ok()) return WithPath(path, plan.status());
   f.plan = std::move(*plan);
   std::array<uint64_t, kNumDTypes> bytes{};

@@ -28,11 +28,6 @@ size_t OrderedWindow(unsigned threads, uint64_t chunk_size) {
 }
 constexpr size_t kCatPieceSize = 4u << 20;
 
-std::string_view BaseName(std::string_view path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string_view::npos ? path : path.substr(slash + 1);
-}
-
 double SecondsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -71,8 +66,7 @@ Status Compress(const CompressOptions& opts) {
   };
   PlanOptions plan_opts;
   plan_opts.chunk_size = opts.chunk_size;
-  Result<std::vector<ChunkSpec>> plan =
-      PlanChunks(BaseName(opts.input), read_at, in->size, plan_opts);
+  Result<std::vector<ChunkSpec>> plan = PlanChunks(read_at, in->size, plan_opts);
   if (!plan.ok()) return WithPath(opts.input, plan.status());
 
   Result<AtomicOutputFile> out = AtomicOutputFile::Create(out_path, opts.force, in->mode);

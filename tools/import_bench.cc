@@ -67,8 +67,7 @@ Status LoadCorpus(const std::vector<std::string>& sources, Corpus& c) {
       std::copy_n(c.data.data() + base + off, out.size(), out.data());
       return Status::Ok();
     };
-    Result<std::vector<ChunkSpec>> plan =
-        PlanChunks(fs::path(path).filename().string(), read_at, size);
+    Result<std::vector<ChunkSpec>> plan = PlanChunks(read_at, size);
     if (!plan.ok()) return Status(plan.status().code(), path + ": " + plan.status().message());
     c.file_starts.push_back(c.plan.size());
     for (ChunkSpec& s : *plan) {

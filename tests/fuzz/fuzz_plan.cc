@@ -20,7 +20,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   };
   PlanOptions opts;
   opts.chunk_size = 4096;
-  const Result<std::vector<ChunkSpec>> plan = PlanChunks("f.safetensors", read, size, opts);
+  const Result<std::vector<ChunkSpec>> plan = PlanChunks(read, size, opts);
   Check(plan.ok());
   uint64_t pos = 0;
   for (const ChunkSpec& c : *plan) {

@@ -287,5 +287,39 @@ TEST_F(ImportTest, DedupAcrossFilesInFlightAndGroupedCommits) {
   EXPECT_TRUE(got == same);
 }
 
+// The Hugging Face cache keeps models as blobs named by hash, linked from their snapshots: a
+// blob that holds safetensors is planned as safetensors, so its chunks are the ones the same file
+// under its own name makes (and dedup finds them).
+TEST_F(ImportTest, SafetensorsBlobsWithoutTheSuffixAreTensorAware) {
+  const std::string src = dir_ + "/hub";
+  fs::create_directories(src + "/blobs");
+  fs::create_directories(src + "/snapshots/abc");
+  constexpr uint64_t kTensorBytes = 3u << 20;
+  const std::string header = SafetensorsHeader(kTensorBytes);
+  Bytes model(header.begin(), header.end());
+  model.resize(header.size() + kTensorBytes);
+  Bf16Stream(5).Next(std::span(model).subspan(header.size()));
+  WriteAll(src + "/blobs/9f86d081884c7d65", model);
+  fs::create_symlink("../../blobs/9f86d081884c7d65", src + "/snapshots/abc/model.safetensors");
+  WriteAll(dir_ + "/model.safetensors", model);
+
+  auto store = Open(true);
+  ASSERT_TRUE(store);
+  TreeSummary blob, named;
+  ASSERT_TRUE(ImportTree(*store, src, kRootInode, "hub", {}, blob).ok());
+  ASSERT_TRUE(
+      ImportTree(*store, dir_ + "/model.safetensors", kRootInode, "m.safetensors", {}, named).ok());
+  Result<InodeAttr> ino = store->LookupPath("/hub/blobs/9f86d081884c7d65");
+  ASSERT_TRUE(ino.ok());
+  Result<FileUsage> usage = store->GetFileUsage(ino->ino);
+  ASSERT_TRUE(usage.ok());
+  EXPECT_EQ(usage->raw_by_dtype[static_cast<int>(DType::kBF16)], kTensorBytes)
+      << "the tensor's chunks are coded as BF16";
+  EXPECT_EQ(named.new_frame_bytes, 0u) << "the same file under a .safetensors name adds nothing";
+  Bytes got(model.size());
+  ASSERT_EQ(*store->Read(ino->ino, 0, got), model.size());
+  EXPECT_TRUE(got == model);
+}
+
 }  // namespace
 }  // namespace zipnn::index
