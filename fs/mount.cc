@@ -48,15 +48,21 @@ struct MountConfig {
 
 #define ZIPNN_OPT(t, p) \
   { t, offsetof(MountConfig, p), 1 }
-const fuse_opt kOptions[] = {ZIPNN_OPT("cache_size=%s", cache_size),
-                             ZIPNN_OPT("log_level=%s", log_level),
-                             ZIPNN_OPT("workers=%u", workers),
-                             ZIPNN_OPT("prefetch=%u", prefetch),
-                             ZIPNN_OPT("read_ahead_kb=%u", read_ahead_kb),
-                             ZIPNN_OPT("entry_timeout=%lf", entry_timeout),
-                             ZIPNN_OPT("attr_timeout=%lf", attr_timeout),
-                             FUSE_OPT_KEY("ro", FUSE_OPT_KEY_DISCARD),  // always, for now
-                             FUSE_OPT_END};
+const fuse_opt kOptions[] = {
+    ZIPNN_OPT("cache_size=%s", cache_size), ZIPNN_OPT("log_level=%s", log_level),
+    ZIPNN_OPT("workers=%u", workers), ZIPNN_OPT("prefetch=%u", prefetch),
+    ZIPNN_OPT("read_ahead_kb=%u", read_ahead_kb), ZIPNN_OPT("entry_timeout=%lf", entry_timeout),
+    ZIPNN_OPT("attr_timeout=%lf", attr_timeout),
+    FUSE_OPT_KEY("ro", FUSE_OPT_KEY_DISCARD),  // always, for now
+    // atime flags from fstab that libfuse 3.14 does not know: a read-only mount keeps none.
+    FUSE_OPT_KEY("relatime", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("norelatime", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("strictatime", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("nostrictatime", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("lazytime", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("nolazytime", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("diratime", FUSE_OPT_KEY_DISCARD),
+    FUSE_OPT_KEY("nodiratime", FUSE_OPT_KEY_DISCARD), FUSE_OPT_END};
 #undef ZIPNN_OPT
 
 // The first non-option argument is the store; the second stays for fuse_parse_cmdline.

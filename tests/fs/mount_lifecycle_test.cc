@@ -201,6 +201,18 @@ TEST_F(FsTest, BusyMountIsStillCleanedUp) {
   ::close(fd);
 }
 
+// What an fstab line may carry (mount(8) itself drops defaults, nofail, x-systemd.* and the
+// like): the atime flags libfuse does not know are taken, not refused.
+TEST_F(FsTest, FstabAtimeOptionsMount) {
+  const std::string store = Path("store");
+  ASSERT_TRUE(BuildStore(store, {{"f", "abc"}}, kChunk).ok());
+  Mount m(store, MakeDir("mnt"),
+          {"-o", "ro,relatime,nodiratime,noatime,lazytime,nosuid,nodev,cache_size=1M"});
+  ASSERT_TRUE(m.ok()) << m.result().err;
+  EXPECT_EQ(ReadFile(m.Path("f")), "abc");
+  EXPECT_TRUE(m.Unmount());
+}
+
 TEST_F(FsTest, HelpListsEveryMountOption) {
   const CommandResult r = RunCommand(kZipnnfs, {"--help"});
   EXPECT_EQ(r.exit_code, 0);
