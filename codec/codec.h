@@ -187,7 +187,8 @@ struct PlanOptions {
 // Reads `out.size()` bytes at `offset` of the file being planned.
 using ReadAtFn = std::function<Status(uint64_t offset, std::span<uint8_t> out)>;
 
-// A parsed safetensors header: where each tensor's bytes are and their dtype.
+// A model file's tensor layout (from a safetensors or GGUF header): where each tensor's bytes are
+// and their dtype.
 struct TensorInfo {
   std::string name;
   DType dtype = DType::kBytes;  // as coded (safetensors dtypes newer than DType map to one)
@@ -195,20 +196,25 @@ struct TensorInfo {
   uint64_t begin = 0;           // absolute file offsets
   uint64_t end = 0;
 };
-struct SafetensorsHeader {
-  uint64_t data_start = 0;          // 8 + header length
+struct TensorLayout {
+  uint64_t data_start = 0;          // where the header ends
   std::vector<TensorInfo> tensors;  // ordered by begin
 };
 inline constexpr uint64_t kMaxSafetensorsHeader = 100u << 20;
 
 // Parses and strictly validates a safetensors header (size cap, dtypes, offsets in bounds,
 // ordered and non-overlapping, sizes matching shapes).
-Result<SafetensorsHeader> ParseSafetensorsHeader(const ReadAtFn& read, uint64_t file_size);
+Result<TensorLayout> ParseSafetensorsHeader(const ReadAtFn& read, uint64_t file_size);
+// The same for a GGUF file (llama.cpp), versions 2 and 3: float and integer tensors get their
+// dtype, block-quantized ones are untyped bytes up to the next tensor.
+Result<TensorLayout> ParseGgufHeader(const ReadAtFn& read, uint64_t file_size);
+// Whichever of the two the file is; kCorrupt when neither.
+Result<TensorLayout> ParseTensorLayout(const ReadAtFn& read, uint64_t file_size);
 
-// Plans the chunks of a file. For a safetensors file (told by its content, a valid header, not by
-// its name: the Hugging Face cache names its blobs by hash) no chunk mixes dtypes and tensors
-// start chunks where that costs little; the header is its own untyped chunk. Other files are
-// untyped fixed-size chunks. Covers [0, file_size) in order.
+// Plans the chunks of a file. For a safetensors or GGUF file (told by its content, a valid header,
+// not by its name: the Hugging Face cache names its blobs by hash) no chunk mixes dtypes and
+// tensors start chunks where that costs little; the header is untyped. Other files are untyped
+// fixed-size chunks. Covers [0, file_size) in order.
 Result<std::vector<ChunkSpec>> PlanChunks(const ReadAtFn& read, uint64_t file_size,
                                           const PlanOptions& opts = {});
 

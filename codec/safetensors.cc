@@ -1,4 +1,4 @@
-// safetensors awareness: parse the header strictly and plan chunks along tensors.
+// safetensors awareness: parse the header strictly; and plan chunks along tensors (of any layout).
 #include <algorithm>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -190,7 +190,7 @@ class HeaderReader {
 
 }  // namespace
 
-Result<SafetensorsHeader> ParseSafetensorsHeader(const ReadAtFn& read, uint64_t file_size) {
+Result<TensorLayout> ParseSafetensorsHeader(const ReadAtFn& read, uint64_t file_size) {
   if (file_size < 10) return Bad("file shorter than 10 bytes");
   uint8_t head[9];  // the length, and the JSON's first byte
   ZIPNN_RETURN_IF_ERROR(read(0, head));
@@ -202,7 +202,7 @@ Result<SafetensorsHeader> ParseSafetensorsHeader(const ReadAtFn& read, uint64_t 
   if (head[8] != '{') return Bad("does not start with {");
   std::string text(n, '\0');
   ZIPNN_RETURN_IF_ERROR(read(8, {reinterpret_cast<uint8_t*>(text.data()), text.size()}));
-  SafetensorsHeader h;
+  TensorLayout h;
   h.data_start = 8 + n;
   HeaderReader reader(h.data_start, file_size - h.data_start);
   if (!nlohmann::json::sax_parse(text, &reader)) {
@@ -249,10 +249,10 @@ Result<std::vector<ChunkSpec>> PlanChunks(const ReadAtFn& read, uint64_t file_si
   if (cs < 4096 || cs > kMaxChunkSize || cs % 8 != 0)
     return Status::InvalidArgument("chunk size must be a multiple of 8 in [4 KiB, 64 MiB]");
   std::vector<ChunkSpec> plan;
-  Result<SafetensorsHeader> h = ParseSafetensorsHeader(read, file_size);
+  Result<TensorLayout> h = ParseTensorLayout(read, file_size);
   if (!h.ok()) {
     if (h.status().code() != StatusCode::kCorrupt) return h.status();  // an I/O error
-    PlanUntyped(0, file_size, cs, plan);  // not valid safetensors: plain bytes
+    PlanUntyped(0, file_size, cs, plan);  // not a valid model file: plain bytes
     return plan;
   }
   PlanUntyped(0, h->data_start, cs, plan);

@@ -185,11 +185,11 @@ void FileReader::OnOpen(uint64_t ino, uint64_t file_size) {
     std::lock_guard lock(mu_);
     if (tensors_.count(ino) != 0) return;
   }
-  // Content, not the name, says whether a file is safetensors: the Hugging Face cache names
-  // its blobs by hash.
+  // Content, not the name, says whether a file is safetensors or GGUF: the Hugging Face cache
+  // names its blobs by hash.
   auto tensors = std::make_shared<Tensors>();
   if (file_size >= 2 * opts_.chunk_size) {  // (smaller files are read whole soon enough)
-    Result<SafetensorsHeader> header = ParseSafetensorsHeader(
+    Result<TensorLayout> header = ParseTensorLayout(
         [&](uint64_t off, std::span<uint8_t> out) { return ReadBytes(ino, off, out, file_size); },
         file_size);
     if (header.ok()) {

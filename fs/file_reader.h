@@ -1,5 +1,5 @@
 // FileReader: serves byte ranges of store files from decoded chunks (ChunkCache), prefetching
-// ahead of sequential streams and across a safetensors tensor when its start is read.
+// ahead of sequential streams and across a tensor (safetensors, GGUF) when its start is read.
 // Knows the store and the cache, not FUSE: the filesystem turns a ReadResult into a reply.
 #pragma once
 
@@ -47,7 +47,7 @@ class FileReader {
   // Bytes [offset, offset + size) of file `ino`, cut at its end (`file_size`). A damaged chunk
   // fails the read with its error (logged once per chunk).
   Result<ReadResult> Read(uint64_t ino, uint64_t offset, size_t size, uint64_t file_size);
-  // Called when a file is opened: learns the tensor layout of a safetensors file (once per inode).
+  // Called when a file is opened: learns the tensor layout of a model file (once per inode).
   void OnOpen(uint64_t ino, uint64_t file_size);
   // The file changed or is gone: forget what is known of its layout and streams.
   void Forget(uint64_t ino);

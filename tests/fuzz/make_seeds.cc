@@ -1,7 +1,7 @@
 // Writes seed inputs for the fuzz targets: small valid frames of every method and several element
 // types, chunks for the round-trip target and (when built with ZIPNN_FUZZ_CONTAINER) containers.
 // Usage: make_seeds OUT_DIR   (creates OUT_DIR/frame, OUT_DIR/roundtrip, OUT_DIR/container and
-// OUT_DIR/plan: small safetensors files)
+// OUT_DIR/plan: small safetensors and GGUF files)
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -145,6 +145,27 @@ int main(int argc, char** argv) {
       for (int i = 0; i < 5456; i++) f.push_back(static_cast<uint8_t>(0x3c + i % 7));
       Write(out / "plan" / ("seed" + std::to_string(n++)), f);
     }
+  }
+  {  // a GGUF file: metadata of every value kind, an F32, a BF16 matrix, a quantized tensor
+    Bytes f = {'G', 'G', 'U', 'F'};
+    auto u32 = [&f](uint32_t v) {
+      for (int i = 0; i < 4; i++) f.push_back(static_cast<uint8_t>(v >> (8 * i)));
+    };
+    auto u64 = [&f](uint64_t v) {
+      for (int i = 0; i < 8; i++) f.push_back(static_cast<uint8_t>(v >> (8 * i)));
+    };
+    auto str = [&](const std::string& s) { u64(s.size()), f.insert(f.end(), s.begin(), s.end()); };
+    u32(3), u64(3), u64(4);
+    str("general.alignment"), u32(4), u32(32);
+    str("general.name"), u32(8), str("seed");
+    str("tokens"), u32(9), u32(8), u64(2), str("a"), str("bc");
+    str("nested"), u32(9), u32(9), u64(1), u32(6), u64(1), u32(0x3f800000);
+    str("norm"), u32(1), u64(16), u32(0), u64(0);
+    str("w"), u32(2), u64(32), u64(8), u32(30), u64(64);
+    str("q"), u32(1), u64(64), u32(2), u64(576);
+    f.resize((f.size() + 31) / 32 * 32, 0);
+    for (int i = 0; i < 576 + 36; i++) f.push_back(static_cast<uint8_t>(0x3c + i % 7));
+    Write(out / "plan" / ("seed" + std::to_string(n++)), f);
   }
 #ifdef ZIPNN_FUZZ_CONTAINER
   for (size_t count : {size_t{0}, size_t{1}, size_t{3}, frames.size()}) {

@@ -1,0 +1,271 @@
+// GGUF headers: the tensor layout of llama.cpp model files, strictly validated, and chunk plans
+// along it.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "codec/codec.h"
+#include "tests/codec/test_util.h"
+
+namespace zipnn {
+namespace {
+
+using test::Bytes;
+
+// Writes GGUF files for the tests: metadata, tensor infos and data, as llama.cpp lays them out.
+struct GgufWriter {
+  struct Tensor {
+    std::string name;
+    std::vector<uint64_t> ne;  // innermost first, as ggml
+    uint32_t type;
+    Bytes data;
+    uint64_t offset = 0;  // set by Build unless forced
+    bool force_offset = false;
+  };
+  uint32_t version = 3;
+  uint32_t alignment = 32;
+  bool write_alignment = true;
+  std::vector<Tensor> tensors;
+  Bytes kv;  // extra metadata pairs, already encoded
+  uint64_t kv_count = 0;
+
+  static void U32(Bytes& b, uint32_t v) {
+    for (int i = 0; i < 4; ++i) b.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  }
+  static void U64(Bytes& b, uint64_t v) {
+    for (int i = 0; i < 8; ++i) b.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  }
+  static void Str(Bytes& b, const std::string& s) {
+    U64(b, s.size());
+    b.insert(b.end(), s.begin(), s.end());
+  }
+  void AddKvString(const std::string& key, const std::string& value) {
+    Str(kv, key), U32(kv, 8), Str(kv, value), ++kv_count;
+  }
+  void AddKvStrings(const std::string& key, size_t n) {  // an array of strings, as a vocabulary
+    Str(kv, key), U32(kv, 9), U32(kv, 8), U64(kv, n);
+    for (size_t i = 0; i < n; ++i) Str(kv, "tok" + std::to_string(i));
+    ++kv_count;
+  }
+  void AddKvNested(const std::string& key) {  // [[1, 2], [3]] of u16
+    Str(kv, key), U32(kv, 9), U32(kv, 9), U64(kv, 2);
+    U32(kv, 2), U64(kv, 2), kv.insert(kv.end(), {1, 0, 2, 0});
+    U32(kv, 2), U64(kv, 1), kv.insert(kv.end(), {3, 0});
+    ++kv_count;
+  }
+  void AddKvF32(const std::string& key) {
+    Str(kv, key), U32(kv, 6), U32(kv, 0x3f800000), ++kv_count;
+  }
+
+  // Returns the file and its data section's start.
+  Bytes Build(uint64_t* data_start = nullptr) {
+    Bytes b = {'G', 'G', 'U', 'F'};
+    U32(b, version);
+    U64(b, tensors.size());
+    U64(b, kv_count + (write_alignment ? 1 : 0));
+    if (write_alignment) Str(b, "general.alignment"), U32(b, 4), U32(b, alignment);
+    b.insert(b.end(), kv.begin(), kv.end());
+    uint64_t off = 0;
+    for (Tensor& t : tensors) {
+      if (!t.force_offset) t.offset = off;
+      off = (t.offset + t.data.size() + alignment - 1) / alignment * alignment;
+      Str(b, t.name);
+      U32(b, static_cast<uint32_t>(t.ne.size()));
+      for (uint64_t n : t.ne) U64(b, n);
+      U32(b, t.type);
+      U64(b, t.offset);
+    }
+    const uint64_t start = (b.size() + alignment - 1) / alignment * alignment;
+    b.resize(start, 0);
+    for (const Tensor& t : tensors) {
+      if (b.size() < start + t.offset + t.data.size())
+        b.resize(start + t.offset + t.data.size(), 0);
+      std::copy(t.data.begin(), t.data.end(), b.begin() + static_cast<ptrdiff_t>(start + t.offset));
+    }
+    if (data_start) *data_start = start;
+    return b;
+  }
+};
+
+// A small model: a vocabulary, norms in F32, matrices in BF16 and F16, a quantized tensor.
+GgufWriter SmallModel() {
+  GgufWriter w;
+  w.AddKvString("general.architecture", "llama");
+  w.AddKvStrings("tokenizer.ggml.tokens", 3000);
+  w.AddKvNested("test.nested");
+  w.AddKvF32("llama.rope.freq_base");
+  w.tensors.push_back(
+      {"blk.0.attn_norm.weight", {512}, 0, test::GaussianWeights(DType::kF32, 512, 0.1, 1)});
+  w.tensors.push_back({"blk.0.attn_q.weight",
+                       {512, 300},
+                       30,
+                       test::GaussianWeights(DType::kBF16, 512 * 300, 0.02, 2)});
+  w.tensors.push_back(
+      {"blk.0.ffn_up.weight", {4, 3}, 2, test::RandomBytes(3 * 18 * 4 / 32 * 8, 3)});
+  w.tensors.push_back({"blk.0.ffn_down.weight",
+                       {700, 200},
+                       1,
+                       test::GaussianWeights(DType::kF16, 700 * 200, 0.02, 4)});
+  w.tensors.push_back(
+      {"output_norm.weight", {512}, 0, test::GaussianWeights(DType::kF32, 512, 0.1, 5)});
+  return w;
+}
+
+Result<TensorLayout> Parse(const Bytes& f) {
+  return ParseGgufHeader(test::MemoryReader(f), f.size());
+}
+
+TEST(GgufTest, ParsesTheTensorLayout) {
+  GgufWriter w = SmallModel();
+  uint64_t start = 0;
+  const Bytes f = w.Build(&start);
+  Result<TensorLayout> h = Parse(f);
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  EXPECT_EQ(h->data_start, start);
+  ASSERT_EQ(h->tensors.size(), 5u);
+  const DType want[] = {DType::kF32, DType::kBF16, DType::kBytes, DType::kF16, DType::kF32};
+  for (size_t i = 0; i < 5; ++i) {
+    const TensorInfo& t = h->tensors[i];
+    EXPECT_EQ(t.name, w.tensors[i].name);
+    EXPECT_EQ(t.dtype, want[i]) << t.name;
+    EXPECT_EQ(t.begin, start + w.tensors[i].offset) << t.name;
+    if (t.dtype != DType::kBytes) {
+      EXPECT_EQ(t.end, t.begin + w.tensors[i].data.size()) << t.name;
+    }
+  }
+  // A quantized tensor runs to the next one; shapes are row-major (the innermost dim last).
+  EXPECT_EQ(h->tensors[2].end, h->tensors[3].begin);
+  EXPECT_EQ(h->tensors[1].shape, (std::vector<uint64_t>{300, 512}));
+  // ParseTensorLayout tells it apart from safetensors.
+  Result<TensorLayout> any = ParseTensorLayout(test::MemoryReader(f), f.size());
+  ASSERT_TRUE(any.ok());
+  EXPECT_EQ(any->tensors.size(), 5u);
+}
+
+TEST(GgufTest, PlansChunksAlongTensorsAndRoundTrips) {
+  const Bytes f = SmallModel().Build();
+  const Result<TensorLayout> h = Parse(f);
+  ASSERT_TRUE(h.ok());
+  PlanOptions o;
+  o.chunk_size = 64u << 10;
+  Result<std::vector<ChunkSpec>> plan = PlanChunks(test::MemoryReader(f), f.size(), o);
+  ASSERT_TRUE(plan.ok());
+  uint64_t pos = 0;
+  size_t typed = 0;
+  for (const ChunkSpec& c : *plan) {
+    EXPECT_EQ(c.offset, pos);
+    pos += c.size;
+    if (c.dtype == DType::kBytes) continue;
+    ++typed;
+    bool inside = false;  // within one tensor of its dtype
+    for (const TensorInfo& t : h->tensors)
+      inside |= t.dtype == c.dtype && t.begin <= c.offset && c.offset + c.size <= t.end;
+    EXPECT_TRUE(inside) << "chunk at " << c.offset;
+  }
+  EXPECT_EQ(pos, f.size());
+  EXPECT_GE(typed, 4u);
+  // The BF16 matrix starts its own chunk, with its columns (ne[0]) as the grid.
+  bool bf16_start = false;
+  for (const ChunkSpec& c : *plan)
+    bf16_start |=
+        c.offset == h->tensors[1].begin && c.dtype == DType::kBF16 && c.grid.columns == 512;
+  EXPECT_TRUE(bf16_start);
+  FrameEncoder enc;
+  FrameDecoder dec;
+  uint64_t stored = 0;
+  for (const ChunkSpec& c : *plan) {
+    const std::span<const uint8_t> chunk(f.data() + c.offset, c.size);
+    std::vector<uint8_t> frame;
+    ASSERT_TRUE(enc.Encode(chunk, c.dtype, frame, c.segments, nullptr, c.grid).ok());
+    Bytes back(c.size);
+    ASSERT_TRUE(dec.Decode(frame, back).ok());
+    ASSERT_TRUE(std::equal(back.begin(), back.end(), chunk.begin()));
+    stored += frame.size();
+  }
+  EXPECT_LT(stored, f.size() * 85 / 100);
+}
+
+TEST(GgufTest, HostileHeadersAreRejectedAndPlanAsBytes) {
+  auto rejected = [](const Bytes& f, const std::string& what) {
+    Result<TensorLayout> h = Parse(f);
+    EXPECT_FALSE(h.ok()) << what;
+    if (!h.ok()) {
+      EXPECT_EQ(h.status().code(), StatusCode::kCorrupt) << what;
+    }
+    PlanOptions o;
+    o.chunk_size = 4096;
+    Result<std::vector<ChunkSpec>> plan = PlanChunks(test::MemoryReader(f), f.size(), o);
+    ASSERT_TRUE(plan.ok()) << what;
+    for (const ChunkSpec& c : *plan) EXPECT_EQ(c.dtype, DType::kBytes) << what;
+  };
+  const Bytes good = SmallModel().Build();
+  // Every truncation of the header and tensor infos.
+  const uint64_t start = Parse(good)->data_start;
+  for (size_t n = 0; n < start; n += (n < 200 ? 1 : 97))
+    rejected(Bytes(good.begin(), good.begin() + n), "cut at " + std::to_string(n));
+  Bytes f = good;
+  f[4] = 1;  // version 1 (u32 counts) is not read
+  rejected(f, "version 1");
+  {
+    GgufWriter w = SmallModel();
+    w.alignment = 24;
+    rejected(w.Build(), "alignment not a power of two");
+  }
+  {
+    GgufWriter w = SmallModel();
+    (void)w.Build();                                // (sets the offsets)
+    w.tensors[3].offset = w.tensors[2].offset + 4;  // not aligned
+    w.tensors[3].force_offset = true;
+    rejected(w.Build(), "misaligned tensor");
+  }
+  {
+    GgufWriter w = SmallModel();
+    (void)w.Build();
+    w.tensors[4].offset = w.tensors[3].offset;  // on top of the F16 matrix
+    w.tensors[4].force_offset = true;
+    rejected(w.Build(), "overlapping tensors");
+  }
+  {
+    GgufWriter w = SmallModel();
+    w.tensors[1].ne = {512, 300, 1, 1, 1};
+    rejected(w.Build(), "5 dims");
+  }
+  {
+    GgufWriter w = SmallModel();
+    w.tensors[1].ne = {512, 300000};  // larger than the file
+    rejected(w.Build(), "tensor past the end");
+  }
+  {
+    GgufWriter w = SmallModel();
+    w.tensors[1].ne = {uint64_t{1} << 40, uint64_t{1} << 40};
+    rejected(w.Build(), "element count overflows");
+  }
+  // Counts and lengths far beyond the file: refused before any allocation or long loop.
+  for (size_t at : {size_t{8}, size_t{16}}) {  // tensor count, metadata count
+    f = good;
+    for (int i = 0; i < 8; ++i) f[at + i] = 0xff;
+    rejected(f, "huge count at " + std::to_string(at));
+  }
+  f = good;
+  for (int i = 0; i < 8; ++i) f[24 + i] = 0x7f;  // the first key's length
+  rejected(f, "huge string");
+  {
+    GgufWriter w;
+    GgufWriter::Str(w.kv, "a"), GgufWriter::U32(w.kv, 9), GgufWriter::U32(w.kv, 9);
+    GgufWriter::U64(w.kv, uint64_t{1} << 40);  // an array of arrays, far too many
+    w.kv_count = 1;
+    rejected(w.Build(), "huge nested array");
+    w.kv.clear();
+    GgufWriter::Str(w.kv, "a"), GgufWriter::U32(w.kv, 13);  // no such value type
+    rejected(w.Build(), "unknown value type");
+  }
+  // Not GGUF at all: other magic.
+  f = good;
+  f[0] = 'X';
+  rejected(f, "magic");
+}
+
+}  // namespace
+}  // namespace zipnn
