@@ -33,7 +33,8 @@ struct BenchFile {
   std::string path;
   std::vector<uint8_t> data;
   std::vector<ChunkSpec> plan;
-  DType dtype = DType::kBytes;  // the dtype holding most of the file's bytes
+  std::vector<ChunkSpec> tensor_plan;  // its typed chunks: the tensors, without the header
+  DType dtype = DType::kBytes;         // the dtype holding most of the file's bytes
   // Filled while its group is measured, freed after.
   std::vector<std::vector<uint8_t>> frames;
   std::vector<uint8_t> decoded;
@@ -51,7 +52,9 @@ struct GroupResult {
   uint64_t zipnn_size = 0;     // frames plus container overhead
   double entropy_bytes = 0;    // order-0 bound of the coded streams
   uint64_t zstd_size[2] = {};  // levels 1 and 3
+  uint64_t tensor_bytes = 0;   // in typed chunks
   Speed zipnn_one, zipnn_all, zstd[2];
+  Speed zipnn_tensors;  // 1 thread, typed chunks only
 };
 
 constexpr int kZstdLevels[2] = {1, 3};
@@ -99,17 +102,22 @@ Result<BenchFile> LoadFile(const std::string& path) {
   Result<std::vector<ChunkSpec>> plan = PlanChunks(read_at, data.size());
   if (!plan.ok()) return WithPath(path, plan.status());
   f.plan = std::move(*plan);
+  for (const ChunkSpec& c : f.plan)
+    if (c.dtype != DType::kBytes) f.tensor_plan.push_back(c);
   std::array<uint64_t, kNumDTypes> bytes{};
   for (const ChunkSpec& c : f.plan) bytes[static_cast<size_t>(c.dtype)] += c.size;
   f.dtype = static_cast<DType>(std::max_element(bytes.begin(), bytes.end()) - bytes.begin());
   return f;
 }
 
-Status EncodeGroup(ParallelCodec& codec, std::vector<BenchFile*>& files, GroupResult* r) {
+// `tensors`: the typed chunks only (f->tensor_plan), as the reference figures count tensor bytes.
+Status EncodeGroup(ParallelCodec& codec, std::vector<BenchFile*>& files, GroupResult* r,
+                   bool tensors = false) {
   std::vector<EncodeStats> stats;
   for (BenchFile* f : files) {
+    const std::vector<ChunkSpec>& plan = tensors ? f->tensor_plan : f->plan;
     ZIPNN_RETURN_IF_ERROR(
-        WithPath(f->path, codec.EncodeAll(f->data, 0, f->plan, f->frames, r ? &stats : nullptr)));
+        WithPath(f->path, codec.EncodeAll(f->data, 0, plan, f->frames, r ? &stats : nullptr)));
     if (!r) continue;
     r->zipnn_size += ContainerOverhead(f->frames.size());
     for (const auto& frame : f->frames) r->zipnn_size += frame.size();
@@ -118,14 +126,14 @@ Status EncodeGroup(ParallelCodec& codec, std::vector<BenchFile*>& files, GroupRe
   return Status::Ok();
 }
 
-Status DecodeGroup(ParallelCodec& codec, std::vector<BenchFile*>& files) {
+Status DecodeGroup(ParallelCodec& codec, std::vector<BenchFile*>& files, bool tensors = false) {
   std::vector<std::span<const uint8_t>> frames;
   std::vector<std::span<uint8_t>> outs;
   for (BenchFile* f : files) {
     f->decoded.resize(f->data.size());
     frames.assign(f->frames.begin(), f->frames.end());
     outs.clear();
-    for (const ChunkSpec& c : f->plan)
+    for (const ChunkSpec& c : tensors ? f->tensor_plan : f->plan)
       outs.push_back(std::span(f->decoded).subspan(c.offset, c.size));
     ZIPNN_RETURN_IF_ERROR(WithPath(f->path, codec.DecodeAll(frames, outs)));
   }
@@ -144,6 +152,25 @@ Status MeasureZipnn(ParallelCodec& codec, std::vector<BenchFile*>& files, double
       min_seconds, [&] { return DecodeGroup(codec, files); }, &error);
   ZIPNN_RETURN_IF_ERROR(error);
   for (BenchFile* f : files) ZIPNN_RETURN_IF_ERROR(CheckSame(*f, f->decoded, "zipnn"));
+  return Status::Ok();
+}
+
+// One thread on the tensors alone (the typed chunks), every decoded tensor byte checked.
+Status MeasureTensors(ParallelCodec& one, std::vector<BenchFile*>& files, double min_seconds,
+                      Speed& speed) {
+  Status error;
+  speed.compress = BestSeconds(
+      min_seconds, [&] { return EncodeGroup(one, files, nullptr, true); }, &error);
+  ZIPNN_RETURN_IF_ERROR(error);
+  speed.decompress = BestSeconds(
+      min_seconds, [&] { return DecodeGroup(one, files, true); }, &error);
+  ZIPNN_RETURN_IF_ERROR(error);
+  for (BenchFile* f : files) {
+    for (const ChunkSpec& c : f->tensor_plan) {
+      if (std::memcmp(f->decoded.data() + c.offset, f->data.data() + c.offset, c.size) != 0)
+        return Status::Corrupt(f->path + ": tensor round trip differs from the original");
+    }
+  }
   return Status::Ok();
 }
 
@@ -239,6 +266,9 @@ void PrintTables(const std::vector<GroupResult>& groups, unsigned all_threads) {
     total.bytes += g.bytes;
     total.zipnn_size += g.zipnn_size;
     total.entropy_bytes += g.entropy_bytes;
+    total.tensor_bytes += g.tensor_bytes;
+    total.zipnn_tensors.compress += g.zipnn_tensors.compress;
+    total.zipnn_tensors.decompress += g.zipnn_tensors.decompress;
     for (int l = 0; l < 2; ++l) {
       total.zstd_size[l] += g.zstd_size[l];
       total.zstd[l].compress += g.zstd[l].compress;
@@ -277,6 +307,18 @@ void PrintTables(const std::vector<GroupResult>& groups, unsigned all_threads) {
   };
   for (const GroupResult& g : groups) speed_row(std::string(DTypeName(g.dtype)).c_str(), g);
   if (groups.size() > 1) speed_row("all", total);
+
+  // As ZipNN's reference figures are measured: tensor bytes, without the files' headers (which
+  // go through zstd, at a few hundred MB/s).
+  std::printf("\n## Speed of the tensors alone (headers left out), 1 thread, MB/s\n\n");
+  std::printf("| dtype | tensor MB | zipnn compress / decompress |\n|---|--:|--:|\n");
+  auto tensor_row = [](const char* name, const GroupResult& g) {
+    std::printf("| %s | %.3f | %.0f / %.0f |\n", name, g.tensor_bytes / 1e6,
+                MBps(g.tensor_bytes, g.zipnn_tensors.compress),
+                MBps(g.tensor_bytes, g.zipnn_tensors.decompress));
+  };
+  for (const GroupResult& g : groups) tensor_row(std::string(DTypeName(g.dtype)).c_str(), g);
+  if (groups.size() > 1) tensor_row("all", total);
 }
 
 }  // namespace
@@ -331,11 +373,15 @@ Status Bench(const BenchOptions& opts) {
     GroupResult r;
     r.dtype = static_cast<DType>(t);
     r.files = members.size();
-    for (BenchFile* f : members) r.bytes += f->data.size();
+    for (BenchFile* f : members) {
+      r.bytes += f->data.size();
+      for (const ChunkSpec& c : f->tensor_plan) r.tensor_bytes += c.size;
+    }
     std::fprintf(stderr, "zipnn bench: %s: %zu files, %.1f MB...\n",
                  std::string(DTypeName(r.dtype)).c_str(), r.files, r.bytes / 1e6);
     ZIPNN_RETURN_IF_ERROR(MeasureZipnn(one, members, opts.min_seconds, r, r.zipnn_one, true));
     ZIPNN_RETURN_IF_ERROR(MeasureZipnn(all, members, opts.min_seconds, r, r.zipnn_all, false));
+    ZIPNN_RETURN_IF_ERROR(MeasureTensors(one, members, opts.min_seconds, r.zipnn_tensors));
     for (int l = 0; l < 2; ++l) {
       ZIPNN_RETURN_IF_ERROR(
           MeasureZstd(kZstdLevels[l], members, opts.min_seconds, r.zstd_size[l], r.zstd[l]));

@@ -5,6 +5,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -224,6 +226,17 @@ TEST_F(ZipnnCliTest, BenchOnGivenFiles) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("| BF16 | 1 |"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("| F32 | 1 |"), std::string::npos) << r.out;
+  // The tensors alone, as the reference figures count: each file's tensor bytes, header left out.
+  const size_t tensors = r.out.find("## Speed of the tensors alone");
+  ASSERT_NE(tensors, std::string::npos) << r.out;
+  for (const auto& [path, dtype] : {std::pair{a, "BF16"}, std::pair{b, "F32"}}) {
+    const std::string file = test::ReadAll(path);
+    uint64_t header = 0;
+    std::memcpy(&header, file.data(), 8);
+    char row[64];
+    std::snprintf(row, sizeof row, "| %s | %.3f |", dtype, (file.size() - 8 - header) / 1e6);
+    EXPECT_NE(r.out.find(row, tensors), std::string::npos) << row << "\n" << r.out;
+  }
 }
 
 TEST_F(ZipnnCliTest, CorpusRoundTrips) {
