@@ -156,7 +156,7 @@ Result<TensorLayout> ParseGgufHeader(const ReadAtFn& read, uint64_t file_size) {
   if (tensors > c.left() / 28) return Bad("more tensors than the file holds");
   TensorLayout layout;
   std::vector<uint64_t> sizes;  // bytes of typed tensors (0 for quantized ones)
-  layout.tensors.reserve(static_cast<size_t>(tensors));
+  // (No reserve: memory grows with the infos actually read, never with a declared count.)
   for (uint64_t i = 0; i < tensors; ++i) {
     TensorInfo t;
     ZIPNN_RETURN_IF_ERROR(c.String(&t.name, 256));
@@ -167,7 +167,8 @@ Result<TensorLayout> ParseGgufHeader(const ReadAtFn& read, uint64_t file_size) {
     for (uint32_t d = 0; d < dims; ++d) {
       uint64_t n;
       ZIPNN_RETURN_IF_ERROR(c.U64(&n));
-      if (n != 0 && elements > (uint64_t{1} << 62) / n) return Bad("tensor too large");
+      // (At most 2^60 elements: times an element's 8 bytes, still no overflow.)
+      if (n != 0 && elements > (uint64_t{1} << 60) / n) return Bad("tensor too large");
       elements *= n;
       t.shape.insert(t.shape.begin(), n);  // row-major, as safetensors shapes are
     }

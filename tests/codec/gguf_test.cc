@@ -241,6 +241,9 @@ TEST(GgufTest, HostileHeadersAreRejectedAndPlanAsBytes) {
     GgufWriter w = SmallModel();
     w.tensors[1].ne = {uint64_t{1} << 40, uint64_t{1} << 40};
     rejected(w.Build(), "element count overflows");
+    w.tensors[1].ne = {uint64_t{1} << 31, uint64_t{1} << 31};  // 2^62 F64s: 2^65 bytes
+    w.tensors[1].type = 28;
+    rejected(w.Build(), "byte count overflows");
   }
   // Counts and lengths far beyond the file: refused before any allocation or long loop.
   for (size_t at : {size_t{8}, size_t{16}}) {  // tensor count, metadata count
