@@ -50,7 +50,7 @@ class Cursor {
 
   Status Take(size_t n, const uint8_t** p) {  // n <= kWindow
     if (n > left()) return Bad("truncated");
-    if (pos_ < base_ || pos_ + n > base_ + window_.size()) {
+    if (pos_ + n > base_ + window_.size()) {  // (pos_ only grows: never before base_)
       // Windows grow from 64 KiB: most headers are small, vocabularies take megabytes.
       const uint64_t want = std::clamp<uint64_t>(2 * window_.size(), 64u << 10, kWindow);
       window_.resize(static_cast<size_t>(std::min(want, left())));

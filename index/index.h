@@ -282,8 +282,8 @@ class Store {
   virtual Result<InodeAttr> Symlink(uint64_t parent, std::string_view name, std::string_view target,
                                     const NewAttr& attr) = 0;
   // Stores the bytes of `source_fd` (from offset 0 to its size at the call) as file `name` in
-  // `parent`, replacing a file of that name (keeping its inode number). Safetensors content
-  // (whatever the name) gets tensor-aware chunks. Commits in one transaction.
+  // `parent`, replacing a file of that name (keeping its inode number). Safetensors and GGUF
+  // content (whatever the name) gets tensor-aware chunks. Commits in one transaction.
   virtual Result<AddResult> AddFile(uint64_t parent, std::string_view name, int source_fd,
                                     const NewAttr& attr, const AddProgressFn& progress = {}) = 0;
   // Drops unreferenced chunks and rewrites packs whose live frames fill less than

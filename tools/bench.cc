@@ -140,17 +140,23 @@ Status DecodeGroup(ParallelCodec& codec, std::vector<BenchFile*>& files, bool te
   return Status::Ok();
 }
 
+// Times compress and decompress of the group (best runs); `tensors`: of the typed chunks only.
+Status TimeGroup(ParallelCodec& codec, std::vector<BenchFile*>& files, double min_seconds,
+                 Speed& speed, bool tensors) {
+  Status error;
+  speed.compress = BestSeconds(
+      min_seconds, [&] { return EncodeGroup(codec, files, nullptr, tensors); }, &error);
+  ZIPNN_RETURN_IF_ERROR(error);
+  speed.decompress = BestSeconds(
+      min_seconds, [&] { return DecodeGroup(codec, files, tensors); }, &error);
+  return error;
+}
+
 // Measures our codec with `codec`'s threads: ratio (once), compress and decompress speeds.
 Status MeasureZipnn(ParallelCodec& codec, std::vector<BenchFile*>& files, double min_seconds,
                     GroupResult& r, Speed& speed, bool record_sizes) {
-  Status error;
   if (record_sizes) ZIPNN_RETURN_IF_ERROR(EncodeGroup(codec, files, &r));
-  speed.compress = BestSeconds(
-      min_seconds, [&] { return EncodeGroup(codec, files, nullptr); }, &error);
-  ZIPNN_RETURN_IF_ERROR(error);
-  speed.decompress = BestSeconds(
-      min_seconds, [&] { return DecodeGroup(codec, files); }, &error);
-  ZIPNN_RETURN_IF_ERROR(error);
+  ZIPNN_RETURN_IF_ERROR(TimeGroup(codec, files, min_seconds, speed, false));
   for (BenchFile* f : files) ZIPNN_RETURN_IF_ERROR(CheckSame(*f, f->decoded, "zipnn"));
   return Status::Ok();
 }
@@ -158,13 +164,7 @@ Status MeasureZipnn(ParallelCodec& codec, std::vector<BenchFile*>& files, double
 // One thread on the tensors alone (the typed chunks), every decoded tensor byte checked.
 Status MeasureTensors(ParallelCodec& one, std::vector<BenchFile*>& files, double min_seconds,
                       Speed& speed) {
-  Status error;
-  speed.compress = BestSeconds(
-      min_seconds, [&] { return EncodeGroup(one, files, nullptr, true); }, &error);
-  ZIPNN_RETURN_IF_ERROR(error);
-  speed.decompress = BestSeconds(
-      min_seconds, [&] { return DecodeGroup(one, files, true); }, &error);
-  ZIPNN_RETURN_IF_ERROR(error);
+  ZIPNN_RETURN_IF_ERROR(TimeGroup(one, files, min_seconds, speed, true));
   for (BenchFile* f : files) {
     for (const ChunkSpec& c : f->tensor_plan) {
       if (std::memcmp(f->decoded.data() + c.offset, f->data.data() + c.offset, c.size) != 0)
