@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "codec/codec.h"
+#include "tests/codec/gguf_writer.h"
 #ifdef ZIPNN_FUZZ_CONTAINER
 #include "codec/container.h"
 #endif
@@ -147,25 +148,20 @@ int main(int argc, char** argv) {
     }
   }
   {  // a GGUF file: metadata of every value kind, an F32, a BF16 matrix, a quantized tensor
-    Bytes f = {'G', 'G', 'U', 'F'};
-    auto u32 = [&f](uint32_t v) {
-      for (int i = 0; i < 4; i++) f.push_back(static_cast<uint8_t>(v >> (8 * i)));
+    zipnn::test::GgufWriter w;
+    w.AddKvString("general.name", "seed");
+    w.AddKvStrings("tokens", 2);
+    w.AddKvNested("nested");
+    w.AddKvF32("scale");
+    auto data = [](size_t n) {
+      Bytes d(n);
+      for (size_t i = 0; i < n; i++) d[i] = static_cast<uint8_t>(0x3c + i % 7);
+      return d;
     };
-    auto u64 = [&f](uint64_t v) {
-      for (int i = 0; i < 8; i++) f.push_back(static_cast<uint8_t>(v >> (8 * i)));
-    };
-    auto str = [&](const std::string& s) { u64(s.size()), f.insert(f.end(), s.begin(), s.end()); };
-    u32(3), u64(3), u64(4);
-    str("general.alignment"), u32(4), u32(32);
-    str("general.name"), u32(8), str("seed");
-    str("tokens"), u32(9), u32(8), u64(2), str("a"), str("bc");
-    str("nested"), u32(9), u32(9), u64(1), u32(6), u64(1), u32(0x3f800000);
-    str("norm"), u32(1), u64(16), u32(0), u64(0);
-    str("w"), u32(2), u64(32), u64(8), u32(30), u64(64);
-    str("q"), u32(1), u64(64), u32(2), u64(576);
-    f.resize((f.size() + 31) / 32 * 32, 0);
-    for (int i = 0; i < 576 + 36; i++) f.push_back(static_cast<uint8_t>(0x3c + i % 7));
-    Write(out / "plan" / ("seed" + std::to_string(n++)), f);
+    w.tensors.push_back({"norm", {16}, 0, data(64)});
+    w.tensors.push_back({"w", {32, 8}, 30, data(512)});
+    w.tensors.push_back({"q", {64}, 2, data(36)});
+    Write(out / "plan" / ("seed" + std::to_string(n++)), w.Build());
   }
 #ifdef ZIPNN_FUZZ_CONTAINER
   for (size_t count : {size_t{0}, size_t{1}, size_t{3}, frames.size()}) {
