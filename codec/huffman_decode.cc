@@ -13,10 +13,12 @@ namespace {
 // is cached already: building it would cost more than it saves (measured on the corpus, files of
 // many small tensors: 8K beats 32K by 2-6% and 2K by 4%; large blocks are unaffected).
 constexpr uint32_t kMinMultiSymbols = 8192;
-// The multi-symbol table holds up to this many symbols per entry; a lane step of five lookups
-// writes at most kStepOut bytes (the last 8-byte store included).
+// The multi-symbol table holds up to this many symbols per entry.
 constexpr uint32_t kMaxSymbolsPerLookup = 5;
-constexpr ptrdiff_t kStepOut = 5 * kMaxSymbolsPerLookup + 3;
+// A lane step (one 8-byte load, five lookups) writes at most this many bytes: with the
+// multi-symbol table, the last 8-byte store included; with the one-symbol table, a byte a lookup.
+template <class Entry>
+constexpr ptrdiff_t kStepOut = sizeof(Entry) == 8 ? 5 * kMaxSymbolsPerLookup + 3 : 5;
 
 inline uint64_t PeekSafe(const uint8_t* in, size_t nbytes, size_t bitpos) {
   size_t byte = bitpos >> 3;
@@ -126,6 +128,76 @@ const HuffmanDecoder::Table* HuffmanDecoder::GetTable(std::span<const uint8_t> d
   return slot.get();
 }
 
+namespace {
+
+// The one-symbol table of the `nsyms` coded symbols in `order` (code order): each takes the next
+// 2^(kL - length) windows. A clone has AVX2 for the fill.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void BuildSingle(const uint8_t* order,
+                                                                             int nsyms,
+                                                                             const uint8_t* len,
+                                                                             uint16_t* table) {
+  for (int i = 0, x = 0; i < nsyms; i++) {
+    const uint8_t s = order[i];
+    const int run = 1 << (kL - len[s]);
+    std::fill(table + x, table + x + run, static_cast<uint16_t>(s | len[s] << 8));
+    x += run;
+  }
+}
+
+// Entries of `run` windows that start with the symbol in `head`: each rest behind it.
+inline void PutRun(uint64_t* __restrict out, const uint64_t* __restrict rest, uint32_t run,
+                   uint64_t head) {
+  for (uint32_t j = 0; j < run; j++) out[j] = head + (rest[j] & 0xffff) + ((rest[j] >> 16) << 24);
+}
+
+// The multi-symbol table of the `nsyms` coded symbols in `order` (code order), by dynamic
+// programming over window widths: the decoding of an r-bit window is its first symbol followed by
+// the decoding of the (r - length)-bit rest, already computed. `level` holds width r's 2^r
+// entries at offset 2^r - 1; width kL is `table`. A clone has AVX2 for the fill loops.
+__attribute__((target_clones("arch=x86-64-v3", "default"))) void BuildMulti(
+    const uint8_t* order, int nsyms, const uint8_t* len, uint64_t* level, uint64_t* table) {
+  // In width r too, the windows that start with one symbol form one run, in code order, and the
+  // run of a length-l symbol is level[r - l] with the symbol put in front: a tight loop per
+  // symbol, not a walk per window. Narrower widths only ever serve as the rest of a wider window,
+  // behind at least one symbol: they keep at most kMaxSymbolsPerLookup - 1 symbols, so the
+  // table's loop needs no check.
+  constexpr uint64_t kRestMax = kMaxSymbolsPerLookup - 1;
+  constexpr uint64_t kRestSyms = (uint64_t{1} << (16 + 8 * (kRestMax - 1))) - 1;
+  level[0] = 0;
+  // A rest follows at least one symbol, so no rest is wider than kL - (shortest length): the
+  // widths between are never read (with exponents' 2- and 3-bit codes, a quarter of the work).
+  const int widest_rest = kL - len[order[0]];
+  for (int r = 1; r <= kL; r++) {
+    if (r > widest_rest && r < kL) continue;
+    uint64_t* cur = r < kL ? level + (1u << r) - 1 : table;  // the widest is the table
+    uint32_t x = 0;
+    for (int i = 0; i < nsyms && len[order[i]] <= r; i++) {
+      const uint8_t s = order[i];
+      const uint32_t run = 1u << (r - len[s]);
+      const uint64_t* rest = level + run - 1;
+      const uint64_t head = uint64_t{len[s]} | 1u << 8 | uint64_t{s} << 16;
+      // A rest of r - len bits holds at most (kL - 2 * shortest) / shortest symbols: with no
+      // 1-bit code, never more than a rest may keep, so only a 1-bit code needs the check.
+      if (r == kL || len[order[0]] > 1) {
+        PutRun(cur + x, rest, run, head);
+      } else {
+        for (uint32_t j = 0; j < run; j++) {
+          uint64_t e = rest[j];
+          if (((e >> 8) & 0xff) == kRestMax) {  // no room for its last symbol
+            const uint8_t last = static_cast<uint8_t>(e >> (16 + 8 * (kRestMax - 1)));
+            e = ((e & 0xff) - len[last]) | (kRestMax - 1) << 8 | (e & kRestSyms & ~0xffffull);
+          }
+          cur[x + j] = head + (e & 0xffff) + ((e >> 16) << 24);
+        }
+      }
+      x += run;
+    }
+    std::fill(cur + x, cur + (1u << r), uint64_t{0});  // windows a longer code starts
+  }
+}
+
+}  // namespace
+
 std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
     std::span<const uint8_t> desc, uint64_t hash, const CodeLengths& c, bool multi) {
   const std::array<uint8_t, 256>& len = c.len;
@@ -145,53 +217,9 @@ std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
   for (int s = c.lo; s <= c.hi; s++) sorted[start[len[s]]++] = static_cast<uint8_t>(s);
   const uint8_t* order = sorted + unused;
   const int nsyms = start[kL] - unused;  // (each start[l] has moved on to the next length's)
-  for (int i = 0, x = 0; i < nsyms; i++) {
-    const uint8_t s = order[i];
-    const int run = 1 << (kL - len[s]);
-    std::fill(t->single + x, t->single + x + run, static_cast<uint16_t>(s | len[s] << 8));
-    x += run;
-  }
+  BuildSingle(order, nsyms, len.data(), t->single);
   if (multi) {
-    // Dynamic programming over window widths: the decoding of an r-bit window is its first
-    // symbol followed by the decoding of the (r - length)-bit rest, already computed. level[r]
-    // holds the 2^r entries for width r; width kL is the table. In width r too, the windows that
-    // start with one symbol form one run, in code order, and the run of a length-l symbol is
-    // level[r - l] with the symbol put in front: a tight loop per symbol, not a walk per window.
-    // Narrower widths only ever serve as the rest of a wider window, behind at least one symbol:
-    // they keep at most kMaxSymbolsPerLookup - 1 symbols, so the table's loop needs no check.
-    constexpr uint64_t kRestMax = kMaxSymbolsPerLookup - 1;
-    constexpr uint64_t kRestSyms = (uint64_t{1} << (16 + 8 * (kRestMax - 1))) - 1;
-    uint64_t* level = levels_.data();  // width r at offset 2^r - 1
-    level[0] = 0;
-    // A rest follows at least one symbol, so no rest is wider than kL - (shortest length): the
-    // widths between are never read (with exponents' 2- and 3-bit codes, a quarter of the work).
-    const int widest_rest = kL - len[order[0]];
-    for (int r = 1; r <= kL; r++) {
-      if (r > widest_rest && r < kL) continue;
-      uint64_t* cur = r < kL ? level + (1u << r) - 1 : t->multi;  // the widest is the table
-      uint32_t x = 0;
-      for (int i = 0; i < nsyms && len[order[i]] <= r; i++) {
-        const uint8_t s = order[i];
-        const uint32_t run = 1u << (r - len[s]);
-        const uint64_t* rest = level + run - 1;
-        const uint64_t head = uint64_t{len[s]} | 1u << 8 | uint64_t{s} << 16;
-        if (r == kL) {
-          for (uint32_t j = 0; j < run; j++)
-            cur[x + j] = head + (rest[j] & 0xffff) + ((rest[j] >> 16) << 24);
-        } else {
-          for (uint32_t j = 0; j < run; j++) {
-            uint64_t e = rest[j];
-            if (((e >> 8) & 0xff) == kRestMax) {  // no room for its last symbol
-              const uint8_t last = static_cast<uint8_t>(e >> (16 + 8 * (kRestMax - 1)));
-              e = ((e & 0xff) - len[last]) | (kRestMax - 1) << 8 | (e & kRestSyms & ~0xffffull);
-            }
-            cur[x + j] = head + (e & 0xffff) + ((e >> 16) << 24);
-          }
-        }
-        x += run;
-      }
-      std::fill(cur + x, cur + (1u << r), uint64_t{0});  // windows a longer code starts
-    }
+    BuildMulti(order, nsyms, len.data(), levels_.data(), t->multi);
     t->has_multi = true;
   }
   return t;
@@ -199,13 +227,23 @@ std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
 
 namespace {
 
-// Decodes symbols one at a time until `out` reaches `end`. Returns the final bit position.
-size_t DecodeTail(const uint16_t* single, const uint8_t* in, size_t nbytes, size_t bitpos,
-                  uint8_t* out, uint8_t* end) {
+// Decodes the rest of a lane, near the ends of its input and output, until `out` reaches `end`,
+// reading no byte past `nbytes`: with the multi-symbol table (when given) while a lookup can
+// neither write past `end` nor yield more symbols than are left, then a symbol at a time. Returns
+// the final bit position.
+size_t DecodeTail(const uint64_t* multi, const uint16_t* single, const uint8_t* in, size_t nbytes,
+                  size_t bitpos, uint8_t* out, uint8_t* end) {
   while (out < end && bitpos <= nbytes * 8) {
     uint64_t b = PeekSafe(in, nbytes, bitpos);
     const int avail = 57;
     int used = 0;
+    while (multi != nullptr && end - out >= 8 && used + kL <= avail) {
+      const uint64_t e = multi[b >> (64 - kL)];
+      Store64(out, e >> 16);
+      out += (e >> 8) & 0xff;
+      b <<= (e & 63);
+      used += static_cast<int>(e & 63);
+    }
     while (out < end && used + kL <= avail) {
       const uint16_t e = single[b >> (64 - kL)];
       *out++ = static_cast<uint8_t>(e);
@@ -239,7 +277,7 @@ inline void Lookup(const uint16_t* st, uint64_t& b, uint8_t*& op) {
 }
 
 // Decodes the four lanes in lockstep while every lane has room for a step without bounds checks:
-// kStepOut output bytes and 15 input bytes past the position. The tails are left to DecodeTail.
+// kStepOut output bytes and the 8 input bytes a step loads. The tails are left to DecodeTail.
 // The lanes' bitstreams are consecutive in memory, so bit positions are kept relative to the
 // first lane's start: one base register instead of four keeps the loop out of the stack. BMI2's
 // shifts leave the count register free; a clone has them where the CPU does.
@@ -256,10 +294,11 @@ __attribute__((always_inline)) inline void DecodeLanes(const Entry* mt, const ui
   uint8_t* lim[4];
   size_t bit_lim[4];
   bool ok = true;
-  for (int k = 0; k < 4; k++) ok = ok && oe[k] - op[k] >= kStepOut && nb[k] >= 15;
+  constexpr ptrdiff_t kOut = kStepOut<Entry>;
+  for (int k = 0; k < 4; k++) ok = ok && oe[k] - op[k] >= kOut && nb[k] >= 8;
   for (int k = 0; k < 4 && ok; k++) {
-    lim[k] = oe[k] - kStepOut;
-    bit_lim[k] = start[k] + (nb[k] - 15) * 8;
+    lim[k] = oe[k] - kOut;
+    bit_lim[k] = start[k] + (nb[k] - 8) * 8;
   }
   if (ok) {
     while (op0 <= lim[0] && op1 <= lim[1] && op2 <= lim[2] && op3 <= lim[3] && bp0 <= bit_lim[0] &&
@@ -286,7 +325,7 @@ __attribute__((always_inline)) inline void DecodeLanes(const Entry* mt, const ui
     const uint8_t* in = ip[k];
     size_t pos = bp[k];
     uint8_t* o = op[k];
-    while (oe[k] - o >= kStepOut && nb[k] >= 15 && (pos >> 3) <= nb[k] - 15) {
+    while (oe[k] - o >= kOut && nb[k] >= 8 && (pos >> 3) <= nb[k] - 8) {
       uint64_t b = Window(in, pos);
       for (int j = 0; j < 5; j++) Lookup(mt, b, o);
       pos += Consumed(b);
@@ -365,7 +404,8 @@ bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out,
       DecodeSingle(t->single, ip, nb, bp, op, oe);
     }
     for (int k = 0; k < 4; k++) {
-      const size_t end = DecodeTail(t->single, ip[k], nb[k], bp[k], op[k], oe[k]);
+      const size_t end =
+          DecodeTail(multi ? t->multi : nullptr, t->single, ip[k], nb[k], bp[k], op[k], oe[k]);
       // The encoder pads each stream with zero bits to a byte: it must be consumed exactly, so
       // that no bit of a frame goes unchecked.
       if (end == SIZE_MAX || (end + 7) / 8 != nb[k]) return false;
