@@ -216,36 +216,34 @@ uint8_t* WriteDeltas(const std::array<uint8_t, 256>& len, int lo, int hi, uint8_
 }
 
 bool ReadDeltas(ByteReader& r, int lo, int hi, std::array<uint8_t, 256>& len) {
-  uint32_t acc = 0;
-  int n = 0;
-  auto get = [&](int count, uint32_t* v) {
-    for (; n < count; n += 8) {
-      uint8_t b;
-      if (!r.GetU8(&b)) return false;
-      acc = acc << 8 | b;
-    }
-    n -= count;
-    *v = acc >> n & ((1u << count) - 1);
-    return true;
+  // Straight from the bytes, a prefix code per table lookup, instead of bit by bit: the reader
+  // moves on by the bytes the lengths took once they are all read.
+  const uint8_t* p = r.pos();
+  const size_t avail = r.remaining();
+  auto peek16 = [&](size_t bit) -> uint32_t {  // MSB first; zeros past the end
+    const size_t byte = bit >> 3;
+    uint32_t w = 0;
+    for (size_t i = 0; i < 3; i++) w = w << 8 | (byte + i < avail ? p[byte + i] : 0u);
+    return (w << (bit & 7)) >> 8 & 0xffff;
   };
-  uint32_t v;
-  if (!get(4, &v) || v > kL) return false;
-  len[lo] = static_cast<uint8_t>(v);
+  // By the first three bits: 0xx same, 10x one longer, 110 one shorter, 111 as is (4 bits more).
+  static constexpr uint8_t kBits[8] = {1, 1, 1, 1, 2, 2, 3, 7};
+  static constexpr int8_t kDelta[8] = {0, 0, 0, 0, 1, 1, -1, 0};
+  int l = static_cast<int>(peek16(0) >> 12);
+  size_t bit = 4;
+  if (l > kL) return false;
+  len[lo] = static_cast<uint8_t>(l);
   for (int s = lo + 1; s <= hi; s++) {
-    int ones = 0;  // the prefix: 0, 10, 110 or 111
-    for (uint32_t bit = 1; bit && ones < 3; ones += static_cast<int>(bit))
-      if (!get(1, &bit)) return false;
-    int l = len[s - 1];
-    if (ones == 1) l++;
-    if (ones == 2) l--;
-    if (ones == 3) {
-      if (!get(4, &v)) return false;
-      l = static_cast<int>(v);
-    }
+    const uint32_t v = peek16(bit), t = v >> 13;
+    l = t == 7 ? static_cast<int>(v >> 9 & 15) : l + kDelta[t];
+    bit += kBits[t];
     if (l < 0 || l > kL) return false;
     len[s] = static_cast<uint8_t>(l);
   }
-  return (acc & ((1u << n) - 1)) == 0;  // padding must be zero
+  const size_t bytes = (bit + 7) / 8;
+  if (bytes > avail || (peek16(bit) >> (16 - (bytes * 8 - bit))) != 0) return false;  // padding: 0
+  std::span<const uint8_t> used;
+  return r.GetBytes(bytes, &used);
 }
 
 }  // namespace
