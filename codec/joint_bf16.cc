@@ -217,11 +217,84 @@ JointParams PlanJoint(const uint8_t* in, size_t n, std::span<const uint32_t> seg
 
 namespace {
 
+#ifdef __x86_64__
+// The split of `groups` whole 128-element groups with AVX2: 32 elements (two 16-element steps, one
+// per 128-bit lane) at a time, the planes assembled as the SSE2 loop below does. No lambdas
+// inside: GCC does not give them this function's target.
+template <int K>
+__attribute__((target("avx2"))) void SplitGroupsAvx2(const uint8_t* in, size_t groups,
+                                                     uint32_t base, uint8_t* syms,
+                                                     const PlanePtrs& pp,
+                                                     std::vector<uint8_t>& escapes) {
+  constexpr int L = 7 - K;
+  constexpr uint32_t kJMask = (1u << (8 + K)) - 1;
+  const Planes pl(K);
+  const __m256i vjmask = _mm256_set1_epi16(static_cast<int16_t>(kJMask));
+  const __m256i vbase = _mm256_set1_epi16(static_cast<int16_t>(base));
+  const __m256i v254 = _mm256_set1_epi16(254), v255 = _mm256_set1_epi16(255);
+  const __m256i vlow = _mm256_set1_epi16(static_cast<int16_t>((1u << L) - 1));
+  const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), m1 = _mm256_set1_epi8(1);
+  for (size_t g = 0; g < groups; g++) {
+    const size_t i = g * 128;
+    __m256i r[4];  // raw parts r of steps 2q (low lane) and 2q + 1 (high lane), a byte each
+    for (int q = 0; q < 4; q++) {
+      const size_t at = i + 32 * q;
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + 2 * at));
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + 2 * at + 32));
+      const __m256i da = _mm256_sub_epi16(_mm256_and_si256(_mm256_srli_epi16(a, L), vjmask), vbase);
+      const __m256i db = _mm256_sub_epi16(_mm256_and_si256(_mm256_srli_epi16(b, L), vjmask), vbase);
+      const __m256i ea = _mm256_or_si256(_mm256_cmpgt_epi16(da, v254), _mm256_srai_epi16(da, 15));
+      const __m256i eb = _mm256_or_si256(_mm256_cmpgt_epi16(db, v254), _mm256_srai_epi16(db, 15));
+      const __m256i sa = _mm256_blendv_epi8(da, v255, ea), sb = _mm256_blendv_epi8(db, v255, eb);
+      // Packing works per 128-bit lane: the permute puts the elements back in order.
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(syms + at),
+                          _mm256_permute4x64_epi64(_mm256_packus_epi16(sa, sb), 0xd8));
+      const __m256i e = _mm256_permute4x64_epi64(_mm256_packs_epi16(ea, eb), 0xd8);
+      for (uint32_t mask = static_cast<uint32_t>(_mm256_movemask_epi8(e)); mask; mask &= mask - 1) {
+        const uint32_t j = Load16(in + 2 * (at + __builtin_ctz(mask))) >> L & kJMask;
+        escapes.push_back(static_cast<uint8_t>(j));
+        escapes.push_back(static_cast<uint8_t>(j >> 8));
+      }
+      const __m256i ra = _mm256_or_si256(_mm256_slli_epi16(_mm256_srli_epi16(a, 15), L),
+                                         _mm256_and_si256(a, vlow));
+      const __m256i rb = _mm256_or_si256(_mm256_slli_epi16(_mm256_srli_epi16(b, 15), L),
+                                         _mm256_and_si256(b, vlow));
+      r[q] = _mm256_permute4x64_epi64(_mm256_packus_epi16(ra, rb), 0xd8);  // < 128 each
+    }
+    for (int q = 0; q < 4; q++) {
+      const __m256i x = _mm256_and_si256(r[q], m4);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(pp.nib + i / 2 + 16 * q),
+                       _mm_or_si128(_mm256_castsi256_si128(x),
+                                    _mm_slli_epi16(_mm256_extracti128_si256(x, 1), 4)));
+    }
+    if constexpr (K <= 2) {
+      for (int q = 0; q < 2; q++) {  // steps 4q + t at bits 2t
+        const __m256i x0 = _mm256_and_si256(_mm256_srli_epi16(r[2 * q], 4), m2);
+        const __m256i x1 = _mm256_and_si256(_mm256_srli_epi16(r[2 * q + 1], 4), m2);
+        const __m256i y = _mm256_or_si256(x0, _mm256_slli_epi16(x1, 4));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(pp.crumb + i / 4 + 16 * q),
+                         _mm_or_si128(_mm256_castsi256_si128(y),
+                                      _mm_slli_epi16(_mm256_extracti128_si256(y, 1), 2)));
+      }
+    }
+    if constexpr (K != 2) {  // step t at bit t
+      __m256i y = _mm256_setzero_si256();
+      for (int q = 0; q < 4; q++)
+        y = _mm256_or_si256(
+            y, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(r[q], pl.bit_pos), m1), 2 * q));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(pp.bit + i / 8),
+                       _mm_or_si128(_mm256_castsi256_si128(y),
+                                    _mm_slli_epi16(_mm256_extracti128_si256(y, 1), 1)));
+    }
+  }
+}
+#endif
+
 // The split proper, for one k: a 128-element group (one group of every plane) at a time, each
 // plane's 16 bytes assembled in registers and stored once.
 template <int K>
 void SplitJointK(const uint8_t* in, size_t n, uint32_t base, uint8_t* syms, uint8_t* rest,
-                 std::vector<uint8_t>& escapes) {
+                 std::vector<uint8_t>& escapes, [[maybe_unused]] bool avx2) {
   const Planes pl(K);
   constexpr int L = 7 - K;
   constexpr uint32_t kJMask = (1u << (8 + K)) - 1;
@@ -231,6 +304,12 @@ void SplitJointK(const uint8_t* in, size_t n, uint32_t base, uint8_t* syms, uint
     escapes.push_back(static_cast<uint8_t>(j >> 8));
   };
   size_t i = 0;
+#ifdef __x86_64__
+  if (avx2 && __builtin_cpu_supports("avx2")) {
+    SplitGroupsAvx2<K>(in, n / 128, base, syms, pp, escapes);
+    i = n / 128 * 128;
+  }
+#endif
 #ifdef __SSE2__
   const __m128i vjmask = _mm_set1_epi16(static_cast<int16_t>(kJMask));
   const __m128i vbase = _mm_set1_epi16(static_cast<int16_t>(base));
@@ -299,15 +378,15 @@ void SplitJointK(const uint8_t* in, size_t n, uint32_t base, uint8_t* syms, uint
 }  // namespace
 
 void SplitJoint(const uint8_t* in, size_t n, JointParams p, uint8_t* syms, uint8_t* rest,
-                std::vector<uint8_t>& escapes) {
+                std::vector<uint8_t>& escapes, bool avx2) {
   if (n == 0) return;  // (empty buffers may have no storage at all)
   switch (p.k) {
     case 1:
-      return SplitJointK<1>(in, n, p.base, syms, rest, escapes);
+      return SplitJointK<1>(in, n, p.base, syms, rest, escapes, avx2);
     case 2:
-      return SplitJointK<2>(in, n, p.base, syms, rest, escapes);
+      return SplitJointK<2>(in, n, p.base, syms, rest, escapes, avx2);
     default:
-      return SplitJointK<3>(in, n, p.base, syms, rest, escapes);
+      return SplitJointK<3>(in, n, p.base, syms, rest, escapes, avx2);
   }
 }
 

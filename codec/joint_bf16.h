@@ -35,9 +35,9 @@ JointParams PlanJoint(const uint8_t* in, size_t n, std::span<const uint32_t> seg
 size_t JointRestBytes(size_t n, int k);
 
 // Splits n values into n symbols, the bit planes (JointRestBytes) and escapes (u16 LE each,
-// appended to `escapes`).
+// appended to `escapes`). `avx2`: use AVX2 where the CPU has it (false: tests of the SSE2 path).
 void SplitJoint(const uint8_t* in, size_t n, JointParams p, uint8_t* syms, uint8_t* rest,
-                std::vector<uint8_t>& escapes);
+                std::vector<uint8_t>& escapes, bool avx2 = true);
 
 // Inverse of SplitJoint. False when the escapes do not match the escape symbols (in number, or
 // in value: within J's range and outside the symbols' window), or bits past the last element in
