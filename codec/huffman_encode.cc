@@ -227,8 +227,8 @@ void EncodeHuffman(std::span<const uint8_t> syms, HufPlan& plan, std::vector<uin
         (nused <= kMaxPairAlphabet || static_cast<uint32_t>(nused * nused) * 4 <= count)) {
       plan.pair_codes.resize(1u << 16);
       uint32_t* pair = plan.pair_codes.data();
-      for (int x = 0; x < nused; x++)
-        for (int y = 0; y < nused; y++) {
+      for (int y = 0; y < nused; y++)  // (the first symbol inner: neighbouring entries)
+        for (int x = 0; x < nused; x++) {
           const int s1 = used[x], s2 = used[y];
           pair[s1 | s2 << 8] = (code[s1] << b.len[s2] | code[s2]) << 8 | (b.len[s1] + b.len[s2]);
         }
