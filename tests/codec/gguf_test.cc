@@ -76,6 +76,10 @@ TEST(GgufTest, ParsesTheTensorLayout) {
   ASSERT_TRUE(h.ok()) << h.status().ToString();
   EXPECT_EQ(h->data_start, start);
   EXPECT_EQ(h->tensors[3].begin, start + w.tensors[3].offset);
+  // The default is 32, not less: a tensor 16 bytes past a multiple of 32 is misaligned.
+  w.tensors[1].force_offset = true;
+  w.tensors[1].offset += 16;
+  EXPECT_FALSE(Parse(w.Build()).ok());
 }
 
 TEST(GgufTest, PlansChunksAlongTensorsAndRoundTrips) {
