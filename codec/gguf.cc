@@ -202,9 +202,19 @@ Result<TensorLayout> ParseGgufHeader(const ReadAtFn& read, uint64_t file_size) {
 }
 
 Result<TensorLayout> ParseTensorLayout(const ReadAtFn& read, uint64_t file_size) {
-  Result<TensorLayout> st = ParseSafetensorsHeader(read, file_size);
+  // Both formats are told from a file's first bytes: read them once for both, so that any other
+  // file costs one small read.
+  uint8_t head[16];
+  const size_t have = static_cast<size_t>(std::min<uint64_t>(file_size, sizeof(head)));
+  if (have > 0) ZIPNN_RETURN_IF_ERROR(read(0, {head, have}));
+  const ReadAtFn cached = [&](uint64_t offset, std::span<uint8_t> out) {
+    if (offset > have || out.size() > have - offset) return read(offset, out);
+    std::copy_n(head + offset, out.size(), out.data());
+    return Status::Ok();
+  };
+  Result<TensorLayout> st = ParseSafetensorsHeader(cached, file_size);
   if (st.ok() || st.status().code() != StatusCode::kCorrupt) return st;
-  Result<TensorLayout> gguf = ParseGgufHeader(read, file_size);
+  Result<TensorLayout> gguf = ParseGgufHeader(cached, file_size);
   if (gguf.ok() || gguf.status().code() != StatusCode::kCorrupt) return gguf;
   return Status::Corrupt("neither safetensors nor GGUF");
 }

@@ -82,6 +82,25 @@ TEST(GgufTest, ParsesTheTensorLayout) {
   EXPECT_FALSE(Parse(w.Build()).ok());
 }
 
+// A file of neither format is told from one read of its first bytes; models still parse.
+TEST(GgufTest, OtherFilesAreToldFromOneSmallRead) {
+  int reads = 0;
+  size_t bytes = 0;
+  auto counting = [&](const Bytes& f) -> ReadAtFn {
+    return [&, reader = test::MemoryReader(f)](uint64_t offset, std::span<uint8_t> out) {
+      reads++;
+      bytes += out.size();
+      return reader(offset, out);
+    };
+  };
+  const Bytes text(1000, 'x');
+  EXPECT_EQ(ParseTensorLayout(counting(text), text.size()).status().code(), StatusCode::kCorrupt);
+  EXPECT_EQ(reads, 1);
+  EXPECT_LE(bytes, 16u);
+  const Bytes gguf = SmallModel().Build();
+  EXPECT_TRUE(ParseTensorLayout(counting(gguf), gguf.size()).ok());
+}
+
 TEST(GgufTest, PlansChunksAlongTensorsAndRoundTrips) {
   const Bytes f = SmallModel().Build();
   const Result<TensorLayout> h = Parse(f);
