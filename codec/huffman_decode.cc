@@ -144,10 +144,16 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void BuildSingle(con
   }
 }
 
+// The entry of a window that starts with the symbol in `head` and continues as `rest` decodes:
+// bits and counts add up, the rest's symbols move up a byte.
+inline uint64_t Prepend(uint64_t head, uint64_t rest) {
+  return head + (rest & 0xffff) + ((rest >> 16) << 24);
+}
+
 // Entries of `run` windows that start with the symbol in `head`: each rest behind it.
 inline void PutRun(uint64_t* __restrict out, const uint64_t* __restrict rest, uint32_t run,
                    uint64_t head) {
-  for (uint32_t j = 0; j < run; j++) out[j] = head + (rest[j] & 0xffff) + ((rest[j] >> 16) << 24);
+  for (uint32_t j = 0; j < run; j++) out[j] = Prepend(head, rest[j]);
 }
 
 // The multi-symbol table of the `nsyms` coded symbols in `order` (code order), by dynamic
@@ -166,7 +172,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void BuildMulti(
   level[0] = 0;
   // A rest follows at least one symbol, so no rest is wider than kL - (shortest length): the
   // widths between are never read (with exponents' 2- and 3-bit codes, a quarter of the work).
-  const int widest_rest = kL - len[order[0]];
+  const int shortest = len[order[0]], widest_rest = kL - shortest;
   for (int r = 1; r <= kL; r++) {
     if (r > widest_rest && r < kL) continue;
     uint64_t* cur = r < kL ? level + (1u << r) - 1 : table;  // the widest is the table
@@ -178,7 +184,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void BuildMulti(
       const uint64_t head = uint64_t{len[s]} | 1u << 8 | uint64_t{s} << 16;
       // A rest of r - len bits holds at most (kL - 2 * shortest) / shortest symbols: with no
       // 1-bit code, never more than a rest may keep, so only a 1-bit code needs the check.
-      if (r == kL || len[order[0]] > 1) {
+      if (r == kL || shortest > 1) {
         PutRun(cur + x, rest, run, head);
       } else {
         for (uint32_t j = 0; j < run; j++) {
@@ -187,7 +193,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void BuildMulti(
             const uint8_t last = static_cast<uint8_t>(e >> (16 + 8 * (kRestMax - 1)));
             e = ((e & 0xff) - len[last]) | (kRestMax - 1) << 8 | (e & kRestSyms & ~0xffffull);
           }
-          cur[x + j] = head + (e & 0xffff) + ((e >> 16) << 24);
+          cur[x + j] = Prepend(head, e);
         }
       }
       x += run;
@@ -227,6 +233,22 @@ std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
 
 namespace {
 
+// One table lookup: emits the symbols the window starts with and shifts them out. Returns the
+// bits they took.
+inline int Lookup(const uint64_t* mt, uint64_t& b, uint8_t*& op) {
+  const uint64_t e = mt[b >> (64 - kL)];
+  Store64(op, e >> 16);
+  op += (e >> 8) & 0xff;
+  b <<= (e & 63);
+  return static_cast<int>(e & 63);
+}
+inline int Lookup(const uint16_t* st, uint64_t& b, uint8_t*& op) {
+  const uint16_t e = st[b >> (64 - kL)];
+  *op++ = static_cast<uint8_t>(e);
+  b <<= (e >> 8);
+  return e >> 8;
+}
+
 // Decodes the rest of a lane, near the ends of its input and output, until `out` reaches `end`,
 // reading no byte past `nbytes`: with the multi-symbol table (when given) while a lookup can
 // neither write past `end` nor yield more symbols than are left, then a symbol at a time. Returns
@@ -237,19 +259,8 @@ size_t DecodeTail(const uint64_t* multi, const uint16_t* single, const uint8_t* 
     uint64_t b = PeekSafe(in, nbytes, bitpos);
     const int avail = 57;
     int used = 0;
-    while (multi != nullptr && end - out >= 8 && used + kL <= avail) {
-      const uint64_t e = multi[b >> (64 - kL)];
-      Store64(out, e >> 16);
-      out += (e >> 8) & 0xff;
-      b <<= (e & 63);
-      used += static_cast<int>(e & 63);
-    }
-    while (out < end && used + kL <= avail) {
-      const uint16_t e = single[b >> (64 - kL)];
-      *out++ = static_cast<uint8_t>(e);
-      b <<= e >> 8;
-      used += e >> 8;
-    }
+    while (multi != nullptr && end - out >= 8 && used + kL <= avail) used += Lookup(multi, b, out);
+    while (out < end && used + kL <= avail) used += Lookup(single, b, out);
     bitpos += used;
   }
   return out < end ? SIZE_MAX : bitpos;
@@ -262,19 +273,6 @@ inline uint64_t Window(const uint8_t* in, size_t pos) {
 }
 // Bits shifted out of a Window since it was loaded.
 inline size_t Consumed(uint64_t window) { return static_cast<size_t>(__builtin_ctzll(window)) - 8; }
-
-// One table lookup: emits the symbols the window starts with and shifts them out.
-inline void Lookup(const uint64_t* mt, uint64_t& b, uint8_t*& op) {
-  const uint64_t e = mt[b >> (64 - kL)];
-  Store64(op, e >> 16);
-  op += (e >> 8) & 0xff;
-  b <<= (e & 63);
-}
-inline void Lookup(const uint16_t* st, uint64_t& b, uint8_t*& op) {
-  const uint16_t e = st[b >> (64 - kL)];
-  *op++ = static_cast<uint8_t>(e);
-  b <<= (e >> 8);
-}
 
 // Decodes the four lanes in lockstep while every lane has room for a step without bounds checks:
 // kStepOut output bytes and the 8 input bytes a step loads. The tails are left to DecodeTail.
