@@ -193,6 +193,7 @@ class ContainerReader {
   const std::vector<ContainerEntry>& entries() const { return index_.entries; }
   uint64_t total_raw_size() const { return index_.total_raw_size; }
   uint64_t file_size() const { return index_.file_size; }
+  int fd() const { return fd_.get(); }
 
   // Index of the frame holding byte `raw_offset` of the original (< total_raw_size()).
   size_t FrameAt(uint64_t raw_offset) const;

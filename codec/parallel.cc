@@ -159,6 +159,7 @@ Status ThreadPool::RunOrdered(
   size_t consumed = 0;     // buffers [0, consumed) are consumed
   bool consuming = false;  // a thread is in Drain
   bool done = false;       // no more buffers will be made
+  bool idle = false;       // the consumer thread waits for buffers
   size_t failed_at = SIZE_MAX;
   Status first;
   auto fail = [&](size_t i, Status s) {  // with mu held
@@ -193,7 +194,9 @@ Status ThreadPool::RunOrdered(
         for (;;) {
           drain(lk);
           if (done) return;
+          idle = true;
           ready.wait(lk);
+          idle = false;
         }
       });
     } catch (const std::system_error&) {  // no thread to be had: the worker consumes too
@@ -212,7 +215,10 @@ Status ThreadPool::RunOrdered(
     if (!st.ok()) return fail(i, std::move(st));
     slot.ready = true;
     if (consumer.joinable()) {
-      ready.notify_one();
+      // A thread woken costs as much as writing a small buffer: wake the idle consumer once half
+      // the window is ready, not for each buffer (it drains all it finds; the window cannot fill
+      // while it sleeps).
+      if (idle && i + 1 - consumed >= (window + 1) / 2) ready.notify_one();
     } else if (!consuming) {  // else the consuming thread checks for this buffer before it stops
       drain(lk);
     }

@@ -26,6 +26,11 @@ size_t OrderedWindow(unsigned threads, uint64_t chunk_size) {
   return std::max(least, std::min<size_t>(8 * size_t{threads},
                                           (64u << 20) / std::max<uint64_t>(chunk_size, 1)));
 }
+// Extents read ahead for a single coding thread: a few, about 16 MiB at most.
+size_t ReadAhead(unsigned threads, uint64_t chunk_size) {
+  if (threads > 1) return 0;
+  return std::clamp<size_t>((16u << 20) / std::max<uint64_t>(chunk_size, 1), 2, 8);
+}
 constexpr size_t kCatPieceSize = 4u << 20;
 
 double SecondsSince(std::chrono::steady_clock::time_point t0) {
@@ -84,16 +89,19 @@ Status Compress(const CompressOptions& opts) {
     }
   }
   // Each worker reads its own chunk (the reads run in parallel, and the chunk is in the worker's
-  // cache when it codes it); frames are appended in order as they come.
+  // cache when it codes it), or one coding thread has them read ahead; frames are appended in
+  // order as they come.
+  std::vector<ExtentReader::Extent> extents;
+  for (const ChunkSpec& c : chunks) extents.push_back({c.offset, c.size});
+  ExtentReader input(fd, std::move(extents), ReadAhead(codec.threads(), opts.chunk_size));
   std::vector<std::vector<uint8_t>> data(codec.threads());
   ZIPNN_RETURN_IF_ERROR(codec.RunOrdered(
       chunks.size(), OrderedWindow(codec.threads(), opts.chunk_size),
       [&](size_t i, unsigned w, std::vector<uint8_t>& frame) {
         const ChunkSpec& c = chunks[i];
-        data[w].resize(c.size);
         frame.clear();
         frame.reserve(MaxFrameSize(c.size));  // at once: growing by steps touches more new pages
-        Status st = PreadFull(fd, c.offset, data[w]);
+        Status st = input.Read(i, data[w]);
         if (st.ok())
           st = codec.encoder(w).Encode(data[w], c.dtype, frame, c.segments, nullptr, c.grid);
         return WithPath(opts.input, std::move(st));
@@ -129,19 +137,32 @@ Status Decompress(const DecompressOptions& opts) {
   if (!out.ok()) return out.status();
   ParallelCodec codec(opts.threads);
 
-  // Each worker reads, decodes and writes its own frames, while the bytes are in its cache.
-  // Output lands at its own offset, in whatever order it comes.
-  std::vector<std::vector<uint8_t>> frame(codec.threads()), raw(codec.threads());
-  OffsetWriter writer(out->fd(), 2 * codec.threads());
-  ZIPNN_RETURN_IF_ERROR(codec.Run(reader->entries().size(), [&](size_t i, unsigned w) {
-    const ContainerEntry& e = reader->entries()[i];
-    ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, reader->ReadFrame(i, frame[w])));
-    raw[w].resize(e.raw_size);
-    ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, codec.decoder(w).Decode(frame[w], raw[w])));
-    ZIPNN_RETURN_IF_ERROR(WithPath(out_path, writer.Write(e.raw_offset, raw[w])));
-    out->Wrote(e.raw_size);
-    return Status::Ok();
-  }));
+  // As in Compress: workers read their own frames, or one has them read ahead; the output is
+  // written in order as it comes.
+  const std::vector<ContainerEntry>& entries = reader->entries();
+  std::vector<ExtentReader::Extent> extents;
+  uint64_t largest = 0;
+  for (const ContainerEntry& e : entries) {
+    extents.push_back({e.offset, e.frame_size});
+    largest = std::max<uint64_t>(largest, e.raw_size);
+  }
+  ExtentReader input(reader->fd(), std::move(extents), ReadAhead(codec.threads(), largest));
+  std::vector<std::vector<uint8_t>> frame(codec.threads());
+  ZIPNN_RETURN_IF_ERROR(codec.RunOrdered(
+      entries.size(), OrderedWindow(codec.threads(), largest),
+      [&](size_t i, unsigned w, std::vector<uint8_t>& raw) {
+        const ContainerEntry& e = entries[i];
+        ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, input.Read(i, frame[w])));
+        ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, CheckFrameAgainstEntry(frame[w], e)));
+        raw.resize(e.raw_size);
+        return WithPath(opts.input, codec.decoder(w).Decode(frame[w], raw));
+      },
+      [&](size_t i, std::span<const uint8_t> raw) {
+        ZIPNN_RETURN_IF_ERROR(
+            WithPath(out_path, PwriteFull(out->fd(), entries[i].raw_offset, raw)));
+        out->Wrote(raw.size());
+        return Status::Ok();
+      }));
   ZIPNN_RETURN_IF_ERROR(out->Commit());
   if (!opts.quiet) {
     PrintSummary(opts.input, out_path, reader->file_size(), reader->total_raw_size(),

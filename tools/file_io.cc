@@ -164,41 +164,67 @@ Status AtomicOutputFile::Commit() {
   return Status::Ok();
 }
 
-Status OffsetWriter::Write(uint64_t offset, std::vector<uint8_t>& buf) {
+ExtentReader::ExtentReader(int fd, std::vector<Extent> extents, size_t ahead)
+    : fd_(fd), extents_(std::move(extents)), slots_(std::min(ahead, extents_.size())) {
+  for (const Extent& e : extents_) largest_ = std::max(largest_, e.size);
+  if (!slots_.empty()) thread_ = std::thread([this] { ReadAhead(); });
+}
+
+ExtentReader::~ExtentReader() {
+  if (!thread_.joinable()) return;
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+  }
+  space_.notify_one();
+  thread_.join();
+}
+
+void ExtentReader::ReadAhead() {
+  const size_t slots = slots_.size();
+  for (size_t i = 0; i < extents_.size(); i++) {
+    Slot& slot = slots_[i % slots];
+    {
+      std::unique_lock lk(mu_);
+      if (i >= taken_ + slots) {
+        // A thread woken costs as much as a small read: sleep until half the slots are free,
+        // not until one is.
+        waiting_at_ = i;
+        space_.wait(lk, [&] { return stop_ || i + slots / 2 < taken_ + slots; });
+        waiting_at_ = SIZE_MAX;
+      }
+      if (stop_) return;
+    }
+    // The slot is ours until marked ready: the consumer is at least one extent behind. Room for
+    // the largest extent at once: growing by steps would map fresh pages again and again.
+    slot.buf.reserve(largest_);
+    slot.buf.resize(extents_[i].size);
+    Status st = PreadFull(fd_, extents_[i].offset, slot.buf);
+    std::lock_guard lk(mu_);
+    slot.status = std::move(st);
+    slot.ready = true;
+    if (consumer_waits_) ready_.notify_one();
+  }
+}
+
+Status ExtentReader::Read(size_t i, std::vector<uint8_t>& buf) {
+  if (i >= extents_.size()) return Status::InvalidArgument("extent index out of range");
+  if (slots_.empty()) {
+    buf.resize(extents_[i].size);
+    return PreadFull(fd_, extents_[i].offset, buf);
+  }
+  if (i != taken_) return Status::InvalidArgument("extents read ahead are taken in order");
+  Slot& slot = slots_[i % slots_.size()];
   std::unique_lock lk(mu_);
-  cv_.wait(lk, [&] { return !writing_ || queue_.size() < max_queued_ || !error_.ok(); });
-  if (!error_.ok()) return error_;
-  if (writing_) {
-    queue_.emplace_back(offset, std::move(buf));
-    buf.clear();
-    if (!spare_.empty()) {
-      buf.swap(spare_.back());
-      spare_.pop_back();
-    }
-    return Status::Ok();
-  }
-  writing_ = true;
-  Status s = Status::Ok();
-  for (std::pair<uint64_t, std::vector<uint8_t>> item{offset, std::move(buf)};;) {
-    lk.unlock();
-    s = PwriteFull(fd_, item.first, item.second);
-    lk.lock();
-    if (!s.ok() || queue_.empty()) {
-      buf = std::move(item.second);
-      break;
-    }
-    spare_.push_back(std::move(item.second));
-    item = std::move(queue_.front());
-    queue_.pop_front();
-    cv_.notify_all();  // room in the queue
-  }
-  if (!s.ok()) {
-    error_ = s;
-    queue_.clear();
-  }
-  writing_ = false;
-  cv_.notify_all();
-  return s;
+  consumer_waits_ = true;
+  ready_.wait(lk, [&] { return slot.ready; });
+  consumer_waits_ = false;
+  buf.swap(slot.buf);
+  slot.ready = false;
+  taken_++;
+  if (waiting_at_ != SIZE_MAX && waiting_at_ + slots_.size() / 2 < taken_ + slots_.size())
+    space_.notify_one();
+  return std::move(slot.status);
 }
 
 }  // namespace zipnn::tool

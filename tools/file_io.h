@@ -5,11 +5,11 @@
 
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <span>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -65,30 +65,45 @@ class AtomicOutputFile {
   bool overwrite_ = false;
 };
 
-// Writes buffers at their offsets in one file for many workers. Workers that write one file
-// directly contend for its inode lock and spin; here the worker that finds a write under way
-// queues its buffer and goes back to work, and the writing worker writes what was queued too.
-// A worker waits (asleep) only when `max_queued` buffers are pending.
-class OffsetWriter {
+// Reads extents of a file for coding. With `ahead` = 0, Read reads on the spot, on the calling
+// thread (any number of threads at once: each worker reads its own chunk in parallel). With
+// `ahead` > 0, a thread of its own reads the extents in order, up to `ahead` of them before the
+// one consumer, which takes them in order: reading overlaps coding when there is one coding
+// thread (as zstd's asynchronous I/O does for -T1).
+class ExtentReader {
  public:
-  OffsetWriter(int fd, size_t max_queued) : fd_(fd), max_queued_(max_queued) {}
+  struct Extent {
+    uint64_t offset = 0;
+    size_t size = 0;
+  };
+  ExtentReader(int fd, std::vector<Extent> extents, size_t ahead);
+  ~ExtentReader();
+  ExtentReader(const ExtentReader&) = delete;
+  ExtentReader& operator=(const ExtentReader&) = delete;
 
-  // Writes `buf` at `offset`, now or after the write under way; leaves a buffer to reuse (of
-  // unspecified contents) in `buf`. Returns the first write error so far. Every buffer is written
-  // once all Write calls have returned, unless a write fails: then nothing more is written, even
-  // buffers whose Write returned OK, and the caller that met the failure reports it (the file is
-  // to be discarded).
-  Status Write(uint64_t offset, std::vector<uint8_t>& buf);
+  // Extent i into `buf` (resized; read ahead, it is swapped in: no copy). With `ahead` > 0, i
+  // must follow the last extent read.
+  Status Read(size_t i, std::vector<uint8_t>& buf);
 
  private:
+  struct Slot {
+    std::vector<uint8_t> buf;
+    Status status;
+    bool ready = false;
+  };
+  void ReadAhead();
+
   const int fd_;
-  const size_t max_queued_;
+  const std::vector<Extent> extents_;
+  size_t largest_ = 0;       // extent
+  std::vector<Slot> slots_;  // extent i in slot i % size
   std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::pair<uint64_t, std::vector<uint8_t>>> queue_;
-  std::vector<std::vector<uint8_t>> spare_;
-  bool writing_ = false;
-  Status error_;
+  std::condition_variable space_, ready_;
+  size_t taken_ = 0;              // extents handed out
+  size_t waiting_at_ = SIZE_MAX;  // the extent the reader waits to read into a free slot
+  bool consumer_waits_ = false;   // for a slot to be ready
+  bool stop_ = false;
+  std::thread thread_;
 };
 
 }  // namespace zipnn::tool

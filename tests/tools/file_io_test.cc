@@ -1,5 +1,5 @@
-// OffsetWriter: many workers writing one file at their own offsets. AtomicOutputFile: synced as it
-// grows, committed whole under its name.
+// ExtentReader: extents of a file read on the spot or ahead on a thread of its own.
+// AtomicOutputFile: synced as it grows, committed whole under its name.
 #include "tools/file_io.h"
 
 #include <fcntl.h>
@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <fstream>
 #include <thread>
 #include <vector>
 
@@ -15,69 +16,95 @@
 namespace zipnn::tool {
 namespace {
 
-class OffsetWriterTest : public test::TempDirTest {};
-
-// Every buffer lands at its offset exactly once, whoever writes it, with a queue so short that
-// workers also wait for room; buffers handed back are reused as they would be.
-TEST_F(OffsetWriterTest, EveryBufferLandsAtItsOffset) {
-  constexpr size_t kPieces = 2000, kPiece = 4096 + 3;  // odd size: offsets not page-aligned
-  const std::string path = Path("out");
-  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  ASSERT_TRUE(fd.valid());
-  OffsetWriter writer(fd.get(), 2);
-  std::vector<std::thread> workers;
-  std::vector<Status> status(4);
-  for (size_t w = 0; w < status.size(); ++w) {
-    workers.emplace_back([&, w] {
-      std::vector<uint8_t> buf;
-      for (size_t i = w; i < kPieces && status[w].ok(); i += status.size()) {
-        buf.assign(kPiece, static_cast<uint8_t>(i * 7 + 1));
-        status[w] = writer.Write(i * kPiece, buf);
-      }
-    });
+class ExtentReaderTest : public test::TempDirTest {
+ protected:
+  // A file of `size` bytes, byte k = k * 131 + 7 (mod 256), open for reading.
+  UniqueFd MakeFile(size_t size) {
+    const std::string path = Path("in");
+    std::string bytes(size, '\0');
+    for (size_t k = 0; k < size; ++k) bytes[k] = static_cast<char>(k * 131 + 7);
+    std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(size));
+    return UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   }
-  for (std::thread& t : workers) t.join();
-  for (const Status& s : status) ASSERT_TRUE(s.ok()) << s.ToString();
-  const std::string got = test::ReadAll(path);
-  ASSERT_EQ(got.size(), kPieces * kPiece);
-  for (size_t i = 0; i < kPieces; ++i) {
-    const std::string want(kPiece, static_cast<char>(i * 7 + 1));
-    ASSERT_EQ(got.compare(i * kPiece, kPiece, want), 0) << "piece " << i;
+  static bool Holds(const std::vector<uint8_t>& buf, ExtentReader::Extent e) {
+    if (buf.size() != e.size) return false;
+    for (size_t k = 0; k < e.size; ++k)
+      if (buf[k] != static_cast<uint8_t>((e.offset + k) * 131 + 7)) return false;
+    return true;
+  }
+  // Extents of odd sizes at odd offsets, out of file order and overlapping.
+  static std::vector<ExtentReader::Extent> Extents(size_t n) {
+    std::vector<ExtentReader::Extent> v;
+    for (size_t i = 0; i < n; ++i) v.push_back({(i * 7919) % 50000, 1 + (i * 104729) % 9000});
+    return v;
+  }
+};
+
+// Read ahead through a few slots, every extent comes out whole and in order, into one buffer the
+// reader swaps with its own (so buffers of every size pass through every slot).
+TEST_F(ExtentReaderTest, ReadAheadHandsOutEveryExtentInOrder) {
+  UniqueFd fd = MakeFile(60000);
+  ASSERT_TRUE(fd.valid());
+  const std::vector<ExtentReader::Extent> extents = Extents(500);
+  for (size_t ahead : {1, 2, 3, 8}) {
+    ExtentReader reader(fd.get(), extents, ahead);
+    std::vector<uint8_t> buf;
+    for (size_t i = 0; i < extents.size(); ++i) {
+      ASSERT_TRUE(reader.Read(i, buf).ok()) << "extent " << i << ", ahead " << ahead;
+      ASSERT_TRUE(Holds(buf, extents[i])) << "extent " << i << ", ahead " << ahead;
+    }
   }
 }
 
-// A failed write is reported and sticks: later writes, which would succeed, are refused, and no
-// worker hangs.
-TEST_F(OffsetWriterTest, AFailedWriteSticks) {
-  const std::string path = Path("out");
-  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+// On the spot, any number of threads read any extents at once.
+TEST_F(ExtentReaderTest, ReadsOnTheSpotFromManyThreads) {
+  UniqueFd fd = MakeFile(60000);
   ASSERT_TRUE(fd.valid());
-  OffsetWriter writer(fd.get(), 1);
-  std::vector<uint8_t> buf(100, 1);
-  const Status first = writer.Write(uint64_t{1} << 63, buf);  // a negative off_t: EINVAL
-  EXPECT_FALSE(first.ok());
-  EXPECT_NE(first.message().find("Invalid argument"), std::string::npos) << first.ToString();
-  std::vector<std::thread> workers;
-  std::vector<Status> later(4);
-  for (size_t w = 0; w < later.size(); ++w) {
-    workers.emplace_back([&, w] {
-      std::vector<uint8_t> b(10, 2);
-      later[w] = writer.Write(10 * w, b);
+  const std::vector<ExtentReader::Extent> extents = Extents(400);
+  ExtentReader reader(fd.get(), extents, 0);
+  std::vector<std::thread> threads;
+  std::vector<int> bad(4, 0);
+  for (size_t t = 0; t < bad.size(); ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<uint8_t> buf;
+      for (size_t i = extents.size() - 1 - t; i < extents.size(); i -= bad.size())
+        bad[t] += !reader.Read(i, buf).ok() || !Holds(buf, extents[i]);
     });
   }
-  for (std::thread& t : workers) t.join();
-  for (const Status& s : later) EXPECT_EQ(s.code(), first.code()) << s.ToString();
-  EXPECT_EQ(test::ReadAll(path), "") << "written after the failure";
+  for (std::thread& th : threads) th.join();
+  for (int b : bad) EXPECT_EQ(b, 0);
+}
+
+// A read that fails (an extent past the end of the file) fails for that extent only; extents read
+// ahead must be taken in order; and a reader dropped with extents untaken does not hang.
+TEST_F(ExtentReaderTest, ErrorsStayWithTheirExtent) {
+  UniqueFd fd = MakeFile(1000);
+  ASSERT_TRUE(fd.valid());
+  const std::vector<ExtentReader::Extent> extents = {{0, 10}, {995, 10}, {20, 30}, {0, 1}, {5, 5}};
+  for (size_t ahead : {0, 2}) {
+    ExtentReader reader(fd.get(), extents, ahead);
+    std::vector<uint8_t> buf;
+    ASSERT_TRUE(reader.Read(0, buf).ok());
+    EXPECT_TRUE(Holds(buf, extents[0]));
+    EXPECT_EQ(reader.Read(1, buf).code(), StatusCode::kIo) << "ahead " << ahead;
+    ASSERT_TRUE(reader.Read(2, buf).ok());
+    EXPECT_TRUE(Holds(buf, extents[2]));
+    EXPECT_EQ(reader.Read(9, buf).code(), StatusCode::kInvalidArgument);
+    if (ahead) {
+      EXPECT_EQ(reader.Read(4, buf).code(), StatusCode::kInvalidArgument);
+    }
+  }
 }
 
 // Writers on several threads report what they wrote (background syncs run meanwhile); the file
 // appears under its name only at Commit, whole, and a second Commit is refused.
-TEST_F(OffsetWriterTest, AtomicOutputFileSyncsAsItGrowsAndCommitsWhole) {
+class AtomicOutputFileTest : public test::TempDirTest {};
+
+TEST_F(AtomicOutputFileTest, SyncsAsItGrowsAndCommitsWhole) {
   const std::string path = Path("big.out");
   Result<AtomicOutputFile> out = AtomicOutputFile::Create(path, false, 0644);
   ASSERT_TRUE(out.ok()) << out.status().ToString();
   constexpr size_t kPiece = 1u << 20, kPieces = 40;
-  OffsetWriter writer(out->fd(), 4);
   std::vector<std::thread> workers;
   std::vector<Status> status(2);
   for (size_t w = 0; w < status.size(); ++w) {
@@ -85,7 +112,7 @@ TEST_F(OffsetWriterTest, AtomicOutputFileSyncsAsItGrowsAndCommitsWhole) {
       std::vector<uint8_t> buf;
       for (size_t i = w; i < kPieces && status[w].ok(); i += status.size()) {
         buf.assign(kPiece, static_cast<uint8_t>(i + 1));
-        status[w] = writer.Write(i * kPiece, buf);
+        status[w] = PwriteFull(out->fd(), i * kPiece, buf);
         out->Wrote(kPiece);
       }
     });
