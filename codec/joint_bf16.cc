@@ -155,8 +155,12 @@ JointParams PlanJoint(const uint8_t* in, size_t n, std::span<const uint32_t> seg
   for (int k = 3; k >= 0; k--) {
     const size_t bins = size_t{256} << k, lo_bin = first >> (3 - k), hi_bin = last >> (3 - k);
     if (k < 3) {
-      for (size_t s = 0; s < slices; s++)
+      // The fold reads bin 2 * hi_bin + 1 of the k above, which may lie one past its occupied
+      // range and so still hold a count of a larger k: that bin must read as empty.
+      for (size_t s = 0; s < slices; s++) {
+        if (2 * hi_bin + 1 > last >> (2 - k)) c[s][2 * hi_bin + 1] = 0;
         for (size_t j = lo_bin; j <= hi_bin; j++) c[s][j] = c[s][2 * j] + c[s][2 * j + 1];
+      }
     }
     if (force_k && k != force_k) continue;
     for (size_t j = lo_bin; j <= hi_bin; j++) {
