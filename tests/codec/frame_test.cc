@@ -327,6 +327,28 @@ TEST(FrameCompressionTest, SparseChunksCompressAboutAsWellAsZstd) {
   }
 }
 
+// Weights quantized to 16 levels and stored as F32: each byte stream alone holds ~4 bits per
+// element, while the element has 4 bits in all, which zstd finds across the streams. The coder
+// must try zstd there (and keep grouping for ordinary weights, where the check is cheap).
+TEST(FrameCompressionTest, FewDistinctValuesTryZstd) {
+  std::mt19937_64 rng(31);
+  Bytes q(4 * 65536);
+  for (size_t i = 0; i < q.size(); i += 4) {
+    const float v = (static_cast<int>(rng() % 16) - 8) * 0.013f;
+    std::memcpy(q.data() + i, &v, 4);
+  }
+  EncodeOptions zstd;
+  zstd.force_method = Method::kZstd;
+  Bytes chosen, by_zstd;
+  ASSERT_TRUE(RoundTrip(q, DType::kF32, {}, {}, &chosen));
+  ASSERT_TRUE(RoundTrip(q, DType::kF32, zstd, {}, &by_zstd));
+  EXPECT_LE(chosen.size(), by_zstd.size()) << MethodName(test::InfoOf(chosen).method);
+  Bytes gauss;
+  ASSERT_TRUE(
+      RoundTrip(test::GaussianWeights(DType::kF32, 65536, 0.02, 32), DType::kF32, {}, {}, &gauss));
+  EXPECT_EQ(test::InfoOf(gauss).method, Method::kGrouped);
+}
+
 TEST(FrameCompressionTest, UntypedBf16WeightsAreDetectedAsBf16) {
   // Real BF16 tensor bytes with no type given (as in a .bin file): grouped as BF16, not as F32,
   // whose grouping splits every other exponent across two streams.
