@@ -524,7 +524,9 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
     const size_t d = grouped < chunk.size() / 8 ? 0 : FewDistinctValues(chunk, DTypeSize(dtype));
     const double bound_bytes = static_cast<double>(chunk.size() / DTypeSize(dtype)) *
                                std::log2(static_cast<double>(std::max<size_t>(d, 2))) / 8;
-    const bool few = d && grouped > 1.5 * bound_bytes && im.ZstdSampleWins(chunk, grouped);
+    // Integer tensors (few in a model, and often sequences such as position ids) always ask.
+    const bool few = ((d && grouped > 1.5 * bound_bytes) || !IsFloat(dtype)) &&
+                     im.ZstdSampleWins(chunk, grouped);
     if ((grouped < chunk.size() / 8 || few) && try_zstd(grouped)) method = Method::kZstd;
   }
 

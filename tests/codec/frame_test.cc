@@ -349,6 +349,19 @@ TEST(FrameCompressionTest, FewDistinctValuesTryZstd) {
   EXPECT_EQ(test::InfoOf(gauss).method, Method::kGrouped);
 }
 
+// Position ids (0, 1, 2, ... as I64): the low byte stream looks random to order-0 coding, but
+// repeats every 256 elements, which zstd finds.
+TEST(FrameCompressionTest, IntegerSequencesTryZstd) {
+  Bytes ids(8 * 32768);
+  for (size_t i = 0; i < ids.size() / 8; i++) test::StoreElement(ids.data() + 8 * i, i, 8);
+  EncodeOptions zstd;
+  zstd.force_method = Method::kZstd;
+  Bytes chosen, by_zstd;
+  ASSERT_TRUE(RoundTrip(ids, DType::kI64, {}, {}, &chosen));
+  ASSERT_TRUE(RoundTrip(ids, DType::kI64, zstd, {}, &by_zstd));
+  EXPECT_LE(chosen.size(), by_zstd.size()) << MethodName(test::InfoOf(chosen).method);
+}
+
 TEST(FrameCompressionTest, UntypedBf16WeightsAreDetectedAsBf16) {
   // Real BF16 tensor bytes with no type given (as in a .bin file): grouped as BF16, not as F32,
   // whose grouping splits every other exponent across two streams.
