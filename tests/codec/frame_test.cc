@@ -327,6 +327,16 @@ TEST(FrameCompressionTest, SparseChunksCompressAboutAsWellAsZstd) {
   }
 }
 
+// The frame the coder chooses for `data` is no larger than zstd's.
+void ExpectNoLargerThanZstd(const Bytes& data, DType t) {
+  EncodeOptions zstd;
+  zstd.force_method = Method::kZstd;
+  Bytes chosen, by_zstd;
+  ASSERT_TRUE(RoundTrip(data, t, {}, {}, &chosen));
+  ASSERT_TRUE(RoundTrip(data, t, zstd, {}, &by_zstd));
+  EXPECT_LE(chosen.size(), by_zstd.size()) << MethodName(test::InfoOf(chosen).method);
+}
+
 // Weights quantized to 16 levels and stored as F32: each byte stream alone holds ~4 bits per
 // element, while the element has 4 bits in all, which zstd finds across the streams. The coder
 // must try zstd there (and keep grouping for ordinary weights, where the check is cheap).
@@ -337,12 +347,7 @@ TEST(FrameCompressionTest, FewDistinctValuesTryZstd) {
     const float v = (static_cast<int>(rng() % 16) - 8) * 0.013f;
     std::memcpy(q.data() + i, &v, 4);
   }
-  EncodeOptions zstd;
-  zstd.force_method = Method::kZstd;
-  Bytes chosen, by_zstd;
-  ASSERT_TRUE(RoundTrip(q, DType::kF32, {}, {}, &chosen));
-  ASSERT_TRUE(RoundTrip(q, DType::kF32, zstd, {}, &by_zstd));
-  EXPECT_LE(chosen.size(), by_zstd.size()) << MethodName(test::InfoOf(chosen).method);
+  ExpectNoLargerThanZstd(q, DType::kF32);
   Bytes gauss;
   ASSERT_TRUE(
       RoundTrip(test::GaussianWeights(DType::kF32, 65536, 0.02, 32), DType::kF32, {}, {}, &gauss));
@@ -354,12 +359,7 @@ TEST(FrameCompressionTest, FewDistinctValuesTryZstd) {
 TEST(FrameCompressionTest, IntegerSequencesTryZstd) {
   Bytes ids(8 * 32768);
   for (size_t i = 0; i < ids.size() / 8; i++) test::StoreElement(ids.data() + 8 * i, i, 8);
-  EncodeOptions zstd;
-  zstd.force_method = Method::kZstd;
-  Bytes chosen, by_zstd;
-  ASSERT_TRUE(RoundTrip(ids, DType::kI64, {}, {}, &chosen));
-  ASSERT_TRUE(RoundTrip(ids, DType::kI64, zstd, {}, &by_zstd));
-  EXPECT_LE(chosen.size(), by_zstd.size()) << MethodName(test::InfoOf(chosen).method);
+  ExpectNoLargerThanZstd(ids, DType::kI64);
 }
 
 TEST(FrameCompressionTest, UntypedBf16WeightsAreDetectedAsBf16) {
