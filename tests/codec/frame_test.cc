@@ -354,6 +354,15 @@ TEST(FrameCompressionTest, FewDistinctValuesTryZstd) {
   EXPECT_EQ(test::InfoOf(gauss).method, Method::kGrouped);
 }
 
+// Runs of equal values, here every third row of a BF16 matrix all zero (pruned or padding rows)
+// but for the first rows, which a sample of the chunk's start alone would see: the mantissa
+// stream codes each zero raw, zstd codes a row of them in a few bytes.
+TEST(FrameCompressionTest, RunsTryZstd) {
+  Bytes w = test::GaussianWeights(DType::kBF16, 128 * 1024, 0.02, 33);
+  for (size_t row = 9; row < 128; row += 3) std::fill_n(w.begin() + row * 2048, 2048, 0);
+  ExpectNoLargerThanZstd(w, DType::kBF16);
+}
+
 // Position ids (0, 1, 2, ... as I64): the low byte stream looks random to order-0 coding, but
 // repeats every 256 elements, which zstd finds.
 TEST(FrameCompressionTest, IntegerSequencesTryZstd) {
