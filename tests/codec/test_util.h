@@ -267,7 +267,7 @@ inline FrameInfo InfoOf(std::span<const uint8_t> frame) {
   return info.ok() ? *info : FrameInfo{};
 }
 
-// The frame header layout (codec/frame.cc):
+// The frame header layout (codec/frame_format.h):
 //   "ZNF" version u8 | method u8 | dtype u8 | flags u8 | 0 u8 | raw_size u32 | payload_size u32 |
 //   checksum u64 | 0 u32 | check u32 = low 32 bits of XXH3-64 of bytes [0, 28).
 // Tests that forge headers rely on it; HeaderLayoutIsAsDocumented checks it.
