@@ -90,6 +90,16 @@ ValueSample SampleValues(std::span<const uint8_t> chunk, size_t elem) {
   return r;
 }
 
+// A sample of `in`: four pieces of `piece` bytes spread from its start to its end, `align`-aligned
+// (a power of two), back to back in `out`. `in` holds more than `piece` bytes.
+void FourPieces(std::span<const uint8_t> in, size_t piece, size_t align,
+                std::vector<uint8_t>& out) {
+  const size_t step = (in.size() - piece) / 3 & ~(align - 1);
+  out.clear();
+  for (size_t k = 0; k < 4; k++)
+    out.insert(out.end(), in.data() + k * step, in.data() + k * step + piece);
+}
+
 double ByteEntropyBits(std::span<const uint8_t> d) {
   Histogram h;
   internal::CountSymbols(d, h);
@@ -202,11 +212,7 @@ struct FrameEncoder::Impl {
     if (in.size() <= 2 * kZstdSample) return true;
     std::span<const uint8_t> sample = in.first(kZstdSample);
     if (spread) {
-      pieces.resize(kZstdSample);
-      for (size_t k = 0; k < 4; k++) {
-        const size_t at = k * ((in.size() - kPiece) / 3);
-        std::memcpy(pieces.data() + k * kPiece, in.data() + at, kPiece);
-      }
+      FourPieces(in, kPiece, 1, pieces);
       sample = pieces;
     }
     if (!Zstd(sample, 1, tmp)) return false;
@@ -366,10 +372,7 @@ struct FrameEncoder::Impl {
   std::pair<Method, DType> Detect(std::span<const uint8_t> chunk) {
     std::span<const uint8_t> sample = chunk;
     if (chunk.size() > (64u << 10)) {
-      tmp.clear();
-      const size_t piece = 8u << 10, step = (chunk.size() - piece) / 3 & ~size_t{7};
-      for (size_t i = 0; i < 4; i++)
-        tmp.insert(tmp.end(), chunk.begin() + i * step, chunk.begin() + i * step + piece);
+      FourPieces(chunk, 8u << 10, 8, tmp);  // (whole elements of every size)
       sample = tmp;
     }
     const double n = static_cast<double>(sample.size());

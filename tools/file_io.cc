@@ -187,10 +187,8 @@ void ExtentReader::ReadAhead() {
     {
       std::unique_lock lk(mu_);
       if (i >= taken_ + slots) {
-        // A thread woken costs as much as a small read: sleep until half the slots are free,
-        // not until one is.
         waiting_at_ = i;
-        space_.wait(lk, [&] { return stop_ || i + slots / 2 < taken_ + slots; });
+        space_.wait(lk, [&] { return stop_ || HalfFree(i); });
         waiting_at_ = SIZE_MAX;
       }
       if (stop_) return;
@@ -222,8 +220,7 @@ Status ExtentReader::Read(size_t i, std::vector<uint8_t>& buf) {
   buf.swap(slot.buf);
   slot.ready = false;
   taken_++;
-  if (waiting_at_ != SIZE_MAX && waiting_at_ + slots_.size() / 2 < taken_ + slots_.size())
-    space_.notify_one();
+  if (waiting_at_ != SIZE_MAX && HalfFree(waiting_at_)) space_.notify_one();
   return std::move(slot.status);
 }
 

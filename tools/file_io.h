@@ -92,6 +92,9 @@ class ExtentReader {
     bool ready = false;
   };
   void ReadAhead();
+  // Whether half the slots are free for extent i onwards (with mu_ held): the reader waits for
+  // that, not for one slot, since a thread woken costs as much as a small read.
+  bool HalfFree(size_t i) const { return i + slots_.size() / 2 < taken_ + slots_.size(); }
 
   const int fd_;
   const std::vector<Extent> extents_;

@@ -2,9 +2,9 @@
 // checksum promises; never a crash, a hang or undefined behaviour.
 //
 // Input: one mode byte, then the frame. Mode bit 0 recomputes the header check (bytes 28..31,
-// the low 32 bits of XXH3-64 of bytes 0..27, see codec/frame_format.h) so mutations reach the header
-// fields and the payload decoders instead of stopping at the check. Bits 1..7 pick the size of a
-// second, usually wrong, output buffer.
+// the low 32 bits of XXH3-64 of bytes 0..27, see codec/frame_format.h) so mutations reach the
+// header fields and the payload decoders instead of stopping at the check. Bits 1..7 pick the size
+// of a second, usually wrong, output buffer.
 #include <xxhash.h>
 
 #include <cstdint>
