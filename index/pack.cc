@@ -11,8 +11,10 @@
 namespace zipnn::index {
 
 namespace {
-constexpr size_t kWriteBufferSize = 8u << 20;
-constexpr size_t kDirectWriteSize = 256u << 10;  // larger appends skip the buffer (no copy)
+// Direct writes wait for the disk: a few MiB at a time keep the workers' window from filling.
+constexpr size_t kWriteBufferSize = 4u << 20;
+constexpr size_t kDirectWriteSize = 256u << 10;  // without O_DIRECT, larger appends skip the buffer
+constexpr size_t kBlock = 4096;  // O_DIRECT's alignment of offsets, lengths and memory
 }  // namespace
 
 std::string PackPath(const std::string& packs_dir, uint32_t pack_id) {
@@ -59,34 +61,84 @@ Result<PackWriter> PackWriter::Open(const std::string& packs_dir, uint32_t pack_
       return Status::FromErrno(errno, path + ": truncating uncommitted bytes");
     }
   }
+  // (Where O_DIRECT is refused, at open or at the first write, writes go through the cache.)
+  w.direct_fd_.Reset(::open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC));
   w.id_ = pack_id;
-  w.end_ = w.committed_ = w.flushed_ = committed;
+  w.end_ = w.committed_ = w.flushed_ = w.base_ = committed;
   return w;
 }
 
-Status PackWriter::Append(std::span<const uint8_t> frame) {
-  if (buffered_ + frame.size() > kWriteBufferSize || frame.size() >= kDirectWriteSize) {
-    ZIPNN_RETURN_IF_ERROR(Flush());
+Status PackWriter::LoadTail() {
+  if (!buffer_.Reserve(kWriteBufferSize)) return Status::FromErrno(ENOMEM, "pack buffer");
+  base_ = direct() ? flushed_ & ~uint64_t{kBlock - 1} : flushed_;
+  if (base_ < flushed_) {
+    Status st = PreadFull(fd_.get(), base_, {buffer_.data(), flushed_ - base_});
+    if (!st.ok()) return Status(st.code(), "pack " + st.message());
   }
-  if (frame.size() >= kDirectWriteSize) {
-    ZIPNN_RETURN_IF_ERROR(Write(frame));
-  } else {
-    if (!buffer_.Reserve(kWriteBufferSize)) return Status::FromErrno(ENOMEM, "pack buffer");
-    std::copy(frame.begin(), frame.end(), buffer_.data() + buffered_);
-    buffered_ += frame.size();
-  }
-  end_ += frame.size();
+  tail_ready_ = true;
   return Status::Ok();
 }
 
-Status PackWriter::Write(std::span<const uint8_t> bytes) {
-  if (Status st = PwriteFull(fd_.get(), flushed_, bytes); !st.ok())
+Status PackWriter::Append(std::span<const uint8_t> frame) {
+  if (!direct() && frame.size() >= kDirectWriteSize) {  // through the cache: no copy
+    ZIPNN_RETURN_IF_ERROR(Flush(true));
+    ZIPNN_RETURN_IF_ERROR(WriteBuffered(flushed_, frame));
+    end_ = flushed_ = base_ = flushed_ + frame.size();
+    return Status::Ok();
+  }
+  while (!frame.empty()) {
+    if (!tail_ready_) ZIPNN_RETURN_IF_ERROR(LoadTail());
+    if (end_ - base_ == buffer_.capacity()) ZIPNN_RETURN_IF_ERROR(Flush(false));
+    const size_t n = std::min<size_t>(frame.size(), buffer_.capacity() - (end_ - base_));
+    std::copy_n(frame.begin(), n, buffer_.data() + (end_ - base_));
+    end_ += n;
+    frame = frame.subspan(n);
+  }
+  return Status::Ok();
+}
+
+Status PackWriter::Flush(bool all) {
+  if (!tail_ready_) return Status::Ok();  // nothing appended since it was last reset
+  if (direct()) {
+    const size_t whole = (end_ - base_) & ~(kBlock - 1);
+    if (base_ + whole > flushed_) {
+      ZIPNN_RETURN_IF_ERROR(WriteDirect(base_, {buffer_.data(), whole}));
+      flushed_ = base_ + whole;
+    }
+    if (direct()) {  // (a refused write falls back, and then the buffer is kept as it is)
+      std::copy(buffer_.data() + whole, buffer_.data() + (end_ - base_), buffer_.data());
+      base_ += whole;
+      if (!all) return Status::Ok();
+    }
+  }
+  if (end_ > flushed_) {
+    ZIPNN_RETURN_IF_ERROR(WriteBuffered(
+        flushed_, {buffer_.data() + (flushed_ - base_), static_cast<size_t>(end_ - flushed_)}));
+    flushed_ = end_;
+  }
+  if (!direct()) base_ = flushed_;
+  return Status::Ok();
+}
+
+Status PackWriter::WriteDirect(uint64_t offset, std::span<const uint8_t> bytes) {
+  if (::pwrite(direct_fd_.get(), bytes.data(), bytes.size(), static_cast<off_t>(offset)) ==
+      static_cast<ssize_t>(bytes.size())) {
+    return Status::Ok();
+  }
+  // A short write (the disk full, say) ends in the buffered write's error, if any; a refusal
+  // (EINVAL: alignment the file system does not take) ends direct writes.
+  direct_fd_.Reset();
+  return WriteBuffered(offset, bytes);
+}
+
+Status PackWriter::WriteBuffered(uint64_t offset, std::span<const uint8_t> bytes) {
+  if (Status st = PwriteFull(fd_.get(), offset, bytes); !st.ok())
     return Status(st.code(), "pack " + st.message());
+  if (direct()) return Status::Ok();  // only Sync's tail: nothing worth starting early
   // Start writeback now, so the sync before the commit has little left to wait for. Only a
   // hint: durability still comes from Sync.
-  (void)::sync_file_range(fd_.get(), static_cast<off_t>(flushed_), static_cast<off_t>(bytes.size()),
+  (void)::sync_file_range(fd_.get(), static_cast<off_t>(offset), static_cast<off_t>(bytes.size()),
                           SYNC_FILE_RANGE_WRITE);
-  flushed_ += bytes.size();
   // Started at the first write: most writers (a mount, opening old packs) never write. Without
   // one, only Sync syncs.
   if (!syncer_) syncer_ = BackgroundSyncer::Start(fd_.get(), "pack " + std::to_string(id_));
@@ -94,15 +146,8 @@ Status PackWriter::Write(std::span<const uint8_t> bytes) {
   return Status::Ok();
 }
 
-Status PackWriter::Flush() {
-  if (buffered_ == 0) return Status::Ok();
-  ZIPNN_RETURN_IF_ERROR(Write({buffer_.data(), buffered_}));
-  buffered_ = 0;
-  return Status::Ok();
-}
-
 Status PackWriter::Sync() {
-  ZIPNN_RETURN_IF_ERROR(Flush());
+  ZIPNN_RETURN_IF_ERROR(Flush(true));
   // A background sync under way leaves this one only the tail; its failure is ours too.
   if (syncer_) ZIPNN_RETURN_IF_ERROR(syncer_->Drain());
   if (::fdatasync(fd_.get()) != 0) return Status::FromErrno(errno, "pack fdatasync");
@@ -111,14 +156,12 @@ Status PackWriter::Sync() {
 
 Status PackWriter::Truncate(uint64_t offset) {
   if (offset < committed_ || offset > end_) return Status::InvalidArgument("pack truncate");
-  if (offset >= flushed_) {
-    buffered_ = offset - flushed_;
-  } else {
-    buffered_ = 0;
-    flushed_ = offset;
+  if (offset < flushed_) {
     if (::ftruncate(fd_.get(), static_cast<off_t>(offset)) != 0) {
       return Status::FromErrno(errno, "pack truncate");
     }
+    flushed_ = offset;
+    tail_ready_ = false;  // the buffer may not reach back to the new last block
   }
   end_ = offset;
   return Status::Ok();
@@ -128,8 +171,8 @@ Status PackWriter::Rollback() {
   // Everything committed was synced before its commit: a background failure since concerns only
   // the bytes dropped here, and must not fail the next group.
   if (syncer_) (void)syncer_->Drain();
-  buffered_ = 0;
   end_ = flushed_ = committed_;
+  tail_ready_ = false;
   if (::ftruncate(fd_.get(), static_cast<off_t>(committed_)) != 0) {
     return Status::FromErrno(errno, "pack truncate");
   }
