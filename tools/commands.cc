@@ -62,9 +62,8 @@ Status Compress(const CompressOptions& opts) {
   const std::string out_path = opts.output.empty() ? opts.input + ".znn" : opts.output;
   Result<InputFile> in = OpenInput(opts.input);
   if (!in.ok()) return in.status();
-  if (!opts.force && PathExists(out_path)) {
-    return Status::Exists(out_path + ": already exists (use -f to overwrite)");
-  }
+  Result<AtomicOutputFile> out = AtomicOutputFile::Create(out_path, opts.force, in->mode);
+  if (!out.ok()) return out.status();
   const int fd = in->fd.get();
   ReadAtFn read_at = [fd](uint64_t offset, std::span<uint8_t> out) {
     return PreadFull(fd, offset, out);
@@ -74,8 +73,6 @@ Status Compress(const CompressOptions& opts) {
   Result<std::vector<ChunkSpec>> plan = PlanChunks(read_at, in->size, plan_opts);
   if (!plan.ok()) return WithPath(opts.input, plan.status());
 
-  Result<AtomicOutputFile> out = AtomicOutputFile::Create(out_path, opts.force, in->mode);
-  if (!out.ok()) return out.status();
   ContainerWriter writer = ContainerWriter::ForFd(out->fd());
   EncodeOptions enc;
   enc.zstd_level = opts.level;
@@ -148,6 +145,7 @@ Status Decompress(const DecompressOptions& opts) {
   }
   ExtentReader input(reader->fd(), std::move(extents), ReadAhead(codec.threads(), largest));
   std::vector<std::vector<uint8_t>> frame(codec.threads());
+  const bool seekable = out->seekable();
   ZIPNN_RETURN_IF_ERROR(codec.RunOrdered(
       entries.size(), OrderedWindow(codec.threads(), largest),
       [&](size_t i, unsigned w, std::vector<uint8_t>& raw) {
@@ -158,8 +156,10 @@ Status Decompress(const DecompressOptions& opts) {
         return WithPath(opts.input, codec.decoder(w).Decode(frame[w], raw));
       },
       [&](size_t i, std::span<const uint8_t> raw) {
+        // (In order: a pipe takes plain writes.)
         ZIPNN_RETURN_IF_ERROR(
-            WithPath(out_path, PwriteFull(out->fd(), entries[i].raw_offset, raw)));
+            WithPath(out_path, seekable ? PwriteFull(out->fd(), entries[i].raw_offset, raw)
+                                        : WriteFull(out->fd(), raw)));
         out->Wrote(raw.size());
         return Status::Ok();
       }));

@@ -87,17 +87,19 @@ bool PathExists(const std::string& path) {
 AtomicOutputFile::AtomicOutputFile(UniqueFd fd, std::string path, std::string temp_path,
                                    bool overwrite)
     : fd_(std::move(fd)),
-      syncer_(BackgroundSyncer::Start(fd_.get(), path)),
+      syncer_(temp_path.empty() ? nullptr : BackgroundSyncer::Start(fd_.get(), path)),
       path_(std::move(path)),
       temp_path_(std::move(temp_path)),
-      overwrite_(overwrite) {}
+      overwrite_(overwrite),
+      special_(temp_path_.empty()) {}
 
 AtomicOutputFile::AtomicOutputFile(AtomicOutputFile&& o) noexcept
     : fd_(std::move(o.fd_)),
       syncer_(std::move(o.syncer_)),
       path_(std::move(o.path_)),
       temp_path_(std::exchange(o.temp_path_, std::string())),
-      overwrite_(o.overwrite_) {}
+      overwrite_(o.overwrite_),
+      special_(o.special_) {}
 
 AtomicOutputFile::~AtomicOutputFile() { Discard(); }
 
@@ -116,6 +118,17 @@ void AtomicOutputFile::Discard() {
 
 Result<AtomicOutputFile> AtomicOutputFile::Create(const std::string& path, bool overwrite,
                                                   mode_t mode) {
+  // A device or a pipe (/dev/null, /dev/stdout, a FIFO) is written to as it is: a temporary file
+  // renamed over it would replace the device node. Nothing there is overwritten, so no -f.
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    if (!S_ISCHR(st.st_mode) && !S_ISFIFO(st.st_mode)) {
+      return Status::InvalidArgument(path + ": not a regular file, character device or pipe");
+    }
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!fd.valid()) return Status::FromErrno(errno, path);
+    return AtomicOutputFile(std::move(fd), path, "", overwrite);
+  }
   if (!overwrite && PathExists(path)) {
     return Status::Exists(path + ": already exists (use -f to overwrite)");
   }
@@ -129,6 +142,10 @@ Result<AtomicOutputFile> AtomicOutputFile::Create(const std::string& path, bool 
 }
 
 Status AtomicOutputFile::Commit() {
+  if (special_) {
+    if (!fd_.valid()) return Status::InvalidArgument(path_ + ": already committed");
+    return ::close(fd_.Release()) == 0 ? Status::Ok() : Status::FromErrno(errno, path_);
+  }
   if (temp_path_.empty()) return Status::InvalidArgument(path_ + ": already committed");
   Status s = syncer_ ? syncer_->Drain() : Status::Ok();  // its failure is this file's
   if (s.ok() && ::fsync(fd_.get()) != 0) s = Status::FromErrno(errno, path_);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <condition_variable>
 #include <cstdint>
@@ -37,7 +38,9 @@ bool PathExists(const std::string& path);
 // or SIGHUP.
 class AtomicOutputFile {
  public:
-  // Fails with kExists if `path` exists and !overwrite. `mode` is applied (minus the umask).
+  // Fails with kExists if `path` exists and !overwrite. `mode` is applied (minus the umask). An
+  // existing character device or pipe is written in place, without -f (a temporary file renamed
+  // over /dev/null would replace it).
   static Result<AtomicOutputFile> Create(const std::string& path, bool overwrite, mode_t mode);
 
   AtomicOutputFile(AtomicOutputFile&& o) noexcept;
@@ -46,6 +49,8 @@ class AtomicOutputFile {
   ~AtomicOutputFile();
 
   int fd() const { return fd_.get(); }
+  // Whether the output takes positional writes (a pipe does not: write in order instead).
+  bool seekable() const { return ::lseek(fd_.get(), 0, SEEK_CUR) >= 0; }
   const std::string& path() const { return path_; }
   // Tells that `bytes` more were written: every few MB they are synced in the background, so the
   // fsync of Commit has little left (a flush costs time in proportion to what it flushes). Any
@@ -63,6 +68,7 @@ class AtomicOutputFile {
   std::string path_;
   std::string temp_path_;  // empty once committed or discarded
   bool overwrite_ = false;
+  bool special_ = false;  // a device or pipe, written to in place
 };
 
 // Reads extents of a file for coding. With `ahead` = 0, Read reads on the spot, on the calling

@@ -2,6 +2,8 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,6 +13,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/tools/cli_util.h"
@@ -109,6 +112,39 @@ TEST_F(ZipnnCliTest, DefaultNamesAndOverwrite) {
   ASSERT_EQ(d.exit_code, 0) << d.err;
   EXPECT_TRUE(test::ReadAll(model) == original);
   EXPECT_EQ(Listing(), (std::vector<std::string>{"m.safetensors", "m.safetensors.znn"}));
+}
+
+// A device or a pipe as the output is written in place: renaming a temporary file over it would
+// replace the device node (as root, `-o /dev/null -f` once turned /dev/null into a file).
+TEST_F(ZipnnCliTest, DevicesAndPipesAreWrittenInPlace) {
+  const std::string model = MakeModel("m.safetensors", DType::kBF16);
+  const std::string original = test::ReadAll(model);
+  ASSERT_EQ(Zipnn({"compress", "-q", model}).exit_code, 0);
+  const std::string null_dev = Path("null");  // a /dev/null of our own (needs root)
+  if (::mknod(null_dev.c_str(), S_IFCHR | 0666, makedev(1, 3)) == 0) {
+    for (const char* cmd : {"compress", "decompress"}) {
+      const std::string in = std::string(cmd) == "compress" ? model : model + ".znn";
+      test::ToolRun r = Zipnn({cmd, "-q", "-f", in, "-o", null_dev});
+      EXPECT_EQ(r.exit_code, 0) << cmd << ": " << r.err;
+      struct stat st;
+      ASSERT_EQ(::stat(null_dev.c_str(), &st), 0);
+      EXPECT_TRUE(S_ISCHR(st.st_mode)) << cmd << " replaced the device with a file";
+    }
+  } else {
+    std::printf("note: mknod refused (not root?): device output not tested\n");
+  }
+  // A pipe takes the bytes in order (no positional writes), and no -f is needed.
+  const std::string fifo = Path("fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  std::string piped;
+  std::thread reader([&] { piped = test::ReadAll(fifo); });
+  test::ToolRun d = Zipnn({"decompress", "-q", model + ".znn", "-o", fifo, "--threads", "2"});
+  // If the tool never opened the pipe, the reader still waits in open(): a writer end releases it.
+  const int release = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+  if (release >= 0) ::close(release);
+  reader.join();
+  EXPECT_EQ(d.exit_code, 0) << d.err;
+  EXPECT_TRUE(piped == original) << "bytes through a pipe differ";
 }
 
 TEST_F(ZipnnCliTest, InputErrors) {
