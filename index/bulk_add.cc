@@ -32,9 +32,10 @@ BulkAddImpl::BulkAddImpl(StoreImpl& store, const BulkAddOptions& opts)
     : store_(store), opts_(opts) {
   threads_ = store.opts_.threads != 0 ? store.opts_.threads
                                       : std::max(1u, std::thread::hardware_concurrency());
-  // Enough tasks out for every worker to have one and the next one ready, and batches small
-  // enough that a single file still spreads over all workers.
-  window_ = 2 * uint64_t{threads_} + 2;
+  // Enough tasks out for every worker to have one and the next ones ready while the writer waits
+  // on a direct pack write (with half as many, workers idled ~15% of an import of the corpus),
+  // and batches small enough that a single file still spreads over all workers.
+  window_ = 4 * uint64_t{threads_} + 4;
   task_bytes_ = std::clamp<uint64_t>(store.opts_.batch_bytes / window_, store.opts_.chunk_size,
                                      std::max<uint64_t>(kMaxTaskBytes, store.opts_.chunk_size));
 }
