@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <utility>
 
 namespace zipnn::index {
@@ -105,11 +106,11 @@ Status PackWriter::Flush(bool all) {
       ZIPNN_RETURN_IF_ERROR(WriteDirect(base_, {buffer_.data(), whole}));
       flushed_ = base_ + whole;
     }
-    if (direct()) {  // (a refused write falls back, and then the buffer is kept as it is)
-      std::copy(buffer_.data() + whole, buffer_.data() + (end_ - base_), buffer_.data());
+    if (direct() && whole != 0) {  // (a refused write falls back, keeping the buffer as it is)
+      std::memmove(buffer_.data(), buffer_.data() + whole, end_ - base_ - whole);
       base_ += whole;
-      if (!all) return Status::Ok();
     }
+    if (direct() && !all) return Status::Ok();
   }
   if (end_ > flushed_) {
     ZIPNN_RETURN_IF_ERROR(WriteBuffered(
@@ -156,10 +157,12 @@ Status PackWriter::Sync() {
 
 Status PackWriter::Truncate(uint64_t offset) {
   if (offset < committed_ || offset > end_) return Status::InvalidArgument("pack truncate");
+  // Cut the file even when `offset` is past what was written: a failed (short) write may have
+  // left bytes beyond flushed_.
+  if (::ftruncate(fd_.get(), static_cast<off_t>(std::min(offset, flushed_))) != 0) {
+    return Status::FromErrno(errno, "pack truncate");
+  }
   if (offset < flushed_) {
-    if (::ftruncate(fd_.get(), static_cast<off_t>(offset)) != 0) {
-      return Status::FromErrno(errno, "pack truncate");
-    }
     flushed_ = offset;
     tail_ready_ = false;  // the buffer may not reach back to the new last block
   }

@@ -54,7 +54,8 @@ class PackWriter {
   uint64_t committed() const { return committed_; }   // what the index references
   bool direct() const { return direct_fd_.valid(); }  // whole blocks go with O_DIRECT
 
-  // Appends `frame`; its offset in the pack is end() before the call.
+  // Appends `frame`; its offset in the pack is end() before the call. On an error, end() may
+  // have moved over part of it: Truncate or Rollback drops it.
   Status Append(std::span<const uint8_t> frame);
   // Writes buffered frames and fdatasyncs the pack.
   Status Sync();

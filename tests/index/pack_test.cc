@@ -95,5 +95,25 @@ TEST_F(PackTest, PartialBlocksSurviveSyncTruncateRollbackAndReopen) {
   EXPECT_EQ(FileBytes(1), model);
 }
 
+// A write that failed part way (the disk full) can leave bytes past what the writer counts as
+// written; dropping the failed frames must cut them too, or the next sync leaves them in the pack.
+TEST_F(PackTest, TruncateCutsBytesAFailedWriteLeftBehind) {
+  Result<PackWriter> w = PackWriter::Open(dir_, 1, 0);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  const std::vector<uint8_t> kept(10000, 7);
+  ASSERT_TRUE(w->Append(kept).ok());
+  ASSERT_TRUE(w->Sync().ok());
+  w->MarkCommitted();
+  {  // what a short write leaves: bytes past the end
+    std::FILE* f = std::fopen(PackPath(dir_, 1).c_str(), "ab");
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(std::fwrite("stray bytes", 1, 11, f), 11u);
+    std::fclose(f);
+  }
+  ASSERT_TRUE(w->Truncate(w->end()).ok());
+  ASSERT_TRUE(w->Sync().ok());
+  EXPECT_EQ(FileBytes(1), kept);
+}
+
 }  // namespace
 }  // namespace zipnn::index
