@@ -119,10 +119,6 @@ class FrameEncoder {
   Status Encode(std::span<const uint8_t> chunk, DType dtype, std::vector<uint8_t>& out,
                 std::span<const uint32_t> segments = {}, EncodeStats* stats = nullptr,
                 const TensorGrid& grid = {});
-  // As Encode, into `dst` (at least MaxFrameSize(chunk.size()) bytes): the frame's size. For
-  // buffers that are not vectors (a PageBuffer); the frame is built in the encoder's own memory.
-  Result<size_t> EncodeTo(std::span<const uint8_t> chunk, DType dtype, std::span<uint8_t> dst,
-                          std::span<const uint32_t> segments = {}, const TensorGrid& grid = {});
 
  private:
   struct Impl;

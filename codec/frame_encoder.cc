@@ -189,7 +189,6 @@ struct FrameEncoder::Impl {
   HufPlan plan;
   internal::ShiftPlan shift;
   std::vector<uint8_t> shifted;  // the chunk with its exponents shifted
-  std::vector<uint8_t> frame;    // EncodeTo's frame, before it is copied out
 
   ~Impl() { ZSTD_freeCCtx(zstd); }
 
@@ -522,18 +521,6 @@ Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::ve
           : static_cast<uint8_t>((joint ? kFlagJoint : 0) | (shifted ? kFlagShift : 0));
   WriteHeader(out.data() + start, method, coded_as, flags, raw, payload, sum);
   return Status::Ok();
-}
-
-Result<size_t> FrameEncoder::EncodeTo(std::span<const uint8_t> chunk, DType dtype,
-                                      std::span<uint8_t> dst, std::span<const uint32_t> segments,
-                                      const TensorGrid& grid) {
-  if (dst.size() < MaxFrameSize(chunk.size()))
-    return Status::InvalidArgument("frame buffer too small");
-  std::vector<uint8_t>& frame = impl_->frame;
-  frame.clear();
-  ZIPNN_RETURN_IF_ERROR(Encode(chunk, dtype, frame, segments, nullptr, grid));
-  std::copy(frame.begin(), frame.end(), dst.begin());
-  return frame.size();
 }
 
 }  // namespace zipnn

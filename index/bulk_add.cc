@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <new>
 #include <system_error>
 #include <unordered_set>
 
@@ -279,12 +280,14 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, PageBuffer& chu
   }
   size_t bound = 0;
   for (size_t i = t.first; i < t.last; ++i) bound += MaxFrameSize(plan[i].size);
-  // Room to spare, so that a recycled buffer is seldom too small next time: a new one is fresh
-  // memory (see page_buffer.h).
-  if (t.frame_data.capacity() < bound && !t.frame_data.Reserve(bound + bound / 4)) {
+  // Frames are coded straight into the task's buffer (no copy). Room for all at once, and to
+  // spare, so that a recycled buffer seldom grows: growing touches new memory.
+  t.frame_data.clear();
+  try {
+    if (t.frame_data.capacity() < bound) t.frame_data.reserve(bound + bound / 4);
+  } catch (const std::bad_alloc&) {
     return Status::FromErrno(ENOMEM, "frame buffer");
   }
-  t.frame_bytes = 0;
   t.extents.resize(t.last - t.first);
   std::unordered_set<ChunkHash, rec::ChunkHashHasher> seen;
   // A chunk at a time, so it is still in cache when it is hashed and coded. The read
@@ -306,13 +309,11 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, PageBuffer& chu
     if (!Claim(h, t.seq)) continue;
     NewFrame& f = t.frames.emplace_back();
     f.hash = h;
-    f.offset = t.frame_bytes;
-    const std::span<uint8_t> dst(t.frame_data.data() + f.offset, bound);
-    Result<size_t> size = encoder.EncodeTo(buf, c.dtype, dst, c.segments, c.grid);
-    if (!size.ok()) return size.status();
-    bound -= *size;
-    t.frame_bytes += *size;
-    Result<FrameInfo> info = ParseFrameHeader(dst.first(kFrameHeaderSize));
+    f.offset = t.frame_data.size();
+    ZIPNN_RETURN_IF_ERROR(
+        encoder.Encode(buf, c.dtype, t.frame_data, c.segments, /*stats=*/nullptr, c.grid));
+    Result<FrameInfo> info =
+        ParseFrameHeader(std::span<const uint8_t>(t.frame_data).subspan(f.offset));
     if (!info.ok()) return info.status();
     f.info = *info;
   }

@@ -67,8 +67,7 @@ struct BulkTask {
   Status status;                     // a failure opening, reading or compressing
   std::vector<rec::Extent> extents;  // one per chunk
   std::vector<NewFrame> frames;      // chunks this task coded (others are known or coded earlier)
-  PageBuffer frame_data;             // their frames, back to back (a recycled buffer)
-  size_t frame_bytes = 0;            // in frame_data
+  std::vector<uint8_t> frame_data;   // their frames, back to back (a recycled buffer)
 };
 
 class BulkAddImpl final : public BulkAdd {
@@ -132,7 +131,7 @@ class BulkAddImpl final : public BulkAdd {
   uint64_t next_seq_ = 0, consumed_ = 0;
   std::map<uint64_t, std::unique_ptr<BulkTask>> results_;  // done, waiting for the writer
   // Frame buffers the writer is done with: reusing them spares page faults on fresh memory.
-  std::vector<PageBuffer> spare_buffers_;
+  std::vector<std::vector<uint8_t>> spare_buffers_;
   bool closed_ = false;         // Finish called: no more entries
   bool dispense_done_ = false;  // a failed task was handed out: nothing after it matters
   bool stop_ = false;           // the writer is done (error or end) or the caller abandons

@@ -155,7 +155,7 @@ Status BulkAddImpl::Consume(BulkTask& t) {
     };
     for (size_t j = 0; j < t.frames.size(); ++j) {
       const NewFrame& f = t.frames[j];
-      const size_t end = j + 1 < t.frames.size() ? t.frames[j + 1].offset : t.frame_bytes;
+      const size_t end = j + 1 < t.frames.size() ? t.frames[j + 1].offset : t.frame_data.size();
       MDB_val v;
       Status got = written_.count(f.hash) != 0
                        ? Status::Ok()  // an earlier batch of this group has it

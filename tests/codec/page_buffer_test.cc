@@ -1,14 +1,10 @@
 // PageBuffer and MapHugePages: aligned, whole huge pages, growing without losing the mapping's
-// bounds; FrameEncoder::EncodeTo writes the frames Encode does.
+// bounds.
 #include "codec/page_buffer.h"
 
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <vector>
-
-#include "codec/codec.h"
-#include "tests/codec/test_util.h"
 
 namespace zipnn {
 namespace {
@@ -50,21 +46,6 @@ TEST(PageBufferTest, MappingsCanBeReleasedInAlignedParts) {
   UnmapPages(p, kHugePageSize);
   UnmapPages(p + 2 * kHugePageSize, kHugePageSize);
   EXPECT_EQ(MapHugePages(0), nullptr);
-}
-
-TEST(EncodeToTest, WritesTheFrameEncodeAppends) {
-  FrameEncoder a, b;
-  const test::Bytes chunk = test::GaussianWeights(DType::kBF16, 35000, 0.02, 3);
-  std::vector<uint8_t> want;
-  ASSERT_TRUE(a.Encode(chunk, DType::kBF16, want).ok());
-  std::vector<uint8_t> dst(MaxFrameSize(chunk.size()), 0xee);
-  Result<size_t> n = b.EncodeTo(chunk, DType::kBF16, dst);
-  ASSERT_TRUE(n.ok()) << n.status().ToString();
-  ASSERT_EQ(*n, want.size());
-  EXPECT_TRUE(std::equal(want.begin(), want.end(), dst.begin()));
-  EXPECT_EQ(dst[*n], 0xee) << "nothing written past the frame";
-  EXPECT_EQ(b.EncodeTo(chunk, DType::kBF16, std::span(dst).first(dst.size() - 1)).status().code(),
-            StatusCode::kInvalidArgument);
 }
 
 }  // namespace
