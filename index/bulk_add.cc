@@ -149,7 +149,7 @@ Status BulkAddImpl::SetTimes(BulkDir entry, int64_t atime_ns, int64_t mtime_ns) 
 }
 
 void BulkAddImpl::WorkerLoop(unsigned worker) {
-  PageBuffer buf;  // the chunk being read: grown, never cleared (a resize would zero it)
+  std::vector<uint8_t> buf;  // the chunk being read: grows to the largest chunk, then stays
   for (;;) {
     std::unique_ptr<BulkTask> t = NextTask();
     if (!t) return;
@@ -268,7 +268,7 @@ bool BulkAddImpl::Claim(const ChunkHash& h, uint64_t seq) {
   return true;
 }
 
-Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, PageBuffer& chunk_buf) {
+Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uint8_t>& chunk_buf) {
   if (t.first == t.last) return Status::Ok();
   const std::vector<ChunkSpec>& plan = t.job->plan;
   {
@@ -296,7 +296,11 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, PageBuffer& chu
   if (!txn.ok()) return txn.status();
   for (size_t i = t.first; i < t.last; ++i) {
     const ChunkSpec& c = plan[i];
-    if (!chunk_buf.Reserve(c.size)) return Status::FromErrno(ENOMEM, "chunk buffer");
+    try {
+      if (chunk_buf.size() < c.size) chunk_buf.resize(c.size);
+    } catch (const std::bad_alloc&) {
+      return Status::FromErrno(ENOMEM, "chunk buffer");
+    }
     const std::span<uint8_t> buf(chunk_buf.data(), c.size);
     ZIPNN_RETURN_IF_ERROR(PreadFull(t.job->fd.get(), c.offset, buf));
     const ChunkHash h = HashChunk(buf);

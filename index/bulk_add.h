@@ -26,7 +26,6 @@
 #include <unordered_map>
 #include <vector>
 
-#include "codec/page_buffer.h"
 #include "index/store_impl.h"
 
 namespace zipnn::index {
@@ -103,7 +102,7 @@ class BulkAddImpl final : public BulkAdd {
   void WorkerLoop(unsigned worker);
   std::unique_ptr<BulkTask> NextTask();                                  // null: no more work
   Result<std::shared_ptr<FileJob>> OpenJob(size_t entry, BulkEntry& e);  // without mutex_
-  Status RunBatch(BulkTask& t, FrameEncoder& encoder, PageBuffer& chunk_buf);
+  Status RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uint8_t>& chunk_buf);
   bool Claim(const ChunkHash& h, uint64_t seq);
   // ---- writer (bulk_commit.cc) ----
   void WriterLoop();
