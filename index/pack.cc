@@ -14,7 +14,7 @@ namespace zipnn::index {
 namespace {
 // Direct writes wait for the disk: a huge page at a time (~1 ms here) keeps the wait short.
 constexpr size_t kWriteBufferSize = 2u << 20;
-constexpr size_t kDirectWriteSize = 256u << 10;  // without O_DIRECT, larger appends skip the buffer
+constexpr size_t kSkipBufferSize = 256u << 10;  // without O_DIRECT, larger appends skip the buffer
 constexpr size_t kBlock = 4096;  // O_DIRECT's alignment of offsets, lengths and memory
 }  // namespace
 
@@ -81,7 +81,7 @@ Status PackWriter::LoadTail() {
 }
 
 Status PackWriter::Append(std::span<const uint8_t> frame) {
-  if (!direct() && frame.size() >= kDirectWriteSize) {  // through the cache: no copy
+  if (!direct() && frame.size() >= kSkipBufferSize) {  // through the cache: no copy
     ZIPNN_RETURN_IF_ERROR(Flush(true));
     ZIPNN_RETURN_IF_ERROR(WriteBuffered(flushed_, frame));
     end_ = flushed_ = base_ = flushed_ + frame.size();
