@@ -72,10 +72,11 @@ class PackWriter {
   Status Flush(bool all);  // writes whole blocks, and with `all` the rest too
   Status WriteDirect(uint64_t offset, std::span<const uint8_t> bytes);
   Status WriteBuffered(uint64_t offset, std::span<const uint8_t> bytes);
+  void StartSyncer();
 
   UniqueFd fd_;
   UniqueFd direct_fd_;  // the same file with O_DIRECT (invalid: the file system refused it)
-  std::unique_ptr<BackgroundSyncer> syncer_;  // started at the first buffered write
+  std::unique_ptr<BackgroundSyncer> syncer_;  // started at the first write
   uint32_t id_ = 0;
   uint64_t end_ = 0;
   uint64_t committed_ = 0;
