@@ -115,10 +115,11 @@ class FrameEncoder {
 
   // Appends one frame holding `chunk` to `out`. `segments` are optional element offsets inside
   // the chunk where statistics may change (tensor starts); the coder may give each its own table.
-  // `grid` places the chunk in the columns of the tensor it starts with.
+  // `grid` places the chunk in the columns of the tensor it starts with. `checksum`: the chunk's
+  // Checksum(), where the caller has it already (a wrong one makes a frame that never decodes).
   Status Encode(std::span<const uint8_t> chunk, DType dtype, std::vector<uint8_t>& out,
                 std::span<const uint32_t> segments = {}, EncodeStats* stats = nullptr,
-                const TensorGrid& grid = {});
+                const TensorGrid& grid = {}, std::optional<uint64_t> checksum = std::nullopt);
 
  private:
   struct Impl;

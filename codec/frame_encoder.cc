@@ -414,14 +414,14 @@ FrameEncoder::~FrameEncoder() = default;
 
 Status FrameEncoder::Encode(std::span<const uint8_t> chunk, DType dtype, std::vector<uint8_t>& out,
                             std::span<const uint32_t> segments, EncodeStats* stats,
-                            const TensorGrid& grid) {
+                            const TensorGrid& grid, std::optional<uint64_t> checksum) {
   if (chunk.size() > kMaxChunkSize) return Status::InvalidArgument("chunk larger than 64 MiB");
   if (static_cast<int>(dtype) >= kNumDTypes) return Status::InvalidArgument("unknown dtype");
   if (impl_->opts.joint_k < -1 || impl_->opts.joint_k > 3)
     return Status::InvalidArgument("joint_k must be -1..3");
   Impl& im = *impl_;
   const uint32_t raw = static_cast<uint32_t>(chunk.size());
-  const uint64_t sum = Checksum(chunk);
+  const uint64_t sum = checksum ? *checksum : Checksum(chunk);
   const size_t start = out.size();
   out.resize(start + kFrameHeaderSize);
   double entropy = 0;

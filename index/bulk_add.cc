@@ -314,8 +314,8 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
     NewFrame& f = t.frames.emplace_back();
     f.hash = h;
     f.offset = t.frame_data.size();
-    ZIPNN_RETURN_IF_ERROR(
-        encoder.Encode(buf, c.dtype, t.frame_data, c.segments, /*stats=*/nullptr, c.grid));
+    ZIPNN_RETURN_IF_ERROR(encoder.Encode(buf, c.dtype, t.frame_data, c.segments, /*stats=*/nullptr,
+                                         c.grid, ChecksumFromHash(h, buf.size())));
     Result<FrameInfo> info =
         ParseFrameHeader(std::span<const uint8_t>(t.frame_data).subspan(f.offset));
     if (!info.ok()) return info.status();

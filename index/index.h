@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -307,5 +308,9 @@ Status ForEachDirEntry(Store& store, uint64_t dir,
 
 // Canonical XXH3-128 of `data`, the key of a chunk.
 ChunkHash HashChunk(std::span<const uint8_t> data);
+// The codec's Checksum() (XXH3-64) of a chunk of `size` bytes, where its HashChunk `h` gives it:
+// for more than 240 bytes, XXH3's 128-bit hash has the 64-bit one as its low half (the same
+// accumulation, finished twice), which saves the encoder a second pass over the chunk.
+std::optional<uint64_t> ChecksumFromHash(const ChunkHash& h, size_t size);
 
 }  // namespace zipnn::index

@@ -98,6 +98,13 @@ ChunkHash HashChunk(std::span<const uint8_t> data) {
   return h;
 }
 
+std::optional<uint64_t> ChecksumFromHash(const ChunkHash& h, size_t size) {
+  if (size <= 240) return std::nullopt;  // short inputs: two different functions
+  uint64_t low = 0;
+  for (int i = 8; i < 16; ++i) low = low << 8 | h[i];  // canonical: big-endian, high half first
+  return low;
+}
+
 std::string Quote(std::string_view name) {
   std::string q;
   q.reserve(name.size() + 2);

@@ -104,6 +104,22 @@ void ExpectSameTree(const std::string& a, const std::string& b) {
   }
 }
 
+// The import hands the encoder the low half of its chunk key as the frame checksum.
+TEST(ChunkHashTest, ChecksumFromHashIsTheFrameChecksumAbove240Bytes) {
+  std::mt19937 rng(7);
+  for (size_t n : {0, 1, 240, 241, 4096, 262144, 262147}) {
+    std::vector<uint8_t> d(n);
+    for (uint8_t& b : d) b = static_cast<uint8_t>(rng());
+    const std::optional<uint64_t> sum = ChecksumFromHash(HashChunk(d), n);
+    if (n <= 240) {
+      EXPECT_FALSE(sum.has_value()) << n;
+    } else {
+      ASSERT_TRUE(sum.has_value()) << n;
+      EXPECT_EQ(*sum, Checksum(d)) << n;
+    }
+  }
+}
+
 TEST_F(StoreTest, InitCreatesRootAndRefusesNonEmptyDir) {
   auto store = OpenStore(false);
   ASSERT_TRUE(store);
