@@ -148,6 +148,7 @@ class BulkAddImpl final : public BulkAdd {
   uint64_t current_start_ = 0;        // pack offset of its first frame
   rec::ChunkMap written_;             // frames appended in the open group
   Clock::time_point group_deadline_;
+  bool sync_started_ = false;  // the pack's flush was started for the last tasks
   uint64_t group_bytes_ = 0;
   std::unordered_map<size_t, uint64_t> dir_ino_;  // Mkdir handle -> inode, once committed
   BulkProgress progress_;

@@ -61,9 +61,17 @@ void BulkAddImpl::WriterLoop() {
       continue;
     }
     st = Consume(*t);
+    bool last_tasks_out = false;
     {
       std::lock_guard lock(mutex_);
       ++consumed_;
+      last_tasks_out = closed_ && next_entry_ == entries_.size() && !job_ && !opening_;
+    }
+    // The end is near: start the pack's flush now, beside the last compressions (it took 3-6 ms
+    // of the final commit of a corpus import when left to it).
+    if (last_tasks_out && !sync_started_ && group_lock_) {
+      store_.pack_writer_->SyncSoon();
+      sync_started_ = true;
     }
     work_cv_.notify_all();
     if (!st.ok()) {

@@ -164,6 +164,10 @@ Status PackWriter::Sync() {
   return Status::Ok();
 }
 
+void PackWriter::SyncSoon() {
+  if (syncer_) syncer_->Request();
+}
+
 Status PackWriter::Truncate(uint64_t offset) {
   if (offset < committed_ || offset > end_) return Status::InvalidArgument("pack truncate");
   // Cut the file even when `offset` is past what was written: a failed (short) write may have

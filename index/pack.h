@@ -59,6 +59,9 @@ class PackWriter {
   Status Append(std::span<const uint8_t> frame);
   // Writes buffered frames and fdatasyncs the pack.
   Status Sync();
+  // Starts syncing what has reached the file in the background, for a Sync soon: the flush
+  // then overlaps the caller's last work instead of following it.
+  void SyncSoon();
   // The index now references everything appended (call after the LMDB commit).
   void MarkCommitted() { committed_ = end_; }
   // Drops everything appended since the last commit (after a failed add).
