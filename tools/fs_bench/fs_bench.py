@@ -228,6 +228,30 @@ def parallel_dd(path, size, readers):
     return size, dt
 
 
+def process_cpu_seconds(pid):
+    """User + system CPU seconds of process `pid` (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds():
+    """CPU seconds all cores have spent not idle (every process and kernel thread) so far."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
+def dd_with_cpu(mount, size):
+    """One dd reader of the whole file, with the CPU it took: the daemon's, and the whole
+    machine's (reader, kernel and daemon), in seconds per GB read."""
+    pid = mount.proc.pid
+    d0, m0 = process_cpu_seconds(pid), machine_busy_seconds()
+    n, dt = parallel_dd(mount.path, size, 1)
+    d1, m1 = process_cpu_seconds(pid), machine_busy_seconds()
+    return n, dt, (d1 - d0) / (n / 1e9), (m1 - m0) / (n / 1e9)
+
+
 def read_all(path):
     """Plain read() of the whole file in 1 MiB pieces."""
     buf = bytearray(MiB)
@@ -410,6 +434,10 @@ def build_report(res, cfg):
         ("mmap / read()", "mmap_ratio", 2),
         (f"daemon peak RSS, {cfg['mem_readers']} readers (MiB)", "rss_mib", 0),
         (f"{cfg['mem_readers']} readers, aggregate (MB/s)", "mem_mbps", 0),
+        ("1 reader: daemon CPU s per GB read", "daemon_cpu_s_per_gb", 2),
+        ("1 reader: whole machine's CPU s per GB read (reader, kernel, daemon)",
+         "machine_cpu_s_per_gb", 2),
+        ("1 reader: MB/s if every core were busy (cores / machine CPU per MB)", "cpu_bound_mbps", 0),
         ("mount read_ahead_kb", "read_ahead_kb", 0),
         ("mean read request, 1 reader (KiB)", "request_kib", 0),  # passthrough and zipnnfs
     ]
@@ -714,12 +742,17 @@ def main():
         offsets = random_offsets(size, a.random_reads, r)
         for readers in (1, 2, 4):
             for c in order:
-                (n, dt), info = measure(c, lambda m: parallel_dd(m.path, size, readers),
-                                        f"round {r + 1}: {readers} readers")
-                res[c][f"seq{readers}"] = n / dt / 1e6
                 if readers == 1:
+                    (n, dt, daemon_cpu, machine_cpu), info = measure(
+                        c, lambda m: dd_with_cpu(m, size), f"round {r + 1}: 1 reader")
                     res[c]["read_ahead_kb"] = info["read_ahead_kb"]
                     res[c]["request_kib"] = info.get("request_kib")
+                    res[c]["daemon_cpu_s_per_gb"] = daemon_cpu
+                    res[c]["machine_cpu_s_per_gb"] = machine_cpu
+                else:
+                    (n, dt), info = measure(c, lambda m: parallel_dd(m.path, size, readers),
+                                            f"round {r + 1}: {readers} readers")
+                res[c][f"seq{readers}"] = n / dt / 1e6
         for c in order:
             lat, _ = measure(c, lambda m: random_reads(m.path, offsets), f"round {r + 1}: random")
             res[c]["rand_mean_us"] = statistics.fmean(lat)
@@ -744,6 +777,8 @@ def main():
             res[c]["par2_ratio"] = res[c]["seq2"] / res[c]["seq1"]
             res[c]["par4_ratio"] = res[c]["seq4"] / res[c]["seq1"]
             res[c]["mmap_ratio"] = ratio(res[c]["mmap"], res[c]["read"])
+            res[c]["cpu_bound_mbps"] = (os.cpu_count() * 1e3 / res[c]["machine_cpu_s_per_gb"]
+                                        if res[c]["machine_cpu_s_per_gb"] > 0 else None)
         log(f"round {r + 1}/{a.repeat}: " + "; ".join(
             f"{c} seq {res[c]['seq1']:.0f} MB/s, rand {res[c]['rand_mean_us']:.0f} µs"
             for c in order))
@@ -795,7 +830,10 @@ def main():
         "read(): Python readinto 1 MiB; mmap: mmap.ACCESS_READ and numpy touching one byte per "
         f"page in order (sum checked against the file). RSS: daemon VmHWM and VmRSS sampled every "
         f"10 ms while {a.mem_readers} dd readers each read 1/{a.mem_readers} of the file; zipnnfs "
-        f"cache_size = {a.cache_size}.",
+        f"cache_size = {a.cache_size}. CPU per GB: the daemon's user + system time "
+        "(/proc/PID/stat), and every core's non-idle time (/proc/stat: reader, kernel threads, "
+        "daemon, anything else running) over the 1-reader sequential read, per GB read; "
+        f"{os.cpu_count()} cores divided by the latter bounds the throughput on this machine.",
     ]
     if targets:
         md += ["", "Targets of issue 4 (zipnnfs):", "", *targets]
