@@ -170,6 +170,9 @@ void PackWriter::SyncSoon() {
 
 Status PackWriter::Truncate(uint64_t offset) {
   if (offset < committed_ || offset > end_) return Status::InvalidArgument("pack truncate");
+  // Back to the commit, a background sync's failure concerns only bytes cut here (as in
+  // Rollback); past it, it may concern frames still to be committed, and stays for Sync.
+  if (offset == committed_ && syncer_) (void)syncer_->Drain();
   // Cut the file even when `offset` is past what was written: a failed (short) write may have
   // left bytes beyond flushed_.
   if (::ftruncate(fd_.get(), static_cast<off_t>(std::min(offset, flushed_))) != 0) {

@@ -2,14 +2,40 @@
 // syncs meanwhile; rollbacks and reopening drop what was not committed.
 #include "index/pack.h"
 
+#include <dlfcn.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/index/store_test_util.h"
+
+// Fault injection for this test executable: while g_fail_background_syncs is set, fdatasync fails
+// with EIO on every thread but g_test_thread (a pack's background syncer runs on its own).
+// Otherwise it is the C library's.
+namespace {
+std::atomic<bool> g_fail_background_syncs{false};
+std::atomic<pid_t> g_test_thread{0};
+std::atomic<int> g_failed_background_syncs{0};
+}  // namespace
+
+extern "C" int fdatasync(int fd) {
+  using Fn = int (*)(int);
+  static const Fn real = reinterpret_cast<Fn>(::dlsym(RTLD_NEXT, "fdatasync"));
+  if (g_fail_background_syncs.load() && ::gettid() != g_test_thread.load()) {
+    ++g_failed_background_syncs;
+    errno = EIO;
+    return -1;
+  }
+  return real(fd);
+}
 
 namespace zipnn::index {
 namespace {
@@ -113,6 +139,38 @@ TEST_F(PackTest, TruncateCutsBytesAFailedWriteLeftBehind) {
   ASSERT_TRUE(w->Truncate(w->end()).ok());
   ASSERT_TRUE(w->Sync().ok());
   EXPECT_EQ(FileBytes(1), kept);
+}
+
+// A failed file's frames are cut back to the commit: a background sync that failed on them must
+// not fail the next group, while one that failed on frames still there must fail the next Sync.
+TEST_F(PackTest, ABackgroundSyncFailureCountsOnlyWhileItsBytesRemain) {
+  Result<PackWriter> w = PackWriter::Open(dir_, 1, 0);
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  const std::vector<uint8_t> kept(10000, 7);
+  ASSERT_TRUE(w->Append(kept).ok());
+  ASSERT_TRUE(w->Sync().ok());
+  w->MarkCommitted();
+  g_test_thread = ::gettid();
+  // Appends enough for a background sync (one per 8 MB), fails it, and waits until it has.
+  auto append_with_failed_sync = [&] {
+    const int before = g_failed_background_syncs.load();
+    g_fail_background_syncs = true;
+    Status st = w->Append(std::vector<uint8_t>(9u << 20, 1));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (g_failed_background_syncs.load() == before &&
+           std::chrono::steady_clock::now() < deadline)
+      std::this_thread::yield();
+    g_fail_background_syncs = false;
+    return st.ok() && g_failed_background_syncs.load() > before;
+  };
+  ASSERT_TRUE(append_with_failed_sync());
+  ASSERT_TRUE(w->Truncate(w->committed()).ok());  // the failed file is dropped
+  ASSERT_TRUE(w->Append(kept).ok());
+  EXPECT_TRUE(w->Sync().ok());  // the next group
+  w->MarkCommitted();
+  ASSERT_TRUE(append_with_failed_sync());
+  ASSERT_TRUE(w->Truncate(w->end() - 1000).ok());  // most of the bytes it covered remain
+  EXPECT_EQ(w->Sync().code(), StatusCode::kIo);
 }
 
 }  // namespace
