@@ -80,9 +80,11 @@ Result<ChunkRef> FileReader::LoadChunk(const index::ChunkLocation& loc) {
   std::vector<uint8_t>& frame = ctx->frame;
   FrameDecoder& decoder = ctx->decoder;
   Status st = store_.ReadFrame(loc, frame);
-  std::shared_ptr<ChunkBytes> chunk = pool_->Get(loc.raw_size);
+  // (Memory only for a frame that checked out: a damaged record may claim any size.)
+  std::shared_ptr<ChunkBytes> chunk = st.ok() ? pool_->Get(loc.raw_size) : nullptr;
   if (st.ok() && chunk == nullptr) st = Status::NoSpace("no memory for a decoded chunk");
   if (st.ok()) st = decoder.Decode(frame, std::span<uint8_t>(chunk->data(), chunk->size()));
+  if (st.ok()) st = index::VerifyChunk(loc, {chunk->data(), chunk->size()});
   ReturnContext(std::move(ctx));
   if (!st.ok()) {
     bad_chunk_count_.fetch_add(1, std::memory_order_relaxed);

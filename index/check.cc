@@ -3,6 +3,7 @@
 // read and frames decoded after it has ended.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <unordered_map>
@@ -67,6 +68,7 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
     }
     report.inodes = inodes.size();
     if (!inodes.count(kRootInode)) problem("the root directory (inode 1) is missing");
+    std::map<uint64_t, uint64_t> dir_parent;  // directory -> the directory holding it
     {
       Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kDirents));
       if (!cur.ok()) return cur.status();
@@ -82,16 +84,46 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
         const std::string name(static_cast<const char*>(k.mv_data) + 8, k.mv_size - 8);
         auto p = inodes.find(parent);
         auto c = inodes.find(child);
-        if (p == inodes.end() || p->second.kind != InodeKind::kDirectory) {
+        if (!ValidateName(name).ok()) {  // "", ".", "..", "a/b": readers refuse the directory
+          problem("entry " + Quote(name) + " has an invalid name", parent);
+          out.bad_dirents.push_back(std::move(key));
+        } else if (c != inodes.end() && c->second.kind == InodeKind::kDirectory &&
+                   (child == kRootInode || dir_parent.count(child) != 0)) {
+          problem("entry " + Quote(name) + " names a directory that has a place already", parent);
+          out.bad_dirents.push_back(std::move(key));
+        } else if (p == inodes.end() || p->second.kind != InodeKind::kDirectory) {
           problem("entry '" + name + "' is in a missing or non-directory inode", parent);
           out.bad_dirents.push_back(std::move(key));
         } else if (c == inodes.end()) {
           problem("entry '" + name + "' names a missing inode", parent);
           out.bad_dirents.push_back(std::move(key));
         } else {
+          if (c->second.kind == InodeKind::kDirectory) dir_parent[child] = parent;
           out.dirent_of[child] = std::move(key);
         }
       }
+    }
+    // With one entry each, directories form a tree unless a chain of parents loops (a damaged
+    // index). Each directory is walked once: 1 while on the walk under way, 2 once known not to
+    // lie on a loop.
+    std::map<uint64_t, int> state;
+    for (const auto& [dir, parent] : dir_parent) {
+      std::vector<uint64_t> walk;
+      uint64_t at = dir;
+      for (;;) {
+        int& s = state[at];
+        if (s == 1) {  // back on this walk: a loop through `at`
+          problem("directory cycle", at);
+          out.bad_dirents.push_back(out.dirent_of[at]);
+        }
+        if (s != 0) break;
+        s = 1;
+        walk.push_back(at);
+        auto up = dir_parent.find(at);
+        if (up == dir_parent.end()) break;  // the root, or a directory in no directory
+        at = up->second;
+      }
+      for (uint64_t w : walk) state[w] = 2;
     }
     for (const auto& [ino, a] : inodes) {
       if (a.kind == InodeKind::kSymlink) {
@@ -195,12 +227,13 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
       problem("orphan chunk: refcount " + std::to_string(c.refcount) + " but no references");
     }
     auto pack = pack_lengths.find(c.pack_id);
-    if (pack == pack_lengths.end() || c.pack_offset + c.frame_size > pack->second) {
+    if (pack == pack_lengths.end() || c.frame_size > pack->second ||
+        c.pack_offset > pack->second - c.frame_size) {
       damaged(h, "chunk lies outside the committed part of pack " + std::to_string(c.pack_id));
       out.bad_chunks.push_back(h);
       continue;
     }
-    if (verify_frames && used) to_verify.emplace_back(&h, FrameLocation(c));
+    if (verify_frames && used) to_verify.emplace_back(&h, FrameLocation(h, c));
   }
   // Frames are decoded on all cores (a store is read many times faster than one core decodes);
   // what is found is reported in chunk order, as it would be one by one.

@@ -81,7 +81,7 @@ Result<GcReport> StoreImpl::Gc(double live_fraction) {
     std::vector<uint8_t> frame;
     for (const auto& [hash, c] : chunks) {
       if (c.refcount == 0 || !victims.count(c.pack_id)) continue;
-      const ChunkLocation loc = FrameLocation(c);
+      const ChunkLocation loc = FrameLocation(hash, c);
       ZIPNN_RETURN_IF_ERROR(ReadFrame(loc, frame));
       rec::Chunk at = c;
       at.pack_id = fresh->id();

@@ -312,5 +312,9 @@ ChunkHash HashChunk(std::span<const uint8_t> data);
 // for more than 240 bytes, XXH3's 128-bit hash has the 64-bit one as its low half (the same
 // accumulation, finished twice), which saves the encoder a second pass over the chunk.
 std::optional<uint64_t> ChecksumFromHash(const ChunkHash& h, size_t size);
+// Whether `decoded`, the bytes of the frame ReadFrame gave for `chunk`, are that chunk's: ReadFrame
+// matches a frame to its key by the frame's checksum where ChecksumFromHash allows; for chunks of
+// 240 bytes or less this hashes them.
+Status VerifyChunk(const ChunkLocation& chunk, std::span<const uint8_t> decoded);
 
 }  // namespace zipnn::index

@@ -32,6 +32,9 @@ Status PackReader::Read(uint32_t pack_id, uint64_t offset, std::span<uint8_t> ou
     if (it == fds_.end()) {
       const std::string path = PackPath(dir_, pack_id);
       UniqueFd opened(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      // A pack the index references and the disk lacks is damage (EIO to a reader), not a
+      // missing file the caller asked for (ENOENT).
+      if (!opened.valid() && errno == ENOENT) return Status::Corrupt(path + ": pack file missing");
       if (!opened.valid()) return Status::FromErrno(errno, path);
       it = fds_.emplace(pack_id, std::move(opened)).first;
     }

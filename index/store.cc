@@ -362,7 +362,11 @@ Status StoreImpl::ReadDir(uint64_t parent, std::string_view after, size_t max,
     if (k.mv_size < 8 || KeyIno(k) != parent) break;
     std::string_view name(static_cast<const char*>(k.mv_data) + 8, k.mv_size - 8);
     if (name != after || after.empty()) {
-      if (v.mv_size != rec::kDirentSize) return Status::Corrupt("bad directory entry");
+      // A damaged index must not hand out names a caller would follow out of a tree ("..",
+      // "a/b") or page on forever (""; the next page starts after the last name).
+      if (v.mv_size != rec::kDirentSize || !ValidateName(name).ok())
+        return Status::Corrupt("bad directory entry in directory " + std::to_string(parent) + ": " +
+                               Quote(name));
       const uint8_t* p = static_cast<const uint8_t*>(v.mv_data);
       out.push_back({std::string(name), rec::GetLE<uint64_t>(p), static_cast<InodeKind>(p[8])});
     }
@@ -474,7 +478,17 @@ Status StoreImpl::ReadFrame(const ChunkLocation& chunk, std::vector<uint8_t>& fr
       info->method != chunk.method) {
     return Status::Corrupt("frame header does not match its chunk record");
   }
+  // The frame must be this chunk's, not another sound one a damaged record points at: its
+  // checksum is the key's low half (below that size, VerifyChunk hashes the decoded bytes).
+  const std::optional<uint64_t> sum = ChecksumFromHash(chunk.hash, chunk.raw_size);
+  if (sum && *sum != info->checksum) return Status::Corrupt("frame is not its chunk record's");
   return Status::Ok();
+}
+
+Status VerifyChunk(const ChunkLocation& chunk, std::span<const uint8_t> decoded) {
+  if (ChecksumFromHash(chunk.hash, chunk.raw_size) || HashChunk(decoded) == chunk.hash)
+    return Status::Ok();  // (larger chunks: ReadFrame has matched the frame to the key)
+  return Status::Corrupt("frame is not its chunk record's");
 }
 
 Result<size_t> StoreImpl::Read(uint64_t ino, uint64_t offset, std::span<uint8_t> out) {
@@ -510,9 +524,11 @@ Result<size_t> StoreImpl::Read(uint64_t ino, uint64_t offset, std::span<uint8_t>
     std::span<uint8_t> dest = out.subspan(from - offset, to - from);
     if (from == c.file_offset && to == c_end) {
       st = tls_decoder->Decode(frame, dest);  // whole chunk: decode in place
+      if (st.ok()) st = VerifyChunk(c, dest);
     } else {
       whole.resize(c.raw_size);
       st = tls_decoder->Decode(frame, whole);
+      if (st.ok()) st = VerifyChunk(c, whole);
       if (st.ok()) std::memcpy(dest.data(), whole.data() + (from - c.file_offset), dest.size());
     }
     if (!st.ok()) return fail(st);

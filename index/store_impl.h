@@ -25,9 +25,10 @@ enum Db : size_t { kMeta, kInodes, kDirents, kExtents, kChunks, kSymlinks, kXatt
 inline constexpr const char* kDbNames[kNumDbs] = {"meta",   "inodes",   "dirents", "extents",
                                                   "chunks", "symlinks", "xattrs"};
 
-// Where a chunk record's frame is (the file-side fields left empty), for ReadFrame.
-inline ChunkLocation FrameLocation(const rec::Chunk& c) {
+// Where chunk `hash`'s frame is (the file-side fields left empty), for ReadFrame.
+inline ChunkLocation FrameLocation(const ChunkHash& hash, const rec::Chunk& c) {
   ChunkLocation loc;
+  loc.hash = hash;
   loc.raw_size = c.raw_size;
   loc.pack_id = c.pack_id;
   loc.pack_offset = c.pack_offset;

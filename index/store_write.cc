@@ -69,6 +69,16 @@ Result<InodeAttr> StoreImpl::CreateInode(lmdb::Txn& txn, uint64_t parent, std::s
   Result<uint64_t> next = GetU64(txn, dbi(kMeta), rec::kMetaNextInode);
   if (!next.ok()) return next.status();
   attr.ino = *next;
+  {  // a damaged counter must not make a new file overwrite an old one
+    const rec::InodeKey key(attr.ino);
+    MDB_val old;
+    st = txn.Get(dbi(kInodes), lmdb::Val(key.bytes()), old);
+    if (st.ok()) {
+      return Status::Corrupt("the next free inode number (" + std::to_string(attr.ino) +
+                             ") is in use: damaged store metadata (see zipnnfs fsck)");
+    }
+    if (st.code() != StatusCode::kNotFound) return st;
+  }
   ZIPNN_RETURN_IF_ERROR(PutU64(txn, dbi(kMeta), rec::kMetaNextInode, *next + 1));
   ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), attr));
   uint8_t dirent[rec::kDirentSize];

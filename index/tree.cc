@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 #include "codec/container.h"
@@ -210,8 +211,10 @@ Status WriteRange(Store& store, ThreadPool& pool, uint64_t ino, uint64_t begin, 
                       [&](size_t, std::span<const uint8_t> buf) { return WriteFull(fd, buf); }));
 }
 
+// `dirs`: the directories exported so far. A directory met twice (a cycle or a hard link, which
+// only a damaged index has) is an error, not an endless descent.
 Status ExportNode(Store& store, ThreadPool& pool, uint64_t ino, const std::string& dest,
-                  TreeSummary& summary) {
+                  TreeSummary& summary, std::unordered_set<uint64_t>& dirs) {
   Result<InodeAttr> attr = store.GetAttr(ino);
   if (!attr.ok()) return attr.status();
   const bool root = ::geteuid() == 0;
@@ -247,9 +250,13 @@ Status ExportNode(Store& store, ThreadPool& pool, uint64_t ino, const std::strin
       return Status::Ok();
     }
     case InodeKind::kDirectory: {
+      if (!dirs.insert(ino).second) {
+        return Status::Corrupt(dest + ": directory inode " + std::to_string(ino) +
+                               " is in the tree twice (damaged index: see zipnnfs fsck)");
+      }
       if (::mkdir(dest.c_str(), 0700) != 0) return Status::FromErrno(errno, dest);
       ZIPNN_RETURN_IF_ERROR(ForEachDirEntry(store, ino, [&](const DirEntry& e) {
-        return ExportNode(store, pool, e.ino, dest + "/" + e.name, summary);
+        return ExportNode(store, pool, e.ino, dest + "/" + e.name, summary, dirs);
       }));
       if (root && ::lchown(dest.c_str(), attr->uid, attr->gid) != 0) {
         return Status::FromErrno(errno, dest);
@@ -270,7 +277,8 @@ Status ExportNode(Store& store, ThreadPool& pool, uint64_t ino, const std::strin
 
 Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary) {
   ThreadPool pool(0);
-  return ExportNode(store, pool, ino, dest, summary);
+  std::unordered_set<uint64_t> dirs;
+  return ExportNode(store, pool, ino, dest, summary, dirs);
 }
 
 Status WriteFileRange(Store& store, uint64_t ino, uint64_t begin, uint64_t end, int fd,

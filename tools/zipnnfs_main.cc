@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -183,16 +184,27 @@ int Cat(const std::string& store_dir, const std::string& path, uint64_t offset,
   return st.ok() ? 0 : Fail(st);
 }
 
-// Every regular file at or below `ino`, with its store path.
+// Every regular file at or below `ino`, with its store path. A directory met twice (a cycle or a
+// hard link, which only a damaged index has) is an error, not an endless descent.
 Status CollectFiles(Store& store, uint64_t ino, const std::string& path,
-                    std::vector<std::pair<std::string, uint64_t>>& out) {
+                    std::vector<std::pair<std::string, uint64_t>>& out,
+                    std::unordered_set<uint64_t>& dirs) {
   Result<InodeAttr> a = store.GetAttr(ino);
   if (!a.ok()) return a.status();
   if (a->kind == InodeKind::kFile) out.emplace_back(path.empty() ? "/" : path, ino);
   if (a->kind != InodeKind::kDirectory) return Status::Ok();
+  if (!dirs.insert(ino).second) {
+    return Status::Corrupt((path.empty() ? "/" : path) + ": directory inode " +
+                           std::to_string(ino) + " is in the tree twice (damaged index)");
+  }
   return ForEachDirEntry(store, ino, [&](const DirEntry& e) {
-    return CollectFiles(store, e.ino, path + "/" + e.name, out);
+    return CollectFiles(store, e.ino, path + "/" + e.name, out, dirs);
   });
+}
+Status CollectFiles(Store& store, uint64_t ino, const std::string& path,
+                    std::vector<std::pair<std::string, uint64_t>>& out) {
+  std::unordered_set<uint64_t> dirs;
+  return CollectFiles(store, ino, path, out, dirs);
 }
 
 int Stats(const std::string& store_dir, std::vector<std::string> paths, bool json) {
