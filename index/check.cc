@@ -195,12 +195,33 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
     for (const auto& [ino, a] : inodes) out.kinds[ino] = a.kind;
   }  // the read transaction ends here: packs are checked without it
 
-  for (auto& [id, length] : pack_lengths) {
+  std::map<uint32_t, uint64_t> used_end;  // where the last frame a record uses ends, per pack
+  for (const auto& [h, c] : chunks) {
+    if (c.pack_offset > UINT64_MAX - c.frame_size) continue;  // (reported below)
+    uint64_t& end = used_end[c.pack_id];
+    end = std::max(end, c.pack_offset + c.frame_size);
+  }
+  auto file_size = [&](uint32_t id) {
     struct stat s;
     const std::string path = PackPath(dir_ + "/packs", id);
-    const uint64_t size = ::stat(path.c_str(), &s) == 0 ? static_cast<uint64_t>(s.st_size) : 0;
+    return ::stat(path.c_str(), &s) == 0 ? static_cast<uint64_t>(s.st_size) : 0;
+  };
+  // A length record short of (or missing for) frames the file holds: the record is damaged, not
+  // the frames (which the full check verifies), and repair raises it.
+  for (const auto& [id, end] : used_end) {
+    auto known = pack_lengths.find(id);
+    if (known != pack_lengths.end() && known->second >= end) continue;
+    if (end > file_size(id)) continue;  // lost frames: reported below
+    problem("pack " + std::to_string(id) + ": committed length " +
+            (known == pack_lengths.end() ? std::string("missing") : std::to_string(known->second)) +
+            ", but its chunk records use " + std::to_string(end) + " bytes");
+    out.pack_lengths[id] = pack_lengths[id] = end;
+  }
+  for (auto& [id, length] : pack_lengths) {
+    const uint64_t size = file_size(id);
     if (size < length) {
-      problem(path + ": shorter than its committed length " + std::to_string(length));
+      problem(PackPath(dir_ + "/packs", id) + ": shorter than its committed length " +
+              std::to_string(length));
       out.pack_lengths[id] = length = size;  // frames past its end are lost
     }
   }

@@ -78,8 +78,8 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
       uint8_t len[8];
       rec::PutLE<uint64_t>(len, length);
       ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kMeta), lmdb::Val(rec::PackLengthKey(id)), lmdb::Val(len)));
-      actions.push_back("pack " + std::to_string(id) + ": committed length cut to " +
-                        std::to_string(length) + " bytes (what the file holds)");
+      actions.push_back("pack " + std::to_string(id) + ": committed length set to " +
+                        std::to_string(length) + " bytes");
     }
     return Status::Ok();
   });

@@ -261,9 +261,40 @@ Status StoreImpl::OpenPacksForWriting() {
     }
   }
   ::closedir(d);
+  // Where each pack's last frame a chunk record uses ends: found (a scan of the chunk records)
+  // only when a pack is about to lose bytes, past its committed length or whole. After a crash
+  // that is normal; if records reach into those bytes, the length record is damaged, and the
+  // bytes stay (a cut would destroy committed files; fsck reports the records).
+  std::optional<std::map<uint32_t, uint64_t>> used;
+  auto keep_at_least = [&](uint32_t id, int64_t len) -> Result<int64_t> {
+    struct stat st;
+    const std::string path = PackPath(packs_dir, id);
+    if (::stat(path.c_str(), &st) != 0) return Status::FromErrno(errno, path);
+    if (st.st_size <= len) return len;
+    if (!used) {
+      used.emplace();
+      Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kChunks));
+      if (!cur.ok()) return cur.status();
+      MDB_val k, v;
+      Status cst;
+      for (bool have = cur->Get(k, v, MDB_FIRST, cst); have; have = cur->Get(k, v, MDB_NEXT, cst)) {
+        const std::optional<rec::Chunk> c = rec::DecodeChunk(lmdb::Bytes(v));
+        if (!c || c->pack_offset > UINT64_MAX - c->frame_size) continue;  // (fsck's concern)
+        uint64_t& end = (*used)[c->pack_id];
+        end = std::max(end, c->pack_offset + c->frame_size);
+      }
+      ZIPNN_RETURN_IF_ERROR(cst);
+    }
+    auto it = used->find(id);
+    if (it == used->end() || it->second <= static_cast<uint64_t>(std::max<int64_t>(len, 0)))
+      return len;
+    return static_cast<int64_t>(std::min<uint64_t>(it->second, static_cast<uint64_t>(st.st_size)));
+  };
   for (uint32_t id : ids) {
     if (id == current) continue;
     Result<int64_t> len = committed(id);
+    if (!len.ok()) return len.status();
+    len = keep_at_least(id, *len);
     if (!len.ok()) return len.status();
     if (*len < 0) {
       // No committed byte: a pack started by a writer that crashed before its first commit, or
@@ -278,6 +309,8 @@ Status StoreImpl::OpenPacksForWriting() {
     if (!w.ok() && w.status().code() != StatusCode::kCorrupt) return w.status();
   }
   Result<int64_t> len = committed(current);
+  if (!len.ok()) return len.status();
+  if (::access(PackPath(packs_dir, current).c_str(), F_OK) == 0) len = keep_at_least(current, *len);
   if (!len.ok()) return len.status();
   Result<PackWriter> w =
       PackWriter::Open(packs_dir, current, static_cast<uint64_t>(std::max<int64_t>(*len, 0)));

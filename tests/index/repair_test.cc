@@ -195,5 +195,47 @@ TEST_F(RepairTest, TruncatedPack) {
   EXPECT_TRUE(store->Check(true)->clean());
 }
 
+// A pack length record lowered, or deleted with the current pack moved on: opening the store for
+// writing must not cut or delete the frames the chunk records use; fsck names the record and
+// repair restores it, every file intact.
+TEST_F(RepairTest, DamagedPackLengthNeverCostsFrames) {
+  const Bytes a = Compressible(300000, 8), b = Compressible(200000, 9);
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Add(*store, "a", a);
+    Add(*store, "b", b);
+  }
+  const std::string pack = store_dir_ + "/packs/pack-000001.znp";
+  const uint64_t size = fs::file_size(pack);
+  for (bool remove : {false, true}) {
+    EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+      const std::string key = rec::PackLengthKey(1);
+      if (remove) {
+        ASSERT_TRUE(txn.Del(env.dbi(kMeta), lmdb::Val(key)).ok());
+        uint8_t cur[4];
+        rec::PutLE<uint32_t>(cur, 2);
+        ASSERT_TRUE(txn.Put(env.dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), lmdb::Val(cur)).ok());
+      } else {
+        uint8_t len[8];
+        rec::PutLE<uint64_t>(len, 100);
+        ASSERT_TRUE(txn.Put(env.dbi(kMeta), lmdb::Val(key), lmdb::Val(len)).ok());
+      }
+    });
+    auto store = Open();  // (opening for writing cuts uncommitted bytes, deletes unknown packs)
+    ASSERT_TRUE(store);
+    EXPECT_EQ(fs::file_size(pack), size) << remove;
+    ExpectFile(*store, "a", a);
+    Result<CheckReport> before = store->Check(true);
+    ASSERT_TRUE(before.ok());
+    EXPECT_FALSE(before->clean()) << remove;
+    Result<RepairReport> r = store->Repair(true);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+    ExpectFile(*store, "a", a);
+    ExpectFile(*store, "b", b);
+  }
+}
+
 }  // namespace
 }  // namespace zipnn::index
