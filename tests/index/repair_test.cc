@@ -237,5 +237,41 @@ TEST_F(RepairTest, DamagedPackLengthNeverCostsFrames) {
   }
 }
 
+// A used chunk whose refcount was damaged to 0: gc refuses instead of dropping its frame; repair
+// corrects the count, and gc then keeps the file whole.
+TEST_F(RepairTest, GcNeverDropsAChunkFilesUse) {
+  const Bytes a = Compressible(300000, 10);
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Add(*store, "a", a);
+  }
+  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+    Result<lmdb::Cursor> cur = lmdb::Cursor::Open(txn, env.dbi(kChunks));
+    ASSERT_TRUE(cur.ok());
+    MDB_val k, v;
+    Status st;
+    ASSERT_TRUE(cur->Get(k, v, MDB_FIRST, st));
+    std::optional<rec::Chunk> c = rec::DecodeChunk(lmdb::Bytes(v));
+    ASSERT_TRUE(c && c->refcount > 0);
+    c->refcount = 0;
+    uint8_t cv[rec::kChunkSize];
+    rec::EncodeChunk(*c, cv);
+    const Bytes key(static_cast<const uint8_t*>(k.mv_data),
+                    static_cast<const uint8_t*>(k.mv_data) + k.mv_size);
+    ASSERT_TRUE(txn.Put(env.dbi(kChunks), lmdb::Val(key), lmdb::Val(cv)).ok());
+  });
+  auto store = Open();
+  ASSERT_TRUE(store);
+  Result<GcReport> gc = store->Gc();
+  EXPECT_EQ(gc.status().code(), StatusCode::kCorrupt);
+  ExpectFile(*store, "a", a);
+  Result<RepairReport> r = store->Repair(true);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean());
+  ASSERT_TRUE(store->Gc().ok());
+  ExpectFile(*store, "a", a);
+}
+
 }  // namespace
 }  // namespace zipnn::index
