@@ -63,11 +63,36 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
           out.bad_inode_keys.emplace_back(static_cast<const char*>(k.mv_data), k.mv_size);
           continue;
         }
+        // The kernel goes by the mode's file type, readers by the kind: they must agree.
+        const mode_t type = a->kind == InodeKind::kDirectory ? S_IFDIR
+                            : a->kind == InodeKind::kSymlink ? S_IFLNK
+                                                             : S_IFREG;
+        if ((a->mode & S_IFMT) != 0 && (a->mode & S_IFMT) != type) {
+          problem("mode " + std::to_string(a->mode) + " contradicts the inode's kind", a->ino);
+          out.fixed_modes.push_back(*a);
+          out.fixed_modes.back().mode = (a->mode & ~S_IFMT) | type;
+        }
         inodes[a->ino] = *a;
       }
     }
     report.inodes = inodes.size();
     if (!inodes.count(kRootInode)) problem("the root directory (inode 1) is missing");
+    {  // the counters new inodes and packs come from
+      MDB_val m;
+      const uint64_t last = inodes.empty() ? kRootInode : inodes.rbegin()->first;
+      Status got = txn->Get(dbi(kMeta), lmdb::Val(rec::kMetaNextInode), m);
+      if (!got.ok() || m.mv_size != 8 ||
+          rec::GetLE<uint64_t>(static_cast<const uint8_t*>(m.mv_data)) <= last) {
+        problem("meta: the next inode number is missing or not above inode " +
+                std::to_string(last));
+        out.next_inode = last + 1;
+      }
+      got = txn->Get(dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), m);
+      if (!got.ok() || m.mv_size != 4) {
+        problem("meta: the current pack record is missing");
+        out.current_pack = pack_writer_ ? pack_writer_->id() : 1;
+      }
+    }
     std::map<uint64_t, uint64_t> dir_parent;  // directory -> the directory holding it
     {
       Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kDirents));

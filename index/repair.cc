@@ -24,6 +24,25 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
   std::vector<std::string>& actions = report.actions;
   Status st = env_->Update([&](lmdb::Txn& txn) -> Status {
     actions.clear();
+    for (const InodeAttr& a : scan.fixed_modes) {
+      uint8_t v[rec::kInodeSize];
+      rec::EncodeInode(a, v);
+      const rec::InodeKey key(a.ino);
+      ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kInodes), lmdb::Val(key.bytes()), lmdb::Val(v)));
+      actions.push_back("inode " + std::to_string(a.ino) + ": mode's file type set by its kind");
+    }
+    if (scan.next_inode) {
+      uint8_t next[8];
+      rec::PutLE<uint64_t>(next, *scan.next_inode);
+      ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kMeta), lmdb::Val(rec::kMetaNextInode), lmdb::Val(next)));
+      actions.push_back("next inode number set to " + std::to_string(*scan.next_inode));
+    }
+    if (scan.current_pack) {
+      uint8_t cur[4];
+      rec::PutLE<uint32_t>(cur, *scan.current_pack);
+      ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), lmdb::Val(cur)));
+      actions.push_back("current pack set to " + std::to_string(*scan.current_pack));
+    }
     for (const std::string& key : scan.bad_inode_keys) {
       ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kInodes), lmdb::Val(key)));
       actions.push_back("deleted a malformed inode record");

@@ -244,10 +244,6 @@ Status StoreImpl::OpenPacksForWriting() {
     if (v.mv_size != 8) return Status::Corrupt("pack length record");
     return rec::GetLE<int64_t>(static_cast<const uint8_t*>(v.mv_data));
   };
-  MDB_val v;
-  ZIPNN_RETURN_IF_ERROR(txn->Get(dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), v));
-  if (v.mv_size != 4) return Status::Corrupt("current pack record");
-  const uint32_t current = rec::GetLE<uint32_t>(static_cast<const uint8_t*>(v.mv_data));
 
   const std::string packs_dir = dir_ + "/packs";
   DIR* d = ::opendir(packs_dir.c_str());
@@ -261,6 +257,16 @@ Status StoreImpl::OpenPacksForWriting() {
     }
   }
   ::closedir(d);
+  // The pack to append to; without a record of it (damage fsck reports), the newest one.
+  MDB_val v;
+  Status got = txn->Get(dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), v);
+  if (!got.ok() && got.code() != StatusCode::kNotFound) return got;
+  uint32_t current = 1;
+  if (got.ok() && v.mv_size == 4) {
+    current = rec::GetLE<uint32_t>(static_cast<const uint8_t*>(v.mv_data));
+  } else {
+    for (uint32_t id : ids) current = std::max(current, id);
+  }
   // Where each pack's last frame a chunk record uses ends: found (a scan of the chunk records)
   // only when a pack is about to lose bytes, past its committed length or whole. After a crash
   // that is normal; if records reach into those bytes, the length record is damaged, and the

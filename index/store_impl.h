@@ -58,6 +58,9 @@ struct ScanResult {
   std::map<uint32_t, uint64_t> pack_lengths;  // packs shorter than their committed length
   std::map<uint64_t, std::string> dirent_of;  // inode -> the key of its directory entry
   std::map<uint64_t, InodeKind> kinds;
+  std::vector<InodeAttr> fixed_modes;    // inodes whose mode's file type contradicts their kind
+  std::optional<uint64_t> next_inode;    // a counter at or below an inode in use: its value
+  std::optional<uint32_t> current_pack;  // a missing current-pack record: its value
 };
 
 class StoreImpl final : public Store {

@@ -3,6 +3,7 @@
 // directly (white box: index/store_impl.h names the databases).
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -271,6 +272,47 @@ TEST_F(RepairTest, GcNeverDropsAChunkFilesUse) {
   EXPECT_TRUE(r->after.clean());
   ASSERT_TRUE(store->Gc().ok());
   ExpectFile(*store, "a", a);
+}
+
+// The counters new inodes and packs come from, and a mode whose file type contradicts the inode's
+// kind: fsck names each, repair restores them, and the store takes new files again.
+TEST_F(RepairTest, MetaCountersAndModeTypeAreRepaired) {
+  const Bytes a = Compressible(100000, 11), b = Compressible(100000, 12);
+  uint64_t ino = 0;
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Add(*store, "a", a);
+    ino = store->LookupPath("a")->ino;
+  }
+  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+    ASSERT_TRUE(txn.Del(env.dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack)).ok());
+    uint8_t next[8];
+    rec::PutLE<uint64_t>(next, ino);  // in use
+    ASSERT_TRUE(txn.Put(env.dbi(kMeta), lmdb::Val(rec::kMetaNextInode), lmdb::Val(next)).ok());
+    const rec::InodeKey key(ino);
+    MDB_val v;
+    ASSERT_TRUE(txn.Get(env.dbi(kInodes), lmdb::Val(key.bytes()), v).ok());
+    std::optional<InodeAttr> attr = rec::DecodeInode(ino, lmdb::Bytes(v));
+    ASSERT_TRUE(attr);
+    attr->mode = (attr->mode & ~S_IFMT) | S_IFDIR;
+    uint8_t enc[rec::kInodeSize];
+    rec::EncodeInode(*attr, enc);
+    ASSERT_TRUE(txn.Put(env.dbi(kInodes), lmdb::Val(key.bytes()), lmdb::Val(enc)).ok());
+  });
+  auto store = Open();  // (without a current-pack record, the newest pack)
+  ASSERT_TRUE(store);
+  Result<CheckReport> before = store->Check(false);
+  ASSERT_TRUE(before.ok());
+  EXPECT_EQ(before->problems.size(), 3u);
+  Result<RepairReport> r = store->Repair(false);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  EXPECT_EQ(store->GetAttr(ino)->mode & S_IFMT, static_cast<mode_t>(S_IFREG));
+  Add(*store, "b", b);
+  ExpectFile(*store, "a", a);
+  ExpectFile(*store, "b", b);
+  EXPECT_TRUE(store->Check(true)->clean());
 }
 
 }  // namespace
