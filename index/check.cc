@@ -33,6 +33,30 @@ Result<CheckReport> StoreImpl::Check(bool verify_frames) {
   return std::move(scan.report);
 }
 
+// The kind of inode `ino` by the records it has: extents make a file, a link target a symlink,
+// entries a directory; with none, what `type` (the mode's file type) says.
+Result<InodeKind> StoreImpl::EvidentKind(lmdb::Txn& txn, uint64_t ino, mode_t type) {
+  auto has_key_of = [&](Db db, std::span<const uint8_t> prefix) -> Result<bool> {
+    Result<lmdb::Cursor> cur = lmdb::Cursor::Open(txn, dbi(db));
+    if (!cur.ok()) return cur.status();
+    MDB_val k = lmdb::Val(prefix), v;
+    Status st;
+    const bool have = cur->Get(k, v, MDB_SET_RANGE, st);
+    ZIPNN_RETURN_IF_ERROR(st);
+    return have && k.mv_size >= 8 && KeyU64(k, 0) == ino;
+  };
+  const rec::InodeKey key(ino);
+  Result<bool> data = has_key_of(kExtents, key.bytes());
+  if (!data.ok() || *data) return data.ok() ? Result<InodeKind>(InodeKind::kFile) : data.status();
+  Result<bool> link = has_key_of(kSymlinks, key.bytes());
+  if (!link.ok() || *link)
+    return link.ok() ? Result<InodeKind>(InodeKind::kSymlink) : link.status();
+  Result<bool> entries = has_key_of(kDirents, key.bytes());
+  if (!entries.ok()) return entries.status();
+  if (*entries || type == S_IFDIR) return InodeKind::kDirectory;
+  return type == S_IFLNK ? InodeKind::kSymlink : InodeKind::kFile;
+}
+
 // Each problem found is reported and, where a repair can fix it, its fix recorded in `out`.
 Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
   CheckReport& report = out.report;
@@ -63,14 +87,21 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
           out.bad_inode_keys.emplace_back(static_cast<const char*>(k.mv_data), k.mv_size);
           continue;
         }
-        // The kernel goes by the mode's file type, readers by the kind: they must agree.
-        const mode_t type = a->kind == InodeKind::kDirectory ? S_IFDIR
-                            : a->kind == InodeKind::kSymlink ? S_IFLNK
-                                                             : S_IFREG;
-        if ((a->mode & S_IFMT) != 0 && (a->mode & S_IFMT) != type) {
+        // The kernel goes by the mode's file type, readers by the kind: they must agree. Where
+        // they do not, the records the inode has say which is right (file data, a link target,
+        // directory entries), else the mode; the rest of the check goes by that.
+        auto type_of = [](InodeKind kind) -> mode_t {
+          return kind == InodeKind::kDirectory ? S_IFDIR
+                 : kind == InodeKind::kSymlink ? S_IFLNK
+                                               : S_IFREG;
+        };
+        if ((a->mode & S_IFMT) != 0 && (a->mode & S_IFMT) != type_of(a->kind)) {
           problem("mode " + std::to_string(a->mode) + " contradicts the inode's kind", a->ino);
+          Result<InodeKind> kind = EvidentKind(*txn, a->ino, a->mode & S_IFMT);
+          if (!kind.ok()) return kind.status();
+          a->kind = *kind;
+          a->mode = (a->mode & ~S_IFMT) | type_of(*kind);
           out.fixed_modes.push_back(*a);
-          out.fixed_modes.back().mode = (a->mode & ~S_IFMT) | type;
         }
         inodes[a->ino] = *a;
       }

@@ -29,7 +29,8 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
       rec::EncodeInode(a, v);
       const rec::InodeKey key(a.ino);
       ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kInodes), lmdb::Val(key.bytes()), lmdb::Val(v)));
-      actions.push_back("inode " + std::to_string(a.ino) + ": mode's file type set by its kind");
+      actions.push_back("inode " + std::to_string(a.ino) +
+                        ": kind and mode set to what its records show");
     }
     if (scan.next_inode) {
       uint8_t next[8];

@@ -121,6 +121,7 @@ class StoreImpl final : public Store {
   friend class BulkAddImpl;
 
   Status OpenPacksForWriting();
+  Result<InodeKind> EvidentKind(lmdb::Txn& txn, uint64_t ino, mode_t type);
   Status Scan(bool verify_frames, ScanResult& out);
   // Inserts a new directory entry and inode: `parent` must be a directory without `name`.
   Result<InodeAttr> CreateInode(lmdb::Txn& txn, uint64_t parent, std::string_view name,

@@ -315,5 +315,38 @@ TEST_F(RepairTest, MetaCountersAndModeTypeAreRepaired) {
   EXPECT_TRUE(store->Check(true)->clean());
 }
 
+// A file inode's kind flipped to directory: fsck reports it and repair goes by the inode's records
+// (its extents make it a file), so no file loses its data and gc keeps it.
+TEST_F(RepairTest, FlippedKindIsRepairedFromTheInodesRecords) {
+  const Bytes a = Compressible(200000, 13);
+  uint64_t ino = 0;
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Add(*store, "a", a);
+    ino = store->LookupPath("a")->ino;
+  }
+  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+    const rec::InodeKey key(ino);
+    MDB_val v;
+    ASSERT_TRUE(txn.Get(env.dbi(kInodes), lmdb::Val(key.bytes()), v).ok());
+    std::optional<InodeAttr> attr = rec::DecodeInode(ino, lmdb::Bytes(v));
+    ASSERT_TRUE(attr);
+    attr->kind = InodeKind::kDirectory;
+    uint8_t enc[rec::kInodeSize];
+    rec::EncodeInode(*attr, enc);
+    ASSERT_TRUE(txn.Put(env.dbi(kInodes), lmdb::Val(key.bytes()), lmdb::Val(enc)).ok());
+  });
+  auto store = Open();
+  ASSERT_TRUE(store);
+  EXPECT_FALSE(store->Check(false)->clean());
+  Result<RepairReport> r = store->Repair(true);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  ASSERT_TRUE(store->Gc().ok());
+  ExpectFile(*store, "a", a);
+  EXPECT_EQ(store->GetAttr(ino)->kind, InodeKind::kFile);
+}
+
 }  // namespace
 }  // namespace zipnn::index
