@@ -34,8 +34,9 @@ Result<CheckReport> StoreImpl::Check(bool verify_frames) {
 }
 
 // The kind of inode `ino` by the records it has: extents make a file, a link target a symlink,
-// entries a directory; with none, what `type` (the mode's file type) says.
-Result<InodeKind> StoreImpl::EvidentKind(lmdb::Txn& txn, uint64_t ino, mode_t type) {
+// entries a directory; with none, `kind` (its kind byte) stands. The root is a directory.
+Result<InodeKind> StoreImpl::EvidentKind(lmdb::Txn& txn, uint64_t ino, InodeKind kind) {
+  if (ino == kRootInode) return InodeKind::kDirectory;
   auto has_key_of = [&](Db db, std::span<const uint8_t> prefix) -> Result<bool> {
     Result<lmdb::Cursor> cur = lmdb::Cursor::Open(txn, dbi(db));
     if (!cur.ok()) return cur.status();
@@ -53,8 +54,8 @@ Result<InodeKind> StoreImpl::EvidentKind(lmdb::Txn& txn, uint64_t ino, mode_t ty
     return link.ok() ? Result<InodeKind>(InodeKind::kSymlink) : link.status();
   Result<bool> entries = has_key_of(kDirents, key.bytes());
   if (!entries.ok()) return entries.status();
-  if (*entries || type == S_IFDIR) return InodeKind::kDirectory;
-  return type == S_IFLNK ? InodeKind::kSymlink : InodeKind::kFile;
+  if (*entries) return InodeKind::kDirectory;
+  return kind;  // (written with the directory entry's kind byte, which is not checked here)
 }
 
 // Each problem found is reported and, where a repair can fix it, its fix recorded in `out`.
@@ -95,9 +96,10 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
                  : kind == InodeKind::kSymlink ? S_IFLNK
                                                : S_IFREG;
         };
-        if ((a->mode & S_IFMT) != 0 && (a->mode & S_IFMT) != type_of(a->kind)) {
+        if (((a->mode & S_IFMT) != 0 && (a->mode & S_IFMT) != type_of(a->kind)) ||
+            (a->ino == kRootInode && a->kind != InodeKind::kDirectory)) {
           problem("mode " + std::to_string(a->mode) + " contradicts the inode's kind", a->ino);
-          Result<InodeKind> kind = EvidentKind(*txn, a->ino, a->mode & S_IFMT);
+          Result<InodeKind> kind = EvidentKind(*txn, a->ino, a->kind);
           if (!kind.ok()) return kind.status();
           a->kind = *kind;
           a->mode = (a->mode & ~S_IFMT) | type_of(*kind);
@@ -170,7 +172,7 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
         int& s = state[at];
         if (s == 1) {  // back on this walk: a loop through `at`
           problem("directory cycle", at);
-          out.bad_dirents.push_back(out.dirent_of[at]);
+          out.relink.push_back({out.dirent_of[at], at});  // repair moves it under the root
         }
         if (s != 0) break;
         s = 1;

@@ -24,6 +24,24 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
   std::vector<std::string>& actions = report.actions;
   Status st = env_->Update([&](lmdb::Txn& txn) -> Status {
     actions.clear();
+    // A directory cycle is cut where it closes, and the directory found there goes under the
+    // root (as lost+found-INODE), so nothing in it is lost.
+    for (const auto& [key, ino] : scan.relink) {
+      ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kDirents), lmdb::Val(key)));
+      std::string name = "lost+found-" + std::to_string(ino);
+      for (int n = 2;; ++n) {
+        MDB_val v;
+        const Status got = txn.Get(dbi(kDirents), lmdb::Val(rec::NamedKey(kRootInode, name)), v);
+        if (got.code() == StatusCode::kNotFound) break;
+        ZIPNN_RETURN_IF_ERROR(got);
+        name = "lost+found-" + std::to_string(ino) + "-" + std::to_string(n);
+      }
+      uint8_t d[rec::kDirentSize];
+      rec::EncodeDirent(ino, InodeKind::kDirectory, d);
+      ZIPNN_RETURN_IF_ERROR(
+          txn.Put(dbi(kDirents), lmdb::Val(rec::NamedKey(kRootInode, name)), lmdb::Val(d)));
+      actions.push_back("directory cycle cut: inode " + std::to_string(ino) + " moved to /" + name);
+    }
     for (const InodeAttr& a : scan.fixed_modes) {
       uint8_t v[rec::kInodeSize];
       rec::EncodeInode(a, v);

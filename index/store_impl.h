@@ -58,6 +58,7 @@ struct ScanResult {
   std::map<uint32_t, uint64_t> pack_lengths;  // packs shorter than their committed length
   std::map<uint64_t, std::string> dirent_of;  // inode -> the key of its directory entry
   std::map<uint64_t, InodeKind> kinds;
+  std::vector<std::pair<std::string, uint64_t>> relink;  // entries closing a directory cycle
   std::vector<InodeAttr> fixed_modes;    // inodes whose mode's file type contradicts their kind
   std::optional<uint64_t> next_inode;    // a counter at or below an inode in use: its value
   std::optional<uint32_t> current_pack;  // a missing current-pack record: its value
@@ -121,7 +122,7 @@ class StoreImpl final : public Store {
   friend class BulkAddImpl;
 
   Status OpenPacksForWriting();
-  Result<InodeKind> EvidentKind(lmdb::Txn& txn, uint64_t ino, mode_t type);
+  Result<InodeKind> EvidentKind(lmdb::Txn& txn, uint64_t ino, InodeKind kind);
   Status Scan(bool verify_frames, ScanResult& out);
   // Inserts a new directory entry and inode: `parent` must be a directory without `name`.
   Result<InodeAttr> CreateInode(lmdb::Txn& txn, uint64_t parent, std::string_view name,

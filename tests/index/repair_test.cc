@@ -348,5 +348,48 @@ TEST_F(RepairTest, FlippedKindIsRepairedFromTheInodesRecords) {
   EXPECT_EQ(store->GetAttr(ino)->kind, InodeKind::kFile);
 }
 
+// A directory's only entry moved into its own child (a cycle cut off from the root), and the
+// root's mode made a file's: repair moves the directory under the root instead of losing it, and
+// keeps the root a directory.
+TEST_F(RepairTest, CycleIsMovedUnderTheRootAndTheRootStaysADirectory) {
+  uint64_t d = 0, e = 0;
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Result<InodeAttr> dir = store->Mkdir(kRootInode, "d", {});
+    ASSERT_TRUE(dir.ok());
+    Result<InodeAttr> child = store->Mkdir(dir->ino, "e", {});
+    ASSERT_TRUE(child.ok());
+    d = dir->ino;
+    e = child->ino;
+  }
+  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+    uint8_t entry[rec::kDirentSize];
+    rec::EncodeDirent(d, InodeKind::kDirectory, entry);
+    ASSERT_TRUE(txn.Del(env.dbi(kDirents), lmdb::Val(rec::NamedKey(kRootInode, "d"))).ok());
+    ASSERT_TRUE(
+        txn.Put(env.dbi(kDirents), lmdb::Val(rec::NamedKey(e, "d")), lmdb::Val(entry)).ok());
+    const rec::InodeKey key(kRootInode);
+    MDB_val v;
+    ASSERT_TRUE(txn.Get(env.dbi(kInodes), lmdb::Val(key.bytes()), v).ok());
+    std::optional<InodeAttr> root = rec::DecodeInode(kRootInode, lmdb::Bytes(v));
+    ASSERT_TRUE(root);
+    root->mode = (root->mode & ~S_IFMT) | S_IFREG;
+    uint8_t enc[rec::kInodeSize];
+    rec::EncodeInode(*root, enc);
+    ASSERT_TRUE(txn.Put(env.dbi(kInodes), lmdb::Val(key.bytes()), lmdb::Val(enc)).ok());
+  });
+  auto store = Open();
+  ASSERT_TRUE(store);
+  Result<RepairReport> r = store->Repair(false);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  EXPECT_EQ(store->GetAttr(kRootInode)->kind, InodeKind::kDirectory);
+  Result<InodeAttr> moved = store->LookupPath("lost+found-" + std::to_string(d) + "/e");
+  ASSERT_TRUE(moved.ok()) << moved.status().ToString();
+  EXPECT_EQ(moved->ino, e);
+  Add(*store, "after", Compressible(1000, 14));  // the root takes new files
+}
+
 }  // namespace
 }  // namespace zipnn::index
