@@ -157,6 +157,11 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
           out.bad_dirents.push_back(std::move(key));
         } else {
           if (c->second.kind == InodeKind::kDirectory) dir_parent[child] = parent;
+          // readdir's file types come from the entry, stat's from the inode
+          if (static_cast<const uint8_t*>(v.mv_data)[8] != static_cast<uint8_t>(c->second.kind)) {
+            problem("entry " + Quote(name) + ": its kind differs from its inode's", parent);
+            out.retyped_dirents.push_back({key, child, c->second.kind});
+          }
           out.dirent_of[child] = std::move(key);
         }
       }

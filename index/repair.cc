@@ -42,6 +42,13 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
           txn.Put(dbi(kDirents), lmdb::Val(rec::NamedKey(kRootInode, name)), lmdb::Val(d)));
       actions.push_back("directory cycle cut: inode " + std::to_string(ino) + " moved to /" + name);
     }
+    for (const ScanResult::Retype& r : scan.retyped_dirents) {
+      uint8_t d[rec::kDirentSize];
+      rec::EncodeDirent(r.child, r.kind, d);
+      ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kDirents), lmdb::Val(r.key), lmdb::Val(d)));
+      actions.push_back("directory entry of inode " + std::to_string(r.child) +
+                        ": kind set to its inode's");
+    }
     for (const InodeAttr& a : scan.fixed_modes) {
       uint8_t v[rec::kInodeSize];
       rec::EncodeInode(a, v);

@@ -59,6 +59,12 @@ struct ScanResult {
   std::map<uint64_t, std::string> dirent_of;  // inode -> the key of its directory entry
   std::map<uint64_t, InodeKind> kinds;
   std::vector<std::pair<std::string, uint64_t>> relink;  // entries closing a directory cycle
+  struct Retype {
+    std::string key;
+    uint64_t child;
+    InodeKind kind;
+  };
+  std::vector<Retype> retyped_dirents;   // entries whose kind byte is not their inode's
   std::vector<InodeAttr> fixed_modes;    // inodes whose mode's file type contradicts their kind
   std::optional<uint64_t> next_inode;    // a counter at or below an inode in use: its value
   std::optional<uint32_t> current_pack;  // a missing current-pack record: its value

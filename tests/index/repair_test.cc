@@ -391,5 +391,36 @@ TEST_F(RepairTest, CycleIsMovedUnderTheRootAndTheRootStaysADirectory) {
   Add(*store, "after", Compressible(1000, 14));  // the root takes new files
 }
 
+// A directory entry whose kind byte is not its inode's (readdir and stat would disagree): fsck
+// reports it and repair gives the entry the inode's kind.
+TEST_F(RepairTest, EntryKindIsSetToItsInodes) {
+  const Bytes a = Compressible(1000, 15);
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Add(*store, "a", a);
+  }
+  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+    MDB_val v;
+    const std::string key = rec::NamedKey(kRootInode, "a");
+    ASSERT_TRUE(txn.Get(env.dbi(kDirents), lmdb::Val(key), v).ok());
+    uint8_t entry[rec::kDirentSize];
+    rec::EncodeDirent(rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data)),
+                      InodeKind::kDirectory, entry);
+    ASSERT_TRUE(txn.Put(env.dbi(kDirents), lmdb::Val(key), lmdb::Val(entry)).ok());
+  });
+  auto store = Open();
+  ASSERT_TRUE(store);
+  EXPECT_FALSE(store->Check(false)->clean());
+  Result<RepairReport> r = store->Repair(false);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  std::vector<DirEntry> entries;
+  ASSERT_TRUE(store->ReadDir(kRootInode, "", 10, entries).ok());
+  ASSERT_EQ(entries.size(), 1u);
+  EXPECT_EQ(entries[0].kind, InodeKind::kFile);
+  ExpectFile(*store, "a", a);
+}
+
 }  // namespace
 }  // namespace zipnn::index
