@@ -188,6 +188,13 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
       }
       for (uint64_t w : walk) state[w] = 2;
     }
+    // Inodes in no directory (their entry lost, or refused above) are unreachable: repair links
+    // them under the root too.
+    for (const auto& [ino, a] : inodes) {
+      if (ino == kRootInode || out.dirent_of.count(ino) != 0) continue;
+      problem("inode in no directory", ino);
+      out.relink.push_back({std::string(), ino});
+    }
     for (const auto& [ino, a] : inodes) {
       if (a.kind == InodeKind::kSymlink) {
         rec::InodeKey key(ino);

@@ -24,10 +24,11 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
   std::vector<std::string>& actions = report.actions;
   Status st = env_->Update([&](lmdb::Txn& txn) -> Status {
     actions.clear();
-    // A directory cycle is cut where it closes, and the directory found there goes under the
-    // root (as lost+found-INODE), so nothing in it is lost.
+    // A directory cycle is cut where it closes, and the directory found there, like any inode in
+    // no directory, goes under the root (as lost+found-INODE), so nothing in it is lost.
     for (const auto& [key, ino] : scan.relink) {
-      ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kDirents), lmdb::Val(key)));
+      if (scan.damaged_inodes.count(ino) != 0) continue;  // removed below
+      if (!key.empty()) ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kDirents), lmdb::Val(key)));
       std::string name = "lost+found-" + std::to_string(ino);
       for (int n = 2;; ++n) {
         MDB_val v;
@@ -37,10 +38,11 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
         name = "lost+found-" + std::to_string(ino) + "-" + std::to_string(n);
       }
       uint8_t d[rec::kDirentSize];
-      rec::EncodeDirent(ino, InodeKind::kDirectory, d);
+      rec::EncodeDirent(ino, scan.kinds.at(ino), d);
       ZIPNN_RETURN_IF_ERROR(
           txn.Put(dbi(kDirents), lmdb::Val(rec::NamedKey(kRootInode, name)), lmdb::Val(d)));
-      actions.push_back("directory cycle cut: inode " + std::to_string(ino) + " moved to /" + name);
+      actions.push_back((key.empty() ? "inode in no directory: " : "directory cycle cut: ") +
+                        std::string("inode ") + std::to_string(ino) + " linked as /" + name);
     }
     for (const ScanResult::Retype& r : scan.retyped_dirents) {
       uint8_t d[rec::kDirentSize];

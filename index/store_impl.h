@@ -58,7 +58,9 @@ struct ScanResult {
   std::map<uint32_t, uint64_t> pack_lengths;  // packs shorter than their committed length
   std::map<uint64_t, std::string> dirent_of;  // inode -> the key of its directory entry
   std::map<uint64_t, InodeKind> kinds;
-  std::vector<std::pair<std::string, uint64_t>> relink;  // entries closing a directory cycle
+  // Inodes to link under the root, with the entry to delete first (one closing a directory
+  // cycle) or "" (an inode in no directory).
+  std::vector<std::pair<std::string, uint64_t>> relink;
   struct Retype {
     std::string key;
     uint64_t child;

@@ -422,5 +422,28 @@ TEST_F(RepairTest, EntryKindIsSetToItsInodes) {
   ExpectFile(*store, "a", a);
 }
 
+// A file whose directory entry was lost: fsck reports the inode, and repair links it under the
+// root instead of leaving its data unreachable.
+TEST_F(RepairTest, InodeInNoDirectoryIsLinkedUnderTheRoot) {
+  const Bytes a = Compressible(100000, 16);
+  uint64_t ino = 0;
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Add(*store, "a", a);
+    ino = store->LookupPath("a")->ino;
+  }
+  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+    ASSERT_TRUE(txn.Del(env.dbi(kDirents), lmdb::Val(rec::NamedKey(kRootInode, "a"))).ok());
+  });
+  auto store = Open();
+  ASSERT_TRUE(store);
+  EXPECT_FALSE(store->Check(false)->clean());
+  Result<RepairReport> r = store->Repair(true);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  ExpectFile(*store, "lost+found-" + std::to_string(ino), a);
+}
+
 }  // namespace
 }  // namespace zipnn::index
