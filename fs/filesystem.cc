@@ -274,9 +274,7 @@ void FileSystem::ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
       struct stat st;
       std::memset(&st, 0, sizeof st);
       st.st_ino = d.ino;
-      st.st_mode = d.kind == index::InodeKind::kDirectory ? S_IFDIR
-                   : d.kind == index::InodeKind::kSymlink ? S_IFLNK
-                                                          : S_IFREG;
+      st.st_mode = index::FileTypeBits(d.kind);
       n = fuse_add_direntry(req, buf.data() + used, size - used, d.name.c_str(), &st, next);
     } else {
       fuse_entry_param e;

@@ -287,12 +287,9 @@ Status BulkAddImpl::CommitGroup() {
         rec::EncodeChunk(chunk, cv);
         ZIPNN_RETURN_IF_ERROR(txn.Put(store_.dbi(kChunks), lmdb::Val(hash), lmdb::Val(cv)));
       }
-      uint8_t len[8], cur[4];
-      rec::PutLE<uint64_t>(len, pack.end());
       ZIPNN_RETURN_IF_ERROR(
-          txn.Put(store_.dbi(kMeta), lmdb::Val(rec::PackLengthKey(pack.id())), lmdb::Val(len)));
-      rec::PutLE<uint32_t>(cur, pack.id());
-      return txn.Put(store_.dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), lmdb::Val(cur));
+          PutU64(txn, store_.dbi(kMeta), rec::PackLengthKey(pack.id()), pack.end()));
+      return PutU32(txn, store_.dbi(kMeta), rec::kMetaCurrentPack, pack.id());
     });
   }
   if (!st.ok()) {

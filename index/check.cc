@@ -91,18 +91,13 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
         // The kernel goes by the mode's file type, readers by the kind: they must agree. Where
         // they do not, the records the inode has say which is right (file data, a link target,
         // directory entries), else the mode; the rest of the check goes by that.
-        auto type_of = [](InodeKind kind) -> mode_t {
-          return kind == InodeKind::kDirectory ? S_IFDIR
-                 : kind == InodeKind::kSymlink ? S_IFLNK
-                                               : S_IFREG;
-        };
-        if (((a->mode & S_IFMT) != 0 && (a->mode & S_IFMT) != type_of(a->kind)) ||
+        if (((a->mode & S_IFMT) != 0 && (a->mode & S_IFMT) != FileTypeBits(a->kind)) ||
             (a->ino == kRootInode && a->kind != InodeKind::kDirectory)) {
           problem("mode " + std::to_string(a->mode) + " contradicts the inode's kind", a->ino);
           Result<InodeKind> kind = EvidentKind(*txn, a->ino, a->kind);
           if (!kind.ok()) return kind.status();
           a->kind = *kind;
-          a->mode = (a->mode & ~S_IFMT) | type_of(*kind);
+          a->mode = (a->mode & ~S_IFMT) | FileTypeBits(*kind);
           out.fixed_modes.push_back(*a);
         }
         inodes[a->ino] = *a;
@@ -111,17 +106,15 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
     report.inodes = inodes.size();
     if (!inodes.count(kRootInode)) problem("the root directory (inode 1) is missing");
     {  // the counters new inodes and packs come from
-      MDB_val m;
       const uint64_t last = inodes.empty() ? kRootInode : inodes.rbegin()->first;
-      Status got = txn->Get(dbi(kMeta), lmdb::Val(rec::kMetaNextInode), m);
-      if (!got.ok() || m.mv_size != 8 ||
-          rec::GetLE<uint64_t>(static_cast<const uint8_t*>(m.mv_data)) <= last) {
+      Result<uint64_t> next = GetU64(*txn, dbi(kMeta), rec::kMetaNextInode);
+      if (!next.ok() || *next <= last) {
         problem("meta: the next inode number is missing or not above inode " +
                 std::to_string(last));
         out.next_inode = last + 1;
       }
-      got = txn->Get(dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), m);
-      if (!got.ok() || m.mv_size != 4) {
+      MDB_val m;
+      if (!txn->Get(dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), m).ok() || m.mv_size != 4) {
         problem("meta: the current pack record is missing");
         out.current_pack = pack_writer_ ? pack_writer_->id() : 1;
       }
@@ -266,11 +259,7 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
   }  // the read transaction ends here: packs are checked without it
 
   std::map<uint32_t, uint64_t> used_end;  // where the last frame a record uses ends, per pack
-  for (const auto& [h, c] : chunks) {
-    if (c.pack_offset > UINT64_MAX - c.frame_size) continue;  // (reported below)
-    uint64_t& end = used_end[c.pack_id];
-    end = std::max(end, c.pack_offset + c.frame_size);
-  }
+  for (const auto& [h, c] : chunks) NoteFrameEnd(c, used_end);
   auto file_size = [&](uint32_t id) {
     struct stat s;
     const std::string path = PackPath(dir_ + "/packs", id);

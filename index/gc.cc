@@ -129,12 +129,8 @@ Result<GcReport> StoreImpl::Gc(double live_fraction) {
     for (uint32_t id : victims) {
       ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kMeta), lmdb::Val(rec::PackLengthKey(id))));
     }
-    uint8_t len[8], cur[4];
-    rec::PutLE<uint64_t>(len, fresh->end());
-    ZIPNN_RETURN_IF_ERROR(
-        txn.Put(dbi(kMeta), lmdb::Val(rec::PackLengthKey(fresh->id())), lmdb::Val(len)));
-    rec::PutLE<uint32_t>(cur, fresh->id());
-    return txn.Put(dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), lmdb::Val(cur));
+    ZIPNN_RETURN_IF_ERROR(PutU64(txn, dbi(kMeta), rec::PackLengthKey(fresh->id()), fresh->end()));
+    return PutU32(txn, dbi(kMeta), rec::kMetaCurrentPack, fresh->id());
   });
   if (!st.ok()) {
     if (fresh) ::unlink(PackPath(dir_ + "/packs", fresh->id()).c_str());

@@ -20,6 +20,8 @@
 // This module knows nothing of FUSE.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <array>
 #include <cstdint>
 #include <functional>
@@ -41,6 +43,11 @@ inline constexpr uint64_t kRootInode = 1;
 
 // Values are stored in inode records: never renumber.
 enum class InodeKind : uint8_t { kFile = 1, kDirectory = 2, kSymlink = 3 };
+
+// The file-type bits of st_mode for an inode of `kind`.
+inline uint32_t FileTypeBits(InodeKind kind) {
+  return kind == InodeKind::kDirectory ? S_IFDIR : kind == InodeKind::kSymlink ? S_IFLNK : S_IFREG;
+}
 
 struct InodeAttr {
   uint64_t ino = 0;

@@ -52,23 +52,16 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
                         ": kind set to its inode's");
     }
     for (const InodeAttr& a : scan.fixed_modes) {
-      uint8_t v[rec::kInodeSize];
-      rec::EncodeInode(a, v);
-      const rec::InodeKey key(a.ino);
-      ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kInodes), lmdb::Val(key.bytes()), lmdb::Val(v)));
+      ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), a));
       actions.push_back("inode " + std::to_string(a.ino) +
                         ": kind and mode set to what its records show");
     }
     if (scan.next_inode) {
-      uint8_t next[8];
-      rec::PutLE<uint64_t>(next, *scan.next_inode);
-      ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kMeta), lmdb::Val(rec::kMetaNextInode), lmdb::Val(next)));
+      ZIPNN_RETURN_IF_ERROR(PutU64(txn, dbi(kMeta), rec::kMetaNextInode, *scan.next_inode));
       actions.push_back("next inode number set to " + std::to_string(*scan.next_inode));
     }
     if (scan.current_pack) {
-      uint8_t cur[4];
-      rec::PutLE<uint32_t>(cur, *scan.current_pack);
-      ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), lmdb::Val(cur)));
+      ZIPNN_RETURN_IF_ERROR(PutU32(txn, dbi(kMeta), rec::kMetaCurrentPack, *scan.current_pack));
       actions.push_back("current pack set to " + std::to_string(*scan.current_pack));
     }
     for (const std::string& key : scan.bad_inode_keys) {
@@ -122,9 +115,7 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
     }
     if (fixed != 0) actions.push_back("corrected " + std::to_string(fixed) + " chunk refcount(s)");
     for (const auto& [id, length] : scan.pack_lengths) {
-      uint8_t len[8];
-      rec::PutLE<uint64_t>(len, length);
-      ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kMeta), lmdb::Val(rec::PackLengthKey(id)), lmdb::Val(len)));
+      ZIPNN_RETURN_IF_ERROR(PutU64(txn, dbi(kMeta), rec::PackLengthKey(id), length));
       actions.push_back("pack " + std::to_string(id) + ": committed length set to " +
                         std::to_string(length) + " bytes");
     }

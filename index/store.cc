@@ -284,10 +284,7 @@ Status StoreImpl::OpenPacksForWriting() {
       MDB_val k, v;
       Status cst;
       for (bool have = cur->Get(k, v, MDB_FIRST, cst); have; have = cur->Get(k, v, MDB_NEXT, cst)) {
-        const std::optional<rec::Chunk> c = rec::DecodeChunk(lmdb::Bytes(v));
-        if (!c || c->pack_offset > UINT64_MAX - c->frame_size) continue;  // (fsck's concern)
-        uint64_t& end = (*used)[c->pack_id];
-        end = std::max(end, c->pack_offset + c->frame_size);
+        if (std::optional<rec::Chunk> c = rec::DecodeChunk(lmdb::Bytes(v))) NoteFrameEnd(*c, *used);
       }
       ZIPNN_RETURN_IF_ERROR(cst);
     }

@@ -155,6 +155,18 @@ class StoreImpl final : public Store {
 };
 
 Status ValidateName(std::string_view name);
+// Meta counters and inode records, as stored (docs/format.md).
+Result<uint64_t> GetU64(lmdb::Txn& txn, MDB_dbi dbi, std::string_view key);
+Status PutU64(lmdb::Txn& txn, MDB_dbi dbi, std::string_view key, uint64_t value);
+Status PutU32(lmdb::Txn& txn, MDB_dbi dbi, std::string_view key, uint32_t value);
+Status PutInode(lmdb::Txn& txn, MDB_dbi dbi, const InodeAttr& a);
+// Records in `ends`, per pack, where chunk record `c`'s frame ends if it lies past what is there
+// (a record whose end overflows is skipped: fsck reports it on its own).
+inline void NoteFrameEnd(const rec::Chunk& c, std::map<uint32_t, uint64_t>& ends) {
+  if (c.pack_offset > UINT64_MAX - c.frame_size) return;
+  uint64_t& end = ends[c.pack_id];
+  end = std::max(end, c.pack_offset + c.frame_size);
+}
 Status ValidateTarget(std::string_view target);  // of a symlink
 // 'name', for messages (out of line: GCC 12 warns falsely on inlined string concatenation).
 std::string Quote(std::string_view name);

@@ -9,8 +9,6 @@
 
 namespace zipnn::index {
 
-namespace {
-
 Result<uint64_t> GetU64(lmdb::Txn& txn, MDB_dbi dbi, std::string_view key) {
   MDB_val v;
   ZIPNN_RETURN_IF_ERROR(txn.Get(dbi, lmdb::Val(key), v));
@@ -24,6 +22,12 @@ Status PutU64(lmdb::Txn& txn, MDB_dbi dbi, std::string_view key, uint64_t value)
   return txn.Put(dbi, lmdb::Val(key), lmdb::Val(b));
 }
 
+Status PutU32(lmdb::Txn& txn, MDB_dbi dbi, std::string_view key, uint32_t value) {
+  uint8_t b[4];
+  rec::PutLE<uint32_t>(b, value);
+  return txn.Put(dbi, lmdb::Val(key), lmdb::Val(b));
+}
+
 Status PutInode(lmdb::Txn& txn, MDB_dbi dbi, const InodeAttr& a) {
   uint8_t v[rec::kInodeSize];
   rec::EncodeInode(a, v);
@@ -31,10 +35,12 @@ Status PutInode(lmdb::Txn& txn, MDB_dbi dbi, const InodeAttr& a) {
   return txn.Put(dbi, lmdb::Val(key.bytes()), lmdb::Val(v));
 }
 
-InodeAttr FromNew(const NewAttr& n, InodeKind kind, uint32_t type_bits) {
+namespace {
+
+InodeAttr FromNew(const NewAttr& n, InodeKind kind) {
   InodeAttr a;
   a.kind = kind;
-  a.mode = type_bits | (n.mode & 07777);
+  a.mode = FileTypeBits(kind) | (n.mode & 07777);
   a.uid = n.uid;
   a.gid = n.gid;
   a.atime_ns = n.atime_ns;
@@ -129,8 +135,7 @@ Result<InodeAttr> StoreImpl::MkdirIn(lmdb::Txn& txn, uint64_t parent, std::strin
     if (old.ok()) return Status::Exists("exists in the store and is not a directory");
     if (old.status().code() != StatusCode::kNotFound) return old.status();
   }
-  Result<InodeAttr> a =
-      CreateInode(txn, parent, name, FromNew(attr, InodeKind::kDirectory, S_IFDIR));
+  Result<InodeAttr> a = CreateInode(txn, parent, name, FromNew(attr, InodeKind::kDirectory));
   if (!a.ok()) return a.status();
   ZIPNN_RETURN_IF_ERROR(PutXattrs(txn, a->ino, attr.xattrs));
   return a;
@@ -150,7 +155,7 @@ Result<InodeAttr> StoreImpl::SymlinkIn(lmdb::Txn& txn, uint64_t parent, std::str
       }
     }
   }
-  InodeAttr a = FromNew(attr, InodeKind::kSymlink, S_IFLNK);
+  InodeAttr a = FromNew(attr, InodeKind::kSymlink);
   a.mode = S_IFLNK | 0777;
   a.size = target.size();
   Result<InodeAttr> r = CreateInode(txn, parent, name, a);
@@ -240,7 +245,7 @@ Status StoreImpl::DropExtentsIn(lmdb::Txn& txn, uint64_t ino) {
 Result<InodeAttr> StoreImpl::CommitFileIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                                           const NewFile& f, const rec::ChunkMap& written,
                                           AddResult& result) {
-  InodeAttr file = FromNew(f.attr, InodeKind::kFile, S_IFREG);
+  InodeAttr file = FromNew(f.attr, InodeKind::kFile);
   file.size = f.size;
   Result<InodeAttr> old = LookupIn(txn, parent, name);
   if (old.ok()) {
