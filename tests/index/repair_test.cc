@@ -55,6 +55,32 @@ class RepairTest : public test::StoreDirTest {
     EXPECT_TRUE(*n == data.size() && got == data) << name;
   }
 
+  // A store holding `data` as file `name`, closed again; the file's inode.
+  uint64_t AddClosed(const std::string& name, const Bytes& data) {
+    auto store = Open();
+    EXPECT_TRUE(store);
+    if (!store) return 0;
+    Add(*store, name, data);
+    Result<InodeAttr> a = store->LookupPath(name);
+    EXPECT_TRUE(a.ok());
+    return a.ok() ? a->ino : 0;
+  }
+
+  // Rewrites inode `ino`'s record after `fn` has changed it (store closed).
+  void EditInode(uint64_t ino, const std::function<void(InodeAttr&)>& fn) {
+    EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+      const rec::InodeKey key(ino);
+      MDB_val v;
+      ASSERT_TRUE(txn.Get(env.dbi(kInodes), lmdb::Val(key.bytes()), v).ok());
+      std::optional<InodeAttr> attr = rec::DecodeInode(ino, lmdb::Bytes(v));
+      ASSERT_TRUE(attr);
+      fn(*attr);
+      uint8_t enc[rec::kInodeSize];
+      rec::EncodeInode(*attr, enc);
+      ASSERT_TRUE(txn.Put(env.dbi(kInodes), lmdb::Val(key.bytes()), lmdb::Val(enc)).ok());
+    });
+  }
+
   // Runs `fn` on the store's LMDB environment, in one write transaction (store closed).
   void EditIndex(const std::function<void(lmdb::Env&, lmdb::Txn&)>& fn) {
     Result<std::unique_ptr<lmdb::Env>> env = lmdb::Env::Open(store_dir_ + "/index", true, kDbNames);
@@ -278,28 +304,14 @@ TEST_F(RepairTest, GcNeverDropsAChunkFilesUse) {
 // kind: fsck names each, repair restores them, and the store takes new files again.
 TEST_F(RepairTest, MetaCountersAndModeTypeAreRepaired) {
   const Bytes a = Compressible(100000, 11), b = Compressible(100000, 12);
-  uint64_t ino = 0;
-  {
-    auto store = Open();
-    ASSERT_TRUE(store);
-    Add(*store, "a", a);
-    ino = store->LookupPath("a")->ino;
-  }
+  const uint64_t ino = AddClosed("a", a);
   EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
     ASSERT_TRUE(txn.Del(env.dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack)).ok());
     uint8_t next[8];
     rec::PutLE<uint64_t>(next, ino);  // in use
     ASSERT_TRUE(txn.Put(env.dbi(kMeta), lmdb::Val(rec::kMetaNextInode), lmdb::Val(next)).ok());
-    const rec::InodeKey key(ino);
-    MDB_val v;
-    ASSERT_TRUE(txn.Get(env.dbi(kInodes), lmdb::Val(key.bytes()), v).ok());
-    std::optional<InodeAttr> attr = rec::DecodeInode(ino, lmdb::Bytes(v));
-    ASSERT_TRUE(attr);
-    attr->mode = (attr->mode & ~S_IFMT) | S_IFDIR;
-    uint8_t enc[rec::kInodeSize];
-    rec::EncodeInode(*attr, enc);
-    ASSERT_TRUE(txn.Put(env.dbi(kInodes), lmdb::Val(key.bytes()), lmdb::Val(enc)).ok());
   });
+  EditInode(ino, [](InodeAttr& attr) { attr.mode = (attr.mode & ~S_IFMT) | S_IFDIR; });
   auto store = Open();  // (without a current-pack record, the newest pack)
   ASSERT_TRUE(store);
   Result<CheckReport> before = store->Check(false);
@@ -319,24 +331,8 @@ TEST_F(RepairTest, MetaCountersAndModeTypeAreRepaired) {
 // (its extents make it a file), so no file loses its data and gc keeps it.
 TEST_F(RepairTest, FlippedKindIsRepairedFromTheInodesRecords) {
   const Bytes a = Compressible(200000, 13);
-  uint64_t ino = 0;
-  {
-    auto store = Open();
-    ASSERT_TRUE(store);
-    Add(*store, "a", a);
-    ino = store->LookupPath("a")->ino;
-  }
-  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
-    const rec::InodeKey key(ino);
-    MDB_val v;
-    ASSERT_TRUE(txn.Get(env.dbi(kInodes), lmdb::Val(key.bytes()), v).ok());
-    std::optional<InodeAttr> attr = rec::DecodeInode(ino, lmdb::Bytes(v));
-    ASSERT_TRUE(attr);
-    attr->kind = InodeKind::kDirectory;
-    uint8_t enc[rec::kInodeSize];
-    rec::EncodeInode(*attr, enc);
-    ASSERT_TRUE(txn.Put(env.dbi(kInodes), lmdb::Val(key.bytes()), lmdb::Val(enc)).ok());
-  });
+  const uint64_t ino = AddClosed("a", a);
+  EditInode(ino, [](InodeAttr& attr) { attr.kind = InodeKind::kDirectory; });
   auto store = Open();
   ASSERT_TRUE(store);
   EXPECT_FALSE(store->Check(false)->clean());
@@ -369,16 +365,8 @@ TEST_F(RepairTest, CycleIsMovedUnderTheRootAndTheRootStaysADirectory) {
     ASSERT_TRUE(txn.Del(env.dbi(kDirents), lmdb::Val(rec::NamedKey(kRootInode, "d"))).ok());
     ASSERT_TRUE(
         txn.Put(env.dbi(kDirents), lmdb::Val(rec::NamedKey(e, "d")), lmdb::Val(entry)).ok());
-    const rec::InodeKey key(kRootInode);
-    MDB_val v;
-    ASSERT_TRUE(txn.Get(env.dbi(kInodes), lmdb::Val(key.bytes()), v).ok());
-    std::optional<InodeAttr> root = rec::DecodeInode(kRootInode, lmdb::Bytes(v));
-    ASSERT_TRUE(root);
-    root->mode = (root->mode & ~S_IFMT) | S_IFREG;
-    uint8_t enc[rec::kInodeSize];
-    rec::EncodeInode(*root, enc);
-    ASSERT_TRUE(txn.Put(env.dbi(kInodes), lmdb::Val(key.bytes()), lmdb::Val(enc)).ok());
   });
+  EditInode(kRootInode, [](InodeAttr& root) { root.mode = (root.mode & ~S_IFMT) | S_IFREG; });
   auto store = Open();
   ASSERT_TRUE(store);
   Result<RepairReport> r = store->Repair(false);
@@ -426,13 +414,7 @@ TEST_F(RepairTest, EntryKindIsSetToItsInodes) {
 // root instead of leaving its data unreachable.
 TEST_F(RepairTest, InodeInNoDirectoryIsLinkedUnderTheRoot) {
   const Bytes a = Compressible(100000, 16);
-  uint64_t ino = 0;
-  {
-    auto store = Open();
-    ASSERT_TRUE(store);
-    Add(*store, "a", a);
-    ino = store->LookupPath("a")->ino;
-  }
+  const uint64_t ino = AddClosed("a", a);
   EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
     ASSERT_TRUE(txn.Del(env.dbi(kDirents), lmdb::Val(rec::NamedKey(kRootInode, "a"))).ok());
   });
