@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <optional>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -188,6 +190,33 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
       problem("inode in no directory", ino);
       out.relink.push_back({std::string(), ino});
     }
+    // Records no inode of their kind owns (extents of a missing inode or a non-file, a link
+    // target of a non-symlink, attributes of a missing inode) serve nothing, and stray extents
+    // would hold chunks gc never reclaims: repair deletes them.
+    auto find_strays = [&](Db db, std::string_view what, auto owned) -> Status {
+      Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(db));
+      if (!cur.ok()) return cur.status();
+      std::optional<uint64_t> reported;
+      for (bool have = cur->Get(k, v, MDB_FIRST, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
+        const uint64_t ino = k.mv_size >= 8 ? KeyU64(k, 0) : 0;
+        auto a = inodes.find(ino);
+        if (k.mv_size >= 8 && a != inodes.end() && owned(a->second.kind, k.mv_size)) continue;
+        out.stray_records.push_back(
+            {db, std::string(static_cast<const char*>(k.mv_data), k.mv_size)});
+        if (reported == ino) continue;  // one report per inode
+        problem(std::string(what) + " of a missing inode or one of another kind", ino);
+        reported = ino;
+      }
+      return st;
+    };
+    ZIPNN_RETURN_IF_ERROR(find_strays(kExtents, "extents", [](InodeKind kind, size_t key) {
+      return kind == InodeKind::kFile && key == 16;
+    }));
+    ZIPNN_RETURN_IF_ERROR(find_strays(kSymlinks, "a link target", [](InodeKind kind, size_t key) {
+      return kind == InodeKind::kSymlink && key == 8;
+    }));
+    ZIPNN_RETURN_IF_ERROR(
+        find_strays(kXattrs, "extended attributes", [](InodeKind, size_t key) { return key > 8; }));
     for (const auto& [ino, a] : inodes) {
       if (a.kind == InodeKind::kSymlink) {
         rec::InodeKey key(ino);

@@ -44,21 +44,20 @@ Result<GcReport> StoreImpl::Gc(double live_fraction) {
     }
     // A chunk dropped for a refcount of 0 must be in no extent: refcounts are the index's own
     // bookkeeping, and a damaged one must not cost a file its data.
-    if (std::any_of(chunks.begin(), chunks.end(),
-                    [](const auto& c) { return c.second.refcount == 0; })) {
-      std::set<ChunkHash> used;
+    std::set<ChunkHash> unreferenced;  // (few: held instead of every hash files use)
+    for (const auto& [h, c] : chunks)
+      if (c.refcount == 0) unreferenced.insert(h);
+    if (!unreferenced.empty()) {
       Result<lmdb::Cursor> ext = lmdb::Cursor::Open(*txn, dbi(kExtents));
       if (!ext.ok()) return ext.status();
       for (bool have = ext->Get(k, v, MDB_FIRST, st); have; have = ext->Get(k, v, MDB_NEXT, st)) {
-        if (std::optional<rec::Extent> e = rec::DecodeExtent(lmdb::Bytes(v))) used.insert(e->hash);
-      }
-      ZIPNN_RETURN_IF_ERROR(st);
-      for (const auto& [h, c] : chunks) {
-        if (c.refcount == 0 && used.count(h) != 0) {
+        std::optional<rec::Extent> e = rec::DecodeExtent(lmdb::Bytes(v));
+        if (e && unreferenced.count(e->hash) != 0) {
           return Status::Corrupt(
               "a chunk files use has a refcount of 0: damaged index (run zipnnfs fsck --repair)");
         }
       }
+      ZIPNN_RETURN_IF_ERROR(st);
     }
     Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kMeta));
     if (!cur.ok()) return cur.status();

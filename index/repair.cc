@@ -73,6 +73,14 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
       const std::string name = key.size() > 8 ? key.substr(8) : "?";
       actions.push_back("deleted directory entry " + Quote(name) + " (names nothing usable)");
     }
+    for (const auto& [db, key] : scan.stray_records) {
+      const Status del = txn.Del(dbi(db), lmdb::Val(key));  // (gone if its inode was damaged)
+      if (!del.ok() && del.code() != StatusCode::kNotFound) return del;
+    }
+    if (!scan.stray_records.empty()) {
+      actions.push_back("deleted " + std::to_string(scan.stray_records.size()) +
+                        " record(s) of missing inodes or inodes of another kind");
+    }
     for (uint64_t ino : scan.damaged_inodes) {
       auto entry = scan.dirent_of.find(ino);
       if (entry != scan.dirent_of.end()) {

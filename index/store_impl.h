@@ -52,9 +52,10 @@ class BulkAddImpl;
 struct ScanResult {
   CheckReport report;
   std::vector<std::string> bad_inode_keys, bad_dirents, bad_chunk_keys;  // records to delete
-  std::set<uint64_t> damaged_inodes;          // files and symlinks to remove
-  std::vector<ChunkHash> bad_chunks;          // chunk records to delete
-  std::map<ChunkHash, uint64_t> refcounts;    // every chunk's refcount after the repair
+  std::vector<std::pair<Db, std::string>> stray_records;  // records of no inode of their kind
+  std::set<uint64_t> damaged_inodes;                      // files and symlinks to remove
+  std::vector<ChunkHash> bad_chunks;                      // chunk records to delete
+  std::map<ChunkHash, uint64_t> refcounts;                // every chunk's refcount after the repair
   std::map<uint32_t, uint64_t> pack_lengths;  // packs shorter than their committed length
   std::map<uint64_t, std::string> dirent_of;  // inode -> the key of its directory entry
   std::map<uint64_t, InodeKind> kinds;

@@ -427,5 +427,43 @@ TEST_F(RepairTest, InodeInNoDirectoryIsLinkedUnderTheRoot) {
   ExpectFile(*store, "lost+found-" + std::to_string(ino), a);
 }
 
+// Records whose inode is gone or of another kind: a deleted file inode's extents (which keep its
+// chunks referenced), a link target on a directory, attributes of no inode. fsck reports them,
+// repair deletes them, and gc then reclaims the file's chunks.
+TEST_F(RepairTest, RecordsOfNoInodeOfTheirKindAreDeleted) {
+  const Bytes a = Compressible(200000, 17), b = Compressible(100000, 18);
+  const uint64_t ino = AddClosed("a", a);
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Add(*store, "b", b);
+  }
+  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+    const rec::InodeKey key(ino), root(kRootInode);
+    ASSERT_TRUE(txn.Del(env.dbi(kInodes), lmdb::Val(key.bytes())).ok());
+    ASSERT_TRUE(txn.Put(env.dbi(kSymlinks), lmdb::Val(root.bytes()), lmdb::Val("x")).ok());
+    ASSERT_TRUE(
+        txn.Put(env.dbi(kXattrs), lmdb::Val(rec::NamedKey(ino, "user.a")), lmdb::Val("1")).ok());
+  });
+  auto store = Open();
+  ASSERT_TRUE(store);
+  Result<CheckReport> before = store->Check(false);
+  ASSERT_TRUE(before.ok());
+  size_t strays = 0;
+  for (const CheckProblem& p : before->problems)
+    strays += p.what.find("of a missing inode or one of another kind") != std::string::npos;
+  EXPECT_EQ(strays, 3u);
+  Result<RepairReport> r = store->Repair(false);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  Result<GcReport> gc = store->Gc(1.0);
+  ASSERT_TRUE(gc.ok()) << gc.status().ToString();
+  EXPECT_GT(gc->chunks_dropped, 0u);  // a's chunks, referenced by nothing now
+  EXPECT_GT(gc->bytes_reclaimed, 0u);
+  ExpectFile(*store, "b", b);
+  EXPECT_EQ(store->GetAttr(kRootInode)->kind, InodeKind::kDirectory);
+  EXPECT_TRUE(store->Check(true)->clean());
+}
+
 }  // namespace
 }  // namespace zipnn::index
