@@ -92,8 +92,9 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
         }
         // The kernel goes by the mode's file type, readers by the kind: they must agree. Where
         // they do not, the records the inode has say which is right (file data, a link target,
-        // directory entries), else the mode; the rest of the check goes by that.
-        if (((a->mode & S_IFMT) != 0 && (a->mode & S_IFMT) != FileTypeBits(a->kind)) ||
+        // directory entries), else the kind; the rest of the check goes by that. (A mode with no
+        // file type is damaged too: every inode is written with one.)
+        if ((a->mode & S_IFMT) != FileTypeBits(a->kind) ||
             (a->ino == kRootInode && a->kind != InodeKind::kDirectory)) {
           problem("mode " + std::to_string(a->mode) + " contradicts the inode's kind", a->ino);
           Result<InodeKind> kind = EvidentKind(*txn, a->ino, a->kind);

@@ -329,10 +329,16 @@ TEST_F(RepairTest, MetaCountersAndModeTypeAreRepaired) {
 
 // A file inode's kind flipped to directory: fsck reports it and repair goes by the inode's records
 // (its extents make it a file), so no file loses its data and gc keeps it.
+// The same for a file whose mode lost its file type bits as well.
 TEST_F(RepairTest, FlippedKindIsRepairedFromTheInodesRecords) {
-  const Bytes a = Compressible(200000, 13);
+  const Bytes a = Compressible(200000, 13), b = Compressible(100000, 19);
   const uint64_t ino = AddClosed("a", a);
+  const uint64_t bare = AddClosed("b", b);
   EditInode(ino, [](InodeAttr& attr) { attr.kind = InodeKind::kDirectory; });
+  EditInode(bare, [](InodeAttr& attr) {
+    attr.kind = InodeKind::kDirectory;
+    attr.mode &= ~S_IFMT;
+  });
   auto store = Open();
   ASSERT_TRUE(store);
   EXPECT_FALSE(store->Check(false)->clean());
@@ -341,7 +347,9 @@ TEST_F(RepairTest, FlippedKindIsRepairedFromTheInodesRecords) {
   EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
   ASSERT_TRUE(store->Gc().ok());
   ExpectFile(*store, "a", a);
+  ExpectFile(*store, "b", b);
   EXPECT_EQ(store->GetAttr(ino)->kind, InodeKind::kFile);
+  EXPECT_EQ(store->GetAttr(bare)->mode & S_IFMT, static_cast<mode_t>(S_IFREG));
 }
 
 // A directory's only entry moved into its own child (a cycle cut off from the root), and the
