@@ -101,7 +101,7 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
           if (!kind.ok()) return kind.status();
           a->kind = *kind;
           a->mode = (a->mode & ~S_IFMT) | FileTypeBits(*kind);
-          out.fixed_modes.push_back(*a);
+          out.fixed_inodes[a->ino] = *a;
         }
         inodes[a->ino] = *a;
       }
@@ -158,7 +158,7 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
             problem("entry " + Quote(name) + ": its kind differs from its inode's", parent);
             out.retyped_dirents.push_back({key, child, c->second.kind});
           }
-          out.dirent_of[child] = std::move(key);
+          out.entries_of[child].push_back(std::move(key));
         }
       }
     }
@@ -173,7 +173,7 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
         int& s = state[at];
         if (s == 1) {  // back on this walk: a loop through `at`
           problem("directory cycle", at);
-          out.relink.push_back({out.dirent_of[at], at});  // repair moves it under the root
+          out.relink.push_back({out.entries_of[at].front(), at});  // repair moves it under the root
         }
         if (s != 0) break;
         s = 1;
@@ -187,9 +187,21 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
     // Inodes in no directory (their entry lost, or refused above) are unreachable: repair links
     // them under the root too.
     for (const auto& [ino, a] : inodes) {
-      if (ino == kRootInode || out.dirent_of.count(ino) != 0) continue;
+      if (ino == kRootInode || out.entries_of.count(ino) != 0) continue;
       problem("inode in no directory", ino);
       out.relink.push_back({std::string(), ino});
+    }
+    // A file or symlink's link count is the number of entries naming it (a directory has one).
+    for (auto& [ino, a] : inodes) {
+      auto entries = out.entries_of.find(ino);
+      if (a.kind == InodeKind::kDirectory || entries == out.entries_of.end() ||
+          a.nlink == entries->second.size())
+        continue;
+      problem("link count " + std::to_string(a.nlink) + " but " +
+                  std::to_string(entries->second.size()) + " entries name the inode",
+              ino);
+      a.nlink = static_cast<uint32_t>(entries->second.size());
+      out.fixed_inodes[ino] = a;
     }
     // Records no inode of their kind owns (extents of a missing inode or a non-file, a link
     // target of a non-symlink, attributes of a missing inode) serve nothing, and stray extents

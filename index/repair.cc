@@ -51,10 +51,11 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
       actions.push_back("directory entry of inode " + std::to_string(r.child) +
                         ": kind set to its inode's");
     }
-    for (const InodeAttr& a : scan.fixed_modes) {
+    for (const auto& [ino, a] : scan.fixed_inodes) {
+      if (scan.damaged_inodes.count(ino) != 0) continue;  // removed below
       ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), a));
-      actions.push_back("inode " + std::to_string(a.ino) +
-                        ": kind and mode set to what its records show");
+      actions.push_back("inode " + std::to_string(ino) +
+                        ": kind, mode and link count set to what its records show");
     }
     if (scan.next_inode) {
       ZIPNN_RETURN_IF_ERROR(PutU64(txn, dbi(kMeta), rec::kMetaNextInode, *scan.next_inode));
@@ -82,9 +83,10 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
                         " record(s) of missing inodes or inodes of another kind");
     }
     for (uint64_t ino : scan.damaged_inodes) {
-      auto entry = scan.dirent_of.find(ino);
-      if (entry != scan.dirent_of.end()) {
-        ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kDirents), lmdb::Val(entry->second)));
+      auto entries = scan.entries_of.find(ino);
+      if (entries != scan.entries_of.end()) {
+        for (const std::string& key : entries->second)
+          ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kDirents), lmdb::Val(key)));
       }
       for (Db db : {kExtents, kXattrs}) ZIPNN_RETURN_IF_ERROR(DeleteKeysOf(txn, db, ino));
       rec::InodeKey key(ino);

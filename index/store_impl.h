@@ -57,7 +57,7 @@ struct ScanResult {
   std::vector<ChunkHash> bad_chunks;                      // chunk records to delete
   std::map<ChunkHash, uint64_t> refcounts;                // every chunk's refcount after the repair
   std::map<uint32_t, uint64_t> pack_lengths;  // packs shorter than their committed length
-  std::map<uint64_t, std::string> dirent_of;  // inode -> the key of its directory entry
+  std::map<uint64_t, std::vector<std::string>> entries_of;  // inode -> its entries' keys
   std::map<uint64_t, InodeKind> kinds;
   // Inodes to link under the root, with the entry to delete first (one closing a directory
   // cycle) or "" (an inode in no directory).
@@ -67,10 +67,10 @@ struct ScanResult {
     uint64_t child;
     InodeKind kind;
   };
-  std::vector<Retype> retyped_dirents;   // entries whose kind byte is not their inode's
-  std::vector<InodeAttr> fixed_modes;    // inodes whose mode's file type contradicts their kind
-  std::optional<uint64_t> next_inode;    // a counter at or below an inode in use: its value
-  std::optional<uint32_t> current_pack;  // a missing current-pack record: its value
+  std::vector<Retype> retyped_dirents;         // entries whose kind byte is not their inode's
+  std::map<uint64_t, InodeAttr> fixed_inodes;  // kind, mode type or link count set right
+  std::optional<uint64_t> next_inode;          // a counter at or below an inode in use: its value
+  std::optional<uint32_t> current_pack;        // a missing current-pack record: its value
 };
 
 class StoreImpl final : public Store {

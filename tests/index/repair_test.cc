@@ -473,5 +473,43 @@ TEST_F(RepairTest, RecordsOfNoInodeOfTheirKindAreDeleted) {
   EXPECT_TRUE(store->Check(true)->clean());
 }
 
+// Two entries naming one file (the store has no hard links yet: a damaged index), for a sound
+// file and for a damaged one: fsck reports the link counts, and one repair sets the sound file's
+// to 2 and removes the damaged file with both its entries.
+TEST_F(RepairTest, EveryEntryOfAFileIsCountedAndRemovedWithIt) {
+  const Bytes c = Compressible(100000, 20), a = Compressible(100000, 21);
+  const uint64_t damaged = AddClosed("c", c);  // first: its frame starts the pack
+  uint64_t sound = 0;
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Add(*store, "a", a);
+    sound = store->LookupPath("a")->ino;
+  }
+  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+    for (auto [ino, name] : {std::pair{sound, "a2"}, std::pair{damaged, "c2"}}) {
+      uint8_t entry[rec::kDirentSize];
+      rec::EncodeDirent(ino, InodeKind::kFile, entry);
+      ASSERT_TRUE(
+          txn.Put(env.dbi(kDirents), lmdb::Val(rec::NamedKey(kRootInode, name)), lmdb::Val(entry))
+              .ok());
+    }
+  });
+  zipnn::test::FlipByte(store_dir_ + "/packs/pack-000001.znp", 100);
+  auto store = Open();
+  ASSERT_TRUE(store);
+  Result<CheckReport> before = store->Check(false);
+  ASSERT_TRUE(before.ok());
+  EXPECT_EQ(before->problems.size(), 2u);  // the link counts (the frame is not read)
+  Result<RepairReport> r = store->Repair(true);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  EXPECT_EQ(store->GetAttr(sound)->nlink, 2u);
+  ExpectFile(*store, "a", a);
+  ExpectFile(*store, "a2", a);
+  EXPECT_EQ(store->LookupPath("c").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(store->LookupPath("c2").status().code(), StatusCode::kNotFound);
+}
+
 }  // namespace
 }  // namespace zipnn::index
