@@ -5,6 +5,7 @@
 #include <sys/statvfs.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -78,6 +79,27 @@ void ReplyXattr(fuse_req_t req, const std::string& bytes, size_t size) {
   }
 }
 
+// A read's bytes, straight from the cached chunks (pinned by the caller until the reply is sent).
+// libfuse writes the reply with one writev of a header and the pieces, and writev takes at most
+// IOV_MAX of them: past that it fails, the reply is lost and the reader waits forever. A read
+// across that many chunks (tiny tensors of alternating dtypes each get a chunk) is gathered into
+// one buffer instead.
+void ReplyPieces(fuse_req_t req, const std::vector<iovec>& iov) {
+  if (iov.size() < IOV_MAX) {
+    fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
+    return;
+  }
+  size_t size = 0;
+  for (const iovec& v : iov) size += v.iov_len;
+  std::vector<char> buf(size);
+  size_t pos = 0;
+  for (const iovec& v : iov) {
+    std::memcpy(buf.data() + pos, v.iov_base, v.iov_len);
+    pos += v.iov_len;
+  }
+  fuse_reply_buf(req, buf.data(), buf.size());
+}
+
 }  // namespace
 
 // A directory's entries, listed once at opendir: offsets stay valid while it is read, whatever
@@ -139,6 +161,12 @@ uint64_t FileSystem::ParentOf(uint64_t dir) {
 }
 
 void FileSystem::Lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  // The kernel passes FUSE names of up to 1024 bytes; a longer name than the filesystem allows
+  // is ENAMETOOLONG (as from ext4 or tmpfs), not an absent name.
+  if (std::strlen(name) > kNameMax) {
+    fuse_reply_err(req, ENAMETOOLONG);
+    return;
+  }
   Result<index::InodeAttr> attr = store_.Lookup(parent, name);
   if (!attr.ok()) {
     if (attr.status().code() == StatusCode::kNotFound) {
@@ -226,8 +254,7 @@ void FileSystem::Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fu
     fuse_reply_buf(req, nullptr, 0);
     return;
   }
-  // Straight from the cached chunks, which the result keeps pinned until the reply is sent.
-  fuse_reply_iov(req, r->iov.data(), static_cast<int>(r->iov.size()));
+  ReplyPieces(req, r->iov);
 }
 
 void FileSystem::Release(fuse_req_t req, fuse_file_info* fi) {
@@ -310,7 +337,7 @@ void FileSystem::StatFs(fuse_req_t req) {
     fuse_reply_err(req, errno);
     return;
   }
-  st.f_namemax = 255;
+  st.f_namemax = kNameMax;
   st.f_flag |= ST_RDONLY;
   fuse_reply_statfs(req, &st);
 }

@@ -36,6 +36,8 @@ class FileSystem {
 
   // Name of the root's virtual extended attribute holding live statistics (JSON).
   static constexpr const char* kStatsXattr = "user.zipnnfs.stats";
+  // The longest file name, in bytes: what the store accepts (index::ValidateName), as on Linux.
+  static constexpr size_t kNameMax = 255;
 
  private:
   struct DirHandle;

@@ -1,5 +1,7 @@
 // The mount: option parsing, daemonizing, the FUSE session and its loop.
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/syslog_sink.h>
 #include <spdlog/spdlog.h>
@@ -280,6 +282,15 @@ int MountMain(int argc, char** argv) {
   Reporter reporter(report_fd);
   SetUpLogging(foreground, cmd.debug, cfg.log_level);
 
+  // The threads the store and the reader start (prefetch workers, background syncs) must never
+  // take the signals that end the session: libfuse's handler only sets a flag, and its main
+  // loop sleeps until interrupted, so a SIGTERM handled on another thread while the loop starts
+  // its first worker (with signals blocked) left the daemon serving. They inherit this mask;
+  // the main thread takes the signals again once they are started.
+  sigset_t stop_signals, old_mask;
+  sigemptyset(&stop_signals);
+  for (int sig : {SIGHUP, SIGINT, SIGTERM}) sigaddset(&stop_signals, sig);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
   index::StoreOptions store_opts;
   store_opts.writable = true;  // holds the store's lock: no other writer while mounted
   Result<std::unique_ptr<index::Store>> store = index::Store::Open(fs_opts.store_dir, store_opts);
@@ -298,6 +309,7 @@ int MountMain(int argc, char** argv) {
     };
   }
   FileSystem fs(**store, fs_opts);
+  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   fuse_session* se = fuse_session_new(&args, &FileSystem::Ops(), sizeof(fuse_lowlevel_ops), &fs);
   if (se == nullptr) return reporter.Fail("bad mount options (see zipnnfs --help)");
   std::unique_ptr<fuse_session, void (*)(fuse_session*)> se_guard(se, fuse_session_destroy);
@@ -337,7 +349,9 @@ int MountMain(int argc, char** argv) {
   fuse_session_unmount(se);
   fuse_remove_signal_handlers(se);
   spdlog::info("unmounted {}", mountpoint);
-  return rc == 0 ? 0 : 1;
+  // libfuse's loops return the number of the signal that ended them (SIGTERM, SIGINT, SIGHUP) or
+  // -errno: a signal is how users and systemd stop a mount (README), not a failure.
+  return rc >= 0 ? 0 : 1;
 }
 
 Result<std::string> ReadMountStats(const std::string& mountpoint) {

@@ -1,0 +1,228 @@
+// What a POSIX user of the mount meets, found by testing it with real programs (python's os
+// calls, dd, stat, systemd's SIGTERM): replies the kernel never got, errnos other filesystems
+// give, exit codes. Every test leaves no mount behind, even when it fails.
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tests/fs/mount_util.h"
+
+namespace zipnn::test {
+namespace {
+
+// A .safetensors file of `count` one-element tensors, BF16 and F32 in turn: no chunk mixes
+// dtypes, so every tensor is a chunk of its own, 2 or 4 bytes long.
+std::string AlternatingDtypeSafetensors(int count) {
+  std::string header = "{";
+  std::string data;
+  uint64_t state = 77;
+  for (int i = 0; i < count; ++i) {
+    const bool bf16 = i % 2 == 0;
+    const size_t size = bf16 ? 2 : 4;
+    if (i != 0) header += ",";
+    header += "\"t" + std::to_string(i) + "\":{\"dtype\":\"" + (bf16 ? "BF16" : "F32");
+    header += "\",\"shape\":[1],\"data_offsets\":[" + std::to_string(data.size()) + ",";
+    header += std::to_string(data.size() + size) + "]}";
+    for (size_t b = 0; b < size; ++b) data += static_cast<char>(SplitMix64(state));
+  }
+  header += "}";
+  while (header.size() % 8 != 0) header += ' ';
+  std::string file(8, '\0');
+  for (int i = 0; i < 8; ++i) file[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  return file + header + data;
+}
+
+// A read's reply is written with one writev of a header and one piece per chunk: a read across
+// IOV_MAX chunks or more failed to be written ("fuse: writing device: Invalid argument"), so the
+// kernel never got a reply and the reader hung (in D state with O_DIRECT).
+TEST_F(FsTest, ReadAcrossMoreChunksThanIovMaxIsAnswered) {
+  const std::string model = AlternatingDtypeSafetensors(3000);
+  const std::string store = Path("store");
+  Result<std::vector<std::vector<index::ChunkLocation>>> chunks =
+      BuildStore(store, {{"tiny-tensors.safetensors", model}}, 256 << 10);
+  ASSERT_TRUE(chunks.ok()) << chunks.status().message();
+  ASSERT_GT((*chunks)[0].size(), 2u * IOV_MAX) << "the test needs reads across IOV_MAX chunks";
+  Mount m(store, MakeDir("mnt"));
+  ASSERT_TRUE(m.ok()) << m.result().err;
+
+  // One request for the whole file (O_DIRECT: not cut into pages by the page cache), then the
+  // page cache's own reads.
+  const int fd = ::open(m.Path("tiny-tensors.safetensors").c_str(), O_RDONLY | O_DIRECT);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  std::string buf(model.size() + 4096, '\0');
+  const ssize_t n = ::pread(fd, buf.data(), buf.size(), 0);
+  const int err = errno;
+  ::close(fd);
+  ASSERT_EQ(n, static_cast<ssize_t>(model.size())) << std::strerror(err);
+  buf.resize(model.size());
+  EXPECT_TRUE(buf == model) << "wrong bytes through O_DIRECT";
+  EXPECT_TRUE(ReadFile(m.Path("tiny-tensors.safetensors")) == model) << "wrong bytes";
+  EXPECT_TRUE(m.Unmount());
+}
+
+// `zipnnfs STORE MNT -f ARGS...` as a child of the test, as systemd runs it: its exit status is
+// the daemon's own. The destructor kills it and detaches the mount if the test did not end it.
+class ForegroundMount {
+ public:
+  ForegroundMount(const std::string& store, const std::string& mnt, std::vector<std::string> args)
+      : mnt_(mnt) {
+    args.insert(args.begin(), {kZipnnfs, store, mnt, "-f"});
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const int devnull = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(devnull, STDOUT_FILENO);
+      ::dup2(devnull, STDERR_FILENO);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(devnull);
+    if (pid_ > 0) pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
+  }
+  ~ForegroundMount() {
+    if (pid_ <= 0) return;
+    if (!exited_) ::syscall(SYS_pidfd_send_signal, pidfd_, SIGKILL, nullptr, 0);
+    if (IsMountPoint(mnt_)) RunCommand("fusermount3", {"-uz", mnt_});
+    if (!exited_) ::waitpid(pid_, nullptr, 0);
+    ::close(pidfd_);
+  }
+
+  // Waits until the mount appears in the mount table or the daemon exits; true if mounted. The
+  // kernel flags /proc/self/mountinfo with POLLPRI when the table changed since it was opened
+  // (or last polled), so a mount between a check and the poll is not missed.
+  bool WaitUntilMounted(int timeout_ms) {
+    const int table = ::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (table < 0) return false;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    bool mounted;
+    while (!(mounted = IsMountPoint(mnt_))) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      pollfd p[2] = {{table, POLLPRI, 0}, {pidfd_, POLLIN, 0}};
+      if (::poll(p, 2, static_cast<int>(left.count())) < 0 && errno != EINTR) break;
+      if (p[1].revents != 0) {  // the daemon exited: one last look
+        mounted = IsMountPoint(mnt_);
+        break;
+      }
+    }
+    ::close(table);
+    return mounted;
+  }
+
+  // Sends `sig` and waits for the daemon to exit; its exit status (-1 if killed or too slow).
+  int SignalAndWait(int sig) {
+    if (pid_ <= 0 || ::syscall(SYS_pidfd_send_signal, pidfd_, sig, nullptr, 0) != 0) return -1;
+    if (!WaitForExit(pidfd_, 30000)) return -1;
+    int status = 0;
+    if (::waitpid(pid_, &status, 0) != pid_) return -1;
+    exited_ = true;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+ private:
+  std::string mnt_;
+  pid_t pid_ = -1;
+  int pidfd_ = -1;
+  bool exited_ = false;
+};
+
+// systemd stops a foreground mount (a Type=simple service) with SIGTERM, a terminal with SIGINT
+// or SIGHUP; the README names SIGINT and SIGTERM as ways to unmount. libfuse's loop returns the
+// signal's number, which the daemon turned into exit status 1, so systemd marked every stopped
+// mount as failed.
+TEST_F(FsTest, SignalsEndAForegroundMountWithStatusZero) {
+  const std::string store = Path("store");
+  ASSERT_TRUE(BuildStore(store, {{"f", "abc"}}, 64 << 10).ok());
+  const std::string mnt = MakeDir("mnt");
+  const std::vector<std::pair<int, std::vector<std::string>>> cases = {
+      {SIGTERM, {}}, {SIGINT, {}}, {SIGHUP, {}}, {SIGTERM, {"-s"}}};
+  for (const auto& [sig, args] : cases) {
+    SCOPED_TRACE(std::string(strsignal(sig)) + (args.empty() ? "" : " with -s"));
+    ForegroundMount m(store, mnt, args);
+    ASSERT_TRUE(m.WaitUntilMounted(20000)) << "the foreground daemon did not mount";
+    EXPECT_EQ(ReadFile(mnt + "/f"), "abc");
+    EXPECT_EQ(m.SignalAndWait(sig), 0);
+    EXPECT_FALSE(IsMountPoint(mnt)) << "the signal left the mount behind";
+  }
+}
+
+// The signals that end a session must reach the daemon's main thread, the one libfuse's loop
+// sleeps in: a SIGTERM taken by a prefetch worker (which blocked nothing) while the main thread
+// had signals blocked to start the first FUSE worker set the exit flag without waking the loop,
+// and the daemon went on serving (a full run once saw SignalsEndAForegroundMountWithStatusZero
+// wait 30 s for it). Every other thread must block them.
+TEST_F(FsTest, OnlyTheMainThreadTakesStopSignals) {
+  const std::string store = Path("store");
+  ASSERT_TRUE(BuildStore(store, {{"f", Bf16Like(1 << 20, 3)}}, 64 << 10).ok());
+  Mount m(store, MakeDir("mnt"), {"-o", "workers=2,prefetch=8"});
+  ASSERT_TRUE(m.ok()) << m.result().err;
+  ASSERT_GT(m.daemon_pid(), 0);
+  EXPECT_EQ(ReadFile(m.Path("f")).size(), 1u << 20);  // every kind of thread has started
+  const std::string tasks = "/proc/" + std::to_string(m.daemon_pid()) + "/task";
+  int others = 0;
+  for (const auto& t : std::filesystem::directory_iterator(tasks)) {
+    if (t.path().filename() == std::to_string(m.daemon_pid())) continue;
+    std::ifstream status(t.path() / "status");
+    std::string line;
+    uint64_t blocked = 0;
+    while (std::getline(status, line)) {
+      if (line.rfind("SigBlk:", 0) == 0) blocked = std::stoull(line.substr(7), nullptr, 16);
+    }
+    for (int sig : {SIGHUP, SIGINT, SIGTERM}) {
+      EXPECT_NE(blocked & (1ull << (sig - 1)), 0u)
+          << "thread " << t.path().filename() << " takes " << strsignal(sig);
+    }
+    ++others;
+  }
+  EXPECT_GE(others, 2) << "expected prefetch workers and FUSE workers";
+  EXPECT_TRUE(m.Unmount());
+}
+
+// A name longer than NAME_MAX (255 bytes, statfs's f_namemax) is ENAMETOOLONG on Linux
+// filesystems; the kernel leaves the check to FUSE daemons for names of up to 1024 bytes, and
+// zipnnfs answered ENOENT, so a program could not tell a bad name from an absent file.
+TEST_F(FsTest, NamesLongerThanNameMaxAreTooLong) {
+  const std::string longest(255, 'n');
+  WriteFile(MakeDir("src") + "/" + longest, "255");  // (memfd names, BuildStore's, are shorter)
+  const std::string store = Path("store");
+  ASSERT_EQ(RunCommand(kZipnnfs, {"init", store}).exit_code, 0);
+  const CommandResult imp = RunCommand(kZipnnfs, {"import", "-q", store, Path("src")});
+  ASSERT_EQ(imp.exit_code, 0) << imp.err;
+  Mount m(store, MakeDir("mnt"));
+  ASSERT_TRUE(m.ok()) << m.result().err;
+  auto path = [&](const std::string& name) { return m.Path("src/" + name); };
+  auto stat_errno = [&](const std::string& name) {
+    struct stat st;
+    return ::stat(path(name).c_str(), &st) == 0 ? 0 : errno;
+  };
+  EXPECT_EQ(stat_errno(longest), 0);
+  EXPECT_EQ(ReadFile(path(longest)), "255");
+  EXPECT_EQ(stat_errno(std::string(255, 'm')), ENOENT);
+  for (size_t len : {256, 600, 1024}) {
+    EXPECT_EQ(stat_errno(std::string(len, 'n')), ENAMETOOLONG) << len << " bytes";
+    const int fd = ::open(path(std::string(len, 'n')).c_str(), O_RDONLY | O_CLOEXEC);
+    EXPECT_EQ(fd < 0 ? errno : 0, ENAMETOOLONG) << "open, " << len << " bytes";
+    if (fd >= 0) ::close(fd);
+  }
+  EXPECT_TRUE(m.Unmount());
+}
+
+}  // namespace
+}  // namespace zipnn::test
