@@ -20,6 +20,10 @@ Status Bad(const std::string& why) { return Status::Corrupt("gguf header: " + wh
 constexpr uint64_t kMaxHeader = 1ull << 30;  // metadata and tensor infos (vocabularies: MBs)
 constexpr size_t kWindow = 1u << 20;         // read a window at a time
 constexpr uint32_t kMaxDims = 4;             // GGML_MAX_DIMS
+// Tensors a header may list: models have thousands. Each info read costs ~150 bytes of memory
+// for at least 28 of file, so a header of 1 GiB of tiny infos took 5 GB; past this many the file
+// is planned as plain bytes (still lossless), in ~40 MB.
+constexpr uint64_t kMaxTensors = 1u << 18;
 constexpr int kMaxArrayDepth = 4;
 constexpr uint32_t kString = 8, kArray = 9, kUint32 = 4;
 
@@ -154,6 +158,7 @@ Result<TensorLayout> ParseGgufHeader(const ReadAtFn& read, uint64_t file_size) {
 
   // Tensor infos: name, dimensions (innermost first), type, offset in the data section.
   if (tensors > c.left() / 28) return Bad("more tensors than the file holds");
+  if (tensors > kMaxTensors) return Bad(std::to_string(tensors) + " tensors: too many");
   TensorLayout layout;
   std::vector<uint64_t> sizes;  // bytes of typed tensors (0 for quantized ones)
   // (No reserve: memory grows with the infos actually read, never with a declared count.)

@@ -10,7 +10,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
+#include <climits>
 #include <cstring>
+#include <optional>
+#include <string_view>
 #include <utility>
 
 namespace zipnn::tool {
@@ -49,6 +53,35 @@ std::string DirName(const std::string& path) {
   return ::dirname(copy.data());
 }
 
+// The descriptor of this process that `path` names (/dev/stdout, /dev/stderr, /dev/fd/N,
+// /proc/self/fd/N), if it names one. The shell opened it (`> file`, `3>> log`): the output goes
+// through it, since a temporary file renamed over the name would replace the system's
+// /dev/stdout symlink (as root, with -f) and leave the redirected file empty.
+std::optional<int> NamedDescriptor(std::string_view path) {
+  if (path == "/dev/stdout") return STDOUT_FILENO;
+  if (path == "/dev/stderr") return STDERR_FILENO;
+  for (std::string_view dir : {"/dev/fd/", "/proc/self/fd/"}) {
+    if (!path.starts_with(dir) || path.size() == dir.size()) continue;
+    const std::string_view digits = path.substr(dir.size());
+    int fd = -1;
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), fd);
+    if (ec == std::errc() && end == digits.data() + digits.size()) return fd;
+  }
+  return std::nullopt;
+}
+
+// path.tmp.XXXXXX, its name cut short where the whole would exceed NAME_MAX: any name that may
+// exist may be an output (a 250-byte name once failed with "File name too long").
+std::string TempPattern(const std::string& path) {
+  constexpr std::string_view kSuffix = ".tmp.XXXXXX";
+  const size_t slash = path.rfind('/');
+  const size_t name_at = slash == std::string::npos ? 0 : slash + 1;
+  std::string temp = path;
+  if (path.size() - name_at + kSuffix.size() > NAME_MAX)
+    temp.resize(name_at + NAME_MAX - kSuffix.size());
+  return temp.append(kSuffix);
+}
+
 mode_t CurrentUmask() {
   mode_t m = ::umask(0);
   ::umask(m);
@@ -85,13 +118,14 @@ bool PathExists(const std::string& path) {
 // ---- AtomicOutputFile ------------------------------------------------------------------------
 
 AtomicOutputFile::AtomicOutputFile(UniqueFd fd, std::string path, std::string temp_path,
-                                   bool overwrite)
+                                   bool overwrite, bool sequential)
     : fd_(std::move(fd)),
       syncer_(temp_path.empty() ? nullptr : BackgroundSyncer::Start(fd_.get(), path)),
       path_(std::move(path)),
       temp_path_(std::move(temp_path)),
       overwrite_(overwrite),
-      special_(temp_path_.empty()) {}
+      special_(temp_path_.empty()),
+      sequential_(sequential) {}
 
 AtomicOutputFile::AtomicOutputFile(AtomicOutputFile&& o) noexcept
     : fd_(std::move(o.fd_)),
@@ -99,7 +133,8 @@ AtomicOutputFile::AtomicOutputFile(AtomicOutputFile&& o) noexcept
       path_(std::move(o.path_)),
       temp_path_(std::exchange(o.temp_path_, std::string())),
       overwrite_(o.overwrite_),
-      special_(o.special_) {}
+      special_(o.special_),
+      sequential_(o.sequential_) {}
 
 AtomicOutputFile::~AtomicOutputFile() { Discard(); }
 
@@ -118,6 +153,13 @@ void AtomicOutputFile::Discard() {
 
 Result<AtomicOutputFile> AtomicOutputFile::Create(const std::string& path, bool overwrite,
                                                   mode_t mode) {
+  if (const std::optional<int> named = NamedDescriptor(path)) {
+    // Written in order from where the shell left it (it may append), without -f: the shell has
+    // decided about overwriting. A descriptor not open is an error, not a name to create.
+    UniqueFd fd(::fcntl(*named, F_DUPFD_CLOEXEC, 0));
+    if (!fd.valid()) return Status::FromErrno(errno, path);
+    return AtomicOutputFile(std::move(fd), path, "", overwrite, /*sequential=*/true);
+  }
   // A device or a pipe (/dev/null, /dev/stdout, a FIFO) is written to as it is: a temporary file
   // renamed over it would replace the device node. Nothing there is overwritten, so no -f.
   struct stat st;
@@ -132,7 +174,7 @@ Result<AtomicOutputFile> AtomicOutputFile::Create(const std::string& path, bool 
   if (!overwrite && PathExists(path)) {
     return Status::Exists(path + ": already exists (use -f to overwrite)");
   }
-  std::string temp = path + ".tmp.XXXXXX";
+  std::string temp = TempPattern(path);
   int fd = ::mkostemp(temp.data(), O_CLOEXEC);
   if (fd < 0) return Status::FromErrno(errno, path);
   SetPendingTemp(temp);

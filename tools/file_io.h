@@ -32,15 +32,16 @@ Result<InputFile> OpenInput(const std::string& path);
 
 bool PathExists(const std::string& path);
 
-// A new file written under a temporary name (path.tmp.XXXXXX, same directory) and renamed to
-// its real name by Commit, after an fsync: a crash or error never leaves a partial file under the
-// real name. The temporary file is removed if the object dies uncommitted, and on SIGINT, SIGTERM
-// or SIGHUP.
+// A new file written under a temporary name (path.tmp.XXXXXX, same directory, the name cut short
+// to fit NAME_MAX) and renamed to its real name by Commit, after an fsync: a crash or error never
+// leaves a partial file under the real name. The temporary file is removed if the object dies
+// uncommitted, and on SIGINT, SIGTERM or SIGHUP.
 class AtomicOutputFile {
  public:
   // Fails with kExists if `path` exists and !overwrite. `mode` is applied (minus the umask). An
   // existing character device or pipe is written in place, without -f (a temporary file renamed
-  // over /dev/null would replace it).
+  // over /dev/null would replace it); so is a descriptor named as /dev/stdout, /dev/stderr,
+  // /dev/fd/N or /proc/self/fd/N, in order from its current offset.
   static Result<AtomicOutputFile> Create(const std::string& path, bool overwrite, mode_t mode);
 
   AtomicOutputFile(AtomicOutputFile&& o) noexcept;
@@ -50,7 +51,7 @@ class AtomicOutputFile {
 
   int fd() const { return fd_.get(); }
   // Whether the output takes positional writes (a pipe does not: write in order instead).
-  bool seekable() const { return ::lseek(fd_.get(), 0, SEEK_CUR) >= 0; }
+  bool seekable() const { return !sequential_ && ::lseek(fd_.get(), 0, SEEK_CUR) >= 0; }
   const std::string& path() const { return path_; }
   // Tells that `bytes` more were written: every few MB they are synced in the background, so the
   // fsync of Commit has little left (a flush costs time in proportion to what it flushes). Any
@@ -60,7 +61,8 @@ class AtomicOutputFile {
   Status Commit();
 
  private:
-  AtomicOutputFile(UniqueFd fd, std::string path, std::string temp_path, bool overwrite);
+  AtomicOutputFile(UniqueFd fd, std::string path, std::string temp_path, bool overwrite,
+                   bool sequential = false);
   void Discard();
 
   UniqueFd fd_;
@@ -68,7 +70,9 @@ class AtomicOutputFile {
   std::string path_;
   std::string temp_path_;  // empty once committed or discarded
   bool overwrite_ = false;
-  bool special_ = false;  // a device or pipe, written to in place
+  bool special_ = false;     // a device or pipe, written to in place
+  bool sequential_ = false;  // a descriptor the shell opened: positional writes would skip its
+                             // offset (and O_APPEND makes pwrite append anyway)
 };
 
 // Reads extents of a file for coding. With `ahead` = 0, Read reads on the spot, on the calling

@@ -1,6 +1,7 @@
 // zipnn: compress model weights into .znn containers and back, inspect them, benchmark the codec.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <new>
 #include <string>
 
 #include "codec/codec.h"
@@ -92,9 +93,11 @@ int main(int argc, char** argv) {
 
   SynthModelOptions sopts;
   std::string synth_output, synth_dtype = "bf16";
+  bool synth_force = false;
   CLI::App* synth = app.add_subcommand(
       "synth", "Write a synthetic transformer-like .safetensors model (for demos and tests)");
   synth->add_option("FILE", synth_output, "Output file")->required();
+  synth->add_flag("-f,--force", synth_force, "Replace an existing output file");
   synth->add_option("--dtype", synth_dtype, "bf16 or f32")
       ->check(CLI::IsMember({"bf16", "f32"}))
       ->capture_default_str();
@@ -117,8 +120,10 @@ int main(int argc, char** argv) {
   if (app.got_subcommand(compress)) {
     copts.chunk_size = static_cast<uint32_t>(
         std::min<uint64_t>(*zipnn::ParseSize(chunk_size), uint64_t{zipnn::kMaxChunkSize} + 1));
-    if (copts.chunk_size < 4096 || copts.chunk_size > zipnn::kMaxChunkSize) {
-      std::fprintf(stderr, "zipnn: --chunk-size must be between 4K and 64M\n");
+    // (All of the codec's rule: a size it refuses later would exit 1, as if the input were bad.)
+    if (copts.chunk_size < 4096 || copts.chunk_size > zipnn::kMaxChunkSize ||
+        copts.chunk_size % 8 != 0) {
+      std::fprintf(stderr, "zipnn: --chunk-size must be a multiple of 8 between 4K and 64M\n");
       return kExitUsage;
     }
     status = Compress(copts);
@@ -134,7 +139,17 @@ int main(int argc, char** argv) {
     status = Bench(bopts);
   } else if (app.got_subcommand(synth)) {
     sopts.dtype = synth_dtype == "f32" ? zipnn::DType::kF32 : zipnn::DType::kBF16;
-    status = WriteSyntheticSafetensors(synth_output, sopts);
+    // Like compress and decompress, an existing file is kept unless -f (the writer itself
+    // replaces whatever is there when it commits).
+    if (!synth_force && PathExists(synth_output)) {
+      status = zipnn::Status::Exists(synth_output + ": already exists (use -f to overwrite)");
+    } else {
+      try {  // the model is built in memory: --layers 4096 --dim 65536 asks for 200 TB
+        status = WriteSyntheticSafetensors(synth_output, sopts);
+      } catch (const std::bad_alloc&) {
+        status = zipnn::Status::InvalidArgument(synth_output + ": model too large for memory");
+      }
+    }
   }
   if (!status.ok()) {
     std::fprintf(stderr, "zipnn: %s\n", status.message().c_str());

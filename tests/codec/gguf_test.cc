@@ -221,6 +221,13 @@ TEST(GgufTest, HostileHeadersAreRejectedAndPlanAsBytes) {
     GgufWriter::Str(w.kv, "a"), GgufWriter::U32(w.kv, 13);  // no such value type
     rejected(w.Build(), "unknown value type");
   }
+  {
+    // More tensor infos than any model has, all real (so the count fits the file): each costs
+    // more memory than file, so a header of 1 GiB of them took 5 GB. Planned as bytes instead.
+    GgufWriter w;
+    w.tensors.assign((size_t{1} << 18) + 1, {"", {0}, 0, {}});
+    rejected(w.Build(), "2^18 + 1 tensors");
+  }
   // Not GGUF at all: other magic.
   f = good;
   f[0] = 'X';

@@ -6,8 +6,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cstdint>
 #include <fstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -128,6 +130,34 @@ TEST_F(AtomicOutputFileTest, SyncsAsItGrowsAndCommitsWhole) {
     ASSERT_EQ(static_cast<uint8_t>(got[(i + 1) * kPiece - 1]), i + 1) << "piece " << i;
   }
   EXPECT_FALSE(out->Commit().ok());
+}
+
+// A descriptor named as /dev/fd/N is written through, in order from its offset (the shell's
+// `>>` or a prefix written before), not replaced by a temporary file renamed over the name.
+TEST_F(AtomicOutputFileTest, NamedDescriptorIsWrittenInOrderFromItsOffset) {
+  const std::string path = Path("redirected");
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  ASSERT_TRUE(fd.valid());
+  ASSERT_TRUE(WriteFull(fd.get(), std::vector<uint8_t>{'h', 'i'}).ok());
+  for (const std::string& name :
+       {"/dev/fd/" + std::to_string(fd.get()), "/proc/self/fd/" + std::to_string(fd.get())}) {
+    Result<AtomicOutputFile> out = AtomicOutputFile::Create(name, false, 0644);
+    ASSERT_TRUE(out.ok()) << name << ": " << out.status().ToString();
+    EXPECT_FALSE(out->seekable()) << "positional writes would ignore the offset";
+    ASSERT_TRUE(WriteFull(out->fd(), std::vector<uint8_t>{'!'}).ok());
+    ASSERT_TRUE(out->Commit().ok());
+  }
+  EXPECT_EQ(test::ReadAll(path), "hi!!");
+}
+
+// A name of NAME_MAX bytes is a valid output: its temporary file's name is cut to fit.
+TEST_F(AtomicOutputFileTest, NameOfNameMaxBytes) {
+  const std::string path = Path(std::string(NAME_MAX, 'n'));
+  Result<AtomicOutputFile> out = AtomicOutputFile::Create(path, false, 0644);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  ASSERT_TRUE(WriteFull(out->fd(), std::vector<uint8_t>{'x'}).ok());
+  ASSERT_TRUE(out->Commit().ok());
+  EXPECT_EQ(test::ReadAll(path), "x");
 }
 
 }  // namespace

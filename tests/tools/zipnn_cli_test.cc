@@ -147,6 +147,70 @@ TEST_F(ZipnnCliTest, DevicesAndPipesAreWrittenInPlace) {
   EXPECT_TRUE(piped == original) << "bytes through a pipe differ";
 }
 
+// `-o /dev/stdout` with stdout redirected to a file (as RunTool does) writes through the
+// redirection. It used to be taken for an existing file: refused without -f, and with -f (as
+// root) a temporary file was renamed over the system's /dev/stdout symlink, leaving the
+// redirected file empty. (Never run with -f here: before the fix that replaced /dev/stdout.)
+TEST_F(ZipnnCliTest, DevStdoutRedirectedToAFileGetsTheBytes) {
+  const std::string model = MakeModel("m.safetensors", DType::kBF16);
+  const std::string original = test::ReadAll(model);
+  test::ToolRun c = Zipnn({"compress", "-q", model, "-o", "/dev/stdout"});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  WriteAll(Path("m.znn"), c.out);
+  test::ToolRun d = Zipnn({"decompress", "-q", Path("m.znn"), "-o", "/dev/stdout"});
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  EXPECT_TRUE(d.out == original) << "bytes through /dev/stdout differ";
+  EXPECT_TRUE(fs::is_symlink("/dev/stdout")) << "/dev/stdout was replaced";
+  // A descriptor that is not open is an error, not a name to create.
+  test::ToolRun closed = Zipnn({"decompress", "-q", Path("m.znn"), "-o", "/dev/fd/97"});
+  EXPECT_EQ(closed.exit_code, 1);
+  EXPECT_NE(closed.err.find("/dev/fd/97"), std::string::npos) << closed.err;
+  EXPECT_EQ(Listing(), (std::vector<std::string>{"m.safetensors", "m.znn"}));
+}
+
+// Outputs whose names are up to NAME_MAX (255) bytes long: the temporary file's name, the
+// output's plus ".tmp.XXXXXX", used to exceed it ("File name too long" for a valid name).
+TEST_F(ZipnnCliTest, LongestFileNamesWork) {
+  const std::string original = test::ReadAll(MakeModel("m.safetensors", DType::kBF16));
+  const std::string name = Path(std::string(251, 'n'));
+  WriteAll(name, original);
+  test::ToolRun c = Zipnn({"compress", "-q", name});  // -> 255 bytes with ".znn"
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  fs::remove(name);
+  test::ToolRun d = Zipnn({"decompress", "-q", name + ".znn", "-o", name + "xyzw"});
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  EXPECT_TRUE(test::ReadAll(name + "xyzw") == original);
+  EXPECT_EQ(Listing().size(), 3u) << "temporary files left";
+}
+
+// synth keeps an existing file unless -f, and a model too large for memory is an error, not an
+// abort (it is built in memory; it used to replace any file and die of std::bad_alloc).
+TEST_F(ZipnnCliTest, SynthKeepsExistingFilesAndFailsCleanlyWhenTooLarge) {
+  WriteAll(Path("precious"), "precious");
+  test::ToolRun kept = Zipnn({"synth", Path("precious"), "--layers", "1", "--dim", "8"});
+  EXPECT_EQ(kept.exit_code, 1);
+  EXPECT_NE(kept.err.find("exists"), std::string::npos) << kept.err;
+  EXPECT_EQ(test::ReadAll(Path("precious")), "precious");
+  test::ToolRun forced = Zipnn({"synth", "-f", Path("precious"), "--layers", "1", "--dim", "8"});
+  EXPECT_EQ(forced.exit_code, 0) << forced.err;
+  EXPECT_NE(test::ReadAll(Path("precious")), "precious");
+  test::ToolRun huge = Zipnn({"synth", Path("huge"), "--layers", "4096", "--dim", "65536"});
+  EXPECT_EQ(huge.exit_code, 1) << huge.err;
+  EXPECT_NE(huge.err.find("too large"), std::string::npos) << huge.err;
+  EXPECT_EQ(Listing(), std::vector<std::string>{"precious"});
+}
+
+// A file holding more than its size (a /proc file reports 0; or it grew while read) is an error,
+// not a container of what the size said: /proc/version used to compress to an empty original.
+TEST_F(ZipnnCliTest, InputLongerThanItsSizeIsAnError) {
+  if (!fs::exists("/proc/version") || fs::file_size("/proc/version") != 0)
+    GTEST_SKIP() << "no /proc/version of size 0";
+  test::ToolRun c = Zipnn({"compress", "-q", "/proc/version", "-o", Path("v.znn")});
+  EXPECT_EQ(c.exit_code, 1) << c.err;
+  EXPECT_NE(c.err.find("/proc/version"), std::string::npos) << c.err;
+  EXPECT_TRUE(Listing().empty()) << "output left";
+}
+
 TEST_F(ZipnnCliTest, InputErrors) {
   test::ToolRun missing = Zipnn({"compress", Path("nope.bin")});
   EXPECT_EQ(missing.exit_code, 1);
@@ -247,6 +311,12 @@ TEST_F(ZipnnCliTest, UsageErrorsExitWithTwo) {
   EXPECT_EQ(Zipnn({"compress", "x", "--chunk-size", "12Q"}).exit_code, 2);
   EXPECT_EQ(Zipnn({"compress", "x", "--chunk-size", "1G"}).exit_code, 2);
   EXPECT_EQ(Zipnn({"compress", "x", "--threads", "-1"}).exit_code, 2);
+  // Sizes in range that the codec refuses are usage errors too, found before any file is read.
+  const std::string model = MakeModel("m.safetensors", DType::kBF16);
+  test::ToolRun odd = Zipnn({"compress", model, "--chunk-size", "4097"});
+  EXPECT_EQ(odd.exit_code, 2) << odd.err;
+  EXPECT_NE(odd.err.find("multiple of 8"), std::string::npos) << odd.err;
+  EXPECT_EQ(Listing(), std::vector<std::string>{"m.safetensors"});
   test::ToolRun help = Zipnn({"--help"});
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.out.find("decompress"), std::string::npos);
