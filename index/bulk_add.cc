@@ -236,7 +236,10 @@ Result<std::shared_ptr<FileJob>> BulkAddImpl::OpenJob(size_t entry, BulkEntry& e
   if (e.fd.valid()) {
     job->fd = std::move(e.fd);
   } else {
-    job->fd.Reset(::open(e.target.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    // O_NONBLOCK: a path that became a fifo since it was listed must not block the import
+    // forever in open (it is refused below); reads of regular files ignore the flag.
+    job->fd.Reset(
+        ::open(e.target.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
     if (!job->fd.valid()) {
       if (errno == ENOENT) return Status::NotFound("vanished before it could be imported");
       return Status::FromErrno(errno, "open");

@@ -216,9 +216,10 @@ class BulkAdd {
  public:
   virtual ~BulkAdd() = default;  // without Finish: stops; uncommitted entries are dropped
 
-  // A directory; an existing directory of that name is merged into.
+  // A directory; an existing directory of that name is merged into and gets `attr`.
   virtual Result<BulkDir> Mkdir(BulkDir parent, std::string_view name, const NewAttr& attr) = 0;
-  // A symlink; an existing symlink with the same target is kept, anything else there is kExists.
+  // A symlink; an existing symlink of that name is replaced (keeping its inode number), anything
+  // else there is kExists.
   virtual Status Symlink(BulkDir parent, std::string_view name, std::string_view target,
                          const NewAttr& attr) = 0;
   // A regular file from the host, opened when its turn comes (a file gone by then is an error);

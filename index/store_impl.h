@@ -115,12 +115,13 @@ class StoreImpl final : public Store {
                   std::vector<ChunkLocation>& out);
 
   // The changes behind Mkdir, Symlink, SetTimes and AddFile, inside a write transaction.
-  // `merge`: an existing directory of that name is returned as it is; `keep_same`: so is an
-  // existing symlink with the same target.
+  // `merge`: an existing directory of that name is kept (its entries) and given `attr`, as cp -a
+  // does to a directory it copies onto; `replace`: an existing symlink is given the new target
+  // and `attr`, keeping its inode number (as a replaced file does).
   Result<InodeAttr> MkdirIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                             const NewAttr& attr, bool merge);
   Result<InodeAttr> SymlinkIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
-                              std::string_view target, const NewAttr& attr, bool keep_same);
+                              std::string_view target, const NewAttr& attr, bool replace);
   Status SetTimesIn(lmdb::Txn& txn, uint64_t ino, int64_t atime_ns, int64_t mtime_ns);
   // Creates or replaces file `name`; chunks the store lacks must be in `written` (new frames,
   // already synced to their pack). Fills `result`.

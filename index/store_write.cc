@@ -131,7 +131,15 @@ Result<InodeAttr> StoreImpl::MkdirIn(lmdb::Txn& txn, uint64_t parent, std::strin
                                      const NewAttr& attr, bool merge) {
   if (merge) {
     Result<InodeAttr> old = LookupIn(txn, parent, name);
-    if (old.ok() && old->kind == InodeKind::kDirectory) return old;
+    if (old.ok() && old->kind == InodeKind::kDirectory) {
+      // Re-importing a tree whose directory was chmod-ed or chown-ed brings the change along.
+      InodeAttr a = FromNew(attr, InodeKind::kDirectory);
+      a.ino = old->ino;
+      a.nlink = old->nlink;
+      ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), a));
+      ZIPNN_RETURN_IF_ERROR(PutXattrs(txn, a.ino, attr.xattrs));
+      return a;
+    }
     if (old.ok()) return Status::Exists("exists in the store and is not a directory");
     if (old.status().code() != StatusCode::kNotFound) return old.status();
   }
@@ -142,23 +150,21 @@ Result<InodeAttr> StoreImpl::MkdirIn(lmdb::Txn& txn, uint64_t parent, std::strin
 }
 
 Result<InodeAttr> StoreImpl::SymlinkIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
-                                       std::string_view target, const NewAttr& attr,
-                                       bool keep_same) {
-  if (keep_same) {
-    Result<InodeAttr> old = LookupIn(txn, parent, name);
-    if (old.ok() && old->kind == InodeKind::kSymlink) {
-      rec::InodeKey key(old->ino);
-      MDB_val v;
-      Status st = txn.Get(dbi(kSymlinks), lmdb::Val(key.bytes()), v);
-      if (st.ok() && std::string_view(static_cast<const char*>(v.mv_data), v.mv_size) == target) {
-        return old;
-      }
-    }
-  }
+                                       std::string_view target, const NewAttr& attr, bool replace) {
   InodeAttr a = FromNew(attr, InodeKind::kSymlink);
   a.mode = S_IFLNK | 0777;
   a.size = target.size();
-  Result<InodeAttr> r = CreateInode(txn, parent, name, a);
+  Result<InodeAttr> r = Status::NotFound("");
+  if (replace) {
+    // A re-imported tree whose link now points elsewhere (cp -a and rsync -a replace it).
+    Result<InodeAttr> old = LookupIn(txn, parent, name);
+    if (old.ok() && old->kind == InodeKind::kSymlink) {
+      a.ino = old->ino;
+      ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), a));
+      r = a;
+    }
+  }
+  if (!r.ok()) r = CreateInode(txn, parent, name, a);
   if (!r.ok()) return r.status();
   rec::InodeKey key(r->ino);
   ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kSymlinks), lmdb::Val(key.bytes()), lmdb::Val(target)));

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <string_view>
 #include <unordered_set>
 #include <vector>
@@ -95,15 +96,32 @@ Result<std::vector<std::string>> ListHostDir(const std::string& path) {
   return names;
 }
 
+// What a walk needs besides the entry: the options and the identity of the store's directory.
+struct WalkContext {
+  const ImportOptions& opts;
+  dev_t store_dev = 0;
+  ino_t store_ino = 0;  // 0: no store directory to skip
+};
+
+void Skip(const WalkContext& ctx, const std::string& src, const std::string& why,
+          TreeSummary& summary) {
+  ++summary.skipped;
+  if (ctx.opts.skipped) ctx.opts.skipped(src, why);
+}
+
 // Queues host path `src` as `name` in `parent`; directories recursively, their times last (as
 // cp -a does: adding children would have changed a live directory's times).
 Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::string& name,
-            const ImportOptions& opts, TreeSummary& summary) {
+            const WalkContext& ctx, TreeSummary& summary) {
   struct stat st;
   if (::lstat(src.c_str(), &st) != 0) {
     // Listed by its directory a moment ago: it went away while the import ran.
     if (errno == ENOENT) return Status::NotFound(src + ": vanished before it could be imported");
     return Status::FromErrno(errno, src);
+  }
+  if (ctx.store_ino != 0 && st.st_dev == ctx.store_dev && st.st_ino == ctx.store_ino) {
+    Skip(ctx, src, "the store itself, skipped", summary);
+    return Status::Ok();
   }
   NewAttr attr = AttrOf(st);
   attr.xattrs = ReadXattrs(src);
@@ -124,12 +142,11 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
     Result<std::vector<std::string>> names = ListHostDir(src);
     if (!names.ok()) return names.status();
     for (const std::string& child : *names) {
-      ZIPNN_RETURN_IF_ERROR(Walk(bulk, src + "/" + child, *dir, child, opts, summary));
+      ZIPNN_RETURN_IF_ERROR(Walk(bulk, src + "/" + child, *dir, child, ctx, summary));
     }
     return bulk.SetTimes(*dir, attr.atime_ns, attr.mtime_ns);
   }
-  ++summary.skipped;
-  if (opts.skipped) opts.skipped(src, "special file (device, fifo or socket) skipped");
+  Skip(ctx, src, "special file (device, fifo or socket) skipped", summary);
   return Status::Ok();
 }
 
@@ -151,18 +168,27 @@ Status ImportTree(Store& store, const std::string& src, uint64_t parent, const s
       opts.progress(std::string(p.label), now);
     };
   }
+  // Counted as each commit makes files durable, so that a failed import still tells what it
+  // kept (Finish gives figures only on success). The writer thread writes only these fields.
+  bulk_opts.file_added = [&summary](std::string_view, const AddResult& r) {
+    ++summary.files;
+    summary.raw_bytes += r.attr.size;
+    summary.frame_bytes += r.frame_bytes;
+    summary.new_frame_bytes += r.new_frame_bytes;
+  };
+  WalkContext ctx{opts};
+  struct stat store_st;
+  if (!opts.store_dir.empty() && ::stat(opts.store_dir.c_str(), &store_st) == 0) {
+    ctx.store_dev = store_st.st_dev;
+    ctx.store_ino = store_st.st_ino;
+  }
   Result<std::unique_ptr<BulkAdd>> bulk = store.BeginBulkAdd(bulk_opts);
   if (!bulk.ok()) return bulk.status();
   // Whatever was queued before a failure of the walk is still committed.
-  const Status walked = Walk(**bulk, src, BulkDir{parent, false}, name, opts, summary);
+  const Status walked = Walk(**bulk, src, BulkDir{parent, false}, name, ctx, summary);
   Result<BulkSummary> done = (*bulk)->Finish();
   if (!done.ok()) return done.status();
-  ZIPNN_RETURN_IF_ERROR(walked);
-  summary.files += done->files;
-  summary.raw_bytes += done->raw_bytes;
-  summary.frame_bytes += done->frame_bytes;
-  summary.new_frame_bytes += done->new_frame_bytes;
-  return Status::Ok();
+  return walked;
 }
 
 Status ForEachDirEntry(Store& store, uint64_t dir,
@@ -179,8 +205,25 @@ Status ForEachDirEntry(Store& store, uint64_t dir,
 
 namespace {
 
+bool AllZero(std::span<const uint8_t> buf) {
+  return buf.empty() ||
+         (buf[0] == 0 && std::memcmp(buf.data(), buf.data() + 1, buf.size() - 1) == 0);
+}
+
+// Writes `buf` at the current offset of `fd`; with `sparse`, an all-zero piece is skipped with a
+// seek instead, leaving a hole (cp -a keeps a 10 GiB sparse file sparse; writing its zeros would
+// fill the disk). The caller sets the file's size at the end, since a trailing hole has none.
+Status WritePiece(int fd, std::span<const uint8_t> buf, bool sparse) {
+  if (!sparse || !AllZero(buf)) return WriteFull(fd, buf);
+  if (::lseek(fd, static_cast<off_t>(buf.size()), SEEK_CUR) < 0) {
+    return Status::FromErrno(errno, "seek");
+  }
+  return Status::Ok();
+}
+
+// `sparse`: `fd` is a new, empty regular file that all-zero pieces may leave as holes.
 Status WriteRange(Store& store, ThreadPool& pool, uint64_t ino, uint64_t begin, uint64_t end,
-                  int fd, const std::string& label) {
+                  int fd, const std::string& label, bool sparse = false) {
   // Pieces of about 1 MiB (a buffer's first use costs page faults; 4 MiB saved nothing), cut at
   // chunk ends so that no chunk is decoded twice: decoded on all cores, written in order as they
   // come.
@@ -194,21 +237,23 @@ Status WriteRange(Store& store, ThreadPool& pool, uint64_t ino, uint64_t begin, 
     if (chunk_end <= off) return Status::Corrupt(label + ": file ends early in the store");
     off = std::min(chunk_end, end);
   }
-  return WithPath(label,
-                  pool.RunOrdered(
-                      from.size() - 1, 2 * size_t{pool.size()} + 2,
-                      [&](size_t i, unsigned, std::vector<uint8_t>& buf) -> Status {
-                        const size_t size = from[i + 1] - from[i];
-                        // Room to spare: a buffer that grows is new memory (page faults) again.
-                        if (buf.capacity() < size) buf.reserve(size + size / 4);
-                        buf.resize(size);
-                        Result<size_t> got = store.Read(ino, from[i], buf);
-                        if (!got.ok()) return got.status();
-                        if (*got != buf.size())
-                          return Status::Corrupt("file ends early in the store");
-                        return Status::Ok();
-                      },
-                      [&](size_t, std::span<const uint8_t> buf) { return WriteFull(fd, buf); }));
+  return WithPath(label, pool.RunOrdered(
+                             from.size() - 1, 2 * size_t{pool.size()} + 2,
+                             [&](size_t i, unsigned, std::vector<uint8_t>& buf) -> Status {
+                               const size_t size = from[i + 1] - from[i];
+                               // Room to spare: a buffer that grows is new memory (page faults)
+                               // again.
+                               if (buf.capacity() < size) buf.reserve(size + size / 4);
+                               buf.resize(size);
+                               Result<size_t> got = store.Read(ino, from[i], buf);
+                               if (!got.ok()) return got.status();
+                               if (*got != buf.size())
+                                 return Status::Corrupt("file ends early in the store");
+                               return Status::Ok();
+                             },
+                             [&](size_t, std::span<const uint8_t> buf) {
+                               return WritePiece(fd, buf, sparse);
+                             }));
 }
 
 // `dirs`: the directories exported so far. A directory met twice (a cycle or a hard link, which
@@ -223,11 +268,16 @@ Status ExportNode(Store& store, ThreadPool& pool, uint64_t ino, const std::strin
     case InodeKind::kFile: {
       UniqueFd fd(::open(dest.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
       if (!fd.valid()) return Status::FromErrno(errno, dest);
-      ZIPNN_RETURN_IF_ERROR(WriteRange(store, pool, ino, 0, attr->size, fd.get(), dest));
-      ZIPNN_RETURN_IF_ERROR(WriteXattrs(store, ino, dest));
+      ZIPNN_RETURN_IF_ERROR(WriteRange(store, pool, ino, 0, attr->size, fd.get(), dest, true));
+      if (::ftruncate(fd.get(), static_cast<off_t>(attr->size)) != 0) {
+        return Status::FromErrno(errno, dest);
+      }
+      // Owner first, then attributes: chown drops security.capability (and set-id bits, which
+      // the chmod after it puts back), as cp -a's order avoids.
       if (root && ::fchown(fd.get(), attr->uid, attr->gid) != 0) {
         return Status::FromErrno(errno, dest);
       }
+      ZIPNN_RETURN_IF_ERROR(WriteXattrs(store, ino, dest));
       if (::fchmod(fd.get(), attr->mode & 07777) != 0 || ::futimens(fd.get(), times) != 0) {
         return Status::FromErrno(errno, dest);
       }

@@ -28,13 +28,16 @@ struct ImportOptions {
   uint32_t commit_interval_ms = BulkAddOptions{}.commit_interval_ms;
   // Told about each special file skipped (sockets, devices, fifos).
   std::function<void(const std::string& path, const std::string& why)> skipped;
+  // The store's own directory, skipped (and told to `skipped`) if the tree holds it: its packs
+  // grow while they would be read, and a store inside itself is no copy of anything.
+  std::string store_dir;
 };
 
 // Imports host path `src` (a file, directory or symlink; not followed) as entry `name` of store
 // directory `parent`, through one Store::BeginBulkAdd pipeline (files compressed in parallel,
-// committed in groups; each entry whole or absent after a crash). An existing directory of that
-// name is merged into, an existing file is replaced, an existing symlink with the same target is
-// kept.
+// committed in groups; each entry whole or absent after a crash). As with cp -a, an existing
+// directory of that name is merged into (and gets the source's mode, owner and attributes), an
+// existing file or symlink is replaced.
 Status ImportTree(Store& store, const std::string& src, uint64_t parent, const std::string& name,
                   const ImportOptions& opts, TreeSummary& summary);
 

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -60,6 +61,43 @@ std::string ImportName(const std::string& src) {
   return name;
 }
 
+// Whether `s` is text JSON can hold: well-formed UTF-8 (as nlohmann's strict dump checks it).
+bool IsUtf8(const std::string& s) {
+  try {
+    (void)nlohmann::json(s).dump();
+    return true;
+  } catch (const nlohmann::json::type_error&) {
+    return false;
+  }
+}
+
+// A store path for JSON, which holds only Unicode: a name that is not UTF-8 (Linux allows any
+// bytes) gets U+FFFD in "path" when dumped, and its exact bytes in hex as "path_hex".
+void PutJsonPath(nlohmann::json& j, const std::string& path) {
+  j["path"] = path;
+  if (IsUtf8(path)) return;
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (const char c : path) {
+    hex += kHex[static_cast<uint8_t>(c) >> 4];
+    hex += kHex[static_cast<uint8_t>(c) & 15];
+  }
+  j["path_hex"] = hex;
+}
+
+// CLI11 reads "-1" as 2^64 - 1 and saturates out-of-range numbers: byte counts are checked
+// as plain decimal numbers that fit in 64 bits first.
+const CLI::Validator kByteCount(
+    [](std::string& s) -> std::string {
+      uint64_t v = 0;
+      const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+      if (s.empty() || ec != std::errc() || end != s.data() + s.size()) {
+        return "not a byte count (0 to 18446744073709551615): " + s;
+      }
+      return std::string();
+    },
+    "BYTES");
+
 Result<std::unique_ptr<Store>> OpenStore(const std::string& dir, bool writable, unsigned threads) {
   StoreOptions opts;
   opts.writable = writable;
@@ -76,6 +114,7 @@ Result<InodeAttr> MakeStorePath(Store& store, const std::string& path) {
     const std::string part = path.substr(pos, slash == std::string::npos ? slash : slash - pos);
     pos = slash == std::string::npos ? path.size() : slash + 1;
     if (part.empty() || part == ".") continue;
+    if (cur->kind != InodeKind::kDirectory) break;  // reported below, naming the path
     Result<InodeAttr> next = store.Lookup(cur->ino, part);
     if (!next.ok() && next.status().code() == StatusCode::kNotFound) {
       NewAttr attr;
@@ -107,6 +146,7 @@ int Import(const std::string& store_dir, const std::vector<std::string>& sources
   const auto start = std::chrono::steady_clock::now();
   auto last_print = start;
   ImportOptions opts;
+  opts.store_dir = store_dir;
   opts.skipped = [](const std::string& path, const std::string& why) {
     std::fprintf(stderr, "\rzipnnfs: %s: %s\n", path.c_str(), why.c_str());
   };
@@ -179,7 +219,7 @@ int Cat(const std::string& store_dir, const std::string& path, uint64_t offset,
   if (!file.ok()) return Fail(Status(file.status().code(), path + ": " + file.status().message()));
   if (file->kind != InodeKind::kFile) return Fail(Status::InvalidArgument(path + ": not a file"));
   uint64_t end = file->size;
-  if (length && offset + *length < end) end = offset + *length;
+  if (length && offset < end && *length < end - offset) end = offset + *length;  // no overflow
   Status st = WriteFileRange(**store, file->ino, offset, end, STDOUT_FILENO, path);
   return st.ok() ? 0 : Fail(st);
 }
@@ -254,13 +294,11 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
       dtype_list += (dtype_list.empty() ? "" : ",") + name;
     }
     if (json) {
-      jfiles.push_back({{"path", path},
-                        {"size", u->size},
-                        {"stored", u->frame_bytes},
-                        {"chunks", u->chunks},
-                        {"ratio", Ratio(u->size, u->frame_bytes)},
-                        {"raw_by_method", methods},
-                        {"raw_by_dtype", dtypes}});
+      nlohmann::json jf = {{"size", u->size},          {"stored", u->frame_bytes},
+                           {"chunks", u->chunks},      {"ratio", Ratio(u->size, u->frame_bytes)},
+                           {"raw_by_method", methods}, {"raw_by_dtype", dtypes}};
+      PutJsonPath(jf, path);
+      jfiles.push_back(std::move(jf));
     } else {
       std::printf("%14llu %14llu %7.3f  %-24s %s\n", static_cast<unsigned long long>(u->size),
                   static_cast<unsigned long long>(u->frame_bytes), Ratio(u->size, u->frame_bytes),
@@ -300,7 +338,7 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
                             {"pack_bytes", usage->pack_bytes},
                             {"dedup_saved_bytes", dedup_saved},
                             {"ratio", Ratio(usage->logical_bytes, usage->pack_bytes)}}}};
-    std::printf("%s\n", out.dump(2).c_str());
+    std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::printf("%14llu %14llu %7.3f  %-24s total of %zu files\n",
                 static_cast<unsigned long long>(total_size),
@@ -423,8 +461,9 @@ int main(int argc, char** argv) {
   CLI::App* cat = app.add_subcommand("cat", "Write bytes of store file PATH to stdout");
   cat->add_option("STORE", store_dir, "Store directory")->required();
   cat->add_option("PATH", path, "Store path of a file")->required();
-  cat->add_option("--offset", offset, "First byte")->capture_default_str();
-  CLI::Option* length_opt = cat->add_option("--length", length, "Bytes (default: to the end)");
+  cat->add_option("--offset", offset, "First byte")->check(kByteCount)->capture_default_str();
+  CLI::Option* length_opt =
+      cat->add_option("--length", length, "Bytes (default: to the end)")->check(kByteCount);
 
   std::vector<std::string> stat_paths;
   bool json = false;

@@ -1,0 +1,155 @@
+// The zipnnfs store tool judged as one judges cp -a and a checker: file capabilities and holes
+// survive export, a tree holding the store imports, byte-count options are strict, stats --json
+// stays JSON for any file name, and a failed import tells what it kept.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "tests/tools/cli_util.h"
+
+#ifndef ZIPNNFS_BINARY
+#error "ZIPNNFS_BINARY must name the zipnnfs executable"
+#endif
+
+namespace zipnn::tool {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ZipnnfsCopyTest : public test::TempDirTest {
+ protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    store_ = dir_ + "/store";
+    ASSERT_EQ(Run({"init", store_}).exit_code, 0);
+  }
+  test::ToolRun Run(const std::vector<std::string>& args) { return RunTool(ZIPNNFS_BINARY, args); }
+
+  std::string store_;
+};
+
+// chown drops security.capability: export must set it after the owner, as cp -a does.
+TEST_F(ZipnnfsCopyTest, ExportKeepsFileCapabilities) {
+  const std::string src = Path("src");
+  fs::create_directories(src);
+  std::ofstream(src + "/tool") << "#!/bin/sh\n";
+  // VFS_CAP_REVISION_2, CAP_NET_BIND_SERVICE permitted and effective.
+  const unsigned char cap[20] = {0x01, 0, 0, 0x02, 0, 0x04, 0, 0};
+  if (::geteuid() != 0 ||
+      ::setxattr((src + "/tool").c_str(), "security.capability", cap, sizeof cap, 0) != 0) {
+    GTEST_SKIP() << "needs root and a filesystem with file capabilities";
+  }
+  ASSERT_EQ(Run({"import", store_, src, "-q"}).exit_code, 0);
+  test::ToolRun exp = Run({"export", store_, Path("out"), "/src"});
+  ASSERT_EQ(exp.exit_code, 0) << exp.err;
+  unsigned char got[20] = {};
+  EXPECT_EQ(::getxattr(Path("out/tool").c_str(), "security.capability", got, sizeof got),
+            static_cast<ssize_t>(sizeof cap));
+  EXPECT_EQ(std::string(got, got + sizeof got), std::string(cap, cap + sizeof cap));
+}
+
+// A sparse file comes back sparse (a 10 GiB hole must not fill the disk), and byte-exact.
+TEST_F(ZipnnfsCopyTest, ExportKeepsHolesOfSparseFiles) {
+  const std::string src = Path("src");
+  fs::create_directories(src);
+  constexpr off_t kSize = 64 << 20;
+  {
+    const int fd = ::open((src + "/sparse").c_str(), O_WRONLY | O_CREAT, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pwrite(fd, "head", 4, 0), 4);
+    ASSERT_EQ(::pwrite(fd, "mid", 3, kSize / 2), 3);
+    ASSERT_EQ(::ftruncate(fd, kSize), 0);  // a trailing hole too
+    ::close(fd);
+  }
+  ASSERT_EQ(Run({"import", store_, src, "-q"}).exit_code, 0);
+  ASSERT_EQ(Run({"export", store_, Path("out"), "/src"}).exit_code, 0);
+  struct stat st;
+  ASSERT_EQ(::stat(Path("out/sparse").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, kSize);
+  EXPECT_LT(st.st_blocks * 512, kSize / 8) << "holes were written as zeros";
+  EXPECT_TRUE(test::ReadAll(Path("out/sparse")) == test::ReadAll(src + "/sparse"));
+}
+
+// A tree that holds the store: the store is skipped (its packs grow while they would be read),
+// everything else is imported.
+TEST_F(ZipnnfsCopyTest, ImportOfATreeHoldingTheStoreSkipsIt) {
+  // A tree of its own: the tool's captured output, in dir_, grows while the import runs.
+  const std::string tree = Path("tree"), store = tree + "/store";
+  fs::create_directories(tree);
+  std::ofstream(tree + "/data") << std::string(3 << 20, 'x');
+  ASSERT_EQ(Run({"init", store}).exit_code, 0);
+  test::ToolRun imp = Run({"import", store, tree, "--to", "/self"});
+  ASSERT_EQ(imp.exit_code, 0) << imp.err;
+  EXPECT_NE(imp.err.find("the store itself, skipped"), std::string::npos) << imp.err;
+  EXPECT_EQ(Run({"cat", store, "/self/tree/data"}).out, std::string(3 << 20, 'x'));
+  EXPECT_EQ(Run({"stats", store, "/self/tree/store"}).exit_code, 1);
+  EXPECT_EQ(Run({"fsck", store}).exit_code, 0);
+}
+
+// Negative or too large byte counts are usage errors (CLI11 alone wraps "-1" to 2^64 - 1), and
+// a length running past 2^64 means "to the end", not an empty range.
+TEST_F(ZipnnfsCopyTest, CatByteCountsAreStrict) {
+  std::ofstream(Path("f")) << "0123456789";
+  ASSERT_EQ(Run({"import", store_, Path("f"), "-q"}).exit_code, 0);
+  for (const std::vector<std::string>& bad : {std::vector<std::string>{"--offset", "-1"},
+                                              {"--length", "-1"},
+                                              {"--offset", "0x1"},
+                                              {"--offset", "99999999999999999999999"},
+                                              {"--length", ""}}) {
+    std::vector<std::string> args{"cat", store_, "/f"};
+    args.insert(args.end(), bad.begin(), bad.end());
+    test::ToolRun r = Run(args);
+    EXPECT_EQ(r.exit_code, 2) << bad[0] << " " << bad[1];
+    EXPECT_EQ(r.out, "") << bad[0] << " " << bad[1];
+  }
+  test::ToolRun rest =
+      Run({"cat", store_, "/f", "--offset", "3", "--length", "18446744073709551615"});
+  EXPECT_EQ(rest.exit_code, 0) << rest.err;
+  EXPECT_EQ(rest.out, "3456789");
+  EXPECT_EQ(Run({"cat", store_, "/f", "--offset", "8", "--length", "5"}).out, "89");
+  EXPECT_EQ(Run({"cat", store_, "/f", "--offset", "18446744073709551615"}).out, "");
+}
+
+// Linux names are bytes; JSON holds Unicode. stats --json must stay valid JSON (it aborted) and
+// still let a script find the file.
+TEST_F(ZipnnfsCopyTest, StatsJsonWithNamesThatAreNotUtf8) {
+  const std::string src = Path("src");
+  fs::create_directories(src);
+  const std::string name = "bad\xff\xfe name";
+  std::ofstream(src + "/" + name) << "data";
+  ASSERT_EQ(Run({"import", store_, src, "-q"}).exit_code, 0);
+  test::ToolRun r = Run({"stats", store_, "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  ASSERT_EQ(j["files"].size(), 1u);
+  EXPECT_EQ(j["files"][0]["path_hex"],
+            "2f7372632f626164fffe206e616d65");  // "/src/bad\xff\xfe name"
+  EXPECT_EQ(j["files"][0]["size"], 4);
+}
+
+// An import that fails part way keeps the entries before the failure, and its summary says so.
+TEST_F(ZipnnfsCopyTest, FailedImportSummaryCountsWhatWasKept) {
+  const std::string src = Path("src");
+  fs::create_directories(src + "/b");
+  ASSERT_EQ(Run({"import", store_, src, "-q"}).exit_code, 0);
+  fs::remove(src + "/b");
+  std::ofstream(src + "/a") << "kept";
+  std::ofstream(src + "/b") << "a file where the store has a directory";
+  test::ToolRun r = Run({"import", store_, src});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("imported 1 files"), std::string::npos) << r.err;
+  EXPECT_EQ(Run({"cat", store_, "/src/a"}).out, "kept");
+  EXPECT_EQ(Run({"fsck", store_}).exit_code, 0);
+}
+
+}  // namespace
+}  // namespace zipnn::tool
