@@ -29,7 +29,7 @@ Result<ChunkRef> ChunkCache::Get(const index::ChunkHash& key, const ChunkLoader&
     if (e.consumed) {  // asked for again: back among the live chunks
       e.consumed = false;
       e.served = 0;
-      consumed_bytes_ -= e.data->size();
+      consumed_bytes_ -= e.data->footprint();
       lru_.splice(lru_.begin(), consumed_, e.lru);
     } else {
       lru_.splice(lru_.begin(), lru_, e.lru);
@@ -83,7 +83,7 @@ Result<ChunkRef> ChunkCache::Load(const index::ChunkHash& key, const ChunkLoader
       e.prefetched_unused = prefetch;
       lru_.push_front(key);
       e.lru = lru_.begin();
-      bytes_ += e.data->size();
+      bytes_ += e.data->footprint();
       if (prefetch) ++stats_.prefetched;
       EvictLocked();
     } else {
@@ -108,7 +108,7 @@ void ChunkCache::NoteServed(const index::ChunkHash& key, uint64_t bytes) {
   e.served += bytes;
   if (e.served < e.data->size()) return;
   e.consumed = true;
-  consumed_bytes_ += e.data->size();
+  consumed_bytes_ += e.data->footprint();
   consumed_.splice(consumed_.begin(), lru_, e.lru);
   EvictLocked();
 }
@@ -121,7 +121,7 @@ void ChunkCache::EvictFrom(std::list<index::ChunkHash>& list, Over over) {
     --it;
     auto entry = map_.find(*it);
     if (entry->second.data.use_count() > 1) continue;
-    const uint64_t size = entry->second.data->size();
+    const uint64_t size = entry->second.data->footprint();
     bytes_ -= size;
     if (entry->second.consumed) consumed_bytes_ -= size;
     ++stats_.evictions;

@@ -2,9 +2,10 @@
 //
 // - Single-flight: concurrent requests for one chunk wait on one decode.
 // - Byte-capped: ready chunks are evicted least-recently-used first when the cache holds more than
-//   its capacity. A chunk somebody holds (a ChunkRef outside the cache) is never evicted, so a
-//   reply can point into it; if every chunk is in use the cache runs over its capacity until they
-//   are released.
+//   its capacity. A chunk is charged the memory its buffer holds (a pool unit for any chunk up
+//   to a unit), not its size: charged by size, small files let a 64 MiB cache hold 500 MiB. A chunk
+//   somebody holds (a ChunkRef outside the cache) is never evicted, so a reply can point into it;
+//   if every chunk is in use the cache runs over its capacity until they are released.
 // - Keyed by content, not by file: a rewritten file gets new keys, so writes never need to
 //   invalidate anything here, and identical chunks of different files are decoded once.
 // - Scan-resistant: a chunk whose every byte has been served (NoteServed) moves to a short
@@ -47,7 +48,7 @@ struct ChunkCacheStats {
   uint64_t prefetch_hits = 0;  // prefetched chunks later requested (counted once per load)
   uint64_t evictions = 0;
   uint64_t failures = 0;  // loads that failed
-  uint64_t bytes = 0;     // bytes of chunks held (ready, in use or not)
+  uint64_t bytes = 0;     // memory of chunks held (ready, in use or not): their footprints
   uint64_t entries = 0;
 };
 

@@ -170,13 +170,17 @@ void FileReader::Fetch(uint64_t ino, uint64_t begin, uint64_t end) {
 
 Status FileReader::ReadBytes(uint64_t ino, uint64_t offset, std::span<uint8_t> out,
                              uint64_t file_size) {
-  Result<ReadResult> r = Read(ino, offset, out.size(), file_size);
-  if (!r.ok()) return r.status();
-  if (r->size != out.size()) return Status::Corrupt("short read");
-  size_t pos = 0;
-  for (const iovec& v : r->iov) {
-    std::memcpy(out.data() + pos, v.iov_base, v.iov_len);
-    pos += v.iov_len;
+  // A chunk's worth at a time: a read pins every chunk it spans, and a safetensors header may be
+  // 100 MiB (a 48 MiB one, read whole, held 160 MiB in a daemon with a 1 MiB cache).
+  for (size_t done = 0; done < out.size();) {
+    const size_t want = std::min<size_t>(out.size() - done, opts_.chunk_size);
+    Result<ReadResult> r = Read(ino, offset + done, want, file_size);
+    if (!r.ok()) return r.status();
+    if (r->size != want) return Status::Corrupt("short read");
+    for (const iovec& v : r->iov) {
+      std::memcpy(out.data() + done, v.iov_base, v.iov_len);
+      done += v.iov_len;
+    }
   }
   return Status::Ok();
 }

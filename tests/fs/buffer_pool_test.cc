@@ -70,6 +70,23 @@ TEST(BufferPoolTest, OversizedBuffersAreNotKept) {
   EXPECT_EQ(pool->free_buffers(), before + 1);
 }
 
+// A small file's chunk takes a unit (recycled warm, not mapped anew) and says so: the cache
+// charged its size instead, and 3000 files of 4 KiB read through a 64 MiB cache took 530 MiB.
+TEST(BufferPoolTest, SmallBuffersTellTheUnitTheyHold) {
+  std::shared_ptr<BufferPool> pool = BufferPool::Create(kUnit, 8 * kUnit);
+  const size_t before = pool->free_buffers();
+  {
+    std::unique_ptr<BufferPool::Buffer> tiny = pool->Get(100);
+    ASSERT_NE(tiny, nullptr);
+    EXPECT_EQ(tiny->size(), 100u);
+    EXPECT_EQ(tiny->footprint(), kUnit);
+    std::unique_ptr<BufferPool::Buffer> big = pool->Get(3 * kUnit + 1);
+    ASSERT_NE(big, nullptr);
+    EXPECT_GE(big->footprint(), 3 * kUnit + 1);
+  }
+  EXPECT_EQ(pool->free_buffers(), before + 1) << "the small buffer's unit is recycled";
+}
+
 TEST(BufferPoolTest, BuffersOutliveThePoolsOwner) {
   std::unique_ptr<BufferPool::Buffer> b;
   {

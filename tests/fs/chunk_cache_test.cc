@@ -9,8 +9,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <fstream>
 #include <future>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -20,6 +22,8 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr auto kDeadline = 10s;
+// The cache charges a chunk the memory its buffer holds, whole pages: test chunks are a page.
+constexpr size_t kPage = 4096;
 
 index::ChunkHash Key(uint32_t n) {
   index::ChunkHash h{};
@@ -92,7 +96,7 @@ TEST_F(ChunkCacheTest, ConcurrentGetsOfOneKeyRunTheLoaderOnce) {
   ChunkLoader load = [&]() -> Result<ChunkRef> {
     ++loads;
     gate.Enter();  // held until every other thread is waiting on this load
-    return MakeChunk(pool_, 1000, 42);
+    return MakeChunk(pool_, kPage, 42);
   };
   std::vector<Result<ChunkRef>> results(kThreads, Status::Io("not run"));
   std::vector<std::thread> threads;
@@ -116,7 +120,7 @@ TEST_F(ChunkCacheTest, ConcurrentGetsOfOneKeyRunTheLoaderOnce) {
   EXPECT_EQ(s.misses, 1u);
   EXPECT_EQ(s.hits + s.joins, static_cast<uint64_t>(kThreads - 1));
   EXPECT_EQ(s.entries, 1u);
-  EXPECT_EQ(s.bytes, 1000u);
+  EXPECT_EQ(s.bytes, kPage);
 }
 
 TEST_F(ChunkCacheTest, WaitersOfAFailedLoadAllGetItsErrorAndNothingIsCached) {
@@ -175,12 +179,12 @@ TEST_F(ChunkCacheTest, FailedLoadIsRetriedByTheNextGet) {
 }
 
 TEST_F(ChunkCacheTest, LeastRecentlyUsedChunkIsEvictedFirst) {
-  ChunkCache cache(3000);
+  ChunkCache cache(3 * kPage);
   int loads = 0;
   auto loader = [&](uint32_t tag) {
     return [&, tag]() -> Result<ChunkRef> {
       ++loads;
-      return MakeChunk(pool_, 1000, tag);
+      return MakeChunk(pool_, kPage, tag);
     };
   };
   for (uint32_t k = 1; k <= 3; ++k) ASSERT_TRUE(cache.Get(Key(k), loader(k)).ok());
@@ -193,7 +197,7 @@ TEST_F(ChunkCacheTest, LeastRecentlyUsedChunkIsEvictedFirst) {
   EXPECT_TRUE(cache.Contains(Key(4)));
   ChunkCacheStats s = cache.stats();
   EXPECT_EQ(s.evictions, 1u);
-  EXPECT_EQ(s.bytes, 3000u) << "eviction frees the evicted chunk's bytes";
+  EXPECT_EQ(s.bytes, 3 * kPage) << "eviction frees the evicted chunk's bytes";
   EXPECT_EQ(s.entries, 3u);
 
   // An evicted chunk is loaded again when asked for.
@@ -202,13 +206,13 @@ TEST_F(ChunkCacheTest, LeastRecentlyUsedChunkIsEvictedFirst) {
   EXPECT_TRUE(HoldsTag(*again, 2));
   EXPECT_EQ(loads, 5);
   s = cache.stats();
-  EXPECT_LE(s.bytes, 3000u + 1000u) << "only the chunk held by `again` may exceed capacity";
+  EXPECT_LE(s.bytes, 3 * kPage + kPage) << "only the chunk held by `again` may exceed capacity";
 }
 
 TEST_F(ChunkCacheTest, ChunkHeldByACallerIsNotEvicted) {
-  ChunkCache cache(2000);
+  ChunkCache cache(2 * kPage);
   auto loader = [&](uint32_t tag) {
-    return [&, tag]() -> Result<ChunkRef> { return MakeChunk(pool_, 1000, tag); };
+    return [&, tag]() -> Result<ChunkRef> { return MakeChunk(pool_, kPage, tag); };
   };
   Result<ChunkRef> held = cache.Get(Key(1), loader(1));  // oldest, but in use
   ASSERT_TRUE(held.ok());
@@ -216,20 +220,20 @@ TEST_F(ChunkCacheTest, ChunkHeldByACallerIsNotEvicted) {
   EXPECT_TRUE(cache.Contains(Key(1))) << "a chunk in use was evicted";
   EXPECT_TRUE(HoldsTag(*held, 1)) << "a held chunk's memory was reused";
   EXPECT_TRUE(cache.Contains(Key(6)));
-  EXPECT_LE(cache.stats().bytes, 2000u);
+  EXPECT_LE(cache.stats().bytes, 2 * kPage);
   EXPECT_EQ(cache.stats().evictions, 4u);
 
   // Released, it becomes the least recently used chunk and the next load evicts it.
   held = Status::Io("released");
   ASSERT_TRUE(cache.Get(Key(7), loader(7)).ok());
   EXPECT_FALSE(cache.Contains(Key(1)));
-  EXPECT_LE(cache.stats().bytes, 2000u);
+  EXPECT_LE(cache.stats().bytes, 2 * kPage);
 }
 
 TEST_F(ChunkCacheTest, RunsOverCapacityOnlyWhileEveryChunkIsHeld) {
-  ChunkCache cache(1000);
+  ChunkCache cache(kPage);
   auto loader = [&](uint32_t tag) {
-    return [&, tag]() -> Result<ChunkRef> { return MakeChunk(pool_, 1000, tag); };
+    return [&, tag]() -> Result<ChunkRef> { return MakeChunk(pool_, kPage, tag); };
   };
   std::vector<ChunkRef> held;
   for (uint32_t k = 1; k <= 4; ++k) {
@@ -237,12 +241,12 @@ TEST_F(ChunkCacheTest, RunsOverCapacityOnlyWhileEveryChunkIsHeld) {
     ASSERT_TRUE(r.ok());
     held.push_back(*r);
   }
-  EXPECT_EQ(cache.stats().bytes, 4000u);
+  EXPECT_EQ(cache.stats().bytes, 4 * kPage);
   EXPECT_EQ(cache.stats().evictions, 0u);
   for (uint32_t k = 1; k <= 4; ++k) EXPECT_TRUE(HoldsTag(held[k - 1], k));
   held.clear();
   ASSERT_TRUE(cache.Get(Key(5), loader(5)).ok());
-  EXPECT_LE(cache.stats().bytes, 1000u) << "released chunks must be evicted on the next load";
+  EXPECT_LE(cache.stats().bytes, kPage) << "released chunks must be evicted on the next load";
   EXPECT_TRUE(cache.Contains(Key(5)));
 }
 
@@ -306,11 +310,37 @@ TEST_F(ChunkCacheTest, PrefetchedChunkServesTheNextGet) {
   EXPECT_TRUE(cache.Get(Key(6), load).ok());
 }
 
+// Resident memory of this process, in bytes.
+uint64_t ResidentBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+// Small chunks (small files) each took a 256 KiB unit of the pool while the cache charged them
+// their size: a 512 KiB cache of 4 KiB chunks held 32 MiB. The cache must bound the memory.
+TEST(ChunkCacheMemoryTest, SmallChunksCostTheCacheTheMemoryTheyHold) {
+  constexpr size_t kUnit = 256u << 10, kCapacity = 512u << 10;
+  std::shared_ptr<BufferPool> pool = BufferPool::Create(kUnit, 0);
+  ChunkCache cache(kCapacity);
+  const uint64_t before = ResidentBytes();
+  for (uint32_t k = 0; k < 512; ++k) {
+    ASSERT_TRUE(
+        cache.Get(Key(k), [&] { return Result<ChunkRef>(MakeChunk(pool, kPage, k)); }).ok());
+  }
+  const uint64_t grown = ResidentBytes() - std::min(before, ResidentBytes());
+  EXPECT_LE(cache.stats().bytes, kCapacity);
+  EXPECT_LT(grown, 8u << 20) << "chunks cached: " << cache.stats().entries;
+}
+
 // Many threads, many keys, a cache far smaller than the working set, some callers holding chunks
 // for a while: every caller must see the bytes of its own key, and the accounting must add up.
 TEST_F(ChunkCacheTest, ConcurrentStressKeepsBytesAndAccountingRight) {
   constexpr int kThreads = 8, kGets = 3000, kKeys = 48;
-  constexpr size_t kChunk = 512;
+  constexpr size_t kChunk = kPage;
   ChunkCache cache(8 * kChunk);
   std::atomic<int> loads{0}, wrong{0}, errors{0};
   std::vector<std::thread> threads;

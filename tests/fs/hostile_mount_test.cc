@@ -22,16 +22,6 @@ namespace damage = index::test;
 
 constexpr uint32_t kChunk = 64 << 10;
 
-// The peak resident memory of process `pid` in bytes (VmHWM), or 0.
-uint64_t PeakRss(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-  }
-  return 0;
-}
-
 // pread of `len` bytes at `off` of mounted file `path`: the byte count, or -errno.
 ssize_t PreadAt(const std::string& path, uint64_t off, size_t len, std::string* data = nullptr) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

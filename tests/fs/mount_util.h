@@ -148,6 +148,16 @@ inline std::vector<MountEntry> ReadMountTable() {
   return mounts;
 }
 
+// The peak resident memory of process `pid` in bytes (VmHWM), or 0.
+inline uint64_t PeakRss(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
 inline bool IsMountPoint(const std::string& path) {
   for (const MountEntry& m : ReadMountTable()) {
     if (m.point == path) return true;
