@@ -6,6 +6,7 @@
 #include <spdlog/sinks/syslog_sink.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <syslog.h>
@@ -234,6 +235,12 @@ int MountMain(int argc, char** argv) {
     }
     fs_opts.reader.cache_size = *size;
   }
+  // (Parsed as 32 bits: a larger number wraps around. The kernel takes any size; 1 GiB is far
+  // past what read-ahead can use.)
+  if (cfg.read_ahead_kb > (1u << 20)) {
+    std::fprintf(stderr, "zipnnfs: bad read_ahead_kb %u (at most 1048576)\n", cfg.read_ahead_kb);
+    return 2;
+  }
   if (cfg.log_level != nullptr && spdlog::level::from_str(cfg.log_level) == spdlog::level::off &&
       std::strcmp(cfg.log_level, "off") != 0) {
     std::fprintf(stderr, "zipnnfs: bad log_level '%s'\n", cfg.log_level);
@@ -292,7 +299,12 @@ int MountMain(int argc, char** argv) {
   for (int sig : {SIGHUP, SIGINT, SIGTERM}) sigaddset(&stop_signals, sig);
   pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
   index::StoreOptions store_opts;
-  store_opts.writable = true;  // holds the store's lock: no other writer while mounted
+  // Opened for writing, the store's lock is held: no other writer while mounted. A store on
+  // read-only media (a shared volume, a ro bind mount) can change under no one, and its lock
+  // file cannot be opened for writing: it is served as it is, without the lock.
+  struct statvfs media;
+  store_opts.writable =
+      !(::statvfs(fs_opts.store_dir.c_str(), &media) == 0 && (media.f_flag & ST_RDONLY));
   Result<std::unique_ptr<index::Store>> store = index::Store::Open(fs_opts.store_dir, store_opts);
   if (!store.ok()) {
     std::string msg = "cannot open store " + fs_opts.store_dir + ": " + store.status().message();
@@ -318,7 +330,11 @@ int MountMain(int argc, char** argv) {
     fuse_remove_signal_handlers(se);
     return reporter.Fail("cannot mount on " + mountpoint);
   }
-  spdlog::info("serving {} on {}", fs_opts.store_dir, mountpoint);
+  spdlog::info("serving {} on {}{}", fs_opts.store_dir, mountpoint,
+               store_opts.writable ? "" : " (read-only media: without the store's lock)");
+  spdlog::debug("cache_size {} bytes, prefetch {} chunks, workers {}, read_ahead_kb {}",
+                fs_opts.reader.cache_size, fs_opts.reader.prefetch, fs_opts.reader.workers,
+                cfg.read_ahead_kb);
   reporter.Ready();
   if (!foreground) {
     const int null = ::open("/dev/null", O_RDWR);

@@ -502,9 +502,12 @@ int main(int argc, char** argv) {
   bench->add_option("--synthetic-mb", bench_opts.synthetic_mb,
                     "Instead of SRC: generated BF16 models of about this many MB");
 
-  // Anything else with a store and a mount point: the sshfs form, `zipnnfs STORE MOUNTPOINT`.
+  // Anything else with a store and a mount point: the sshfs form, `zipnnfs STORE MOUNTPOINT`,
+  // options anywhere (`zipnnfs -f -o cache_size=2G STORE MOUNTPOINT`, as sshfs takes them).
   const auto is_subcommand = [&](const CLI::App* sub) { return sub->get_name() == argv[1]; };
-  if (argc >= 3 && argv[1][0] != '-' && std::as_const(app).get_subcommands(is_subcommand).empty()) {
+  const std::string_view first = argc >= 2 ? argv[1] : "";
+  const bool help = first == "-h" || first == "--help" || first == "--version";
+  if (argc >= 3 && !help && std::as_const(app).get_subcommands(is_subcommand).empty()) {
     return zipnn::fs::MountMain(argc, argv);
   }
   try {

@@ -213,6 +213,30 @@ TEST_F(FsTest, FstabAtimeOptionsMount) {
   EXPECT_TRUE(m.Unmount());
 }
 
+// Options may come first, as sshfs and squashfuse take them (`zipnnfs -f -o ... STORE MNT` was
+// refused with "A subcommand is required"); a read_ahead_kb past 32 bits wrapped around silently.
+TEST_F(FsTest, MountOptionsMayComeFirstAndAreChecked) {
+  const std::string store = Path("store");
+  ASSERT_TRUE(BuildStore(store, {{"f", "abc"}}, kChunk).ok());
+  const std::string mnt = MakeDir("mnt");
+  {
+    const CommandResult bad = RunCommand(kZipnnfs, {store, mnt, "-o", "read_ahead_kb=99999999999"});
+    EXPECT_EQ(bad.exit_code, 2) << bad.err;
+    EXPECT_NE(bad.err.find("read_ahead_kb"), std::string::npos) << bad.err;
+  }
+  const CommandResult r = RunCommand(kZipnnfs, {"-o", "cache_size=1M", store, mnt});
+  struct Detach {
+    std::string mnt;
+    ~Detach() {
+      if (IsMountPoint(mnt)) RunCommand("fusermount3", {"-uz", mnt});
+    }
+  } detach{mnt};
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(ReadFile(mnt + "/f"), "abc");
+  EXPECT_EQ(RunCommand("fusermount3", {"-u", mnt}).exit_code, 0);
+  WaitForStoreUnlocked(store);
+}
+
 TEST_F(FsTest, HelpListsEveryMountOption) {
   const CommandResult r = RunCommand(kZipnnfs, {"--help"});
   EXPECT_EQ(r.exit_code, 0);

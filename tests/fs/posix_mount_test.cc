@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -221,6 +222,39 @@ TEST_F(FsTest, NamesLongerThanNameMaxAreTooLong) {
     EXPECT_EQ(fd < 0 ? errno : 0, ENAMETOOLONG) << "open, " << len << " bytes";
     if (fd >= 0) ::close(fd);
   }
+  EXPECT_TRUE(m.Unmount());
+}
+
+// A read-only bind mount of a directory, undone (lazily: a daemon may still be leaving it) when
+// destroyed.
+class ReadOnlyBind {
+ public:
+  ReadOnlyBind(const std::string& from, const std::string& to) : to_(to) {
+    bound_ = ::mount(from.c_str(), to.c_str(), nullptr, MS_BIND, nullptr) == 0;
+    ro_ = bound_ &&
+          ::mount(nullptr, to.c_str(), nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY, nullptr) == 0;
+  }
+  ~ReadOnlyBind() {
+    if (bound_) ::umount2(to_.c_str(), MNT_DETACH);
+  }
+  bool ok() const { return ro_; }
+
+ private:
+  std::string to_;
+  bool bound_ = false, ro_ = false;
+};
+
+// A store on read-only media (a shared volume; a read-only bind mount here) mounts and serves its
+// files: its lock file cannot be opened for writing, and nothing can change the store. It was
+// refused with "LOCK: Read-only file system".
+TEST_F(FsTest, StoreOnReadOnlyMediaMounts) {
+  const std::string store = Path("store"), data = Bf16Like(1 << 20, 5);
+  ASSERT_TRUE(BuildStore(store, {{"f", data}}, 64 << 10).ok());
+  ReadOnlyBind ro(store, MakeDir("ro"));
+  if (!ro.ok()) GTEST_SKIP() << "needs root to bind-mount";
+  Mount m(Path("ro"), MakeDir("mnt"));
+  ASSERT_TRUE(m.ok()) << m.result().err;
+  EXPECT_TRUE(ReadFile(m.Path("f")) == data);
   EXPECT_TRUE(m.Unmount());
 }
 
