@@ -6,6 +6,8 @@
 #include <span>
 #include <vector>
 
+#include "codec/page_buffer.h"
+
 namespace zipnn::internal {
 
 inline uint16_t Load16(const uint8_t* p) {
@@ -44,7 +46,12 @@ inline void PutVarint(std::vector<uint8_t>& out, uint64_t v) {
 
 // The first `n` bytes of `v`, a scratch buffer that only grows: resizing it to each use's size
 // would zero-fill the difference every time sizes alternate.
+// New memory is prefaulted first (see PrefaultPages): cheaper than the zero-fill's page traps.
 inline std::span<uint8_t> GrowTo(std::vector<uint8_t>& v, size_t n) {
+  if (v.capacity() < n) {
+    v.reserve(n);
+    PrefaultPages(v.data(), n);
+  }
   if (v.size() < n) v.resize(n);
   return {v.data(), n};
 }

@@ -1,6 +1,9 @@
 #include "codec/page_buffer.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdint>
 
 namespace zipnn {
 uint8_t* MapHugePages(size_t bytes) {
@@ -19,6 +22,19 @@ uint8_t* MapHugePages(size_t bytes) {
   auto* p = reinterpret_cast<uint8_t*>(start);
   (void)::madvise(p, bytes, MADV_HUGEPAGE);  // a hint: without it, 4 KiB pages
   return p;
+}
+
+void PrefaultPages(void* p, size_t bytes) {
+#ifdef MADV_POPULATE_WRITE
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(page - 1);
+  if (end > begin)
+    (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
 }
 
 void UnmapPages(uint8_t* p, size_t bytes) {

@@ -11,6 +11,8 @@
 #include <system_error>
 #include <unordered_set>
 
+#include "codec/page_buffer.h"
+
 namespace zipnn::index {
 
 namespace {
@@ -287,7 +289,11 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
   // spare, so that a recycled buffer seldom grows: growing touches new memory.
   t.frame_data.clear();
   try {
-    if (t.frame_data.capacity() < bound) t.frame_data.reserve(bound + bound / 4);
+    if (t.frame_data.capacity() < bound) {
+      t.frame_data.reserve(bound + bound / 4);
+      // New memory, about to be filled: its faults would be ~30% of a small import's CPU.
+      PrefaultPages(t.frame_data.data(), bound);
+    }
   } catch (const std::bad_alloc&) {
     return Status::FromErrno(ENOMEM, "frame buffer");
   }
