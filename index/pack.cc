@@ -24,6 +24,13 @@ std::string PackPath(const std::string& packs_dir, uint32_t pack_id) {
   return packs_dir + name;
 }
 
+Status SyncDir(const std::string& dir) {
+  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno(errno, dir);
+  if (::fsync(fd.get()) != 0) return Status::FromErrno(errno, dir + ": fsync");
+  return Status::Ok();
+}
+
 Status PackReader::Read(uint32_t pack_id, uint64_t offset, std::span<uint8_t> out) {
   int fd = -1;
   {
@@ -52,7 +59,13 @@ Result<PackWriter> PackWriter::Open(const std::string& packs_dir, uint32_t pack_
                                     uint64_t committed) {
   const std::string path = PackPath(packs_dir, pack_id);
   PackWriter w;
-  w.fd_.Reset(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  w.fd_.Reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!w.fd_.valid() && errno == ENOENT) {
+    // A new pack: the commits that will reference it need its name durable, not only its bytes.
+    w.fd_.Reset(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    if (!w.fd_.valid()) return Status::FromErrno(errno, path);
+    ZIPNN_RETURN_IF_ERROR(SyncDir(packs_dir));
+  }
   if (!w.fd_.valid()) return Status::FromErrno(errno, path);
   const off_t size = ::lseek(w.fd_.get(), 0, SEEK_END);
   if (size < 0) return Status::FromErrno(errno, path);

@@ -21,6 +21,10 @@ namespace zipnn::index {
 
 std::string PackPath(const std::string& packs_dir, uint32_t pack_id);
 
+// fsyncs directory `dir`, making the names created or removed in it durable: a file's own
+// fsync does not reach its directory entry, so a power cut could lose a synced file's name.
+Status SyncDir(const std::string& dir);
+
 // Reads frames from any pack; file descriptors are opened on first use and kept. Thread-safe.
 class PackReader {
  public:
@@ -43,7 +47,9 @@ class PackReader {
 // again whole; Sync writes it through the page cache, so the file ends where the frames do.
 class PackWriter {
  public:
-  // Opens (creating) pack `pack_id` and cuts it to `committed` bytes.
+  // Opens (creating) pack `pack_id` and cuts it to `committed` bytes. A pack it creates has its
+  // name synced into `packs_dir` before it returns, so no commit can reference a pack file a
+  // power cut would lose.
   static Result<PackWriter> Open(const std::string& packs_dir, uint32_t pack_id,
                                  uint64_t committed);
   PackWriter(PackWriter&&) = default;

@@ -84,6 +84,20 @@ thread_local std::unique_ptr<FrameDecoder> tls_decoder;
 std::mutex open_stores_mutex;
 std::set<std::string> open_stores;
 
+// Makes a new store durable before anything is committed to it: a power cut must not leave
+// committed files in a store that lost its FORMAT line (no longer opens) or its index's name.
+Status SyncNewStore(const std::string& dir) {
+  const std::string format_path = Join(dir, "FORMAT");
+  UniqueFd format(::open(format_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!format.valid()) return Status::FromErrno(errno, format_path);
+  if (::fsync(format.get()) != 0) return Status::FromErrno(errno, format_path + ": fsync");
+  // index/ holds data.mdb; the store directory holds index/, packs/ and FORMAT; its parent, the
+  // store directory itself when Init created it.
+  ZIPNN_RETURN_IF_ERROR(SyncDir(Join(dir, "index")));
+  ZIPNN_RETURN_IF_ERROR(SyncDir(dir));
+  return SyncDir(Join(dir, ".."));
+}
+
 }  // namespace
 
 ChunkHash HashChunk(std::span<const uint8_t> data) {
@@ -170,7 +184,7 @@ Status Store::Init(const std::string& dir) {
     out << kFormatMagic << ' ' << kStoreFormatVersion << '\n';
     if (!out.flush()) return Status::Io(format_path + ": write failed");
   }
-  return Status::Ok();
+  return SyncNewStore(dir);
 }
 
 Result<std::unique_ptr<Store>> Store::Open(const std::string& dir, const StoreOptions& opts) {
