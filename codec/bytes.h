@@ -1,6 +1,7 @@
 // Little helpers for reading and writing integers in byte buffers. Internal to codec/.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -49,7 +50,7 @@ inline void PutVarint(std::vector<uint8_t>& out, uint64_t v) {
 // New memory is prefaulted first (see PrefaultPages): cheaper than the zero-fill's page traps.
 inline std::span<uint8_t> GrowTo(std::vector<uint8_t>& v, size_t n) {
   if (v.capacity() < n) {
-    v.reserve(n);
+    v.reserve(std::max(n, 2 * v.capacity()));  // (geometric, as resize would grow it)
     PrefaultPages(v.data(), n);
   }
   if (v.size() < n) v.resize(n);

@@ -12,7 +12,9 @@
 #include <syslog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +24,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "codec/container.h"
 #include "fs/filesystem.h"
@@ -36,25 +39,38 @@ struct MountConfig {
   char* store = nullptr;
   char* cache_size = nullptr;
   char* log_level = nullptr;
-  unsigned workers = 0;
-  unsigned prefetch = 32;
-  unsigned read_ahead_kb = 1024;
+  char* workers = nullptr;  // counts as text: libfuse's %u takes "-1" and wraps past 32 bits
+  char* prefetch = nullptr;
+  char* read_ahead_kb = nullptr;
   double entry_timeout = 60;
   double attr_timeout = 60;
   int show_help = 0;
   ~MountConfig() {
-    std::free(store);
-    std::free(cache_size);
-    std::free(log_level);
+    for (char* s : {store, cache_size, log_level, workers, prefetch, read_ahead_kb}) std::free(s);
   }
 };
+
+// Option `name`'s count: decimal digits, at most `max`; `value` keeps its default if absent.
+bool ParseCount(const char* name, const char* text, uint64_t max, unsigned& value) {
+  if (text == nullptr) return true;
+  const char* end = text + std::strlen(text);
+  uint64_t v = 0;
+  const auto [stop, ec] = std::from_chars(text, end, v);
+  if (text == end || ec != std::errc() || stop != end || v > max) {
+    std::fprintf(stderr, "zipnnfs: bad %s '%s' (0 to %llu)\n", name, text,
+                 static_cast<unsigned long long>(max));
+    return false;
+  }
+  value = static_cast<unsigned>(v);
+  return true;
+}
 
 #define ZIPNN_OPT(t, p) \
   { t, offsetof(MountConfig, p), 1 }
 const fuse_opt kOptions[] = {
     ZIPNN_OPT("cache_size=%s", cache_size), ZIPNN_OPT("log_level=%s", log_level),
-    ZIPNN_OPT("workers=%u", workers), ZIPNN_OPT("prefetch=%u", prefetch),
-    ZIPNN_OPT("read_ahead_kb=%u", read_ahead_kb), ZIPNN_OPT("entry_timeout=%lf", entry_timeout),
+    ZIPNN_OPT("workers=%s", workers), ZIPNN_OPT("prefetch=%s", prefetch),
+    ZIPNN_OPT("read_ahead_kb=%s", read_ahead_kb), ZIPNN_OPT("entry_timeout=%lf", entry_timeout),
     ZIPNN_OPT("attr_timeout=%lf", attr_timeout),
     FUSE_OPT_KEY("ro", FUSE_OPT_KEY_DISCARD),  // always, for now
     // atime flags from fstab that libfuse 3.14 does not know: a read-only mount keeps none.
@@ -225,8 +241,15 @@ int MountMain(int argc, char** argv) {
   fs_opts.store_dir = RealPath(cfg.store);
   fs_opts.entry_timeout = cfg.entry_timeout;
   fs_opts.attr_timeout = cfg.attr_timeout;
-  fs_opts.reader.workers = cfg.workers;
-  fs_opts.reader.prefetch = cfg.prefetch;
+  // (Read-ahead: the kernel takes any size, and 1 GiB is far past what it can use.)
+  unsigned workers = 0, prefetch = 32, read_ahead_kb = 1024;
+  if (!ParseCount("workers", cfg.workers, 1024, workers) ||
+      !ParseCount("prefetch", cfg.prefetch, 1u << 16, prefetch) ||
+      !ParseCount("read_ahead_kb", cfg.read_ahead_kb, 1u << 20, read_ahead_kb)) {
+    return 2;
+  }
+  fs_opts.reader.workers = workers;
+  fs_opts.reader.prefetch = prefetch;
   if (cfg.cache_size != nullptr) {
     const std::optional<uint64_t> size = ParseSize(cfg.cache_size);
     if (!size) {
@@ -234,12 +257,6 @@ int MountMain(int argc, char** argv) {
       return 2;
     }
     fs_opts.reader.cache_size = *size;
-  }
-  // (Parsed as 32 bits: a larger number wraps around. The kernel takes any size; 1 GiB is far
-  // past what read-ahead can use.)
-  if (cfg.read_ahead_kb > (1u << 20)) {
-    std::fprintf(stderr, "zipnnfs: bad read_ahead_kb %u (at most 1048576)\n", cfg.read_ahead_kb);
-    return 2;
   }
   if (cfg.log_level != nullptr && spdlog::level::from_str(cfg.log_level) == spdlog::level::off &&
       std::strcmp(cfg.log_level, "off") != 0) {
@@ -300,20 +317,22 @@ int MountMain(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
   index::StoreOptions store_opts;
   // Opened for writing, the store's lock is held: no other writer while mounted. A store on
-  // read-only media (a shared volume, a ro bind mount) can change under no one, and its lock
-  // file cannot be opened for writing: it is served as it is, without the lock.
+  // read-only media (a shared volume, a ro bind mount) cannot open its lock file for writing: it
+  // is served read-only under a shared lock, which other such mounts share and which keeps
+  // writers out (a ro bind mount may be writable by its original path).
   struct statvfs media;
   store_opts.writable =
       !(::statvfs(fs_opts.store_dir.c_str(), &media) == 0 && (media.f_flag & ST_RDONLY));
+  store_opts.shared_lock = !store_opts.writable;
   Result<std::unique_ptr<index::Store>> store = index::Store::Open(fs_opts.store_dir, store_opts);
   if (!store.ok()) {
     std::string msg = "cannot open store " + fs_opts.store_dir + ": " + store.status().message();
     return reporter.Fail(msg);
   }
-  if (cfg.read_ahead_kb != 0) {
+  if (read_ahead_kb != 0) {
     // The kernel lowers the read-ahead to what the INIT reply allows, so it is raised once the
     // session is initialized: at the first request after INIT.
-    fs_opts.after_init = [mountpoint, kb = cfg.read_ahead_kb] {
+    fs_opts.after_init = [mountpoint, kb = read_ahead_kb] {
       std::string err;
       if (!SetReadAhead(mountpoint, kb, err)) {
         spdlog::warn("read-ahead left at the kernel default: {}", err);
@@ -331,10 +350,11 @@ int MountMain(int argc, char** argv) {
     return reporter.Fail("cannot mount on " + mountpoint);
   }
   spdlog::info("serving {} on {}{}", fs_opts.store_dir, mountpoint,
-               store_opts.writable ? "" : " (read-only media: without the store's lock)");
+               store_opts.writable ? "" : " (read-only media: shared lock)");
   spdlog::debug("cache_size {} bytes, prefetch {} chunks, workers {}, read_ahead_kb {}",
-                fs_opts.reader.cache_size, fs_opts.reader.prefetch, fs_opts.reader.workers,
-                cfg.read_ahead_kb);
+                fs_opts.reader.cache_size, fs_opts.reader.prefetch,
+                workers != 0 ? workers : std::max(1u, std::thread::hardware_concurrency()),
+                read_ahead_kb);
   reporter.Ready();
   if (!foreground) {
     const int null = ::open("/dev/null", O_RDWR);

@@ -191,16 +191,19 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
       problem("inode in no directory", ino);
       out.relink.push_back({std::string(), ino});
     }
-    // A file or symlink's link count is the number of entries naming it (a directory has one).
+    // A file or symlink's link count is the number of entries naming it (a directory has one);
+    // an inode in no directory gets one entry from repair.
     for (auto& [ino, a] : inodes) {
+      if (a.kind == InodeKind::kDirectory || ino == kRootInode) continue;
       auto entries = out.entries_of.find(ino);
-      if (a.kind == InodeKind::kDirectory || entries == out.entries_of.end() ||
-          a.nlink == entries->second.size())
-        continue;
-      problem("link count " + std::to_string(a.nlink) + " but " +
-                  std::to_string(entries->second.size()) + " entries name the inode",
-              ino);
-      a.nlink = static_cast<uint32_t>(entries->second.size());
+      const size_t count = entries == out.entries_of.end() ? 1 : entries->second.size();
+      if (a.nlink == count) continue;
+      if (entries != out.entries_of.end()) {
+        problem("link count " + std::to_string(a.nlink) + " but " + std::to_string(count) +
+                    " entries name the inode",
+                ino);
+      }
+      a.nlink = static_cast<uint32_t>(count);
       out.fixed_inodes[ino] = a;
     }
     // Records no inode of their kind owns (extents of a missing inode or a non-file, a link

@@ -96,7 +96,10 @@ struct ChunkLocation {
 
 struct StoreOptions {
   bool writable = false;  // takes STORE/LOCK; fails with kBusy if another process holds it
-  unsigned threads = 0;   // compression threads for AddFile; 0 = all cores
+  // Read-only: shares STORE/LOCK with other such readers (a mount of read-only media), so that no
+  // writer opens the store meanwhile (kBusy if one has it); without a LOCK to open, no lock.
+  bool shared_lock = false;
+  unsigned threads = 0;  // compression threads for AddFile; 0 = all cores
   uint32_t chunk_size = 256u << 10;
   EncodeOptions encode;
   uint64_t batch_bytes = 32u << 20;  // raw bytes compressed per batch (bounds AddFile's memory)

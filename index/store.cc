@@ -56,11 +56,17 @@ Result<uint32_t> ReadFormatVersion(const std::string& dir) {
 }
 
 // flock()s STORE/LOCK exclusively, or fails with kBusy naming the reason.
-Result<UniqueFd> LockStore(const std::string& dir) {
+// `shared`: a reader's lock, taken with a read-only descriptor (it works on read-only media);
+// null when there is no LOCK to open. Writers take it exclusively, so either side sees kBusy.
+Result<UniqueFd> LockStore(const std::string& dir, bool shared = false) {
   const std::string path = Join(dir, "LOCK");
-  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
-  if (!fd.valid()) return Status::FromErrno(errno, path);
-  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+  UniqueFd fd(
+      ::open(path.c_str(), shared ? O_RDONLY | O_CLOEXEC : O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!fd.valid()) {
+    if (shared) return UniqueFd();
+    return Status::FromErrno(errno, path);
+  }
+  if (::flock(fd.get(), (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK) {
       return Status::Busy(dir + ": store is locked by another process (a running import or mount)");
     }
@@ -95,7 +101,14 @@ Status SyncNewStore(const std::string& dir) {
   // store directory itself when Init created it.
   ZIPNN_RETURN_IF_ERROR(SyncDir(Join(dir, "index")));
   ZIPNN_RETURN_IF_ERROR(SyncDir(dir));
-  return SyncDir(Join(dir, ".."));
+  // The parent may not be ours to open (a store made in a directory of mode 0711): then its
+  // entry is as durable as whoever made the store directory made it.
+  const std::string parent_path = Join(dir, "..");
+  UniqueFd parent(::open(parent_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (parent.valid() && ::fsync(parent.get()) != 0) {
+    return Status::FromErrno(errno, parent_path + ": fsync");
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -208,8 +221,8 @@ StoreImpl::~StoreImpl() {
 Status StoreImpl::OpenImpl() {
   Result<uint32_t> version = ReadFormatVersion(dir_);
   if (!version.ok()) return version.status();
-  if (opts_.writable) {
-    Result<UniqueFd> lock = LockStore(dir_);
+  if (opts_.writable || opts_.shared_lock) {
+    Result<UniqueFd> lock = LockStore(dir_, !opts_.writable);
     if (!lock.ok()) return lock.status();
     lock_fd_ = std::move(*lock);
   }

@@ -91,7 +91,7 @@ Status WriteSyntheticSafetensors(const std::string& path, const SynthModelOption
     }
   }
 
-  Result<AtomicOutputFile> f = AtomicOutputFile::Create(path, /*overwrite=*/true, 0644);
+  Result<AtomicOutputFile> f = AtomicOutputFile::Create(path, opts.overwrite, 0644);
   if (!f.ok()) return f.status();
   ZIPNN_RETURN_IF_ERROR(WithPath(path, WriteFull(f->fd(), file)));
   return f->Commit();

@@ -14,6 +14,7 @@ struct SynthModelOptions {
   int layers = 4;
   int dim = 1024;  // hidden size: each layer holds dim x dim and 2*dim x dim matrices
   uint64_t seed = 1;
+  bool overwrite = true;  // replace an existing file (devices, pipes and /dev/stdout: written to)
 };
 
 // Writes a valid .safetensors file shaped like a transformer checkpoint: per layer, Gaussian

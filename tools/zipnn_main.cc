@@ -139,16 +139,11 @@ int main(int argc, char** argv) {
     status = Bench(bopts);
   } else if (app.got_subcommand(synth)) {
     sopts.dtype = synth_dtype == "f32" ? zipnn::DType::kF32 : zipnn::DType::kBF16;
-    // Like compress and decompress, an existing file is kept unless -f (the writer itself
-    // replaces whatever is there when it commits).
-    if (!synth_force && PathExists(synth_output)) {
-      status = zipnn::Status::Exists(synth_output + ": already exists (use -f to overwrite)");
-    } else {
-      try {  // the model is built in memory: --layers 4096 --dim 65536 asks for 200 TB
-        status = WriteSyntheticSafetensors(synth_output, sopts);
-      } catch (const std::bad_alloc&) {
-        status = zipnn::Status::InvalidArgument(synth_output + ": model too large for memory");
-      }
+    sopts.overwrite = synth_force;  // as compress and decompress: an existing file needs -f
+    try {  // the model is built in memory: --layers 4096 --dim 65536 asks for 200 TB
+      status = WriteSyntheticSafetensors(synth_output, sopts);
+    } catch (const std::bad_alloc&) {
+      status = zipnn::Status::InvalidArgument(synth_output + ": model too large for memory");
     }
   }
   if (!status.ok()) {

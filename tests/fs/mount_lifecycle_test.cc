@@ -214,15 +214,18 @@ TEST_F(FsTest, FstabAtimeOptionsMount) {
 }
 
 // Options may come first, as sshfs and squashfuse take them (`zipnnfs -f -o ... STORE MNT` was
-// refused with "A subcommand is required"); a read_ahead_kb past 32 bits wrapped around silently.
+// refused with "A subcommand is required"); counts past 32 bits wrapped around silently, and "-1"
+// was taken.
 TEST_F(FsTest, MountOptionsMayComeFirstAndAreChecked) {
   const std::string store = Path("store");
   ASSERT_TRUE(BuildStore(store, {{"f", "abc"}}, kChunk).ok());
   const std::string mnt = MakeDir("mnt");
-  {
-    const CommandResult bad = RunCommand(kZipnnfs, {store, mnt, "-o", "read_ahead_kb=99999999999"});
-    EXPECT_EQ(bad.exit_code, 2) << bad.err;
-    EXPECT_NE(bad.err.find("read_ahead_kb"), std::string::npos) << bad.err;
+  // (4294968320 is 2^32 + 1024: read as 32 bits, a valid 1024.)
+  for (const char* opt : {"read_ahead_kb=99999999999", "read_ahead_kb=4294968320",
+                          "workers=4294967297", "prefetch=-1", "workers=2x"}) {
+    const CommandResult bad = RunCommand(kZipnnfs, {store, mnt, "-o", opt});
+    EXPECT_EQ(bad.exit_code, 2) << opt << ": " << bad.err;
+    EXPECT_NE(bad.err.find(std::string(opt).substr(0, 7)), std::string::npos) << bad.err;
   }
   const CommandResult r = RunCommand(kZipnnfs, {"-o", "cache_size=1M", store, mnt});
   struct Detach {

@@ -245,8 +245,8 @@ class ReadOnlyBind {
 };
 
 // A store on read-only media (a shared volume; a read-only bind mount here) mounts and serves its
-// files: its lock file cannot be opened for writing, and nothing can change the store. It was
-// refused with "LOCK: Read-only file system".
+// files (it was refused with "LOCK: Read-only file system") under a shared lock: other read-only
+// mounts share it, writers by another path are refused.
 TEST_F(FsTest, StoreOnReadOnlyMediaMounts) {
   const std::string store = Path("store"), data = Bf16Like(1 << 20, 5);
   ASSERT_TRUE(BuildStore(store, {{"f", data}}, 64 << 10).ok());
@@ -255,6 +255,15 @@ TEST_F(FsTest, StoreOnReadOnlyMediaMounts) {
   Mount m(Path("ro"), MakeDir("mnt"));
   ASSERT_TRUE(m.ok()) << m.result().err;
   EXPECT_TRUE(ReadFile(m.Path("f")) == data);
+  // The store is writable by its own path all the same: writers wait for the mount to end.
+  WriteFile(Path("new"), "x");
+  const CommandResult imp = RunCommand(kZipnnfs, {"import", store, Path("new")});
+  EXPECT_NE(imp.exit_code, 0);
+  EXPECT_NE(imp.err.find("locked"), std::string::npos) << imp.err;
+  Mount second(Path("ro"), MakeDir("mnt2"));  // read-only mounts share the store
+  ASSERT_TRUE(second.ok()) << second.result().err;
+  EXPECT_TRUE(ReadFile(second.Path("f")) == data);
+  EXPECT_TRUE(second.Unmount());
   EXPECT_TRUE(m.Unmount());
 }
 

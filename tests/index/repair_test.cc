@@ -511,5 +511,23 @@ TEST_F(RepairTest, EveryEntryOfAFileIsCountedAndRemovedWithIt) {
   EXPECT_EQ(store->LookupPath("c2").status().code(), StatusCode::kNotFound);
 }
 
+// A file of two links that lost both entries: repair links it under the root once and sets its
+// link count to that one entry in the same pass (the after-check found "link count 2 but 1").
+TEST_F(RepairTest, RelinkedFileGetsTheLinkCountOfItsOneEntry) {
+  const Bytes a = Compressible(50000, 22);
+  const uint64_t ino = AddClosed("a", a);
+  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+    ASSERT_TRUE(txn.Del(env.dbi(kDirents), lmdb::Val(rec::NamedKey(kRootInode, "a"))).ok());
+  });
+  EditInode(ino, [](InodeAttr& attr) { attr.nlink = 2; });
+  auto store = Open();
+  ASSERT_TRUE(store);
+  Result<RepairReport> r = store->Repair(false);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  EXPECT_EQ(store->GetAttr(ino)->nlink, 1u);
+  ExpectFile(*store, "lost+found-" + std::to_string(ino), a);
+}
+
 }  // namespace
 }  // namespace zipnn::index

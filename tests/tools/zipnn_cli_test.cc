@@ -194,6 +194,9 @@ TEST_F(ZipnnCliTest, SynthKeepsExistingFilesAndFailsCleanlyWhenTooLarge) {
   test::ToolRun forced = Zipnn({"synth", "-f", Path("precious"), "--layers", "1", "--dim", "8"});
   EXPECT_EQ(forced.exit_code, 0) << forced.err;
   EXPECT_NE(test::ReadAll(Path("precious")), "precious");
+  // A device is written to, as by compress, without -f.
+  test::ToolRun to_null = Zipnn({"synth", "/dev/null", "--layers", "1", "--dim", "8"});
+  EXPECT_EQ(to_null.exit_code, 0) << to_null.err;
   test::ToolRun huge = Zipnn({"synth", Path("huge"), "--layers", "4096", "--dim", "65536"});
   EXPECT_EQ(huge.exit_code, 1) << huge.err;
   EXPECT_NE(huge.err.find("too large"), std::string::npos) << huge.err;
