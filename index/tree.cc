@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <string_view>
 #include <unordered_set>
@@ -181,6 +182,13 @@ Status ImportTree(Store& store, const std::string& src, uint64_t parent, const s
   if (!opts.store_dir.empty() && ::stat(opts.store_dir.c_str(), &store_st) == 0) {
     ctx.store_dev = store_st.st_dev;
     ctx.store_ino = store_st.st_ino;
+    // A source inside the store (its packs, say) is read while the import writes it.
+    char real_src[PATH_MAX], real_store[PATH_MAX];
+    if (::realpath(src.c_str(), real_src) != nullptr &&
+        ::realpath(opts.store_dir.c_str(), real_store) != nullptr &&
+        std::string_view(real_src).starts_with(std::string(real_store) + "/")) {
+      return Status::InvalidArgument(src + ": is inside the store");
+    }
   }
   Result<std::unique_ptr<BulkAdd>> bulk = store.BeginBulkAdd(bulk_opts);
   if (!bulk.ok()) return bulk.status();

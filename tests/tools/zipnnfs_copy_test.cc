@@ -91,6 +91,10 @@ TEST_F(ZipnnfsCopyTest, ImportOfATreeHoldingTheStoreSkipsIt) {
   EXPECT_NE(imp.err.find("the store itself, skipped"), std::string::npos) << imp.err;
   EXPECT_EQ(Run({"cat", store, "/self/tree/data"}).out, std::string(3 << 20, 'x'));
   EXPECT_EQ(Run({"stats", store, "/self/tree/store"}).exit_code, 1);
+  // A source inside the store is refused: its packs grow as they would be read.
+  test::ToolRun inside = Run({"import", store, store + "/packs", "--to", "/in"});
+  EXPECT_EQ(inside.exit_code, 1);
+  EXPECT_NE(inside.err.find("inside the store"), std::string::npos) << inside.err;
   EXPECT_EQ(Run({"fsck", store}).exit_code, 0);
 }
 
