@@ -82,6 +82,8 @@ Result<FrameInfo> ParseFrameHeader(std::span<const uint8_t> frame);
 
 // XXH3-64, the checksum frames carry.
 uint64_t Checksum(std::span<const uint8_t> data);
+// Whether every byte is zero (what a ZERO frame holds; an empty span is).
+bool AllZero(std::span<const uint8_t> data);
 
 struct EncodeOptions {
   int zstd_level = 3;                  // for untyped bytes and zstd-coded streams

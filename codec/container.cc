@@ -8,6 +8,7 @@
 #include <bit>
 #include <cctype>
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -473,6 +474,13 @@ Status ContainerReader::ReadRange(uint64_t offset, uint64_t length, std::vector<
   const uint64_t n = offset >= total ? 0 : std::min(length, total - offset);
   out.resize(n);
   return ReadRangeInto(std::min(offset, total), out);
+}
+
+std::optional<uint64_t> ParseDecimal(std::string_view s) {
+  uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+  return v;
 }
 
 std::optional<uint64_t> ParseSize(std::string_view s) {

@@ -108,6 +108,9 @@ class BackgroundSyncer {
 
 // Parses a byte count with an optional binary suffix: "262144", "256K", "1M", "1MiB", "2G".
 std::optional<uint64_t> ParseSize(std::string_view s);
+// Parses plain decimal digits that fit in 64 bits: "", "-1", "+1", "0x1" and "1K" are refused
+// (command-line libraries take "-1" as 2^64 - 1 or wrap large numbers around).
+std::optional<uint64_t> ParseDecimal(std::string_view s);
 
 // One frame as the seek table describes it.
 struct ContainerEntry {

@@ -42,19 +42,6 @@ void WriteHeader(uint8_t* h, Method m, DType t, uint8_t flags, uint32_t raw, uin
   internal::Store32(h + 28, static_cast<uint32_t>(XXH3_64bits(h, 28)));
 }
 
-bool AllZero(std::span<const uint8_t> d) {
-  const uint8_t* p = d.data();
-  size_t n = d.size(), i = 0;
-  uint64_t acc = 0;
-  for (; i + 32 <= n; i += 32) {
-    acc |= internal::Load64(p + i) | internal::Load64(p + i + 8) | internal::Load64(p + i + 16) |
-           internal::Load64(p + i + 24);
-    if (acc) return false;
-  }
-  for (; i < n; i++) acc |= p[i];
-  return acc == 0;
-}
-
 // What 256 elements of `chunk` (of `elem` bytes) sampled across it say of its values: how many
 // distinct ones (0 when more than 32, or the chunk is short, or of bytes) and how many equal the
 // element after them. Few values: quantized or integer-valued tensors; repeats: runs (zero rows,
@@ -174,6 +161,19 @@ class ZstdMemory {
 };
 
 }  // namespace
+
+bool AllZero(std::span<const uint8_t> d) {
+  const uint8_t* p = d.data();
+  size_t n = d.size(), i = 0;
+  uint64_t acc = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc |= internal::Load64(p + i) | internal::Load64(p + i + 8) | internal::Load64(p + i + 16) |
+           internal::Load64(p + i + 24);
+    if (acc) return false;
+  }
+  for (; i < n; i++) acc |= p[i];
+  return acc == 0;
+}
 
 // ---- Encoder -------------------------------------------------------------------------------
 

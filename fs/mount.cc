@@ -14,7 +14,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -53,15 +52,13 @@ struct MountConfig {
 // Option `name`'s count: decimal digits, at most `max`; `value` keeps its default if absent.
 bool ParseCount(const char* name, const char* text, uint64_t max, unsigned& value) {
   if (text == nullptr) return true;
-  const char* end = text + std::strlen(text);
-  uint64_t v = 0;
-  const auto [stop, ec] = std::from_chars(text, end, v);
-  if (text == end || ec != std::errc() || stop != end || v > max) {
+  const std::optional<uint64_t> v = ParseDecimal(text);
+  if (!v || *v > max) {
     std::fprintf(stderr, "zipnnfs: bad %s '%s' (0 to %llu)\n", name, text,
                  static_cast<unsigned long long>(max));
     return false;
   }
-  value = static_cast<unsigned>(v);
+  value = static_cast<unsigned>(*v);
   return true;
 }
 

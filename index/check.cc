@@ -206,17 +206,21 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
       a.nlink = static_cast<uint32_t>(count);
       out.fixed_inodes[ino] = a;
     }
-    // Records no inode of their kind owns (extents of a missing inode or a non-file, a link
-    // target of a non-symlink, attributes of a missing inode) serve nothing, and stray extents
-    // would hold chunks gc never reclaims: repair deletes them.
-    auto find_strays = [&](Db db, std::string_view what, auto owned) -> Status {
+    // One pass over each database of per-inode records; `use` takes each record whose inode
+    // owns it (k and v hold it). Records no inode of their kind owns (extents of a missing inode
+    // or a non-file, a link target of a non-symlink, attributes of a missing inode) serve
+    // nothing, and stray extents would hold chunks gc never reclaims: repair deletes them.
+    auto scan_records = [&](Db db, std::string_view what, auto owned, auto use) -> Status {
       Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(db));
       if (!cur.ok()) return cur.status();
       std::optional<uint64_t> reported;
       for (bool have = cur->Get(k, v, MDB_FIRST, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
         const uint64_t ino = k.mv_size >= 8 ? KeyU64(k, 0) : 0;
         auto a = inodes.find(ino);
-        if (k.mv_size >= 8 && a != inodes.end() && owned(a->second.kind, k.mv_size)) continue;
+        if (k.mv_size >= 8 && a != inodes.end() && owned(a->second.kind, k.mv_size)) {
+          use(ino);
+          continue;
+        }
         out.stray_records.push_back(
             {db, std::string(static_cast<const char*>(k.mv_data), k.mv_size)});
         if (reported == ino) continue;  // one report per inode
@@ -225,14 +229,35 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
       }
       return st;
     };
-    ZIPNN_RETURN_IF_ERROR(find_strays(kExtents, "extents", [](InodeKind kind, size_t key) {
-      return kind == InodeKind::kFile && key == 16;
-    }));
-    ZIPNN_RETURN_IF_ERROR(find_strays(kSymlinks, "a link target", [](InodeKind kind, size_t key) {
-      return kind == InodeKind::kSymlink && key == 8;
-    }));
-    ZIPNN_RETURN_IF_ERROR(
-        find_strays(kXattrs, "extended attributes", [](InodeKind, size_t key) { return key > 8; }));
+    // A file's extents must tile [0, size) in order: where each file's extents end so far.
+    std::map<uint64_t, uint64_t> covered;
+    ZIPNN_RETURN_IF_ERROR(scan_records(
+        kExtents, "extents",
+        [](InodeKind kind, size_t key) { return kind == InodeKind::kFile && key == 16; },
+        [&](uint64_t ino) {
+          uint64_t& next = covered[ino];
+          const uint64_t off = KeyU64(k, 8);
+          std::optional<rec::Extent> e = rec::DecodeExtent(lmdb::Bytes(v));
+          if (!e || e->raw_size == 0) {
+            problem("bad extent record", ino, off, off);
+            out.damaged_inodes.insert(ino);
+            return;
+          }
+          if (off != next) {
+            problem("extents leave a gap or overlap", ino, std::min(off, next),
+                    std::max(off, next));
+            out.damaged_inodes.insert(ino);
+          }
+          next = off + e->raw_size;
+          uses[e->hash].push_back({ino, off, e->raw_size});
+        }));
+    const auto ignore = [](uint64_t) {};
+    ZIPNN_RETURN_IF_ERROR(scan_records(
+        kSymlinks, "a link target",
+        [](InodeKind kind, size_t key) { return kind == InodeKind::kSymlink && key == 8; },
+        ignore));
+    ZIPNN_RETURN_IF_ERROR(scan_records(
+        kXattrs, "extended attributes", [](InodeKind, size_t key) { return key > 8; }, ignore));
     for (const auto& [ino, a] : inodes) {
       if (a.kind == InodeKind::kSymlink) {
         rec::InodeKey key(ino);
@@ -243,28 +268,8 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
         }
       }
       if (a.kind != InodeKind::kFile) continue;
-      // The extents must tile [0, size) in order.
-      Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kExtents));
-      if (!cur.ok()) return cur.status();
-      rec::ExtentKey start(ino, 0);
-      k = lmdb::Val(start.bytes());
-      uint64_t next = 0;
-      for (bool have = cur->Get(k, v, MDB_SET_RANGE, st);
-           have && k.mv_size == 16 && KeyU64(k, 0) == ino; have = cur->Get(k, v, MDB_NEXT, st)) {
-        const uint64_t off = KeyU64(k, 8);
-        std::optional<rec::Extent> e = rec::DecodeExtent(lmdb::Bytes(v));
-        if (!e || e->raw_size == 0) {
-          problem("bad extent record", ino, off, off);
-          out.damaged_inodes.insert(ino);
-          continue;
-        }
-        if (off != next) {
-          problem("extents leave a gap or overlap", ino, std::min(off, next), std::max(off, next));
-          out.damaged_inodes.insert(ino);
-        }
-        next = off + e->raw_size;
-        uses[e->hash].push_back({ino, off, e->raw_size});
-      }
+      auto end = covered.find(ino);
+      const uint64_t next = end == covered.end() ? 0 : end->second;
       if (next != a.size) {
         problem("extents cover " + std::to_string(next) + " bytes of " + std::to_string(a.size),
                 ino, std::min(next, a.size), std::max(next, a.size));

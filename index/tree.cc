@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
-#include <cstring>
 #include <string_view>
 #include <unordered_set>
 #include <vector>
@@ -212,11 +211,6 @@ Status ForEachDirEntry(Store& store, uint64_t dir,
 }
 
 namespace {
-
-bool AllZero(std::span<const uint8_t> buf) {
-  return buf.empty() ||
-         (buf[0] == 0 && std::memcmp(buf.data(), buf.data() + 1, buf.size() - 1) == 0);
-}
 
 // Writes `buf` at the current offset of `fd`; with `sparse`, an all-zero piece is skipped with a
 // seek instead, leaving a hole (cp -a keeps a 10 GiB sparse file sparse; writing its zeros would

@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <climits>
 #include <cstring>
 #include <optional>
@@ -62,10 +61,8 @@ std::optional<int> NamedDescriptor(std::string_view path) {
   if (path == "/dev/stderr") return STDERR_FILENO;
   for (std::string_view dir : {"/dev/fd/", "/proc/self/fd/"}) {
     if (!path.starts_with(dir) || path.size() == dir.size()) continue;
-    const std::string_view digits = path.substr(dir.size());
-    int fd = -1;
-    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), fd);
-    if (ec == std::errc() && end == digits.data() + digits.size()) return fd;
+    const std::optional<uint64_t> fd = ParseDecimal(path.substr(dir.size()));
+    if (fd && *fd <= INT_MAX) return static_cast<int>(*fd);
   }
   return std::nullopt;
 }

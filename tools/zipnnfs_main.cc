@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
-#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -89,12 +88,7 @@ void PutJsonPath(nlohmann::json& j, const std::string& path) {
 // as plain decimal numbers that fit in 64 bits first.
 const CLI::Validator kByteCount(
     [](std::string& s) -> std::string {
-      uint64_t v = 0;
-      const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-      if (s.empty() || ec != std::errc() || end != s.data() + s.size()) {
-        return "not a byte count (0 to 18446744073709551615): " + s;
-      }
-      return std::string();
+      return ParseDecimal(s) ? std::string() : "not a byte count (0 to 18446744073709551615): " + s;
     },
     "BYTES");
 
