@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
@@ -55,7 +56,8 @@ class SmallTmpfs {
 };
 
 struct ToolRun {
-  int exit_code = -1;  // -1: did not exit normally
+  int exit_code = -1;  // -1: did not exit by itself
+  std::string how;     // "exit 1", "killed by signal 11", "timed out after 5 s (killed)"
   std::string out, err;
 };
 
@@ -73,8 +75,10 @@ class TempDirTest : public ::testing::Test {
   }
   std::string Path(const std::string& name) const { return dir_ + "/" + name; }
 
-  // Runs `binary` with `args`, capturing its exit code, stdout and stderr.
-  ToolRun RunTool(const char* binary, const std::vector<std::string>& args) {
+  // Runs `binary` with `args`, capturing how it ended, stdout and stderr; with `timeout_seconds`,
+  // killed (SIGALRM, kept across exec) after that long.
+  ToolRun RunTool(const char* binary, const std::vector<std::string>& args,
+                  unsigned timeout_seconds = 0) {
     const std::string out_path = Path(".stdout"), err_path = Path(".stderr");
     pid_t pid = ::fork();
     if (pid == 0) {
@@ -85,13 +89,21 @@ class TempDirTest : public ::testing::Test {
       std::vector<char*> argv{const_cast<char*>(binary)};
       for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
+      if (timeout_seconds != 0) ::alarm(timeout_seconds);
       ::execv(binary, argv.data());
       ::_exit(127);
     }
     ToolRun r;
     int status = 0;
-    if (pid > 0 && ::waitpid(pid, &status, 0) == pid && WIFEXITED(status)) {
+    if (pid < 0 || ::waitpid(pid, &status, 0) != pid) {
+      r.how = "not run";
+    } else if (WIFEXITED(status)) {
       r.exit_code = WEXITSTATUS(status);
+      r.how = "exit " + std::to_string(r.exit_code);
+    } else if (timeout_seconds != 0 && WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM) {
+      r.how = "timed out after " + std::to_string(timeout_seconds) + " s (killed)";
+    } else if (WIFSIGNALED(status)) {
+      r.how = "killed by signal " + std::to_string(WTERMSIG(status));
     }
     r.out = ReadAll(out_path);
     r.err = ReadAll(err_path);
@@ -102,5 +114,19 @@ class TempDirTest : public ::testing::Test {
 
   std::string dir_;
 };
+
+#ifdef ZIPNNFS_BINARY
+// A fresh temporary directory, the path of a store in it (not created) and the zipnnfs tool.
+class ZipnnfsToolTest : public TempDirTest {
+ protected:
+  void SetUp() override {
+    TempDirTest::SetUp();
+    store_ = dir_ + "/store";
+  }
+  ToolRun Run(const std::vector<std::string>& args) { return RunTool(ZIPNNFS_BINARY, args); }
+
+  std::string store_;
+};
+#endif
 
 }  // namespace zipnn::test

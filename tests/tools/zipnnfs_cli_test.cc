@@ -26,15 +26,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class ZipnnfsCliTest : public test::TempDirTest {
+class ZipnnfsCliTest : public test::ZipnnfsToolTest {
  protected:
-  void SetUp() override {
-    TempDirTest::SetUp();
-    store_ = dir_ + "/store";
-  }
-
-  test::ToolRun Run(const std::vector<std::string>& args) { return RunTool(ZIPNNFS_BINARY, args); }
-
   // A small model directory: two safetensors files, a config, a nested dir and a symlink.
   std::string MakeModelDir() {
     const std::string m = Path("model");
@@ -49,8 +42,6 @@ class ZipnnfsCliTest : public test::TempDirTest {
     fs::create_symlink("sub/b.safetensors", m + "/b_link");
     return m;
   }
-
-  std::string store_;
 };
 
 TEST_F(ZipnnfsCliTest, ImportExportCatStats) {

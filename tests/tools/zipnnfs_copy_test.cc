@@ -24,16 +24,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class ZipnnfsCopyTest : public test::TempDirTest {
+class ZipnnfsCopyTest : public test::ZipnnfsToolTest {
  protected:
   void SetUp() override {
-    TempDirTest::SetUp();
-    store_ = dir_ + "/store";
+    ZipnnfsToolTest::SetUp();
     ASSERT_EQ(Run({"init", store_}).exit_code, 0);
   }
-  test::ToolRun Run(const std::vector<std::string>& args) { return RunTool(ZIPNNFS_BINARY, args); }
-
-  std::string store_;
 };
 
 // chown drops security.capability: export must set it after the owner, as cp -a does.

@@ -34,11 +34,7 @@ namespace damage = index::test;
 // Far more than any command here needs on a sound tool; only a hang reaches it.
 constexpr unsigned kTimeoutSeconds = 5;
 
-struct CliRun {
-  int exit_code = -1;  // -1: did not exit by itself
-  std::string how;     // "exit 1", "signal 11", "timed out"
-  std::string out, err;
-};
+using CliRun = test::ToolRun;
 
 // How a run ended and (the start of) what it printed.
 std::string Show(const CliRun& r) {
@@ -89,40 +85,21 @@ class ZipnnfsHostileTest : public test::TempDirTest {
     ASSERT_TRUE(out.good()) << path;
   }
 
-  // Runs zipnnfs with `args`; killed (SIGALRM, kept across exec) after kTimeoutSeconds.
+  // Runs zipnnfs with `args`, killed after kTimeoutSeconds.
   CliRun Zipnnfs(const std::vector<std::string>& args) {
-    const std::string out_path = Path(".stdout"), err_path = Path(".stderr");
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      const int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      ::dup2(out, STDOUT_FILENO);
-      ::dup2(err, STDERR_FILENO);
-      std::vector<char*> argv{const_cast<char*>(ZIPNNFS_BINARY)};
-      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      ::alarm(kTimeoutSeconds);
-      ::execv(ZIPNNFS_BINARY, argv.data());
-      ::_exit(127);
-    }
-    CliRun r;
-    int status = 0;
-    if (pid < 0 || ::waitpid(pid, &status, 0) != pid) {
-      r.how = "not run";
-    } else if (WIFEXITED(status)) {
-      r.exit_code = WEXITSTATUS(status);
-      r.how = "exit " + std::to_string(r.exit_code);
-    } else if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM) {
-      r.how = "timed out after " + std::to_string(kTimeoutSeconds) + " s (killed)";
-    } else if (WIFSIGNALED(status)) {
-      r.how = "killed by signal " + std::to_string(WTERMSIG(status));
-    }
-    r.out = test::ReadAll(out_path);
-    r.err = test::ReadAll(err_path);
-    std::error_code ec;
-    fs::remove(out_path, ec);
-    fs::remove(err_path, ec);
-    return r;
+    return RunTool(ZIPNNFS_BINARY, args, kTimeoutSeconds);
+  }
+
+  // fsck --repair succeeds, a second fsck finds the store clean, and store file `path` reads
+  // `content`.
+  void ExpectRepairedAndRead(const std::string& path, const std::string& content) {
+    CliRun repair = Zipnnfs({"fsck", "--repair", store_});
+    EXPECT_EQ(repair.exit_code, 0) << Show(repair);
+    CliRun again = Zipnnfs({"fsck", store_});
+    EXPECT_EQ(again.exit_code, 0) << Show(again);
+    CliRun cat = Zipnnfs({"cat", store_, path});
+    EXPECT_EQ(cat.exit_code, 0) << Show(cat);
+    EXPECT_EQ(cat.out, content);
   }
 
   // Names of the entries of host directory `dir`, sorted.
@@ -159,13 +136,7 @@ TEST_F(ZipnnfsHostileTest, EmptyNameIsReportedNotListedForever) {
   fs::create_directories(Path("dest"));
   EXPECT_TRUE(FailedWithMessage(Zipnnfs({"export", store_, Path("dest")})));
 
-  CliRun repair = Zipnnfs({"fsck", "--repair", store_});
-  EXPECT_EQ(repair.exit_code, 0) << Show(repair);
-  CliRun again = Zipnnfs({"fsck", store_});
-  EXPECT_EQ(again.exit_code, 0) << Show(again);
-  CliRun cat = Zipnnfs({"cat", store_, "/src/a.txt"});
-  EXPECT_EQ(cat.exit_code, 0) << Show(cat);
-  EXPECT_EQ(cat.out, "alpha\n");
+  ExpectRepairedAndRead("/src/a.txt", "alpha\n");
 }
 
 // An entry of the root whose name leads out of the export destination (it names /src/a.txt):
@@ -231,13 +202,7 @@ TEST_P(ZipnnfsCycleTest, FsckAndStatsFailWithAMessageAndRepairFixes) {
   EXPECT_TRUE(FailedWithMessage(stats));
   EXPECT_NE(stats.err.find("twice"), std::string::npos) << Show(stats);
 
-  CliRun repair = Zipnnfs({"fsck", "--repair", store_});
-  EXPECT_EQ(repair.exit_code, 0) << Show(repair);
-  CliRun again = Zipnnfs({"fsck", store_});
-  EXPECT_EQ(again.exit_code, 0) << Show(again);
-  CliRun cat = Zipnnfs({"cat", store_, "/src/tree/sub/deeper/c.txt"});
-  EXPECT_EQ(cat.exit_code, 0) << Show(cat);
-  EXPECT_EQ(cat.out, "charlie\n");
+  ExpectRepairedAndRead("/src/tree/sub/deeper/c.txt", "charlie\n");
   EXPECT_EQ(Zipnnfs({"stats", store_}).exit_code, 0);
 }
 
