@@ -206,6 +206,26 @@ Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out) {
   });
 }
 
+bool MayHaveHoles(int fd) {
+  struct stat st;
+  return ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_blocks * 512 < st.st_size;
+}
+
+Status PreadSparse(int fd, uint64_t offset, std::span<uint8_t> out) {
+  if (out.empty()) return Status::Ok();
+  const off_t data = ::lseek(fd, static_cast<off_t>(offset), SEEK_DATA);
+  // No data in the range: only ENXIO (no data past `offset`) or data past its end say so; any
+  // other failure (SEEK_DATA not supported, say) reads as usual.
+  const bool hole = data < 0 ? errno == ENXIO : static_cast<uint64_t>(data) >= offset + out.size();
+  if (!hole) return PreadFull(fd, offset, out);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return Status::FromErrno(errno, "fstat");
+  if (offset + out.size() > static_cast<uint64_t>(st.st_size))
+    return Status::Io("unexpected end of file (did it shrink?)");
+  std::fill(out.begin(), out.end(), uint8_t{0});
+  return Status::Ok();
+}
+
 Status WriteFull(int fd, std::span<const uint8_t> bytes) {
   return TransferAll(bytes.size(), "write", [&](size_t done) {
     return ::write(fd, bytes.data() + done, bytes.size() - done);

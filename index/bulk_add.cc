@@ -250,6 +250,7 @@ Result<std::shared_ptr<FileJob>> BulkAddImpl::OpenJob(size_t entry, BulkEntry& e
   if (::fstat(job->fd.get(), &job->before) != 0) return Status::FromErrno(errno, "fstat");
   if (!S_ISREG(job->before.st_mode)) return Status::InvalidArgument("is not a regular file");
   const int fd = job->fd.get();
+  job->sparse = MayHaveHoles(fd);
   const ReadAtFn read_at = [fd](uint64_t off, std::span<uint8_t> out) {
     return PreadFull(fd, off, out);
   };
@@ -311,7 +312,8 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
       return Status::FromErrno(ENOMEM, "chunk buffer");
     }
     const std::span<uint8_t> buf(chunk_buf.data(), c.size);
-    ZIPNN_RETURN_IF_ERROR(PreadFull(t.job->fd.get(), c.offset, buf));
+    ZIPNN_RETURN_IF_ERROR(t.job->sparse ? PreadSparse(t.job->fd.get(), c.offset, buf)
+                                        : PreadFull(t.job->fd.get(), c.offset, buf));
     const ChunkHash h = HashChunk(buf);
     t.extents[i - t.first] = {h, c.size, c.dtype};
     if (!seen.insert(h).second) continue;

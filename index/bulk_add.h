@@ -46,6 +46,7 @@ struct FileJob {
   size_t entry = 0;
   UniqueFd fd;
   struct stat before {};
+  bool sparse = false;  // MayHaveHoles: read through PreadSparse
   std::vector<ChunkSpec> plan;
   size_t next_chunk = 0;
 };

@@ -221,7 +221,10 @@ Status AtomicOutputFile::Commit() {
 }
 
 ExtentReader::ExtentReader(int fd, std::vector<Extent> extents, size_t ahead)
-    : fd_(fd), extents_(std::move(extents)), slots_(std::min(ahead, extents_.size())) {
+    : fd_(fd),
+      sparse_(MayHaveHoles(fd)),
+      extents_(std::move(extents)),
+      slots_(std::min(ahead, extents_.size())) {
   for (const Extent& e : extents_) largest_ = std::max(largest_, e.size);
   if (!slots_.empty()) thread_ = std::thread([this] { ReadAhead(); });
 }
@@ -253,7 +256,7 @@ void ExtentReader::ReadAhead() {
     // the largest extent at once: growing by steps would map fresh pages again and again.
     slot.buf.reserve(largest_);
     slot.buf.resize(extents_[i].size);
-    Status st = PreadFull(fd_, extents_[i].offset, slot.buf);
+    Status st = ReadExtent(i, slot.buf);
     std::lock_guard lk(mu_);
     slot.status = std::move(st);
     slot.ready = true;
@@ -265,7 +268,7 @@ Status ExtentReader::Read(size_t i, std::vector<uint8_t>& buf) {
   if (i >= extents_.size()) return Status::InvalidArgument("extent index out of range");
   if (slots_.empty()) {
     buf.resize(extents_[i].size);
-    return PreadFull(fd_, extents_[i].offset, buf);
+    return ReadExtent(i, buf);
   }
   if (i != taken_) return Status::InvalidArgument("extents read ahead are taken in order");
   Slot& slot = slots_[i % slots_.size()];

@@ -53,6 +53,9 @@ class AtomicOutputFile {
   // Whether the output takes positional writes (a pipe does not: write in order instead).
   bool seekable() const { return !sequential_ && ::lseek(fd_.get(), 0, SEEK_CUR) >= 0; }
   const std::string& path() const { return path_; }
+  // Whether the output is a new file of our own (not a device, pipe or inherited descriptor):
+  // ranges never written read as zeros, holes that SetSize makes part of the file.
+  bool fresh() const { return !temp_path_.empty(); }
   // Tells that `bytes` more were written: every few MB they are synced in the background, so the
   // fsync of Commit has little left (a flush costs time in proportion to what it flushes). Any
   // thread.
@@ -106,7 +109,13 @@ class ExtentReader {
   // that, not for one slot, since a thread woken costs as much as a small read.
   bool HalfFree(size_t i) const { return i + slots_.size() / 2 < taken_ + slots_.size(); }
 
+  Status ReadExtent(size_t i, std::span<uint8_t> out) const {
+    return sparse_ ? PreadSparse(fd_, extents_[i].offset, out)
+                   : PreadFull(fd_, extents_[i].offset, out);
+  }
+
   const int fd_;
+  const bool sparse_;  // MayHaveHoles
   const std::vector<Extent> extents_;
   size_t largest_ = 0;       // extent
   std::vector<Slot> slots_;  // extent i in slot i % size

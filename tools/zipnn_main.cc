@@ -40,7 +40,8 @@ int main(int argc, char** argv) {
   std::string chunk_size = "256K";
   CLI::App* compress = app.add_subcommand("compress", "Compress FILE into FILE.znn");
   compress->add_option("FILE", copts.input, "File to compress")->required();
-  compress->add_option("-o,--output", copts.output, "Output file (default: FILE.znn)");
+  compress->add_option("-o,--output", copts.output,
+                       "Output file (default: FILE.znn; - for stdout)");
   compress->add_flag("-f,--force", copts.force, "Replace an existing output file");
   compress->add_flag("-q,--quiet", copts.quiet, "Print no summary");
   compress->add_option("--threads", copts.threads, "Threads (0: all cores)")
@@ -56,7 +57,8 @@ int main(int argc, char** argv) {
   DecompressOptions dopts;
   CLI::App* decompress = app.add_subcommand("decompress", "Restore the original of FILE.znn");
   decompress->add_option("FILE", dopts.input, "A .znn file")->required();
-  decompress->add_option("-o,--output", dopts.output, "Output file (default: FILE without .znn)");
+  decompress->add_option("-o,--output", dopts.output,
+                         "Output file (default: FILE without .znn; - for stdout)");
   decompress->add_flag("-f,--force", dopts.force, "Replace an existing output file");
   decompress->add_flag("-q,--quiet", dopts.quiet, "Print no summary");
   decompress->add_option("--threads", dopts.threads, "Threads (0: all cores)")
@@ -117,6 +119,9 @@ int main(int argc, char** argv) {
   }
 
   zipnn::Status status;
+  // "-o -" is stdout, as for curl and tar (not a file named "-").
+  for (std::string* out : {&copts.output, &dopts.output})
+    if (*out == "-") *out = "/dev/stdout";
   if (app.got_subcommand(compress)) {
     copts.chunk_size = static_cast<uint32_t>(
         std::min<uint64_t>(*zipnn::ParseSize(chunk_size), uint64_t{zipnn::kMaxChunkSize} + 1));

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "codec/container.h"
 #include "tests/tools/cli_util.h"
 #include "tools/synth_model.h"
 
@@ -166,6 +167,43 @@ TEST_F(ZipnnCliTest, DevStdoutRedirectedToAFileGetsTheBytes) {
   EXPECT_EQ(closed.exit_code, 1);
   EXPECT_NE(closed.err.find("/dev/fd/97"), std::string::npos) << closed.err;
   EXPECT_EQ(Listing(), (std::vector<std::string>{"m.safetensors", "m.znn"}));
+}
+
+// "-o -" is stdout, as for curl and tar: it used to create a file named "-".
+TEST_F(ZipnnCliTest, DashAsOutputIsStdout) {
+  const std::string model = MakeModel("m.safetensors", DType::kBF16);
+  const std::string original = test::ReadAll(model);
+  test::ToolRun c = Zipnn({"compress", "-q", model, "-o", "-"});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  WriteAll(Path("m.znn"), c.out);
+  test::ToolRun d = Zipnn({"decompress", "-q", Path("m.znn"), "-o", "-"});
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  EXPECT_TRUE(d.out == original) << "bytes through stdout differ";
+  EXPECT_EQ(Listing(), (std::vector<std::string>{"m.safetensors", "m.znn"}));
+}
+
+// A sparse input (a model preallocated with truncate, say) is read without reading its holes,
+// and its zeros come back as holes, not as written blocks (6 GiB of holes took 20 s to write).
+TEST_F(ZipnnCliTest, HolesStayHoles) {
+  constexpr off_t kSize = off_t{64} << 20;
+  const std::string sparse = Path("sparse.bin");
+  {
+    std::string data(5000, 'x');
+    UniqueFd fd(::open(sparse.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644));
+    ASSERT_TRUE(fd.valid());
+    ASSERT_EQ(::ftruncate(fd.get(), kSize), 0);
+    for (off_t at : {off_t{0}, kSize / 2 + 12345, kSize - 5000})
+      ASSERT_EQ(::pwrite(fd.get(), data.data(), data.size(), at), 5000);
+  }
+  test::ToolRun c = Zipnn({"compress", "-q", sparse, "-o", Path("s.znn")});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  test::ToolRun d = Zipnn({"decompress", "-q", Path("s.znn"), "-o", Path("restored")});
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  EXPECT_TRUE(test::ReadAll(sparse) == test::ReadAll(Path("restored")));
+  struct stat st;
+  ASSERT_EQ(::stat(Path("restored").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, kSize);
+  EXPECT_LT(st.st_blocks * 512, kSize / 8) << "the zeros were written out";
 }
 
 // Outputs whose names are up to NAME_MAX (255) bytes long: the temporary file's name, the
