@@ -105,8 +105,7 @@ Status StoreImpl::DeleteKeysOf(lmdb::Txn& txn, Db db, uint64_t ino) {
     rec::InodeKey start(ino);
     MDB_val k = lmdb::Val(start.bytes()), v;
     Status st;
-    for (bool have = cur->Get(k, v, MDB_SET_RANGE, st);
-         have && k.mv_size >= 8 && rec::GetBE64(static_cast<const uint8_t*>(k.mv_data)) == ino;
+    for (bool have = cur->Get(k, v, MDB_SET_RANGE, st); have && k.mv_size >= 8 && KeyIno(k) == ino;
          have = cur->Get(k, v, MDB_NEXT, st)) {
       keys.emplace_back(static_cast<const char*>(k.mv_data), k.mv_size);
     }
@@ -225,8 +224,7 @@ Status StoreImpl::DropExtentsIn(lmdb::Txn& txn, uint64_t ino) {
     MDB_val k = lmdb::Val(start.bytes()), v;
     Status cst;
     for (bool have = cur->Get(k, v, MDB_SET_RANGE, cst);
-         have && k.mv_size == 16 && rec::GetBE64(static_cast<const uint8_t*>(k.mv_data)) == ino;
-         have = cur->Get(k, v, MDB_NEXT, cst)) {
+         have && k.mv_size == 16 && KeyIno(k) == ino; have = cur->Get(k, v, MDB_NEXT, cst)) {
       std::optional<rec::Extent> e = rec::DecodeExtent(lmdb::Bytes(v));
       if (!e) return Status::Corrupt("bad extent record");
       const uint8_t* kp = static_cast<const uint8_t*>(k.mv_data);
