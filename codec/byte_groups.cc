@@ -1,5 +1,6 @@
 #include "codec/byte_groups.h"
 
+#include <algorithm>
 #include <cstring>
 
 #ifdef __SSE2__
@@ -112,25 +113,34 @@ void StoreElem(uint8_t* p, U v) {
   std::memcpy(p, &v, sizeof(U));
 }
 
-// Generic split: value transform, then bytes MSB first into streams[first..].
+// Generic split: value transform, then bytes MSB first into streams[first..]. Signed integers
+// put a sign bit per element, eight to a byte, in stream 0 and code the magnitude; without a
+// branch per element (random signs were mispredicted: I8 split at 255 MB/s).
 template <class U>
 void SplitGeneric(Kind kind, size_t n, const uint8_t* in, uint8_t* const* streams) {
   constexpr int E = sizeof(U);
-  const int first = kind == Kind::kSigned ? 1 : 0;
-  if (kind == Kind::kSigned) std::memset(streams[0], 0, (n + 7) / 8);
-  for (size_t i = 0; i < n; i++) {
-    U v = LoadElem<U>(in + E * i);
-    if (kind == Kind::kFloat) {
-      v = Rotl1(v);
-    } else if (kind == Kind::kSigned) {
-      const bool neg = v >> (E * 8 - 1);
-      if (neg) {
-        streams[0][i >> 3] |= static_cast<uint8_t>(1u << (i & 7));
-        v = static_cast<U>(U{0} - v);  // the magnitude; INT_MIN maps to itself, as unsigned
-      }
-    }
+  auto put = [streams](int first, size_t i, U v) {
     for (int b = 0; b < E; b++)
       streams[first + b][i] = static_cast<uint8_t>(v >> (8 * (E - 1 - b)));
+  };
+  if (kind != Kind::kSigned) {
+    for (size_t i = 0; i < n; i++) {
+      const U v = LoadElem<U>(in + E * i);
+      put(0, i, kind == Kind::kFloat ? Rotl1(v) : v);
+    }
+    return;
+  }
+  for (size_t i = 0; i < n; i += 8) {
+    const size_t m = std::min<size_t>(8, n - i);
+    uint8_t bits = 0;
+    for (size_t j = 0; j < m; j++) {
+      const U v = LoadElem<U>(in + E * (i + j));
+      const U neg = static_cast<U>(v >> (E * 8 - 1));
+      bits = static_cast<uint8_t>(bits | neg << j);
+      // The magnitude: v negated where negative (INT_MIN maps to itself, as unsigned).
+      put(1, i + j, static_cast<U>((v ^ static_cast<U>(U{0} - neg)) + neg));
+    }
+    streams[0][i >> 3] = bits;
   }
 }
 
@@ -138,16 +148,25 @@ template <class U>
 void MergeGeneric(Kind kind, size_t n, const uint8_t* const* streams, uint8_t* out) {
   constexpr int E = sizeof(U);
   const int first = kind == Kind::kSigned ? 1 : 0;
-  for (size_t i = 0; i < n; i++) {
+  auto get = [streams, first](size_t i) {
     U v = 0;
     for (int b = 0; b < E; b++)
       v = static_cast<U>(v | U{streams[first + b][i]} << (8 * (E - 1 - b)));
-    if (kind == Kind::kFloat) {
-      v = Rotr1(v);
-    } else if (kind == Kind::kSigned && (streams[0][i >> 3] >> (i & 7) & 1)) {
-      v = static_cast<U>(U{0} - v);
+    return v;
+  };
+  if (kind != Kind::kSigned) {
+    for (size_t i = 0; i < n; i++)
+      StoreElem<U>(out + E * i, kind == Kind::kFloat ? Rotr1(get(i)) : get(i));
+    return;
+  }
+  for (size_t i = 0; i < n; i += 8) {
+    const size_t m = std::min<size_t>(8, n - i);
+    const unsigned bits = streams[0][i >> 3];
+    for (size_t j = 0; j < m; j++) {
+      const U neg = static_cast<U>(bits >> j & 1);
+      StoreElem<U>(out + E * (i + j),
+                   static_cast<U>((get(i + j) ^ static_cast<U>(U{0} - neg)) + neg));
     }
-    StoreElem<U>(out + E * i, v);
   }
 }
 

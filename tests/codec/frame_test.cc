@@ -148,6 +148,26 @@ TEST_P(FrameNarrowTypeTest, RoundTripsEveryBitPattern) {
   }
 }
 
+// Signed integers split into a sign bit per element (eight to a byte) and the magnitude: every
+// count of elements up to 17 (a partial last sign byte) and a long run, with the extremes (the
+// most negative value is its own magnitude), -1, 0 and random values mixed.
+TEST(FrameSignedTest, RoundTripsExtremesAtEveryTailLength) {
+  std::mt19937_64 rng(11);
+  for (DType t : {DType::kI8, DType::kI16, DType::kI32, DType::kI64}) {
+    const size_t es = DTypeSize(t);
+    const uint64_t top = uint64_t{1} << (8 * es - 1), all = top | (top - 1);
+    const uint64_t pick[] = {top, top - 1, all, 0, 1};
+    for (size_t n : {1, 2, 7, 8, 9, 15, 16, 17, 100003}) {
+      Bytes data(n * es);
+      for (size_t i = 0; i < n; i++)
+        test::StoreElement(data.data() + i * es, i % 3 ? pick[rng() % 5] : rng() & all, es);
+      EncodeOptions opts;
+      opts.force_method = Method::kGrouped;
+      EXPECT_TRUE(RoundTrip(data, t, opts)) << DTypeName(t) << " x " << n;
+    }
+  }
+}
+
 class FrameFloatTypeTest : public ::testing::TestWithParam<DType> {};
 INSTANTIATE_TEST_SUITE_P(FloatTypes, FrameFloatTypeTest,
                          ::testing::Values(DType::kBF16, DType::kF16, DType::kF32, DType::kF64,
@@ -361,6 +381,20 @@ TEST(FrameCompressionTest, RunsTryZstd) {
   Bytes w = test::GaussianWeights(DType::kBF16, 128 * 1024, 0.02, 33);
   for (size_t row = 9; row < 128; row += 3) std::fill_n(w.begin() + row * 2048, 2048, 0);
   ExpectNoLargerThanZstd(w, DType::kBF16);
+}
+
+// Weights pruned to 90% zeros at random: grouping codes the zeros' positions in every stream and
+// lands near a sixth of the chunk, where zstd codes them once and does better; a sample of pieces
+// overestimates zstd on such data, so the coder must try it on the whole chunk.
+TEST(FrameCompressionTest, HeavilyPrunedWeightsTryZstd) {
+  for (DType t : {DType::kBF16, DType::kF32}) {
+    Bytes w = test::GaussianWeights(t, 65536, 0.02, 34);
+    std::mt19937_64 rng(35);
+    const size_t es = DTypeSize(t);
+    for (size_t i = 0; i < w.size() / es; i++)
+      if (rng() % 10) std::fill_n(w.begin() + i * es, es, 0);
+    ExpectNoLargerThanZstd(w, t);
+  }
 }
 
 // Position ids (0, 1, 2, ... as I64): the low byte stream looks random to order-0 coding, but
