@@ -258,6 +258,9 @@ Result<std::vector<ChunkSpec>> PlanChunks(const ReadAtFn& read, uint64_t file_si
   PlanUntyped(0, h->data_start, cs, plan);
   uint64_t pos = h->data_start;
   bool open = false;  // the last chunk may still take small tensors
+  // Whether it holds whole tensors only, under kTiny bytes in all, or is a mixed chunk of such.
+  constexpr uint64_t kTiny = 1024;
+  bool open_tiny = false;
   for (const TensorInfo& t : h->tensors) {
     if (t.begin == t.end) continue;
     if (t.begin > pos) {  // padding between tensors
@@ -272,12 +275,24 @@ Result<std::vector<ChunkSpec>> PlanChunks(const ReadAtFn& read, uint64_t file_si
     }
     const uint64_t size = t.end - t.begin;
     ChunkSpec* last = open ? &plan.back() : nullptr;
-    // Small tensors share a chunk (a segment each); larger ones start their own chunk so a
-    // reader of one tensor decodes little else.
-    if (last && last->dtype == t.dtype && size < cs / 8 && last->size + size <= cs) {
+    // Tiny tensors of another dtype than the open chunk's, itself tiny or already mixed, share it
+    // as untyped bytes: a frame and its records cost more than typed coding of under 1 KiB can
+    // gain (10k tensors of 1-63 elements, dtypes alternating, made as many frames, 7.6k of them
+    // raw: 0.79 of the original against zstd's 0.43).
+    if (last && open_tiny && last->dtype != t.dtype && size < kTiny &&
+        last->size + size <= cs / 8) {
+      last->dtype = DType::kBytes;
+      last->segments.clear();
+      last->grid = {};
+      last->size += static_cast<uint32_t>(size);
+    } else if (last && last->dtype == t.dtype && size < cs / 8 && last->size + size <= cs) {
+      // Small tensors share a chunk (a segment each); larger ones start their own chunk so a
+      // reader of one tensor decodes little else.
       last->segments.push_back(last->size / static_cast<uint32_t>(DTypeSize(t.dtype)));
       last->size += static_cast<uint32_t>(size);
+      open_tiny = open_tiny && last->size < kTiny;
     } else {
+      open_tiny = size < kTiny;
       for (uint64_t off = t.begin; off < t.end; off += cs) {
         ChunkSpec c;
         c.offset = off;
