@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <new>
 #include <system_error>
 
 #include "codec/page_buffer.h"
@@ -53,6 +54,11 @@ BufferPool::~BufferPool() {
 }
 
 std::unique_ptr<BufferPool::Buffer> BufferPool::Get(size_t size) {
+  if (size <= unit_ / 8) {
+    auto* data = new (std::nothrow) uint8_t[std::max<size_t>(size, 1)];
+    if (data == nullptr) return nullptr;
+    return std::unique_ptr<Buffer>(new Buffer(shared_from_this(), data, size, 0));
+  }
   const size_t mapped = size <= unit_ ? unit_ : size;
   uint8_t* data = nullptr;
   if (mapped == unit_) {
@@ -116,6 +122,10 @@ void BufferPool::RefillLoop() {
 }
 
 void BufferPool::Put(uint8_t* data, size_t mapped) {
+  if (mapped == 0) {
+    delete[] data;
+    return;
+  }
   if (mapped == unit_) {
     std::lock_guard lock(mu_);
     if ((free_.size() + 1) * unit_ <= max_free_) {

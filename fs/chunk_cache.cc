@@ -13,6 +13,10 @@ size_t ChunkCache::KeyHash::operator()(const index::ChunkHash& h) const {
   return v;
 }
 
+// What a cached chunk costs: its buffer's memory and the entry's own (map node, list node, ref
+// count; a cache of 40-byte chunks is mostly entries).
+uint64_t ChunkCache::Charge(const ChunkBytes& c) { return c.footprint() + kEntryBytes; }
+
 ChunkCache::ChunkCache(uint64_t capacity_bytes, uint64_t consumed_budget)
     : capacity_(capacity_bytes), consumed_budget_(consumed_budget) {}
 
@@ -29,7 +33,7 @@ Result<ChunkRef> ChunkCache::Get(const index::ChunkHash& key, const ChunkLoader&
     if (e.consumed) {  // asked for again: back among the live chunks
       e.consumed = false;
       e.served = 0;
-      consumed_bytes_ -= e.data->footprint();
+      consumed_bytes_ -= Charge(*e.data);
       lru_.splice(lru_.begin(), consumed_, e.lru);
     } else {
       lru_.splice(lru_.begin(), lru_, e.lru);
@@ -83,7 +87,7 @@ Result<ChunkRef> ChunkCache::Load(const index::ChunkHash& key, const ChunkLoader
       e.prefetched_unused = prefetch;
       lru_.push_front(key);
       e.lru = lru_.begin();
-      bytes_ += e.data->footprint();
+      bytes_ += Charge(*e.data);
       if (prefetch) ++stats_.prefetched;
       EvictLocked();
     } else {
@@ -108,7 +112,7 @@ void ChunkCache::NoteServed(const index::ChunkHash& key, uint64_t bytes) {
   e.served += bytes;
   if (e.served < e.data->size()) return;
   e.consumed = true;
-  consumed_bytes_ += e.data->footprint();
+  consumed_bytes_ += Charge(*e.data);
   consumed_.splice(consumed_.begin(), lru_, e.lru);
   EvictLocked();
 }
@@ -121,7 +125,7 @@ void ChunkCache::EvictFrom(std::list<index::ChunkHash>& list, Over over) {
     --it;
     auto entry = map_.find(*it);
     if (entry->second.data.use_count() > 1) continue;
-    const uint64_t size = entry->second.data->footprint();
+    const uint64_t size = Charge(*entry->second.data);
     bytes_ -= size;
     if (entry->second.consumed) consumed_bytes_ -= size;
     ++stats_.evictions;

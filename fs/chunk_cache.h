@@ -2,8 +2,9 @@
 //
 // - Single-flight: concurrent requests for one chunk wait on one decode.
 // - Byte-capped: ready chunks are evicted least-recently-used first when the cache holds more than
-//   its capacity. A chunk is charged the memory its buffer holds (a pool unit for any chunk up
-//   to a unit), not its size: charged by size, small files let a 64 MiB cache hold 500 MiB. A chunk
+//   its capacity. A chunk is charged the memory its buffer holds (a pool unit for a chunk of up
+//   to a unit that does not come from the heap) and its entry's, not its size: charged by size,
+//   small files let a 64 MiB cache hold 500 MiB. A chunk
 //   somebody holds (a ChunkRef outside the cache) is never evicted, so a reply can point into it;
 //   if every chunk is in use the cache runs over its capacity until they are released.
 // - Keyed by content, not by file: a rewritten file gets new keys, so writes never need to
@@ -48,7 +49,7 @@ struct ChunkCacheStats {
   uint64_t prefetch_hits = 0;  // prefetched chunks later requested (counted once per load)
   uint64_t evictions = 0;
   uint64_t failures = 0;  // loads that failed
-  uint64_t bytes = 0;     // memory of chunks held (ready, in use or not): their footprints
+  uint64_t bytes = 0;     // memory of chunks held (ready, in use or not): their charges
   uint64_t entries = 0;
 };
 
@@ -70,6 +71,8 @@ class ChunkCache {
   void NoteServed(const index::ChunkHash& key, uint64_t bytes);
 
   bool Contains(const index::ChunkHash& key) const;
+  // What each entry costs the capacity besides its buffer's footprint.
+  static constexpr uint64_t kEntryBytes = 160;
   uint64_t capacity() const { return capacity_; }
   ChunkCacheStats stats() const;
 
@@ -94,6 +97,7 @@ class ChunkCache {
     bool prefetched_unused = false;
   };
 
+  static uint64_t Charge(const ChunkBytes& c);
   Result<ChunkRef> Load(const index::ChunkHash& key, const ChunkLoader& load,
                         std::shared_ptr<Flight> flight, bool prefetch);
   void EvictLocked();

@@ -129,6 +129,16 @@ Result<ReadResult> FileReader::Read(uint64_t ino, uint64_t offset, size_t size,
     }
   }
 
+  const bool copy = chunks->size() > ReadResult::kMaxPinnedChunks;
+  if (copy) {
+    try {
+      result.copy.resize(size);
+    } catch (const std::bad_alloc&) {
+      read_errors_.fetch_add(1, std::memory_order_relaxed);
+      return Status::NoSpace("no memory for a read of " + std::to_string(size) + " bytes");
+    }
+    result.iov.push_back(iovec{result.copy.data(), size});
+  }
   uint64_t covered = offset;
   for (const index::ChunkLocation& c : *chunks) {
     const uint64_t c_end = c.file_offset + c.raw_size;
@@ -142,8 +152,13 @@ Result<ReadResult> FileReader::Read(uint64_t ino, uint64_t offset, size_t size,
     }
     const uint64_t to = std::min(end, c_end);
     uint8_t* base = (*ref)->data() + (covered - c.file_offset);
-    result.iov.push_back(iovec{base, static_cast<size_t>(to - covered)});
-    result.chunks.push_back(std::move(*ref));
+    if (copy) {
+      std::memcpy(result.copy.data() + (covered - offset), base, to - covered);
+    } else {
+      result.iov.push_back(iovec{base, static_cast<size_t>(to - covered)});
+      result.chunks.push_back(std::move(*ref));
+    }
+    cache_.NoteServed(c.hash, to - covered);
     covered = to;
     if (covered == end) break;
   }
@@ -153,9 +168,6 @@ Result<ReadResult> FileReader::Read(uint64_t ino, uint64_t offset, size_t size,
                            std::to_string(covered) + ".." + std::to_string(end));
   }
   result.size = size;
-  for (size_t i = 0; i < result.chunks.size(); ++i) {
-    cache_.NoteServed((*chunks)[i].hash, result.iov[i].iov_len);
-  }
   read_bytes_.fetch_add(size, std::memory_order_relaxed);
   return result;
 }

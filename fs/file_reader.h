@@ -30,9 +30,14 @@ struct FileReaderOptions {
   uint32_t chunk_size = 256u << 10;  // the store's usual chunk size: the prefetch unit
 };
 
-// A read's bytes, in place inside cached chunks that stay pinned while the result lives.
+// A read's bytes, in place inside cached chunks that stay pinned while the result lives; or, for
+// a read across more than kMaxPinnedChunks chunks, copied into `copy`, so that no read pins
+// more than that many (one read across 20k tiny chunks held each, and the cache could evict
+// none of them: 5 GB in a daemon with a 64 MiB cache).
 struct ReadResult {
+  static constexpr size_t kMaxPinnedChunks = 64;
   std::vector<ChunkRef> chunks;
+  std::vector<uint8_t> copy;
   std::vector<iovec> iov;
   size_t size = 0;
 };

@@ -79,27 +79,6 @@ void ReplyXattr(fuse_req_t req, const std::string& bytes, size_t size) {
   }
 }
 
-// A read's bytes, straight from the cached chunks (pinned by the caller until the reply is sent).
-// libfuse writes the reply with one writev of a header and the pieces, and writev takes at most
-// IOV_MAX of them: past that it fails, the reply is lost and the reader waits forever. A read
-// across that many chunks (tiny tensors of alternating dtypes each get a chunk) is gathered into
-// one buffer instead.
-void ReplyPieces(fuse_req_t req, const std::vector<iovec>& iov) {
-  if (iov.size() < IOV_MAX) {
-    fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
-    return;
-  }
-  size_t size = 0;
-  for (const iovec& v : iov) size += v.iov_len;
-  std::vector<char> buf(size);
-  size_t pos = 0;
-  for (const iovec& v : iov) {
-    std::memcpy(buf.data() + pos, v.iov_base, v.iov_len);
-    pos += v.iov_len;
-  }
-  fuse_reply_buf(req, buf.data(), buf.size());
-}
-
 }  // namespace
 
 // A directory's entries, listed once at opendir: offsets stay valid while it is read, whatever
@@ -254,7 +233,9 @@ void FileSystem::Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fu
     fuse_reply_buf(req, nullptr, 0);
     return;
   }
-  ReplyPieces(req, r->iov);
+  // (libfuse sends the reply as one writev of a header and the pieces: at most IOV_MAX of them.)
+  static_assert(ReadResult::kMaxPinnedChunks < IOV_MAX);
+  fuse_reply_iov(req, r->iov.data(), static_cast<int>(r->iov.size()));
 }
 
 void FileSystem::Release(fuse_req_t req, fuse_file_info* fi) {

@@ -10,6 +10,8 @@ namespace zipnn::fs {
 namespace {
 
 constexpr size_t kChunk = 4096;
+// What a chunk costs the cache: a buffer pool unit of kChunk, and its entry.
+constexpr size_t kCharge = kChunk + ChunkCache::kEntryBytes;
 
 index::ChunkHash Key(uint32_t n) {
   index::ChunkHash h{};
@@ -20,7 +22,7 @@ index::ChunkHash Key(uint32_t n) {
 class ScanTest : public ::testing::Test {
  protected:
   // Capacity for 16 chunks, of which at most 4 fully served.
-  ChunkCache cache_{16 * kChunk, 4 * kChunk};
+  ChunkCache cache_{16 * kCharge, 4 * kCharge};
   std::shared_ptr<BufferPool> pool_ = BufferPool::Create(kChunk, 0);
 
   ChunkLoader Loader(int* loads) {
@@ -38,7 +40,7 @@ TEST_F(ScanTest, FullyServedChunksBeyondTheBudgetAreEvictedFirst) {
     cache_.NoteServed(Key(k), kChunk);  // read through, as a sequential stream does
   }
   // Only the budget's worth of consumed chunks stays, well under the capacity.
-  EXPECT_EQ(cache_.stats().bytes, 4 * kChunk);
+  EXPECT_EQ(cache_.stats().bytes, 4 * kCharge);
   EXPECT_TRUE(cache_.Contains(Key(9)));
   EXPECT_FALSE(cache_.Contains(Key(0)));
 }
@@ -49,7 +51,7 @@ TEST_F(ScanTest, PartlyServedChunksStayCached) {
     ASSERT_TRUE(cache_.Get(Key(k), Loader(&loads)).ok());
     cache_.NoteServed(Key(k), kChunk / 2);  // random reads touch parts of chunks
   }
-  EXPECT_EQ(cache_.stats().bytes, 10 * kChunk);
+  EXPECT_EQ(cache_.stats().bytes, 10 * kCharge);
   for (uint32_t k = 0; k < 10; ++k) EXPECT_TRUE(cache_.Contains(Key(k))) << k;
 }
 
@@ -60,7 +62,7 @@ TEST_F(ScanTest, ConsumedChunksGoBeforeLiveOnesWhenFull) {
     ASSERT_TRUE(cache_.Get(Key(k), Loader(&loads)).ok());
     cache_.NoteServed(Key(k), kChunk);
   }
-  ASSERT_EQ(cache_.stats().bytes, 16 * kChunk);
+  ASSERT_EQ(cache_.stats().bytes, 16 * kCharge);
   // Over capacity: a consumed chunk goes, although the live ones were used less recently.
   ASSERT_TRUE(cache_.Get(Key(200), Loader(&loads)).ok());
   for (uint32_t k = 0; k < 12; ++k) EXPECT_TRUE(cache_.Contains(Key(k))) << k;

@@ -24,6 +24,8 @@ using namespace std::chrono_literals;
 constexpr auto kDeadline = 10s;
 // The cache charges a chunk the memory its buffer holds, whole pages: test chunks are a page.
 constexpr size_t kPage = 4096;
+// What a chunk of kPage bytes costs the cache (a buffer pool unit of kPage, and its entry).
+constexpr size_t kCharge = kPage + ChunkCache::kEntryBytes;
 
 index::ChunkHash Key(uint32_t n) {
   index::ChunkHash h{};
@@ -120,7 +122,7 @@ TEST_F(ChunkCacheTest, ConcurrentGetsOfOneKeyRunTheLoaderOnce) {
   EXPECT_EQ(s.misses, 1u);
   EXPECT_EQ(s.hits + s.joins, static_cast<uint64_t>(kThreads - 1));
   EXPECT_EQ(s.entries, 1u);
-  EXPECT_EQ(s.bytes, kPage);
+  EXPECT_EQ(s.bytes, kCharge);
 }
 
 TEST_F(ChunkCacheTest, WaitersOfAFailedLoadAllGetItsErrorAndNothingIsCached) {
@@ -179,7 +181,7 @@ TEST_F(ChunkCacheTest, FailedLoadIsRetriedByTheNextGet) {
 }
 
 TEST_F(ChunkCacheTest, LeastRecentlyUsedChunkIsEvictedFirst) {
-  ChunkCache cache(3 * kPage);
+  ChunkCache cache(3 * kCharge);
   int loads = 0;
   auto loader = [&](uint32_t tag) {
     return [&, tag]() -> Result<ChunkRef> {
@@ -197,7 +199,7 @@ TEST_F(ChunkCacheTest, LeastRecentlyUsedChunkIsEvictedFirst) {
   EXPECT_TRUE(cache.Contains(Key(4)));
   ChunkCacheStats s = cache.stats();
   EXPECT_EQ(s.evictions, 1u);
-  EXPECT_EQ(s.bytes, 3 * kPage) << "eviction frees the evicted chunk's bytes";
+  EXPECT_EQ(s.bytes, 3 * kCharge) << "eviction frees the evicted chunk's bytes";
   EXPECT_EQ(s.entries, 3u);
 
   // An evicted chunk is loaded again when asked for.
@@ -206,11 +208,11 @@ TEST_F(ChunkCacheTest, LeastRecentlyUsedChunkIsEvictedFirst) {
   EXPECT_TRUE(HoldsTag(*again, 2));
   EXPECT_EQ(loads, 5);
   s = cache.stats();
-  EXPECT_LE(s.bytes, 3 * kPage + kPage) << "only the chunk held by `again` may exceed capacity";
+  EXPECT_LE(s.bytes, 3 * kCharge + kCharge) << "only the chunk held by `again` may exceed capacity";
 }
 
 TEST_F(ChunkCacheTest, ChunkHeldByACallerIsNotEvicted) {
-  ChunkCache cache(2 * kPage);
+  ChunkCache cache(2 * kCharge);
   auto loader = [&](uint32_t tag) {
     return [&, tag]() -> Result<ChunkRef> { return MakeChunk(pool_, kPage, tag); };
   };
@@ -220,18 +222,18 @@ TEST_F(ChunkCacheTest, ChunkHeldByACallerIsNotEvicted) {
   EXPECT_TRUE(cache.Contains(Key(1))) << "a chunk in use was evicted";
   EXPECT_TRUE(HoldsTag(*held, 1)) << "a held chunk's memory was reused";
   EXPECT_TRUE(cache.Contains(Key(6)));
-  EXPECT_LE(cache.stats().bytes, 2 * kPage);
+  EXPECT_LE(cache.stats().bytes, 2 * kCharge);
   EXPECT_EQ(cache.stats().evictions, 4u);
 
   // Released, it becomes the least recently used chunk and the next load evicts it.
   held = Status::Io("released");
   ASSERT_TRUE(cache.Get(Key(7), loader(7)).ok());
   EXPECT_FALSE(cache.Contains(Key(1)));
-  EXPECT_LE(cache.stats().bytes, 2 * kPage);
+  EXPECT_LE(cache.stats().bytes, 2 * kCharge);
 }
 
 TEST_F(ChunkCacheTest, RunsOverCapacityOnlyWhileEveryChunkIsHeld) {
-  ChunkCache cache(kPage);
+  ChunkCache cache(kCharge);
   auto loader = [&](uint32_t tag) {
     return [&, tag]() -> Result<ChunkRef> { return MakeChunk(pool_, kPage, tag); };
   };
@@ -241,12 +243,12 @@ TEST_F(ChunkCacheTest, RunsOverCapacityOnlyWhileEveryChunkIsHeld) {
     ASSERT_TRUE(r.ok());
     held.push_back(*r);
   }
-  EXPECT_EQ(cache.stats().bytes, 4 * kPage);
+  EXPECT_EQ(cache.stats().bytes, 4 * kCharge);
   EXPECT_EQ(cache.stats().evictions, 0u);
   for (uint32_t k = 1; k <= 4; ++k) EXPECT_TRUE(HoldsTag(held[k - 1], k));
   held.clear();
   ASSERT_TRUE(cache.Get(Key(5), loader(5)).ok());
-  EXPECT_LE(cache.stats().bytes, kPage) << "released chunks must be evicted on the next load";
+  EXPECT_LE(cache.stats().bytes, kCharge) << "released chunks must be evicted on the next load";
   EXPECT_TRUE(cache.Contains(Key(5)));
 }
 
@@ -341,7 +343,7 @@ TEST(ChunkCacheMemoryTest, SmallChunksCostTheCacheTheMemoryTheyHold) {
 TEST_F(ChunkCacheTest, ConcurrentStressKeepsBytesAndAccountingRight) {
   constexpr int kThreads = 8, kGets = 3000, kKeys = 48;
   constexpr size_t kChunk = kPage;
-  ChunkCache cache(8 * kChunk);
+  ChunkCache cache(8 * kCharge);
   std::atomic<int> loads{0}, wrong{0}, errors{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
@@ -378,11 +380,11 @@ TEST_F(ChunkCacheTest, ConcurrentStressKeepsBytesAndAccountingRight) {
   EXPECT_EQ(wrong.load(), 0);
   const ChunkCacheStats s = cache.stats();
   EXPECT_EQ(s.hits + s.misses + s.joins, static_cast<uint64_t>(kThreads) * kGets);
-  EXPECT_EQ(s.bytes, s.entries * kChunk);
+  EXPECT_EQ(s.bytes, s.entries * kCharge);
   // Nothing is held any more: the next load brings the cache back within its capacity.
   ASSERT_TRUE(
       cache.Get(Key(1000), [&]() -> Result<ChunkRef> { return MakeChunk(pool_, kChunk, 1); }).ok());
-  EXPECT_LE(cache.stats().bytes, 8 * kChunk);
+  EXPECT_LE(cache.stats().bytes, 8 * kCharge);
   EXPECT_GE(static_cast<uint64_t>(loads.load()), s.misses + s.prefetched);
   EXPECT_GT(errors.load(), 0) << "the flaky keys should have failed sometimes";
 }

@@ -431,6 +431,27 @@ inline std::string Bf16Like(size_t bytes, uint64_t seed) {
   return out;
 }
 
+// A .safetensors file of `count` 1 KiB tensors, BF16 and F32 in turn: a chunk each (tensors of
+// another dtype share a chunk only under 1 KiB), so a 1 MiB read spans 1024 chunks or more.
+inline std::string AlternatingDtypeSafetensors(int count) {
+  std::string header = "{";
+  std::string data;
+  uint64_t state = 77;
+  for (int i = 0; i < count; ++i) {
+    const bool bf16 = i % 2 == 0;
+    if (i != 0) header += ",";
+    header += "\"t" + std::to_string(i) + "\":{\"dtype\":\"" + (bf16 ? "BF16" : "F32");
+    header += std::string("\",\"shape\":[") + (bf16 ? "512" : "256") + "],\"data_offsets\":[";
+    header += std::to_string(data.size()) + "," + std::to_string(data.size() + 1024) + "]}";
+    for (size_t b = 0; b < 1024; ++b) data += static_cast<char>(SplitMix64(state) % 8);
+  }
+  header += "}";
+  while (header.size() % 8 != 0) header += ' ';
+  std::string file(8, '\0');
+  for (int i = 0; i < 8; ++i) file[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  return file + header + data;
+}
+
 // A valid .safetensors file of BF16 tensors of the given element counts (odd sizes put tensor
 // and chunk boundaries in odd places).
 inline std::string SafetensorsBf16(const std::vector<uint64_t>& elements, uint64_t seed) {

@@ -50,6 +50,27 @@ TEST_F(FsTest, ManySmallFilesStayWithinTheCacheSize) {
   EXPECT_LT(peak, (16u << 20) + (64u << 20)) << "daemon peak RSS " << (peak >> 20) << " MiB";
 }
 
+// A read across many small chunks (1 KiB tensors of alternating dtypes): each chunk took a 256
+// KiB buffer unit and a read pinned every chunk it spanned, so the cache could evict none: one
+// file of 20 MB took a daemon with a 16 MiB cache to gigabytes (5 GB for 20k chunks of 40
+// bytes). Small chunks now hold their own size, and a read pins at most 64 chunks.
+TEST_F(FsTest, ReadsAcrossManySmallChunksStayWithinTheCacheSize) {
+  const std::string model = AlternatingDtypeSafetensors(20000);
+  const std::string store = Path("store");
+  Result<std::vector<std::vector<index::ChunkLocation>>> chunks =
+      BuildStore(store, {{"m.safetensors", model}}, 256 << 10);
+  ASSERT_TRUE(chunks.ok()) << chunks.status().message();
+  ASSERT_GT((*chunks)[0].size(), 20000u);
+  Mount m(store, MakeDir("mnt"), {"-o", "cache_size=16M"});
+  ASSERT_TRUE(m.ok()) << m.result().err;
+  ASSERT_GT(m.daemon_pid(), 0);
+  EXPECT_TRUE(ReadFile(m.Path("m.safetensors")) == model) << "wrong bytes";
+  const uint64_t peak = PeakRss(m.daemon_pid());
+  RecordProperty("daemon_vmhwm_mib", std::to_string(peak >> 20));
+  EXPECT_LT(peak, (16u << 20) + (64u << 20)) << "daemon peak RSS " << (peak >> 20) << " MiB";
+  EXPECT_TRUE(m.Unmount());
+}
+
 // Opening a model file reads its header (for tensor prefetch), and safetensors headers may be
 // 100 MiB. Read whole, every chunk of it stayed pinned at once, beyond the cache's capacity: a
 // 48 MiB header took a daemon with a 1 MiB cache to 171 MiB. Read a chunk at a time, the cache
