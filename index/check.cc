@@ -446,6 +446,7 @@ Result<StoreUsage> StoreImpl::GetStoreUsage() {
       }
       ++u.chunks;
       u.chunk_frame_bytes += c->frame_size;
+      u.referenced_frame_bytes += uint64_t{c->frame_size} * c->refcount;
       u.chunk_raw_bytes += c->raw_size;
     }
   }

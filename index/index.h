@@ -134,9 +134,10 @@ struct FileUsage {
 
 struct StoreUsage {
   uint64_t files = 0, directories = 0, symlinks = 0;
-  uint64_t logical_bytes = 0;      // sum of file sizes
-  uint64_t chunks = 0;             // distinct chunks with refcount > 0
-  uint64_t chunk_frame_bytes = 0;  // their frame bytes: what the files really take
+  uint64_t logical_bytes = 0;           // sum of file sizes
+  uint64_t chunks = 0;                  // distinct chunks with refcount > 0
+  uint64_t chunk_frame_bytes = 0;       // their frame bytes: what the files really take
+  uint64_t referenced_frame_bytes = 0;  // frame bytes times references: the files without dedup
   uint64_t chunk_raw_bytes = 0;
   uint64_t unreferenced_frame_bytes = 0;  // chunks at refcount 0, for gc (later)
   uint64_t pack_bytes = 0;                // committed bytes of all packs

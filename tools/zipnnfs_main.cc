@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -243,7 +244,12 @@ Status CollectFiles(Store& store, uint64_t ino, const std::string& path,
 
 int Stats(const std::string& store_dir, std::vector<std::string> paths, bool json) {
   // A mount point rather than a store: the live figures of its daemon.
-  if (!std::filesystem::exists(store_dir + "/FORMAT")) {
+  std::error_code ec;
+  if (!std::filesystem::exists(store_dir + "/FORMAT", ec)) {
+    if (ec.value() == ENOTCONN) {
+      return Fail(Status::Io(store_dir + ": a mount point whose daemon is gone (unmount it: " +
+                             "fusermount3 -u " + store_dir + ")"));
+    }
     Result<std::string> live = zipnn::fs::ReadMountStats(store_dir);
     if (live.ok()) {
       std::fputs(live->c_str(), stdout);
@@ -266,8 +272,13 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
   Result<StoreUsage> usage = (*store)->GetStoreUsage();
   if (!usage.ok()) return Fail(usage.status());
 
-  nlohmann::json jfiles = nlohmann::json::array();
+  // JSON goes out file by file: a document built whole took 2.9 KB per file (1.2 GB for 400k).
+  auto dump = [](const nlohmann::json& j, int indent) {
+    return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+  };
   uint64_t total_size = 0, total_stored = 0;
+  bool first = true;
+  if (json) std::printf("{\n  \"files\": [");
   if (!json) std::printf("%14s %14s %7s  %-24s %s\n", "size", "stored", "ratio", "dtypes", "path");
   for (const auto& [path, ino] : files) {
     Result<FileUsage> u = (*store)->GetFileUsage(ino);
@@ -292,32 +303,19 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
                            {"chunks", u->chunks},      {"ratio", Ratio(u->size, u->frame_bytes)},
                            {"raw_by_method", methods}, {"raw_by_dtype", dtypes}};
       PutJsonPath(jf, path);
-      jfiles.push_back(std::move(jf));
+      std::printf("%s\n    %s", std::exchange(first, false) ? "" : ",", dump(jf, -1).c_str());
     } else {
       std::printf("%14llu %14llu %7.3f  %-24s %s\n", static_cast<unsigned long long>(u->size),
                   static_cast<unsigned long long>(u->frame_bytes), Ratio(u->size, u->frame_bytes),
                   dtype_list.c_str(), path.c_str());
     }
   }
-  // Dedup savings, store-wide: what the files would take if no chunk were shared, minus what
-  // the distinct chunks take.
-  uint64_t all_stored = 0;
-  if (paths.size() == 1 && (paths[0] == "/" || paths[0].empty())) {
-    all_stored = total_stored;
-  } else {
-    std::vector<std::pair<std::string, uint64_t>> all;
-    Status st = CollectFiles(**store, kRootInode, "", all);
-    if (!st.ok()) return Fail(st);
-    for (const auto& f : all) {
-      Result<FileUsage> u = (*store)->GetFileUsage(f.second);
-      if (!u.ok()) return Fail(u.status());
-      all_stored += u->frame_bytes;
-    }
-  }
-  const uint64_t dedup_saved = all_stored - std::min(all_stored, usage->chunk_frame_bytes);
+  // Dedup savings, store-wide: what the files would take if no chunk were shared (each chunk's
+  // frame once per reference), minus what the distinct chunks take.
+  const uint64_t dedup_saved = usage->referenced_frame_bytes -
+                               std::min(usage->referenced_frame_bytes, usage->chunk_frame_bytes);
   if (json) {
-    nlohmann::json out = {{"files", jfiles},
-                          {"total",
+    nlohmann::json out = {{"total",
                            {{"size", total_size},
                             {"stored", total_stored},
                             {"ratio", Ratio(total_size, total_stored)}}},
@@ -332,7 +330,8 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
                             {"pack_bytes", usage->pack_bytes},
                             {"dedup_saved_bytes", dedup_saved},
                             {"ratio", Ratio(usage->logical_bytes, usage->pack_bytes)}}}};
-    std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    const std::string rest = dump(out, 2);  // "{\n  ...": the members after the files
+    std::printf("\n  ],%s\n", rest.c_str() + 1);
   } else {
     std::printf("%14llu %14llu %7.3f  %-24s total of %zu files\n",
                 static_cast<unsigned long long>(total_size),

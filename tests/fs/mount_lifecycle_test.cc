@@ -147,6 +147,10 @@ TEST_F(FsTest, StaleMountPointFailsClearly) {
   EXPECT_FALSE(again.ok());
   EXPECT_NE(again.result().err.find("fusermount3 -u"), std::string::npos)
       << "the message should say how to clear a stale mount: " << again.result().err;
+  // So does `zipnnfs stats` of it (it aborted on an uncaught filesystem_error).
+  const CommandResult stats = RunCommand(kZipnnfs, {"stats", dead.path()});
+  EXPECT_EQ(stats.exit_code, 1) << stats.err;
+  EXPECT_NE(stats.err.find("fusermount3 -u"), std::string::npos) << stats.err;
 }
 
 TEST_F(FsTest, SigtermUnmountsCleanly) {
