@@ -272,9 +272,12 @@ int MountMain(int argc, char** argv) {
     std::fprintf(stderr, "zipnnfs: mount point %s is not a directory\n", cmd.mountpoint);
     return 1;
   }
-  // Always read-only until writes are served; fsname shows the store in mount(8) and df.
+  // Always read-only until writes are served; fsname shows the store in mount(8) and df. Never
+  // set-id programs or device nodes from a store, however mounted: mount.fuse3, run by root for
+  // `mount -t fuse.zipnnfs` or fstab, passes "dev,suid", which these (last) override.
   const std::string mount_opts =
-      "-oro,default_permissions,fsname=zipnnfs:" + fs_opts.store_dir + ",subtype=zipnnfs";
+      "-oro,nosuid,nodev,default_permissions,fsname=zipnnfs:" + fs_opts.store_dir +
+      ",subtype=zipnnfs";
   if (fuse_opt_add_arg(&args, mount_opts.c_str()) != 0) return 1;
 
   const bool foreground = cmd.foreground || cmd.debug;
@@ -318,8 +321,10 @@ int MountMain(int argc, char** argv) {
   // is served read-only under a shared lock, which other such mounts share and which keeps
   // writers out (a ro bind mount may be writable by its original path).
   struct statvfs media;
+  // So is a store this user may not write (another user's): mounted by a service account, say.
   store_opts.writable =
-      !(::statvfs(fs_opts.store_dir.c_str(), &media) == 0 && (media.f_flag & ST_RDONLY));
+      !(::statvfs(fs_opts.store_dir.c_str(), &media) == 0 && (media.f_flag & ST_RDONLY)) &&
+      ::faccessat(AT_FDCWD, fs_opts.store_dir.c_str(), W_OK, AT_EACCESS) == 0;
   store_opts.shared_lock = !store_opts.writable;
   Result<std::unique_ptr<index::Store>> store = index::Store::Open(fs_opts.store_dir, store_opts);
   if (!store.ok()) {
@@ -347,7 +352,7 @@ int MountMain(int argc, char** argv) {
     return reporter.Fail("cannot mount on " + mountpoint);
   }
   spdlog::info("serving {} on {}{}", fs_opts.store_dir, mountpoint,
-               store_opts.writable ? "" : " (read-only media: shared lock)");
+               store_opts.writable ? "" : " (read-only store: shared lock)");
   spdlog::debug("cache_size {} bytes, prefetch {} chunks, workers {}, read_ahead_kb {}",
                 fs_opts.reader.cache_size, fs_opts.reader.prefetch,
                 workers != 0 ? workers : std::max(1u, std::thread::hardware_concurrency()),

@@ -8,7 +8,9 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -129,6 +131,30 @@ TEST_F(FsTest, BadMountPointsFailClearly) {
   EXPECT_TRUE(MountsUnder(dir_).empty());
   // No failed attempt left the store locked.
   EXPECT_TRUE(StoreUnlocked(store));
+}
+
+// Mounted as mount(8) does for root (`mount -t fuse.zipnnfs`, fstab: mount.fuse3 passes
+// "dev,suid"), the mount still honours no set-id bit or device node of the store: a set-uid program
+// imported from anywhere ran as root for any user.
+TEST_F(FsTest, MountsAreNosuidAndNodevHoweverAskedFor) {
+  const std::string store = Path("store");
+  ASSERT_TRUE(BuildStore(store, {{"f", "abc"}}, kChunk).ok());
+  Mount m(store, MakeDir("mnt"), {"-o", "dev,suid"});
+  ASSERT_TRUE(m.ok()) << m.result().err;
+  std::ifstream mounts("/proc/mounts");
+  std::string line, options;
+  while (std::getline(mounts, line)) {
+    std::istringstream fields(line);
+    std::string device, at, type;
+    fields >> device >> at >> type >> options;
+    if (at == m.path()) break;
+    options.clear();
+  }
+  ASSERT_FALSE(options.empty()) << m.path() << " not in /proc/mounts";
+  const std::string opts = "," + options + ",";
+  EXPECT_NE(opts.find(",nosuid,"), std::string::npos) << options;
+  EXPECT_NE(opts.find(",nodev,"), std::string::npos) << options;
+  EXPECT_TRUE(m.Unmount());
 }
 
 TEST_F(FsTest, StaleMountPointFailsClearly) {
