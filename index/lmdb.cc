@@ -66,7 +66,8 @@ bool Cursor::Get(MDB_val& key, MDB_val& value, MDB_cursor_op op, Status& st) {
 }
 
 Result<std::unique_ptr<Env>> Env::Open(const std::string& path, bool writable,
-                                       std::span<const char* const> names, size_t map_size) {
+                                       std::span<const char* const> names, size_t map_size,
+                                       bool no_lock) {
   std::unique_ptr<Env> env(new Env());
   env->writable_ = writable;
   if (names.size() > std::size(env->dbis_)) return Status::InvalidArgument("too many databases");
@@ -78,7 +79,7 @@ Result<std::unique_ptr<Env>> Env::Open(const std::string& path, bool writable,
   mdb_env_set_mapsize(env->env_, map_size);
   // NOTLS: read transactions are not tied to threads (FUSE requests hop between workers).
   unsigned flags = MDB_NOTLS;
-  if (!writable) flags |= MDB_RDONLY;
+  if (!writable) flags |= MDB_RDONLY | (no_lock ? MDB_NOLOCK : 0);
   rc = mdb_env_open(env->env_, path.c_str(), flags, 0644);
   if (rc != MDB_SUCCESS) return Error(rc, "open " + path);
 

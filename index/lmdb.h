@@ -81,9 +81,11 @@ class Env {
   // Opens (creating when writable) the environment in directory `path` and the named databases
   // `names` (their handles in dbis(), in the same order).
   // `map_size` is where a new environment starts (tests make it small to exercise growth).
+  // `no_lock` (read-only only): without LMDB's reader table in lock.mdb, for a reader that may
+  // not write it; the caller must keep every writer out meanwhile.
   static Result<std::unique_ptr<Env>> Open(const std::string& path, bool writable,
                                            std::span<const char* const> names,
-                                           size_t map_size = size_t{1} << 30);
+                                           size_t map_size = size_t{1} << 30, bool no_lock = false);
   ~Env();
 
   MDB_dbi dbi(size_t i) const { return dbis_[i]; }

@@ -231,8 +231,23 @@ Status StoreImpl::OpenImpl() {
     }
     registered_path_ = real;
   }
+  // A reader that may not write LMDB's lock file (a store owned by another user) reads without
+  // LMDB's reader table, holding the store's shared lock instead, which keeps writers out.
+  const std::string lmdb_lock = dir_ + "/index/lock.mdb";
+  const bool no_lock = !opts_.writable &&
+                       ::faccessat(AT_FDCWD, lmdb_lock.c_str(), W_OK, AT_EACCESS) != 0 &&
+                       errno == EACCES;
+  if (no_lock && !lock_fd_.valid()) {
+    Result<UniqueFd> lock = LockStore(dir_, /*shared=*/true);
+    if (!lock.ok()) return lock.status();
+    if (!lock->valid()) {
+      return Status::FromErrno(
+          EACCES, dir_ + ": neither " + lmdb_lock + " may be written nor LOCK be read");
+    }
+    lock_fd_ = std::move(*lock);
+  }
   Result<std::unique_ptr<lmdb::Env>> env =
-      lmdb::Env::Open(dir_ + "/index", opts_.writable, kDbNames);
+      lmdb::Env::Open(dir_ + "/index", opts_.writable, kDbNames, size_t{1} << 30, no_lock);
   if (!env.ok()) return Status(env.status().code(), dir_ + ": " + env.status().message());
   env_ = std::move(*env);
   {

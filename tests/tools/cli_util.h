@@ -2,6 +2,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -76,9 +77,10 @@ class TempDirTest : public ::testing::Test {
   std::string Path(const std::string& name) const { return dir_ + "/" + name; }
 
   // Runs `binary` with `args`, capturing how it ended, stdout and stderr; with `timeout_seconds`,
-  // killed (SIGALRM, kept across exec) after that long.
+  // killed (SIGALRM, kept across exec) after that long; with `as_user`, as that user and group
+  // (the test must run as root).
   ToolRun RunTool(const char* binary, const std::vector<std::string>& args,
-                  unsigned timeout_seconds = 0) {
+                  unsigned timeout_seconds = 0, uid_t as_user = 0) {
     const std::string out_path = Path(".stdout"), err_path = Path(".stderr");
     pid_t pid = ::fork();
     if (pid == 0) {
@@ -90,6 +92,10 @@ class TempDirTest : public ::testing::Test {
       for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
       if (timeout_seconds != 0) ::alarm(timeout_seconds);
+      if (as_user != 0 &&
+          (::setgroups(0, nullptr) != 0 || ::setgid(as_user) != 0 || ::setuid(as_user) != 0)) {
+        ::_exit(126);
+      }
       ::execv(binary, argv.data());
       ::_exit(127);
     }

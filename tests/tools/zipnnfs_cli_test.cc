@@ -111,6 +111,28 @@ TEST_F(ZipnnfsCliTest, ImportExportCatStats) {
   EXPECT_EQ(text.out.find("/models/"), std::string::npos) << text.out;
 }
 
+// A user who may read a store but not write it (a store owned by root, read by a service account)
+// can still use the read-only tools: LMDB's lock file is not theirs to write, so the store is
+// read under its shared lock instead ("lmdb open .../index: Permission denied" before).
+TEST_F(ZipnnfsCliTest, ReadOnlyToolsWorkForAUserWhoCannotWriteTheStore) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run the tool as another user";
+  constexpr uid_t kNobody = 65534;
+  ASSERT_EQ(Run({"init", store_}).exit_code, 0);
+  const std::string model = MakeModelDir();
+  ASSERT_EQ(Run({"import", store_, model, "--to", "/m"}).exit_code, 0);
+  fs::permissions(dir_, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                            fs::perms::others_read | fs::perms::others_exec);
+  test::ToolRun cat = RunTool(ZIPNNFS_BINARY, {"cat", store_, "/m/model/config.json"}, 60, kNobody);
+  EXPECT_EQ(cat.exit_code, 0) << cat.how << ": " << cat.err;
+  EXPECT_EQ(cat.out, test::ReadAll(model + "/config.json"));
+  for (const char* tool : {"stats", "fsck"}) {
+    test::ToolRun r = RunTool(ZIPNNFS_BINARY, {tool, store_}, 60, kNobody);
+    EXPECT_EQ(r.exit_code, 0) << tool << ": " << r.how << ": " << r.err;
+  }
+  // It holds the store's shared lock meanwhile; writers still get the store afterwards.
+  EXPECT_EQ(Run({"import", store_, model, "--to", "/again"}).exit_code, 0);
+}
+
 TEST_F(ZipnnfsCliTest, FsckNamesDamageAndRepairRemovesIt) {
   const std::string model = MakeModelDir();
   ASSERT_EQ(Run({"init", store_}).exit_code, 0);
