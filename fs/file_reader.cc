@@ -74,7 +74,7 @@ void FileReader::ReturnContext(std::unique_ptr<DecodeContext> ctx) {
   contexts_.push_back(std::move(ctx));
 }
 
-Result<ChunkRef> FileReader::LoadChunk(const index::ChunkLocation& loc) {
+Result<ChunkRef> FileReader::LoadChunk(uint64_t ino, const index::ChunkLocation& loc) {
   const uint64_t start = NowNs();
   std::unique_ptr<DecodeContext> ctx = TakeContext();
   std::vector<uint8_t>& frame = ctx->frame;
@@ -87,16 +87,19 @@ Result<ChunkRef> FileReader::LoadChunk(const index::ChunkLocation& loc) {
   if (st.ok()) st = index::VerifyChunk(loc, {chunk->data(), chunk->size()});
   ReturnContext(std::move(ctx));
   if (!st.ok()) {
-    bad_chunk_count_.fetch_add(1, std::memory_order_relaxed);
     const std::string key = Hex(loc.hash);
     bool first;
     {
       std::lock_guard lock(mu_);
       first = bad_chunks_.size() < 100000 && bad_chunks_.insert(key).second;
     }
-    if (first) {
-      spdlog::error("chunk {} (pack {} offset {}, {} bytes of a file at offset {}): {}", key,
-                    loc.pack_id, loc.pack_offset, loc.raw_size, loc.file_offset, st.message());
+    if (first) {  // (counted once, like the log line; read_errors counts the failed reads)
+      bad_chunk_count_.fetch_add(1, std::memory_order_relaxed);
+      spdlog::error(
+          "chunk {} (pack {} offset {}), bytes {}..{} of inode {}: {} (zipnnfs fsck "
+          "names the files)",
+          key, loc.pack_id, loc.pack_offset, loc.file_offset, loc.file_offset + loc.raw_size, ino,
+          st.message());
     }
     return st;
   }
@@ -143,7 +146,7 @@ Result<ReadResult> FileReader::Read(uint64_t ino, uint64_t offset, size_t size,
   for (const index::ChunkLocation& c : *chunks) {
     const uint64_t c_end = c.file_offset + c.raw_size;
     if (c.file_offset > covered || c_end <= covered) break;  // a gap: reported below
-    Result<ChunkRef> ref = cache_.Get(c.hash, [&] { return LoadChunk(c); });
+    Result<ChunkRef> ref = cache_.Get(c.hash, [&] { return LoadChunk(ino, c); });
     if (!ref.ok()) {
       read_errors_.fetch_add(1, std::memory_order_relaxed);
       return Status(ref.status().code(), "bytes " + std::to_string(c.file_offset) + ".." +
@@ -176,7 +179,7 @@ void FileReader::Fetch(uint64_t ino, uint64_t begin, uint64_t end) {
   Result<std::vector<index::ChunkLocation>> chunks = store_.ChunksInRange(ino, begin, end - begin);
   if (!chunks.ok()) return;  // the file is gone: nothing to prefetch
   for (const index::ChunkLocation& c : *chunks) {
-    cache_.Prefetch(c.hash, [&] { return LoadChunk(c); });
+    cache_.Prefetch(c.hash, [&] { return LoadChunk(ino, c); });
   }
 }
 

@@ -73,7 +73,7 @@ class FileReader {
   };
   std::unique_ptr<DecodeContext> TakeContext();
   void ReturnContext(std::unique_ptr<DecodeContext> ctx);
-  Result<ChunkRef> LoadChunk(const index::ChunkLocation& loc);
+  Result<ChunkRef> LoadChunk(uint64_t ino, const index::ChunkLocation& loc);
   void Fetch(uint64_t ino, uint64_t begin, uint64_t end);  // a prefetch job
   void PrefetchTensor(uint64_t ino, uint64_t offset, uint64_t file_size);
   Status ReadBytes(uint64_t ino, uint64_t offset, std::span<uint8_t> out, uint64_t file_size);
