@@ -86,10 +86,15 @@ void PutJsonPath(nlohmann::json& j, const std::string& path) {
 }
 
 // CLI11 reads "-1" as 2^64 - 1 and saturates out-of-range numbers: byte counts are checked
-// as plain decimal numbers that fit in 64 bits first.
+// as plain decimal numbers that fit in 64 bits, or sizes such as 4K or 1M (as zipnn cat takes
+// them), rewritten as plain numbers, first.
 const CLI::Validator kByteCount(
     [](std::string& s) -> std::string {
-      return ParseDecimal(s) ? std::string() : "not a byte count (0 to 18446744073709551615): " + s;
+      if (ParseDecimal(s)) return std::string();
+      const std::optional<uint64_t> size = ParseSize(s);
+      if (!size) return "not a byte count (e.g. 4096, 4K, 1M; at most 2^64 - 1): " + s;
+      s = std::to_string(*size);
+      return std::string();
     },
     "BYTES");
 
@@ -454,9 +459,9 @@ int main(int argc, char** argv) {
   CLI::App* cat = app.add_subcommand("cat", "Write bytes of store file PATH to stdout");
   cat->add_option("STORE", store_dir, "Store directory")->required();
   cat->add_option("PATH", path, "Store path of a file")->required();
-  cat->add_option("--offset", offset, "First byte")->check(kByteCount)->capture_default_str();
+  cat->add_option("--offset", offset, "First byte")->transform(kByteCount)->capture_default_str();
   CLI::Option* length_opt =
-      cat->add_option("--length", length, "Bytes (default: to the end)")->check(kByteCount);
+      cat->add_option("--length", length, "Bytes (default: to the end)")->transform(kByteCount);
 
   std::vector<std::string> stat_paths;
   bool json = false;

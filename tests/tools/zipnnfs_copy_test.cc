@@ -95,7 +95,7 @@ TEST_F(ZipnnfsCopyTest, ImportOfATreeHoldingTheStoreSkipsIt) {
 }
 
 // Negative or too large byte counts are usage errors (CLI11 alone wraps "-1" to 2^64 - 1), and
-// a length running past 2^64 means "to the end", not an empty range.
+// a length running past 2^64 means "to the end", not an empty range. Sizes such as 1K work too.
 TEST_F(ZipnnfsCopyTest, CatByteCountsAreStrict) {
   std::ofstream(Path("f")) << "0123456789";
   ASSERT_EQ(Run({"import", store_, Path("f"), "-q"}).exit_code, 0);
@@ -116,6 +116,7 @@ TEST_F(ZipnnfsCopyTest, CatByteCountsAreStrict) {
   EXPECT_EQ(rest.out, "3456789");
   EXPECT_EQ(Run({"cat", store_, "/f", "--offset", "8", "--length", "5"}).out, "89");
   EXPECT_EQ(Run({"cat", store_, "/f", "--offset", "18446744073709551615"}).out, "");
+  EXPECT_EQ(Run({"cat", store_, "/f", "--length", "1K"}).out, "0123456789") << "sizes as zipnn's";
 }
 
 // Linux names are bytes; JSON holds Unicode. stats --json must stay valid JSON (it aborted) and
