@@ -424,7 +424,6 @@ int main(int argc, char** argv) {
     return zipnn::fs::MountMain(argc - 1, argv + 1);
   }
   CLI::App app{"zipnnfs: a store of losslessly compressed AI model files", "zipnnfs"};
-  app.footer(zipnn::fs::MountUsage());
   app.set_version_flag("--version", "zipnnfs " ZIPNN_VERSION);
   app.require_subcommand(1);
 
@@ -466,8 +465,10 @@ int main(int argc, char** argv) {
   std::vector<std::string> stat_paths;
   bool json = false;
   CLI::App* stats = app.add_subcommand(
-      "stats", "Per file size, stored size, ratio and dtypes; totals and dedup savings");
-  stats->add_option("STORE", store_dir, "Store directory")->required();
+      "stats",
+      "Per file size, stored size, ratio and dtypes; totals and dedup savings. Given a mount "
+      "point instead of a store: its daemon's live figures (JSON)");
+  stats->add_option("STORE", store_dir, "Store directory, or a mount point")->required();
   stats->add_option("PATH", stat_paths, "Store paths (default: everything)");
   stats->add_flag("--json", json, "Machine-readable output");
 
@@ -502,6 +503,8 @@ int main(int argc, char** argv) {
 
   // Anything else with a store and a mount point: the sshfs form, `zipnnfs STORE MOUNTPOINT`,
   // options anywhere (`zipnnfs -f -o cache_size=2G STORE MOUNTPOINT`, as sshfs takes them).
+  // (Set after the subcommands, which would otherwise each repeat it in their --help.)
+  app.footer(zipnn::fs::MountUsage());
   const auto is_subcommand = [&](const CLI::App* sub) { return sub->get_name() == argv[1]; };
   const std::string_view first = argc >= 2 ? argv[1] : "";
   const bool help = first == "-h" || first == "--help" || first == "--version";
