@@ -68,10 +68,10 @@ Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out);
 Status WriteFull(int fd, std::span<const uint8_t> bytes);
 Status PwriteFull(int fd, uint64_t offset, std::span<const uint8_t> bytes);
 
-// Whether a file's blocks cover less than its size: it may have holes (as cp's --sparse=auto
-// judges). Reading a hole makes the kernel allocate and clear page-cache pages for it (measured:
-// importing a file of 6 GiB of holes took 19 s of system time), so such files read through
-// PreadSparse.
+// Whether a file's blocks cover less than half its size: it has holes, most likely (cp's
+// --sparse=auto asks for less than all). Reading a hole makes the kernel allocate and clear
+// page-cache pages for it (measured: importing a file of 6 GiB of holes took 19 s of system time),
+// so such files read through PreadSparse.
 bool MayHaveHoles(int fd);
 // PreadFull, except that a range wholly inside a hole comes back as zeros without a read.
 Status PreadSparse(int fd, uint64_t offset, std::span<uint8_t> out);

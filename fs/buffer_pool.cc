@@ -57,7 +57,9 @@ std::unique_ptr<BufferPool::Buffer> BufferPool::Get(size_t size) {
   if (size <= unit_ / 8) {
     auto* data = new (std::nothrow) uint8_t[std::max<size_t>(size, 1)];
     if (data == nullptr) return nullptr;
-    return std::unique_ptr<Buffer>(new Buffer(shared_from_this(), data, size, 0));
+    auto* b = new (std::nothrow) Buffer(shared_from_this(), data, size, 0);
+    if (b == nullptr) delete[] data;
+    return std::unique_ptr<Buffer>(b);
   }
   const size_t mapped = size <= unit_ ? unit_ : size;
   uint8_t* data = nullptr;
@@ -70,7 +72,9 @@ std::unique_ptr<BufferPool::Buffer> BufferPool::Get(size_t size) {
     if (Short()) refill_cv_.notify_one();
   }
   if (data == nullptr && (data = MapBuffer(mapped)) == nullptr) return nullptr;
-  return std::unique_ptr<Buffer>(new Buffer(shared_from_this(), data, size, mapped));
+  auto* b = new (std::nothrow) Buffer(shared_from_this(), data, size, mapped);
+  if (b == nullptr) Put(data, mapped);
+  return std::unique_ptr<Buffer>(b);
 }
 
 bool BufferPool::FillReserve() {

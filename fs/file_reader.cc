@@ -90,11 +90,14 @@ Result<ChunkRef> FileReader::LoadChunk(uint64_t ino, const index::ChunkLocation&
     const std::string key = Hex(loc.hash);
     bool first;
     {
+      // Counted once per chunk, like the log line (read_errors counts the failed reads); past
+      // the set's cap (memory), every failure counts.
       std::lock_guard lock(mu_);
-      first = bad_chunks_.size() < 100000 && bad_chunks_.insert(key).second;
+      first = bad_chunks_.count(key) == 0;
+      if (first && bad_chunks_.size() < 100000) bad_chunks_.insert(key);
     }
-    if (first) {  // (counted once, like the log line; read_errors counts the failed reads)
-      bad_chunk_count_.fetch_add(1, std::memory_order_relaxed);
+    if (first) bad_chunk_count_.fetch_add(1, std::memory_order_relaxed);
+    if (first) {
       spdlog::error(
           "chunk {} (pack {} offset {}), bytes {}..{} of inode {}: {} (zipnnfs fsck "
           "names the files)",

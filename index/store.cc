@@ -231,12 +231,15 @@ Status StoreImpl::OpenImpl() {
     }
     registered_path_ = real;
   }
-  // A reader that may not write LMDB's lock file (a store owned by another user) reads without
-  // LMDB's reader table, holding the store's shared lock instead, which keeps writers out.
+  // A reader that may not write LMDB's lock file (a store owned by another user, or on read-only
+  // media; or create it, where a backup left it out) reads without LMDB's reader table, holding
+  // the store's shared lock instead, which keeps writers out.
   const std::string lmdb_lock = dir_ + "/index/lock.mdb";
-  const bool no_lock = !opts_.writable &&
-                       ::faccessat(AT_FDCWD, lmdb_lock.c_str(), W_OK, AT_EACCESS) != 0 &&
-                       errno == EACCES;
+  auto may_write = [](const std::string& path) {
+    return ::faccessat(AT_FDCWD, path.c_str(), W_OK, AT_EACCESS) == 0;
+  };
+  const bool no_lock =
+      !opts_.writable && !may_write(lmdb_lock) && !(errno == ENOENT && may_write(dir_ + "/index"));
   if (no_lock && !lock_fd_.valid()) {
     Result<UniqueFd> lock = LockStore(dir_, /*shared=*/true);
     if (!lock.ok()) return lock.status();

@@ -287,7 +287,14 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
   if (!json) std::printf("%14s %14s %7s  %-24s %s\n", "size", "stored", "ratio", "dtypes", "path");
   for (const auto& [path, ino] : files) {
     Result<FileUsage> u = (*store)->GetFileUsage(ino);
-    if (!u.ok()) return Fail(u.status());
+    if (!u.ok()) {
+      // The files so far are out: close the document, with the error, so it still parses.
+      if (json) {
+        const nlohmann::json e = {{"error", path + ": " + u.status().message()}};
+        std::printf("\n  ],%s\n", dump(e, 2).c_str() + 1);
+      }
+      return Fail(Status(u.status().code(), path + ": " + u.status().message()));
+    }
     total_size += u->size;
     total_stored += u->frame_bytes;
     nlohmann::json methods = nlohmann::json::object(), dtypes = nlohmann::json::object();

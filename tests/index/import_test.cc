@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -263,6 +264,27 @@ TEST_F(ImportTest, HolesOfSparseFilesAreNotRead) {
     }
     EXPECT_TRUE(got == want) << "at " << off;
   }
+  // A file that ends in a hole (no data past the chunk: lseek says ENXIO).
+  {
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_TRUNC));
+    ASSERT_TRUE(fd.valid());
+    ASSERT_TRUE(PwriteFull(fd.get(), 0, data).ok());
+    ASSERT_EQ(::ftruncate(fd.get(), kSize), 0);
+  }
+  const int fd2 = ::open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd2, 0);
+  Result<AddResult> r2 = store->AddFile(kRootInode, "ends-in-a-hole", fd2, {});
+  ::close(fd2);
+  ASSERT_TRUE(r2.ok()) << r2.status().ToString();
+  Result<InodeAttr> b = store->LookupPath("/ends-in-a-hole");
+  ASSERT_TRUE(b.ok());
+  ASSERT_EQ(b->size, static_cast<uint64_t>(kSize));
+  ASSERT_EQ(*store->Read(b->ino, 0, got), got.size());
+  std::fill(want.begin(), want.end(), 0);
+  std::copy(data.begin(), data.end(), want.begin());
+  EXPECT_TRUE(got == want);
+  ASSERT_EQ(*store->Read(b->ino, kSize - got.size(), got), got.size());
+  EXPECT_TRUE(std::all_of(got.begin(), got.end(), [](uint8_t c) { return c == 0; }));
   ExpectClean(*store);
 }
 

@@ -204,6 +204,18 @@ TEST_F(ZipnnCliTest, HolesStayHoles) {
   ASSERT_EQ(::stat(Path("restored").c_str(), &st), 0);
   EXPECT_EQ(st.st_size, kSize);
   EXPECT_LT(st.st_blocks * 512, kSize / 8) << "the zeros were written out";
+  // A file that ends in a hole keeps its size (nothing is written there to make it).
+  {
+    UniqueFd fd(::open(sparse.c_str(), O_WRONLY | O_TRUNC));
+    ASSERT_TRUE(fd.valid());
+    ASSERT_EQ(::pwrite(fd.get(), "hello", 5, 0), 5);
+    ASSERT_EQ(::ftruncate(fd.get(), kSize), 0);
+  }
+  ASSERT_EQ(Zipnn({"compress", "-q", "-f", sparse, "-o", Path("s.znn")}).exit_code, 0);
+  ASSERT_EQ(Zipnn({"decompress", "-q", "-f", Path("s.znn"), "-o", Path("restored")}).exit_code, 0);
+  ASSERT_EQ(::stat(Path("restored").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, kSize);
+  EXPECT_TRUE(test::ReadAll(sparse) == test::ReadAll(Path("restored")));
 }
 
 // Outputs whose names are up to NAME_MAX (255) bytes long: the temporary file's name, the

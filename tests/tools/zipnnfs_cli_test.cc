@@ -1,8 +1,10 @@
 // Tests of the zipnnfs store tool, run as a separate process like a user would.
 #include <fcntl.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -111,6 +113,52 @@ TEST_F(ZipnnfsCliTest, ImportExportCatStats) {
   EXPECT_EQ(text.out.find("/models/"), std::string::npos) << text.out;
 }
 
+// `zipnnfs cat STORE PATH` (as user `as_user`, unless 0) writing into a pipe nobody reads until
+// Finish: started() once it wrote its first byte, with the store open; a file larger than the
+// pipe keeps it there, store open, until Finish reads the rest (no sleeps).
+class PipedCat {
+ public:
+  PipedCat(const std::string& store, const std::string& path, uid_t as_user) {
+    int fds[2];
+    if (::pipe(fds) != 0) return;
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(fds[1], STDOUT_FILENO);
+      ::close(fds[0]);
+      if (as_user == 0 ||
+          (::setgroups(0, nullptr) == 0 && ::setgid(as_user) == 0 && ::setuid(as_user) == 0)) {
+        ::execl(ZIPNNFS_BINARY, ZIPNNFS_BINARY, "cat", store.c_str(), path.c_str(),
+                static_cast<char*>(nullptr));
+      }
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    fd_ = fds[0];
+    char first;
+    if (pid_ > 0 && ::read(fd_, &first, 1) == 1) got_.assign(1, first);
+  }
+  ~PipedCat() { Finish(); }
+  bool started() const { return !got_.empty(); }
+  // Everything it wrote, once it has exited 0 (else empty).
+  std::string Finish() {
+    if (fd_ < 0) return ok_ ? got_ : std::string();
+    char buf[65536];
+    for (ssize_t n; (n = ::read(fd_, buf, sizeof buf)) > 0;) got_.append(buf, n);
+    ::close(fd_);
+    fd_ = -1;
+    int status = 0;
+    ok_ = pid_ > 0 && ::waitpid(pid_, &status, 0) == pid_ && WIFEXITED(status) &&
+          WEXITSTATUS(status) == 0;
+    return ok_ ? got_ : std::string();
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int fd_ = -1;
+  bool ok_ = false;
+  std::string got_;
+};
+
 // A user who may read a store but not write it (a store owned by root, read by a service account)
 // can still use the read-only tools: LMDB's lock file is not theirs to write, so the store is
 // read under its shared lock instead ("lmdb open .../index: Permission denied" before).
@@ -129,7 +177,46 @@ TEST_F(ZipnnfsCliTest, ReadOnlyToolsWorkForAUserWhoCannotWriteTheStore) {
     test::ToolRun r = RunTool(ZIPNNFS_BINARY, {tool, store_}, 60, kNobody);
     EXPECT_EQ(r.exit_code, 0) << tool << ": " << r.how << ": " << r.err;
   }
-  // It holds the store's shared lock meanwhile; writers still get the store afterwards.
+  // Without LMDB's lock file (a backup may leave it out), which such a user cannot create.
+  fs::rename(store_ + "/index/lock.mdb", Path("lock.mdb"));
+  test::ToolRun stats = RunTool(ZIPNNFS_BINARY, {"stats", store_}, 60, kNobody);
+  EXPECT_EQ(stats.exit_code, 0) << stats.how << ": " << stats.err;
+  fs::rename(Path("lock.mdb"), store_ + "/index/lock.mdb");
+
+  // It reads under the store's shared lock: a writer is refused while it reads, and gets the
+  // store once it is done.
+  PipedCat reader(store_, "/m/model/a.safetensors", kNobody);
+  ASSERT_TRUE(reader.started());
+  test::ToolRun busy = Run({"import", store_, model, "--to", "/again"});
+  EXPECT_EQ(busy.exit_code, 1) << busy.err;
+  EXPECT_NE(busy.err.find("locked"), std::string::npos) << busy.err;
+  EXPECT_TRUE(reader.Finish() == test::ReadAll(model + "/a.safetensors"));
+  EXPECT_EQ(Run({"import", store_, model, "--to", "/again"}).exit_code, 0);
+}
+
+// A store read through a read-only bind mount (read-only media, as a shared volume): a tool
+// reading it there takes the store's shared lock, so a writer by the writable path waits its
+// turn (it ran meanwhile, and could reuse pages the reader still read: LMDB keeps no reader
+// table on read-only media).
+TEST_F(ZipnnfsCliTest, ReadersThroughReadOnlyMediaKeepWritersOut) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to bind-mount";
+  ASSERT_EQ(Run({"init", store_}).exit_code, 0);
+  const std::string model = MakeModelDir();
+  ASSERT_EQ(Run({"import", store_, model, "--to", "/m"}).exit_code, 0);
+  const std::string ro = Path("ro");
+  fs::create_directories(ro);
+  ASSERT_EQ(::mount(store_.c_str(), ro.c_str(), nullptr, MS_BIND, nullptr), 0);
+  struct Unmount {
+    std::string at;
+    ~Unmount() { ::umount2(at.c_str(), MNT_DETACH); }
+  } unmount{ro};
+  ASSERT_EQ(::mount(nullptr, ro.c_str(), nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY, nullptr), 0);
+  PipedCat reader(ro, "/m/model/a.safetensors", 0);
+  ASSERT_TRUE(reader.started());
+  test::ToolRun busy = Run({"import", store_, model, "--to", "/again"});
+  EXPECT_EQ(busy.exit_code, 1) << busy.err;
+  EXPECT_NE(busy.err.find("locked"), std::string::npos) << busy.err;
+  EXPECT_TRUE(reader.Finish() == test::ReadAll(model + "/a.safetensors"));
   EXPECT_EQ(Run({"import", store_, model, "--to", "/again"}).exit_code, 0);
 }
 

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
@@ -241,6 +242,26 @@ TEST_F(ZipnnfsHostileTest, ChunkPointingAtAnotherFrameFailsCat) {
   EXPECT_TRUE(FailedWithMessage(fsck));
   EXPECT_NE(fsck.out.find("/src/x.bin"), std::string::npos) << Show(fsck);
   EXPECT_EQ(fsck.out.find("/src/y.bin"), std::string::npos) << Show(fsck);
+}
+
+// A file whose chunk record is gone, met by stats --json after others were written out: the
+// error is reported (exit 1) and the document still parses, with the error in it (it was cut
+// off mid-array).
+TEST_F(ZipnnfsHostileTest, StatsJsonOfADamagedFileStaysValidJson) {
+  {
+    damage::IndexEditor ed(store_);
+    ASSERT_TRUE(ed.ok()) << ed.error();
+    const uint64_t y = damage::LookupIno(ed, "/src/y.bin");
+    ASSERT_NE(y, 0u);
+    ASSERT_TRUE(ed.Del("chunks", damage::ChunkKeyAt(ed, y, 0)));
+  }
+  CliRun stats = Zipnnfs({"stats", "--json", store_});
+  EXPECT_TRUE(FailedWithMessage(stats));
+  EXPECT_NE(stats.err.find("/src/y.bin"), std::string::npos) << Show(stats);
+  const nlohmann::json j = nlohmann::json::parse(stats.out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(j.is_discarded()) << "not JSON: " << stats.out;
+  EXPECT_NE(j.value("error", "").find("/src/y.bin"), std::string::npos) << stats.out;
+  EXPECT_TRUE(j["files"].is_array());
 }
 
 // The next-inode counter lowered to /src/a.txt's inode: an import must fail, not take that
