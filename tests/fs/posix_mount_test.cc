@@ -25,8 +25,6 @@
 namespace zipnn::test {
 namespace {
 
-// A .safetensors file of `count` one-element tensors, BF16 and F32 in turn: no chunk mixes
-// dtypes, so every tensor is a chunk of its own, 2 or 4 bytes long.
 // A read's reply is written with one writev of a header and one piece per chunk: a read across
 // IOV_MAX chunks or more failed to be written ("fuse: writing device: Invalid argument"), so the
 // kernel never got a reply and the reader hung (in D state with O_DIRECT). (Such reads now copy

@@ -44,6 +44,12 @@ class ZipnnfsCliTest : public test::ZipnnfsToolTest {
     fs::create_symlink("sub/b.safetensors", m + "/b_link");
     return m;
   }
+
+  // While `zipnnfs cat` (as `user`, unless 0) reads /m/model/a.safetensors of the store at
+  // `read_store` (store_, or a view of it), an import of `model` into store_ is refused; once
+  // the reader is done, it goes through.
+  void ExpectReaderKeepsWritersOut(const std::string& read_store, uid_t user,
+                                   const std::string& model);
 };
 
 TEST_F(ZipnnfsCliTest, ImportExportCatStats) {
@@ -159,6 +165,17 @@ class PipedCat {
   std::string got_;
 };
 
+void ZipnnfsCliTest::ExpectReaderKeepsWritersOut(const std::string& read_store, uid_t user,
+                                                 const std::string& model) {
+  PipedCat reader(read_store, "/m/model/a.safetensors", user);
+  ASSERT_TRUE(reader.started());
+  test::ToolRun busy = Run({"import", store_, model, "--to", "/again"});
+  EXPECT_EQ(busy.exit_code, 1) << busy.err;
+  EXPECT_NE(busy.err.find("locked"), std::string::npos) << busy.err;
+  EXPECT_TRUE(reader.Finish() == test::ReadAll(model + "/a.safetensors"));
+  EXPECT_EQ(Run({"import", store_, model, "--to", "/again"}).exit_code, 0);
+}
+
 // A user who may read a store but not write it (a store owned by root, read by a service account)
 // can still use the read-only tools: LMDB's lock file is not theirs to write, so the store is
 // read under its shared lock instead ("lmdb open .../index: Permission denied" before).
@@ -185,13 +202,7 @@ TEST_F(ZipnnfsCliTest, ReadOnlyToolsWorkForAUserWhoCannotWriteTheStore) {
 
   // It reads under the store's shared lock: a writer is refused while it reads, and gets the
   // store once it is done.
-  PipedCat reader(store_, "/m/model/a.safetensors", kNobody);
-  ASSERT_TRUE(reader.started());
-  test::ToolRun busy = Run({"import", store_, model, "--to", "/again"});
-  EXPECT_EQ(busy.exit_code, 1) << busy.err;
-  EXPECT_NE(busy.err.find("locked"), std::string::npos) << busy.err;
-  EXPECT_TRUE(reader.Finish() == test::ReadAll(model + "/a.safetensors"));
-  EXPECT_EQ(Run({"import", store_, model, "--to", "/again"}).exit_code, 0);
+  ExpectReaderKeepsWritersOut(store_, kNobody, model);
 }
 
 // A store read through a read-only bind mount (read-only media, as a shared volume): a tool
@@ -211,13 +222,7 @@ TEST_F(ZipnnfsCliTest, ReadersThroughReadOnlyMediaKeepWritersOut) {
     ~Unmount() { ::umount2(at.c_str(), MNT_DETACH); }
   } unmount{ro};
   ASSERT_EQ(::mount(nullptr, ro.c_str(), nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY, nullptr), 0);
-  PipedCat reader(ro, "/m/model/a.safetensors", 0);
-  ASSERT_TRUE(reader.started());
-  test::ToolRun busy = Run({"import", store_, model, "--to", "/again"});
-  EXPECT_EQ(busy.exit_code, 1) << busy.err;
-  EXPECT_NE(busy.err.find("locked"), std::string::npos) << busy.err;
-  EXPECT_TRUE(reader.Finish() == test::ReadAll(model + "/a.safetensors"));
-  EXPECT_EQ(Run({"import", store_, model, "--to", "/again"}).exit_code, 0);
+  ExpectReaderKeepsWritersOut(ro, 0, model);
 }
 
 TEST_F(ZipnnfsCliTest, FsckNamesDamageAndRepairRemovesIt) {
