@@ -24,6 +24,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "codec/container.h"
 #include "fs/filesystem.h"
@@ -233,6 +234,14 @@ int MountMain(int argc, char** argv) {
   if (cfg.store == nullptr || cmd.mountpoint == nullptr) {
     std::fputs("zipnnfs: usage: zipnnfs STORE MOUNTPOINT [options] (see zipnnfs --help)\n", stderr);
     return 2;
+  }
+  // (A negative or NaN timeout would reach the kernel as a huge unsigned one.)
+  for (const auto& [name, value] :
+       {std::pair{"entry_timeout", cfg.entry_timeout}, {"attr_timeout", cfg.attr_timeout}}) {
+    if (!(value >= 0 && value <= 1e9)) {
+      std::fprintf(stderr, "zipnnfs: -o %s: seconds from 0 to 1e9, not %g\n", name, value);
+      return 2;
+    }
   }
   FileSystemOptions fs_opts;
   fs_opts.store_dir = RealPath(cfg.store);

@@ -245,14 +245,15 @@ TEST_F(FsTest, FstabAtimeOptionsMount) {
 
 // Options may come first, as sshfs and squashfuse take them (`zipnnfs -f -o ... STORE MNT` was
 // refused with "A subcommand is required"); counts past 32 bits wrapped around silently, and "-1"
-// was taken.
+// was taken, as were negative timeouts.
 TEST_F(FsTest, MountOptionsMayComeFirstAndAreChecked) {
   const std::string store = Path("store");
   ASSERT_TRUE(BuildStore(store, {{"f", "abc"}}, kChunk).ok());
   const std::string mnt = MakeDir("mnt");
   // (4294968320 is 2^32 + 1024: read as 32 bits, a valid 1024.)
-  for (const char* opt : {"read_ahead_kb=99999999999", "read_ahead_kb=4294968320",
-                          "workers=4294967297", "prefetch=-1", "workers=2x"}) {
+  for (const char* opt :
+       {"read_ahead_kb=99999999999", "read_ahead_kb=4294968320", "workers=4294967297",
+        "prefetch=-1", "workers=2x", "entry_timeout=-5", "attr_timeout=nan"}) {
     const CommandResult bad = RunCommand(kZipnnfs, {store, mnt, "-o", opt});
     EXPECT_EQ(bad.exit_code, 2) << opt << ": " << bad.err;
     EXPECT_NE(bad.err.find(std::string(opt).substr(0, 7)), std::string::npos) << bad.err;
