@@ -176,9 +176,10 @@ inline std::vector<std::string> MountsUnder(const std::string& dir) {
 
 // ---- The daemon ----
 
-// The process holding an flock on `path` (from /proc/locks), or -1. The mount daemon holds
-// STORE/LOCK while it serves, so this finds it without guessing from command lines.
-inline pid_t FlockHolder(const std::string& path) {
+// A process holding an flock on `path` (from /proc/locks), or -1; with `arg`, one whose command
+// line has that argument (several read-only mounts share a store's lock). The mount daemon holds
+// STORE/LOCK while it serves, so this finds it.
+inline pid_t FlockHolder(const std::string& path, const std::string& arg = "") {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return -1;
   std::ifstream in("/proc/locks");
@@ -194,9 +195,11 @@ inline pid_t FlockHolder(const std::string& path) {
     unsigned maj = 0, min = 0;
     unsigned long long ino = 0;
     if (std::sscanf(dev.c_str(), "%x:%x:%llu", &maj, &min, &ino) != 3) continue;
-    if (ino == st.st_ino && maj == major(st.st_dev) && min == minor(st.st_dev)) {
-      return static_cast<pid_t>(pid);
-    }
+    if (ino != st.st_ino || maj != major(st.st_dev) || min != minor(st.st_dev)) continue;
+    if (arg.empty()) return static_cast<pid_t>(pid);
+    std::ifstream cmdline("/proc/" + std::to_string(pid) + "/cmdline");
+    for (std::string a; std::getline(cmdline, a, '\0');)
+      if (a == arg) return static_cast<pid_t>(pid);
   }
   return -1;
 }
@@ -245,9 +248,9 @@ class Mount {
     result_ = RunCommand(kZipnnfs, args);
     if (result_.exit_code != 0) return;
     mounted_ = true;
+    pid_ = FlockHolder(store_ + "/LOCK", mountpoint_);  // (as the daemon was given it)
     std::error_code ec;
     mountpoint_ = std::filesystem::canonical(mountpoint_, ec).string();
-    pid_ = FlockHolder(store_ + "/LOCK");
     if (pid_ > 0) pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
     // A hung daemon would leave the test blocked in the kernel for good (a FUSE request being
     // served cannot be interrupted): past the deadline, kill the daemon, which aborts the
