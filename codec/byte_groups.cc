@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <span>
 
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -170,6 +171,111 @@ void MergeGeneric(Kind kind, size_t n, const uint8_t* const* streams, uint8_t* o
   }
 }
 
+// The fields of a block-quantized type's blocks, in order (ggml's block_q* structs); empty for
+// other types. `f16`: a half-precision scale.
+struct BlockField {
+  uint8_t offset, size;
+  bool f16;
+};
+std::span<const BlockField> BlockFields(DType t) {
+  static constexpr BlockField kQ4_0[] = {{0, 2, true}, {2, 16, false}};
+  static constexpr BlockField kQ4_1[] = {{0, 2, true}, {2, 2, true}, {4, 16, false}};
+  static constexpr BlockField kQ5_0[] = {{0, 2, true}, {2, 4, false}, {6, 16, false}};
+  static constexpr BlockField kQ5_1[] = {{0, 2, true}, {2, 2, true}, {4, 4, false}, {8, 16, false}};
+  static constexpr BlockField kQ8_0[] = {{0, 2, true}, {2, 32, false}};
+  static constexpr BlockField kQ2_K[] = {
+      {0, 16, false}, {16, 64, false}, {80, 2, true}, {82, 2, true}};
+  static constexpr BlockField kQ3_K[] = {
+      {0, 32, false}, {32, 64, false}, {96, 12, false}, {108, 2, true}};
+  static constexpr BlockField kQ4_K[] = {
+      {0, 2, true}, {2, 2, true}, {4, 12, false}, {16, 128, false}};
+  static constexpr BlockField kQ5_K[] = {
+      {0, 2, true}, {2, 2, true}, {4, 12, false}, {16, 32, false}, {48, 128, false}};
+  static constexpr BlockField kQ6_K[] = {
+      {0, 128, false}, {128, 64, false}, {192, 16, false}, {208, 2, true}};
+  switch (t) {
+    case DType::kQ4_0:
+      return kQ4_0;
+    case DType::kQ4_1:
+      return kQ4_1;
+    case DType::kQ5_0:
+      return kQ5_0;
+    case DType::kQ5_1:
+      return kQ5_1;
+    case DType::kQ8_0:
+      return kQ8_0;
+    case DType::kQ2_K:
+      return kQ2_K;
+    case DType::kQ3_K:
+      return kQ3_K;
+    case DType::kQ4_K:
+      return kQ4_K;
+    case DType::kQ5_K:
+      return kQ5_K;
+    case DType::kQ6_K:
+      return kQ6_K;
+    default:
+      return {};
+  }
+}
+
+// Copies a field of `size` bytes out of (gather) or into (scatter) each of `blocks` blocks of
+// `block` bytes: a loop per field size, so that each copy is a few vector moves, not a call.
+template <size_t kSize>
+void CopyFields(const uint8_t* from, size_t from_step, uint8_t* to, size_t to_step, size_t blocks) {
+  for (size_t b = 0; b < blocks; b++) std::memcpy(to + b * to_step, from + b * from_step, kSize);
+}
+void CopyFields(size_t size, const uint8_t* from, size_t from_step, uint8_t* to, size_t to_step,
+                size_t blocks) {
+  switch (size) {
+    case 4:
+      return CopyFields<4>(from, from_step, to, to_step, blocks);
+    case 12:
+      return CopyFields<12>(from, from_step, to, to_step, blocks);
+    case 16:
+      return CopyFields<16>(from, from_step, to, to_step, blocks);
+    case 32:
+      return CopyFields<32>(from, from_step, to, to_step, blocks);
+    case 64:
+      return CopyFields<64>(from, from_step, to, to_step, blocks);
+    case 128:
+      return CopyFields<128>(from, from_step, to, to_step, blocks);
+    default:
+      for (size_t b = 0; b < blocks; b++) std::memcpy(to + b * to_step, from + b * from_step, size);
+  }
+}
+
+void SplitBlocks(std::span<const BlockField> fields, const GroupLayout& l, const uint8_t* in,
+                 uint8_t* const* streams) {
+  int s = 0;
+  for (const BlockField& f : fields) {
+    if (f.f16) {
+      uint8_t *hi = streams[s++], *lo = streams[s++];
+      for (size_t b = 0; b < l.elements; b++) {
+        const uint16_t r = Rotl1(Load16(in + b * l.elem + f.offset));
+        hi[b] = static_cast<uint8_t>(r >> 8);
+        lo[b] = static_cast<uint8_t>(r);
+      }
+    } else {
+      CopyFields(f.size, in + f.offset, l.elem, streams[s++], f.size, l.elements);
+    }
+  }
+}
+
+void MergeBlocks(std::span<const BlockField> fields, const GroupLayout& l,
+                 const uint8_t* const* streams, uint8_t* out) {
+  int s = 0;
+  for (const BlockField& f : fields) {
+    if (f.f16) {
+      const uint8_t *hi = streams[s++], *lo = streams[s++];
+      for (size_t b = 0; b < l.elements; b++)
+        Store16(out + b * l.elem + f.offset, Rotr1(static_cast<uint16_t>(hi[b] << 8 | lo[b])));
+    } else {
+      CopyFields(f.size, streams[s++], f.size, out + f.offset, l.elem, l.elements);
+    }
+  }
+}
+
 }  // namespace
 
 GroupLayout LayoutFor(DType t, size_t raw_size) {
@@ -179,8 +285,17 @@ GroupLayout LayoutFor(DType t, size_t raw_size) {
   l.tail = raw_size % l.elem;
   const Kind kind = KindOf(t);
   l.sign_stream = t != DType::kBytes && kind == Kind::kSigned;
-  l.exponent_stream = kind == Kind::kFloat;
+  l.exponents = kind == Kind::kFloat ? 1 : 0;
   l.streams = static_cast<int>(l.elem) + (l.sign_stream ? 1 : 0);
+  const std::span<const BlockField> fields = BlockFields(t);
+  if (!fields.empty()) {
+    l.streams = 0;
+    for (const BlockField& f : fields) {
+      if (f.f16) l.exponents |= 1u << l.streams;
+      l.per_element[l.streams++] = f.f16 ? 1 : f.size;
+      if (f.f16) l.per_element[l.streams++] = 1;
+    }
+  }
   return l;
 }
 
@@ -192,6 +307,8 @@ void SplitStreams(DType t, const GroupLayout& l, const uint8_t* in, uint8_t* con
     if (s[0] != in) std::memcpy(s[0], in, n);
     return;
   }
+  if (const std::span<const BlockField> f = BlockFields(t); !f.empty())
+    return SplitBlocks(f, l, in, s);
   if (kind == Kind::kFloat && l.elem == 2) return SplitF16(in, n, s[0], s[1]);
   if (kind == Kind::kFloat && l.elem == 4) return SplitF32(in, n, s[0], s[1], s[2], s[3]);
   switch (l.elem) {
@@ -214,6 +331,8 @@ void MergeStreams(DType t, const GroupLayout& l, const uint8_t* const* s, uint8_
     if (s[0] != out) std::memcpy(out, s[0], n);
     return;
   }
+  if (const std::span<const BlockField> f = BlockFields(t); !f.empty())
+    return MergeBlocks(f, l, s, out);
   if (kind == Kind::kFloat && l.elem == 2) return MergeF16(s[0], s[1], n, out);
   if (kind == Kind::kFloat && l.elem == 4) return MergeF32(s[0], s[1], s[2], s[3], n, out);
   switch (l.elem) {

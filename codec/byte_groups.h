@@ -5,7 +5,10 @@
 // F16), then split into one stream per byte, most significant first: stream 0 is the exponent
 // stream. Signed integers become a sign bitmap (stream 0) and magnitudes split by byte, so small
 // magnitudes give all-zero high streams. Unsigned integers split by byte. One-byte types other
-// than I8 are one stream: the bytes themselves.
+// than I8 are one stream: the bytes themselves. Block-quantized types (GGUF's Q4_0 ... Q6_K) put
+// each field of their blocks in streams of its own: an F16 scale as F16 elements are (its exponent
+// stream, then its low bytes), other fields (quants, packed scales) one stream each, the field's
+// bytes block after block.
 #pragma once
 
 #include <cstddef>
@@ -15,14 +18,20 @@
 
 namespace zipnn::internal {
 
+inline constexpr int kMaxStreams = 9;
+
 struct GroupLayout {
-  int streams = 1;               // number of byte streams
-  size_t elem = 1;               // element size in bytes
-  size_t elements = 0;           // whole elements in the chunk
-  size_t tail = 0;               // trailing bytes that are not a whole element (stored raw)
-  bool sign_stream = false;      // stream 0 is a sign bitmap of ceil(elements / 8) bytes
-  bool exponent_stream = false;  // stream 0 is a float exponent stream
-  size_t StreamSize(int s) const { return sign_stream && s == 0 ? (elements + 7) / 8 : elements; }
+  int streams = 1;           // number of byte streams
+  size_t elem = 1;           // element size in bytes
+  size_t elements = 0;       // whole elements in the chunk
+  size_t tail = 0;           // trailing bytes that are not a whole element (stored raw)
+  bool sign_stream = false;  // stream 0 is a sign bitmap of ceil(elements / 8) bytes
+  unsigned exponents = 0;    // bit s: stream s is a float exponent stream
+  uint8_t per_element[kMaxStreams] = {1, 1, 1, 1, 1, 1, 1, 1, 1};  // bytes each element gives
+  bool Exponent(int s) const { return (exponents >> s) & 1; }
+  size_t StreamSize(int s) const {
+    return sign_stream && s == 0 ? (elements + 7) / 8 : elements * per_element[s];
+  }
 };
 
 GroupLayout LayoutFor(DType t, size_t raw_size);

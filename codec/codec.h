@@ -38,11 +38,23 @@ enum class DType : uint8_t {
   kU32 = 13,
   kU64 = 14,
   kBool = 15,
+  // Block-quantized llama.cpp (GGUF) types: an element is a block (byte_groups.cc lays out its
+  // fields: F16 scales apart from the quants).
+  kQ4_0 = 16,
+  kQ4_1 = 17,
+  kQ5_0 = 18,
+  kQ5_1 = 19,
+  kQ8_0 = 20,
+  kQ2_K = 21,
+  kQ3_K = 22,
+  kQ4_K = 23,
+  kQ5_K = 24,
+  kQ6_K = 25,
 };
-inline constexpr int kNumDTypes = 16;
+inline constexpr int kNumDTypes = 26;
 
 std::string_view DTypeName(DType t);
-size_t DTypeSize(DType t);  // bytes per element; 1 for kBytes
+size_t DTypeSize(DType t);  // bytes per element (a block's for block types); 1 for kBytes
 bool IsFloat(DType t);
 // safetensors dtype string ("BF16", "F8_E4M3", ...) to DType.
 std::optional<DType> DTypeFromSafetensors(std::string_view s);

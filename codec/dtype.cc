@@ -32,6 +32,16 @@ constexpr std::array<DTypeRow, kNumDTypes> kDTypes = {{
     {DType::kU32, "U32", "U32", 4},
     {DType::kU64, "U64", "U64", 8},
     {DType::kBool, "BOOL", "BOOL", 1},
+    {DType::kQ4_0, "Q4_0", "", 18},
+    {DType::kQ4_1, "Q4_1", "", 20},
+    {DType::kQ5_0, "Q5_0", "", 22},
+    {DType::kQ5_1, "Q5_1", "", 24},
+    {DType::kQ8_0, "Q8_0", "", 34},
+    {DType::kQ2_K, "Q2_K", "", 84},
+    {DType::kQ3_K, "Q3_K", "", 110},
+    {DType::kQ4_K, "Q4_K", "", 144},
+    {DType::kQ5_K, "Q5_K", "", 176},
+    {DType::kQ6_K, "Q6_K", "", 210},
 }};
 
 }  // namespace

@@ -331,11 +331,11 @@ struct FrameEncoder::Impl {
   bool Plain(std::span<const uint8_t> chunk, DType dtype, std::span<const uint32_t> segments,
              std::vector<uint8_t>& out, double* entropy) {
     const GroupLayout l = internal::LayoutFor(dtype, chunk.size());
-    std::span<const uint8_t> in[9];
+    std::span<const uint8_t> in[internal::kMaxStreams];
     if (l.streams == 1) {
       in[0] = chunk.first(l.elements);  // the stream is the chunk: no copy
     } else {
-      uint8_t* ptrs[9];
+      uint8_t* ptrs[internal::kMaxStreams];
       for (int s = 0; s < l.streams; s++) {
         const std::span<uint8_t> buf = Scratch(s, l.StreamSize(s));
         in[s] = buf;
@@ -343,11 +343,12 @@ struct FrameEncoder::Impl {
       }
       internal::SplitStreams(dtype, l, chunk.data(), ptrs);
     }
-    StreamCoding coding[9];
+    StreamCoding coding[internal::kMaxStreams];
     size_t total = 1 + l.tail;
     for (int s = 0; s < l.streams; s++) {
-      const bool per_element = !(l.sign_stream && s == 0);
-      coding[s] = CodeStream(in[s], l.exponent_stream && s == 0,
+      // (Segments count elements: they cut streams of a byte per element only.)
+      const bool per_element = !(l.sign_stream && s == 0) && l.per_element[s] == 1;
+      coding[s] = CodeStream(in[s], l.Exponent(s),
                              per_element ? segments : std::span<const uint32_t>{}, entropy, s);
       total += 6 + (coding[s] == StreamCoding::kRaw ? in[s].size() : coded[s].size());
     }

@@ -3,8 +3,10 @@
 // A GGUF file is "GGUF", a version (2 or 3), tensor and metadata counts, the metadata (typed
 // key/value pairs, arrays included), the tensor infos (name, dimensions, ggml type, offset in the
 // data section) and, at the next multiple of general.alignment (32 by default), the tensor data.
-// Float and integer tensors get their dtype; quantized ones (whose block layouts keep changing)
-// are untyped bytes up to the next tensor.
+// Float and integer tensors get their dtype, and so do the common block-quantized ones (Q4_0 ...
+// Q8_0, Q2_K ... Q6_K: blocks of 32 or 256 weights, coded by field); other quantized types (the
+// IQ family, repacked variants) are untyped bytes up to the next tensor. A layout guessed wrong
+// would only cost compression: the fields' split is lossless for any bytes.
 #include <algorithm>
 #include <cstring>
 #include <utility>
@@ -33,14 +35,22 @@ size_t ValueSize(uint32_t type) {
   return type < sizeof kSizes ? kSizes[type] : 0;
 }
 
-// The dtype of a ggml tensor type; kBytes for the block-quantized ones.
-DType TensorDType(uint32_t ggml_type) {
-  static constexpr std::pair<uint32_t, DType> kPlain[] = {
-      {0, DType::kF32},  {1, DType::kF16},  {24, DType::kI8},  {25, DType::kI16},
-      {26, DType::kI32}, {27, DType::kI64}, {28, DType::kF64}, {30, DType::kBF16}};
-  for (const auto& [type, dtype] : kPlain)
-    if (type == ggml_type) return dtype;
-  return DType::kBytes;
+// The dtype of a ggml tensor type (ggml.h's enum ggml_type) and the weights in one of its
+// elements (a block); kBytes for the types not coded by field.
+std::pair<DType, uint32_t> TensorDType(uint32_t ggml_type) {
+  static constexpr struct {
+    uint32_t type;
+    DType dtype;
+    uint32_t weights;
+  } kTypes[] = {{0, DType::kF32, 1},     {1, DType::kF16, 1},     {2, DType::kQ4_0, 32},
+                {3, DType::kQ4_1, 32},   {6, DType::kQ5_0, 32},   {7, DType::kQ5_1, 32},
+                {8, DType::kQ8_0, 32},   {10, DType::kQ2_K, 256}, {11, DType::kQ3_K, 256},
+                {12, DType::kQ4_K, 256}, {13, DType::kQ5_K, 256}, {14, DType::kQ6_K, 256},
+                {24, DType::kI8, 1},     {25, DType::kI16, 1},    {26, DType::kI32, 1},
+                {27, DType::kI64, 1},    {28, DType::kF64, 1},    {30, DType::kBF16, 1}};
+  for (const auto& t : kTypes)
+    if (t.type == ggml_type) return {t.dtype, t.weights};
+  return {DType::kBytes, 1};
 }
 
 // Reads the header front to back through `read`, a window at a time, never past `limit_`.
@@ -180,8 +190,9 @@ Result<TensorLayout> ParseGgufHeader(const ReadAtFn& read, uint64_t file_size) {
     ZIPNN_RETURN_IF_ERROR(c.U32(&type));
     ZIPNN_RETURN_IF_ERROR(c.U64(&t.begin));  // relative to the data section, for now
     if (t.begin % alignment != 0) return Bad("tensor " + t.name + " is not aligned");
-    t.dtype = TensorDType(type);
-    sizes.push_back(t.dtype == DType::kBytes ? 0 : elements * DTypeSize(t.dtype));
+    const auto [dtype, weights] = TensorDType(type);
+    t.dtype = elements % weights == 0 ? dtype : DType::kBytes;  // (rows are whole blocks)
+    sizes.push_back(t.dtype == DType::kBytes ? 0 : elements / weights * DTypeSize(t.dtype));
     layout.tensors.push_back(std::move(t));
   }
   layout.data_start = (c.pos() + alignment - 1) / alignment * alignment;

@@ -293,10 +293,12 @@ Result<std::vector<ChunkSpec>> PlanChunks(const ReadAtFn& read, uint64_t file_si
       open_tiny = open_tiny && last->size < kTiny;
     } else {
       open_tiny = size < kTiny;
-      for (uint64_t off = t.begin; off < t.end; off += cs) {
+      // (Whole elements per chunk: a GGUF block is 18 to 210 bytes.)
+      const uint64_t step = cs - cs % DTypeSize(t.dtype);
+      for (uint64_t off = t.begin; off < t.end; off += step) {
         ChunkSpec c;
         c.offset = off;
-        c.size = static_cast<uint32_t>(std::min<uint64_t>(cs, t.end - off));
+        c.size = static_cast<uint32_t>(std::min<uint64_t>(step, t.end - off));
         c.dtype = t.dtype;
         if (t.shape.size() >= 2) c.grid = {(off - t.begin) / DTypeSize(t.dtype), Columns(t.shape)};
         plan.push_back(std::move(c));

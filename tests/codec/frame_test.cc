@@ -168,6 +168,22 @@ TEST(FrameSignedTest, RoundTripsExtremesAtEveryTailLength) {
   }
 }
 
+// Block-quantized types split each block's fields into streams: every type round-trips whole
+// blocks plus a partial one (stored raw), at several block counts.
+TEST(FrameBlockTypeTest, RoundTripsWholeAndPartialBlocks) {
+  for (DType t : {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0,
+                  DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
+    for (size_t blocks : {1, 7, 300}) {
+      Bytes data = test::RandomBytes(blocks * DTypeSize(t) + 5, blocks);
+      for (size_t i = 0; i < data.size(); i += 3) data[i] = 0;  // compressible: grouped wins
+      EncodeOptions opts;
+      opts.force_method = Method::kGrouped;
+      EXPECT_TRUE(RoundTrip(data, t, opts)) << DTypeName(t) << " x " << blocks;
+      EXPECT_TRUE(RoundTrip(data, t)) << DTypeName(t) << " x " << blocks;
+    }
+  }
+}
+
 class FrameFloatTypeTest : public ::testing::TestWithParam<DType> {};
 INSTANTIATE_TEST_SUITE_P(FloatTypes, FrameFloatTypeTest,
                          ::testing::Values(DType::kBF16, DType::kF16, DType::kF32, DType::kF64,
