@@ -225,7 +225,8 @@ Result<TensorLayout> ParseTensorLayout(const ReadAtFn& read, uint64_t file_size)
 // Plans the chunks of a file. For a safetensors or GGUF file (told by its content, a valid header,
 // not by its name: the Hugging Face cache names its blobs by hash) no chunk mixes dtypes and
 // tensors start chunks where that costs little; the header is untyped. Other files are untyped
-// fixed-size chunks. Covers [0, file_size) in order.
+// fixed-size chunks, cut where their elements start when a sample shows it (floats at an odd
+// offset, as in legacy torch.save files). Covers [0, file_size) in order.
 Result<std::vector<ChunkSpec>> PlanChunks(const ReadAtFn& read, uint64_t file_size,
                                           const PlanOptions& opts = {});
 

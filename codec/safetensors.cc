@@ -1,5 +1,6 @@
 // safetensors awareness: parse the header strictly; and plan chunks along tensors (of any layout).
 #include <algorithm>
+#include <array>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -8,6 +9,7 @@
 
 #include "codec/bytes.h"
 #include "codec/codec.h"
+#include "codec/huffman.h"
 
 namespace zipnn {
 namespace {
@@ -234,6 +236,36 @@ uint64_t Columns(const std::vector<uint64_t>& shape) {
 
 }  // namespace
 
+namespace {
+
+// Where the elements of a file of no known layout start, modulo 4, when its bytes say so clearly:
+// the low-entropy byte of every element (its exponent's) falls on one residue of the offset, or
+// on two residues 2 apart for 2-byte elements. Legacy torch.save files put BF16 storages at odd
+// offsets: chunks cut at multiples of the chunk size split every element across two byte
+// streams, and came out coded as F32 (0.669 against 0.664 aligned, at half the speed). 0 when
+// unclear or small.
+Result<uint32_t> ElementPhase(const ReadAtFn& read, uint64_t file_size) {
+  constexpr size_t kPiece = 16u << 10;
+  if (file_size < 16 * kPiece) return 0;
+  std::array<internal::Histogram, 4> by_residue{};
+  std::vector<uint8_t> piece(kPiece);
+  for (uint64_t k = 1; k <= 4; k++) {
+    const uint64_t at = file_size / 5 * k / 4 * 4;  // (a multiple of 4: residues are offsets')
+    ZIPNN_RETURN_IF_ERROR(read(at, piece));
+    for (size_t i = 0; i < kPiece; i++) by_residue[i % 4][piece[i]]++;
+  }
+  double bits[4];
+  for (int r = 0; r < 4; r++) bits[r] = internal::EntropyBits(by_residue[r]);
+  const int low = static_cast<int>(std::min_element(bits, bits + 4) - bits);
+  const double high = *std::max_element(bits, bits + 4);
+  if (bits[low] > 0.85 * high) return 0;  // no byte stands out: text, or incompressible
+  // An element starts after its top byte; 2-byte elements when both residues of a parity are low.
+  const bool two_byte = bits[(low + 2) % 4] < 0.85 * high;
+  return static_cast<uint32_t>((low + 1) % (two_byte ? 2 : 4));
+}
+
+}  // namespace
+
 void PlanUntyped(uint64_t begin, uint64_t end, uint32_t chunk_size, std::vector<ChunkSpec>& out) {
   for (uint64_t off = begin; off < end; off += chunk_size) {
     ChunkSpec c;
@@ -252,7 +284,12 @@ Result<std::vector<ChunkSpec>> PlanChunks(const ReadAtFn& read, uint64_t file_si
   Result<TensorLayout> h = ParseTensorLayout(read, file_size);
   if (!h.ok()) {
     if (h.status().code() != StatusCode::kCorrupt) return h.status();  // an I/O error
-    PlanUntyped(0, file_size, cs, plan);  // not a valid model file: plain bytes
+    // Not a valid model file: plain bytes, in chunks that start where elements do.
+    Result<uint32_t> phase = ElementPhase(read, file_size);
+    if (!phase.ok()) return phase.status();
+    const uint64_t first = *phase == 0 ? 0 : cs - 4 + *phase;  // (cs is a multiple of 8)
+    PlanUntyped(0, first, cs, plan);
+    PlanUntyped(first, file_size, cs, plan);
     return plan;
   }
   PlanUntyped(0, h->data_start, cs, plan);
