@@ -53,6 +53,8 @@ std::pair<DType, uint32_t> TensorDType(uint32_t ggml_type) {
   return {DType::kBytes, 1};
 }
 
+bool Quantized(DType t) { return t >= DType::kQ4_0 && t <= DType::kQ6_K; }
+
 // Reads the header front to back through `read`, a window at a time, never past `limit_`.
 class Cursor {
  public:
@@ -191,7 +193,8 @@ Result<TensorLayout> ParseGgufHeader(const ReadAtFn& read, uint64_t file_size) {
     ZIPNN_RETURN_IF_ERROR(c.U64(&t.begin));  // relative to the data section, for now
     if (t.begin % alignment != 0) return Bad("tensor " + t.name + " is not aligned");
     const auto [dtype, weights] = TensorDType(type);
-    t.dtype = elements % weights == 0 ? dtype : DType::kBytes;  // (rows are whole blocks)
+    // (ggml's rows, ne[0], are whole blocks; a tensor that breaks that is bytes.)
+    t.dtype = t.shape.back() % weights == 0 ? dtype : DType::kBytes;
     sizes.push_back(t.dtype == DType::kBytes ? 0 : elements / weights * DTypeSize(t.dtype));
     layout.tensors.push_back(std::move(t));
   }
@@ -200,7 +203,11 @@ Result<TensorLayout> ParseGgufHeader(const ReadAtFn& read, uint64_t file_size) {
   const uint64_t data_size = file_size - layout.data_start;
   for (size_t i = 0; i < layout.tensors.size(); ++i) {
     TensorInfo& t = layout.tensors[i];
-    if (t.begin > data_size || sizes[i] > data_size - t.begin)
+    if (t.begin > data_size) return Bad("tensor " + t.name + " past the end of the file");
+    // A quantized tensor cut short (a partial download) is bytes to the end, as untyped ones
+    // are; the rest of the layout stands.
+    if (sizes[i] > data_size - t.begin && Quantized(t.dtype)) t.dtype = DType::kBytes, sizes[i] = 0;
+    if (sizes[i] > data_size - t.begin)
       return Bad("tensor " + t.name + " past the end of the file");
     t.begin += layout.data_start;
     t.end = t.begin + sizes[i];
@@ -211,6 +218,7 @@ Result<TensorLayout> ParseGgufHeader(const ReadAtFn& read, uint64_t file_size) {
   for (size_t i = 0; i < layout.tensors.size(); ++i) {
     TensorInfo& t = layout.tensors[i];
     const uint64_t next = i + 1 < layout.tensors.size() ? layout.tensors[i + 1].begin : file_size;
+    if (t.end > next && Quantized(t.dtype)) t.dtype = DType::kBytes;  // (as above)
     if (t.dtype == DType::kBytes) t.end = next;
     if (t.end > next) return Bad("tensors " + t.name + " and the next overlap");
   }

@@ -311,6 +311,15 @@ TEST(GgufTest, QuantizedTensorsAreCodedByField) {
   }
   EXPECT_GT(typed, 0u);
   EXPECT_LT(typed, untyped * 99 / 100) << "Q8_0 by field: " << typed << ", untyped: " << untyped;
+  // Cut short (a partial download): the last tensor is bytes to the end, the others stay typed
+  // (the whole file was planned as bytes).
+  const Bytes cut(f.begin(), f.end() - 1000);
+  const Result<TensorLayout> partial = Parse(cut);
+  ASSERT_TRUE(partial.ok()) << partial.status().ToString();
+  EXPECT_EQ(partial->tensors[0].dtype, DType::kQ8_0);
+  EXPECT_EQ(partial->tensors[1].dtype, DType::kQ4_K);
+  EXPECT_EQ(partial->tensors[2].dtype, DType::kBytes);
+  EXPECT_EQ(partial->tensors[2].end, cut.size());
 }
 
 }  // namespace
