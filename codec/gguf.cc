@@ -203,11 +203,8 @@ Result<TensorLayout> ParseGgufHeader(const ReadAtFn& read, uint64_t file_size) {
   const uint64_t data_size = file_size - layout.data_start;
   for (size_t i = 0; i < layout.tensors.size(); ++i) {
     TensorInfo& t = layout.tensors[i];
-    if (t.begin > data_size) return Bad("tensor " + t.name + " past the end of the file");
-    // A quantized tensor cut short (a partial download) is bytes to the end, as untyped ones
-    // are; the rest of the layout stands.
-    if (sizes[i] > data_size - t.begin && Quantized(t.dtype)) t.dtype = DType::kBytes, sizes[i] = 0;
-    if (sizes[i] > data_size - t.begin)
+    // (A quantized tensor may run past the end: see below.)
+    if (t.begin > data_size || (sizes[i] > data_size - t.begin && !Quantized(t.dtype)))
       return Bad("tensor " + t.name + " past the end of the file");
     t.begin += layout.data_start;
     t.end = t.begin + sizes[i];
@@ -218,7 +215,9 @@ Result<TensorLayout> ParseGgufHeader(const ReadAtFn& read, uint64_t file_size) {
   for (size_t i = 0; i < layout.tensors.size(); ++i) {
     TensorInfo& t = layout.tensors[i];
     const uint64_t next = i + 1 < layout.tensors.size() ? layout.tensors[i + 1].begin : file_size;
-    if (t.end > next && Quantized(t.dtype)) t.dtype = DType::kBytes;  // (as above)
+    // A quantized tensor cut short (a partial download) or overlapping the next is bytes up to
+    // the next tensor, as untyped ones are; the rest of the layout stands.
+    if (t.end > next && Quantized(t.dtype)) t.dtype = DType::kBytes;
     if (t.dtype == DType::kBytes) t.end = next;
     if (t.end > next) return Bad("tensors " + t.name + " and the next overlap");
   }

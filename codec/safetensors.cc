@@ -234,10 +234,6 @@ uint64_t Columns(const std::vector<uint64_t>& shape) {
   return 0;
 }
 
-}  // namespace
-
-namespace {
-
 // Where the elements of a file of no known layout start, modulo 4, when its bytes say so clearly:
 // the low-entropy byte of every element (its exponent's) falls on one residue of the offset, or
 // on two residues 2 apart for 2-byte elements. Legacy torch.save files put BF16 storages at odd

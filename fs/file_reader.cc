@@ -96,8 +96,8 @@ Result<ChunkRef> FileReader::LoadChunk(uint64_t ino, const index::ChunkLocation&
       first = bad_chunks_.count(key) == 0;
       if (first && bad_chunks_.size() < 100000) bad_chunks_.insert(key);
     }
-    if (first) bad_chunk_count_.fetch_add(1, std::memory_order_relaxed);
     if (first) {
+      bad_chunk_count_.fetch_add(1, std::memory_order_relaxed);
       spdlog::error(
           "chunk {} (pack {} offset {}), bytes {}..{} of inode {}: {} (zipnnfs fsck "
           "names the files)",

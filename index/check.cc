@@ -23,10 +23,6 @@ struct Use {  // one extent: where a chunk is used
   uint32_t raw_size;
 };
 
-uint64_t KeyU64(const MDB_val& k, size_t at) {
-  return rec::GetBE64(static_cast<const uint8_t*>(k.mv_data) + at);
-}
-
 }  // namespace
 
 Result<CheckReport> StoreImpl::Check(bool verify_frames) {

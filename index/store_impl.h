@@ -157,10 +157,12 @@ class StoreImpl final : public Store {
 };
 
 Status ValidateName(std::string_view name);
-// The inode number at the front of a dirent, extent or xattr key.
-inline uint64_t KeyIno(const MDB_val& k) {
-  return rec::GetBE64(static_cast<const uint8_t*>(k.mv_data));
+// The big-endian u64 at byte `at` of a key: the inode at the front of a dirent, extent or xattr
+// key (KeyIno), an extent key's file offset (at 8).
+inline uint64_t KeyU64(const MDB_val& k, size_t at) {
+  return rec::GetBE64(static_cast<const uint8_t*>(k.mv_data) + at);
 }
+inline uint64_t KeyIno(const MDB_val& k) { return KeyU64(k, 0); }
 // Meta counters and inode records, as stored (docs/format.md).
 Result<uint64_t> GetU64(lmdb::Txn& txn, MDB_dbi dbi, std::string_view key);
 Status PutU64(lmdb::Txn& txn, MDB_dbi dbi, std::string_view key, uint64_t value);

@@ -144,7 +144,7 @@ Status StoreImpl::ChunksIn(lmdb::Txn& txn, uint64_t ino, uint64_t offset, uint64
   MDB_val k = lmdb::Val(start.bytes()), v;
   Status st;
   auto key_ok = [&] { return k.mv_size == 16 && KeyIno(k) == ino; };
-  auto key_offset = [&] { return rec::GetBE64(static_cast<const uint8_t*>(k.mv_data) + 8); };
+  auto key_offset = [&] { return KeyU64(k, 8); };
   bool have = cur->Get(k, v, MDB_SET_RANGE, st);
   if (!(have && key_ok() && key_offset() == offset)) {
     const bool back = have ? cur->Get(k, v, MDB_PREV, st) : cur->Get(k, v, MDB_LAST, st);

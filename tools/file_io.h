@@ -54,7 +54,7 @@ class AtomicOutputFile {
   bool seekable() const { return !sequential_ && ::lseek(fd_.get(), 0, SEEK_CUR) >= 0; }
   const std::string& path() const { return path_; }
   // Whether the output is a new file of our own (not a device, pipe or inherited descriptor):
-  // ranges never written read as zeros, holes that SetSize makes part of the file.
+  // ranges never written read as zeros (holes, once ftruncate makes them part of the file).
   bool fresh() const { return !temp_path_.empty(); }
   // Tells that `bytes` more were written: every few MB they are synced in the background, so the
   // fsync of Commit has little left (a flush costs time in proportion to what it flushes). Any

@@ -281,6 +281,10 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
   auto dump = [](const nlohmann::json& j, int indent) {
     return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
   };
+  // Ends the document after the files, with the members of `rest` ("{\n  ...": its brace dropped).
+  auto close_json = [&](const nlohmann::json& rest) {
+    std::printf("\n  ],%s\n", dump(rest, 2).c_str() + 1);
+  };
   uint64_t total_size = 0, total_stored = 0;
   bool first = true;
   if (json) std::printf("{\n  \"files\": [");
@@ -289,10 +293,7 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
     Result<FileUsage> u = (*store)->GetFileUsage(ino);
     if (!u.ok()) {
       // The files so far are out: close the document, with the error, so it still parses.
-      if (json) {
-        const nlohmann::json e = {{"error", path + ": " + u.status().message()}};
-        std::printf("\n  ],%s\n", dump(e, 2).c_str() + 1);
-      }
+      if (json) close_json({{"error", path + ": " + u.status().message()}});
       return Fail(Status(u.status().code(), path + ": " + u.status().message()));
     }
     total_size += u->size;
@@ -342,8 +343,7 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
                             {"pack_bytes", usage->pack_bytes},
                             {"dedup_saved_bytes", dedup_saved},
                             {"ratio", Ratio(usage->logical_bytes, usage->pack_bytes)}}}};
-    const std::string rest = dump(out, 2);  // "{\n  ...": the members after the files
-    std::printf("\n  ],%s\n", rest.c_str() + 1);
+    close_json(out);
   } else {
     std::printf("%14llu %14llu %7.3f  %-24s total of %zu files\n",
                 static_cast<unsigned long long>(total_size),
