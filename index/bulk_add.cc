@@ -157,7 +157,14 @@ void BulkAddImpl::WorkerLoop(unsigned worker) {
     if (!t) return;
     if (t->status.ok() && t->job) t->status = RunBatch(*t, *encoders_[worker], buf);
     std::lock_guard lock(mutex_);
-    if (!t->status.ok()) dispense_done_ = true;  // the writer stops there
+    if (!t->status.ok() && t->source_failed && opts_.file_failed) {
+      if (t->job && !t->job->failed) {  // the writer leaves the file out; the rest go on
+        t->job->failure = t->status;
+        t->job->failed = true;
+      }
+    } else if (!t->status.ok()) {
+      dispense_done_ = true;  // the writer stops there
+    }
     results_[t->seq] = std::move(t);
     result_cv_.notify_one();
   }
@@ -168,6 +175,7 @@ std::unique_ptr<BulkTask> BulkAddImpl::NextTask() {
   for (;;) {
     if (stop_ || dispense_done_) return nullptr;
     if (next_seq_ < consumed_ + window_) {
+      if (job_ && job_->failed) job_.reset();  // left out: its other batches need not run
       if (job_) {
         auto t = std::make_unique<BulkTask>();
         t->seq = next_seq_++;
@@ -213,6 +221,7 @@ std::unique_ptr<BulkTask> BulkAddImpl::NextTask() {
           t->entry = entry;
           t->e = &e;
           t->status = job.status();
+          t->source_failed = true;
           return t;
         }
         auto t = std::make_unique<BulkTask>();  // nothing to compute
@@ -276,6 +285,10 @@ bool BulkAddImpl::Claim(const ChunkHash& h, uint64_t seq) {
 
 Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uint8_t>& chunk_buf) {
   if (t.first == t.last) return Status::Ok();
+  if (t.job->failed) {  // an earlier look at the file failed: the writer leaves it out
+    t.source_failed = true;
+    return Status::Io("left out");
+  }
   const std::vector<ChunkSpec>& plan = t.job->plan;
   {
     std::lock_guard lock(mutex_);
@@ -312,8 +325,12 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
       return Status::FromErrno(ENOMEM, "chunk buffer");
     }
     const std::span<uint8_t> buf(chunk_buf.data(), c.size);
-    ZIPNN_RETURN_IF_ERROR(t.job->sparse ? PreadSparse(t.job->fd.get(), c.offset, buf)
-                                        : PreadFull(t.job->fd.get(), c.offset, buf));
+    Status read = t.job->sparse ? PreadSparse(t.job->fd.get(), c.offset, buf)
+                                : PreadFull(t.job->fd.get(), c.offset, buf);
+    if (!read.ok()) {
+      t.source_failed = true;
+      return read;
+    }
     const ChunkHash h = HashChunk(buf);
     t.extents[i - t.first] = {h, c.size, c.dtype};
     if (!seen.insert(h).second) continue;

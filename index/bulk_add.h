@@ -16,6 +16,7 @@
 
 #include <sys/stat.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <map>
@@ -49,6 +50,10 @@ struct FileJob {
   bool sparse = false;  // MayHaveHoles: read through PreadSparse
   std::vector<ChunkSpec> plan;
   size_t next_chunk = 0;
+  // Set (under the bulk add's mutex) when a batch fails to read the source: the file is left
+  // out, so its other batches need not read it. `failure` is the first such error.
+  std::atomic<bool> failed{false};
+  Status failure;
 };
 
 struct NewFrame {
@@ -65,6 +70,7 @@ struct BulkTask {
   size_t first = 0, last = 0;    // chunks [first, last) of job->plan
   bool last_batch = false;
   Status status;                     // a failure opening, reading or compressing
+  bool source_failed = false;        // the failure is the source file's (skippable)
   std::vector<rec::Extent> extents;  // one per chunk
   std::vector<NewFrame> frames;      // chunks this task coded (others are known or coded earlier)
   std::vector<uint8_t> frame_data;   // their frames, back to back (a recycled buffer)
@@ -108,6 +114,8 @@ class BulkAddImpl final : public BulkAdd {
   // ---- writer (bulk_commit.cc) ----
   void WriterLoop();
   Status Consume(BulkTask& t);
+  Status FileFailed(BulkTask& t, const Status& why);
+  Status CodeOrphans(BulkTask& t, bool* source_failed);
   void DropCurrentFile();
   void OpenGroup();
   Status CommitGroup();
@@ -154,6 +162,12 @@ class BulkAddImpl final : public BulkAdd {
   std::unordered_map<size_t, uint64_t> dir_ino_;  // Mkdir handle -> inode, once committed
   BulkProgress progress_;
   uint64_t file_done_ = 0;
+  size_t skipped_entry_ = SIZE_MAX;  // the file being left out: its later tasks are ignored
+  // A file was left out after its batches claimed chunks (Claim) that later files then did not
+  // code: those files' tasks must check that every chunk they use is stored (CodeOrphans).
+  bool orphans_possible_ = false;
+  std::unique_ptr<FrameEncoder> orphan_encoder_;  // codes them, on the writer thread
+  std::vector<uint8_t> orphan_buf_;
 
   std::vector<std::unique_ptr<FrameEncoder>> encoders_;
   std::vector<std::thread> workers_;

@@ -104,6 +104,70 @@ void BulkAddImpl::WriterLoop() {
   space_cv_.notify_all();
 }
 
+// A failure of the source of t's file: with file_failed set, the file is left out (its frames
+// cut from the pack) and the bulk add goes on; else it stops here.
+Status BulkAddImpl::FileFailed(BulkTask& t, const Status& why) {
+  if (!opts_.file_failed) return Labeled(*t.e, why);
+  // Chunks its batches claimed (any batch that read it may have) are coded by no one else: the
+  // files after it code them.
+  orphans_possible_ |= t.job != nullptr;
+  if (current_) {  // the progress counted what is dropped now
+    progress_.raw_bytes -= file_done_;
+    progress_.new_frame_bytes -= store_.pack_writer_->end() - current_start_;
+    file_done_ = 0;
+  }
+  DropCurrentFile();
+  skipped_entry_ = t.entry;
+  ++summary_.files_failed;
+  opts_.file_failed(t.e->label, why);
+  return Status::Ok();
+}
+
+// Chunks of t that no earlier batch coded, though one claimed them (its file was left out after
+// the claim), are coded here: every chunk a committed file uses has a frame. `source_failed`:
+// the failure is reading t's file (it changed since its batch read it, say).
+Status BulkAddImpl::CodeOrphans(BulkTask& t, bool* source_failed) {
+  Result<lmdb::Txn> txn = store_.env_->BeginRead();
+  if (!txn.ok()) return txn.status();
+  PackWriter& pack = *store_.pack_writer_;
+  for (size_t i = t.first; i < t.last; ++i) {
+    const ChunkHash& h = t.extents[i - t.first].hash;
+    if (written_.count(h) != 0) continue;
+    MDB_val v;
+    Status got = txn->Get(store_.dbi(kChunks), lmdb::Val(h), v);
+    if (got.ok()) continue;
+    if (got.code() != StatusCode::kNotFound) return got;
+    const ChunkSpec& c = t.job->plan[i];
+    orphan_buf_.resize(c.size);
+    Status read = t.job->sparse ? PreadSparse(t.job->fd.get(), c.offset, orphan_buf_)
+                                : PreadFull(t.job->fd.get(), c.offset, orphan_buf_);
+    if (read.ok() && HashChunk(orphan_buf_) != h)
+      read = Status::Busy("changed while it was being imported");
+    if (!read.ok()) {
+      *source_failed = true;
+      return read;
+    }
+    if (!orphan_encoder_) orphan_encoder_ = std::make_unique<FrameEncoder>(store_.opts_.encode);
+    std::vector<uint8_t> frame;
+    ZIPNN_RETURN_IF_ERROR(orphan_encoder_->Encode(orphan_buf_, c.dtype, frame, c.segments,
+                                                  /*stats=*/nullptr, c.grid,
+                                                  ChecksumFromHash(h, orphan_buf_.size())));
+    Result<FrameInfo> info = ParseFrameHeader(frame);
+    if (!info.ok()) return info.status();
+    rec::Chunk rc;
+    rc.pack_id = pack.id();
+    rc.pack_offset = pack.end();
+    rc.frame_size = static_cast<uint32_t>(frame.size());
+    rc.raw_size = info->raw_size;
+    rc.method = info->method;
+    rc.dtype = info->dtype;
+    ZIPNN_RETURN_IF_ERROR(pack.Append(frame));
+    written_.emplace(h, rc);
+    progress_.new_frame_bytes += rc.frame_size;
+  }
+  return Status::Ok();
+}
+
 void BulkAddImpl::DropCurrentFile() {
   if (!current_) return;
   current_.reset();
@@ -124,7 +188,11 @@ void BulkAddImpl::OpenGroup() {
 }
 
 Status BulkAddImpl::Consume(BulkTask& t) {
-  if (!t.status.ok()) return Labeled(*t.e, t.status);
+  if (t.entry == skipped_entry_) return Status::Ok();  // a later batch of a file left out
+  if (!t.status.ok()) {
+    if (!t.source_failed) return Labeled(*t.e, t.status);
+    return FileFailed(t, t.job && t.job->failed ? t.job->failure : t.status);
+  }
   if (!group_lock_) {
     OpenGroup();
     // A full pack is closed between groups (a group's frames are all in one pack); the new pack
@@ -189,6 +257,11 @@ Status BulkAddImpl::Consume(BulkTask& t) {
     Status st = flush_run();
     if (!st.ok()) return Labeled(*t.e, st);
   }
+  if (orphans_possible_) {
+    bool source_failed = false;
+    Status st = CodeOrphans(t, &source_failed);
+    if (!st.ok()) return source_failed ? FileFailed(t, st) : Labeled(*t.e, st);
+  }
   if (t.frame_data.capacity() != 0) {
     std::lock_guard lock(mutex_);
     spare_buffers_.push_back(std::move(t.frame_data));
@@ -212,10 +285,10 @@ Status BulkAddImpl::Consume(BulkTask& t) {
   struct stat after;
   const struct stat& before = t.job->before;
   if (::fstat(t.job->fd.get(), &after) != 0)
-    return Labeled(*t.e, Status::FromErrno(errno, "fstat"));
+    return FileFailed(t, Status::FromErrno(errno, "fstat"));
   if (after.st_size != before.st_size || after.st_mtim.tv_sec != before.st_mtim.tv_sec ||
       after.st_mtim.tv_nsec != before.st_mtim.tv_nsec) {
-    return Labeled(*t.e, Status::Busy("changed while it was being imported"));
+    return FileFailed(t, Status::Busy("changed while it was being imported"));
   }
   group_bytes_ += current_->size;
   ++progress_.files;

@@ -202,6 +202,11 @@ struct BulkAddOptions {
   // to its pack; `file_added` after the commit that made a file durable.
   std::function<void(const BulkProgress&)> progress;
   std::function<void(std::string_view label, const AddResult&)> file_added;
+  // With this set, a file whose source fails (it vanished, cannot be opened or read, or changed
+  // while it was read) is left out and reported here, on the writer thread, and the bulk add
+  // goes on, as cp does; without it, such a file stops the bulk add like any other failure.
+  // Failures of the store (a full disk, say) always stop it.
+  std::function<void(std::string_view label, const Status& why)> file_failed;
   // A commit group closes at the first entry boundary after it holds this many file bytes or
   // has been open this long; fsync and commit costs are paid once per group.
   uint64_t commit_bytes = 1ull << 30;
@@ -210,12 +215,14 @@ struct BulkAddOptions {
 
 struct BulkSummary {
   uint64_t files = 0, raw_bytes = 0, frame_bytes = 0, new_frame_bytes = 0, new_chunks = 0;
-  uint64_t commits = 0;  // LMDB transactions (groups) committed
+  uint64_t files_failed = 0;  // left out (BulkAddOptions::file_failed)
+  uint64_t commits = 0;       // LMDB transactions (groups) committed
 };
 
 // Entries are applied in the order they are queued. Queueing returns early errors: a bad
 // argument, or the first failure of the pipeline so far (then nothing queued later is applied).
-// An entry that fails stops the bulk add: the entries before it are committed by Finish.
+// An entry that fails stops the bulk add (but see BulkAddOptions::file_failed): the entries
+// before it are committed by Finish.
 class BulkAdd {
  public:
   virtual ~BulkAdd() = default;  // without Finish: stops; uncommitted entries are dropped
@@ -226,7 +233,7 @@ class BulkAdd {
   // else there is kExists.
   virtual Status Symlink(BulkDir parent, std::string_view name, std::string_view target,
                          const NewAttr& attr) = 0;
-  // A regular file from the host, opened when its turn comes (a file gone by then is an error);
+  // A regular file from the host, opened when its turn comes (a file gone by then fails);
   // it replaces a file of that name, like Store::AddFile. Messages and progress name it by
   // `host_path`.
   virtual Status AddFile(BulkDir parent, std::string_view name, const std::string& host_path,

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <string_view>
@@ -85,7 +86,7 @@ Status WithPath(const std::string& path, const Status& s) {
 
 Result<std::vector<std::string>> ListHostDir(const std::string& path) {
   DIR* d = ::opendir(path.c_str());
-  if (d == nullptr) return Status::FromErrno(errno, path);
+  if (d == nullptr) return Status::FromErrno(errno, "opendir");
   std::vector<std::string> names;
   while (dirent* e = ::readdir(d)) {
     std::string_view n = e->d_name;
@@ -109,6 +110,16 @@ void Skip(const WalkContext& ctx, const std::string& src, const std::string& why
   if (ctx.opts.skipped) ctx.opts.skipped(src, why);
 }
 
+// An entry of the source that cannot be read: left out and told, or (without opts.failed) the
+// error that stops the import.
+Status Failed(const WalkContext& ctx, const std::string& src, const Status& why,
+              TreeSummary& summary) {
+  if (!ctx.opts.failed) return WithPath(src, why);
+  ++summary.failed;
+  ctx.opts.failed(src, why);
+  return Status::Ok();
+}
+
 // Queues host path `src` as `name` in `parent`; directories recursively, their times last (as
 // cp -a does: adding children would have changed a live directory's times).
 Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::string& name,
@@ -116,8 +127,10 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
   struct stat st;
   if (::lstat(src.c_str(), &st) != 0) {
     // Listed by its directory a moment ago: it went away while the import ran.
-    if (errno == ENOENT) return Status::NotFound(src + ": vanished before it could be imported");
-    return Status::FromErrno(errno, src);
+    if (errno == ENOENT) {
+      return Failed(ctx, src, Status::NotFound("vanished before it could be imported"), summary);
+    }
+    return Failed(ctx, src, Status::FromErrno(errno, "lstat"), summary);
   }
   if (ctx.store_ino != 0 && st.st_dev == ctx.store_dev && st.st_ino == ctx.store_ino) {
     Skip(ctx, src, "the store itself, skipped", summary);
@@ -129,7 +142,7 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
   if (S_ISLNK(st.st_mode)) {
     std::string target(static_cast<size_t>(st.st_size) + 1, '\0');
     const ssize_t n = ::readlink(src.c_str(), target.data(), target.size());
-    if (n < 0) return Status::FromErrno(errno, src);
+    if (n < 0) return Failed(ctx, src, Status::FromErrno(errno, "readlink"), summary);
     target.resize(static_cast<size_t>(n));
     ZIPNN_RETURN_IF_ERROR(bulk.Symlink(parent, name, target, attr));
     ++summary.symlinks;
@@ -140,7 +153,10 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
     if (!dir.ok()) return dir.status();
     ++summary.directories;
     Result<std::vector<std::string>> names = ListHostDir(src);
-    if (!names.ok()) return names.status();
+    if (!names.ok()) {  // (as cp -a does, the directory itself is kept)
+      ZIPNN_RETURN_IF_ERROR(Failed(ctx, src, names.status(), summary));
+      names = std::vector<std::string>{};
+    }
     for (const std::string& child : *names) {
       ZIPNN_RETURN_IF_ERROR(Walk(bulk, src + "/" + child, *dir, child, ctx, summary));
     }
@@ -170,6 +186,13 @@ Status ImportTree(Store& store, const std::string& src, uint64_t parent, const s
   }
   // Counted as each commit makes files durable, so that a failed import still tells what it
   // kept (Finish gives figures only on success). The writer thread writes only these fields.
+  std::atomic<uint64_t> files_failed = 0;  // (the walk's thread writes summary.failed)
+  if (opts.failed) {
+    bulk_opts.file_failed = [&opts, &files_failed](std::string_view label, const Status& why) {
+      ++files_failed;
+      opts.failed(std::string(label), why);
+    };
+  }
   bulk_opts.file_added = [&summary](std::string_view, const AddResult& r) {
     ++summary.files;
     summary.raw_bytes += r.attr.size;
@@ -194,6 +217,7 @@ Status ImportTree(Store& store, const std::string& src, uint64_t parent, const s
   // Whatever was queued before a failure of the walk is still committed.
   const Status walked = Walk(**bulk, src, BulkDir{parent, false}, name, ctx, summary);
   Result<BulkSummary> done = (*bulk)->Finish();
+  summary.failed += files_failed;
   if (!done.ok()) return done.status();
   return walked;
 }

@@ -13,6 +13,7 @@ namespace zipnn::index {
 
 struct TreeSummary {
   uint64_t files = 0, directories = 0, symlinks = 0, skipped = 0;
+  uint64_t failed = 0;           // import: entries left out (ImportOptions::failed)
   uint64_t raw_bytes = 0;        // file bytes copied
   uint64_t frame_bytes = 0;      // import: frame bytes of the files' chunks (before dedup)
   uint64_t new_frame_bytes = 0;  // import: bytes appended to packs
@@ -28,6 +29,12 @@ struct ImportOptions {
   uint32_t commit_interval_ms = BulkAddOptions{}.commit_interval_ms;
   // Told about each special file skipped (sockets, devices, fifos).
   std::function<void(const std::string& path, const std::string& why)> skipped;
+  // With this set, an entry of the tree that cannot be imported (it vanished, or cannot be read
+  // or listed, or changed while it was read) is told here and left out, and the import goes on,
+  // as cp -a does; without it, the first such entry stops the import. Failures of the store (a
+  // full disk, say) always stop it. Called on the walking thread and on the import's writer
+  // thread, possibly at once.
+  std::function<void(const std::string& path, const Status& why)> failed;
   // The store's own directory, skipped (and told to `skipped`) if the tree holds it: its packs
   // grow while they would be read, and a store inside itself is no copy of anything.
   std::string store_dir;

@@ -150,6 +150,11 @@ int Import(const std::string& store_dir, const std::vector<std::string>& sources
   opts.skipped = [](const std::string& path, const std::string& why) {
     std::fprintf(stderr, "\rzipnnfs: %s: %s\n", path.c_str(), why.c_str());
   };
+  // As cp -a: what cannot be read is told and left out, the rest imported, and the exit code 1.
+  opts.failed = [tty](const std::string& path, const Status& why) {
+    std::fprintf(stderr, "%szipnnfs: %s: %s\n", tty ? "\r\033[K" : "", path.c_str(),
+                 why.message().c_str());
+  };
   if (tty) {
     opts.progress = [&](const std::string& path, const TreeSummary& t) {
       const auto now = std::chrono::steady_clock::now();
@@ -172,18 +177,26 @@ int Import(const std::string& store_dir, const std::vector<std::string>& sources
     }
   }
   if (tty) std::fputs("\r\033[K", stderr);
+  if (rc == 0 && total.failed != 0) {
+    std::fprintf(stderr, "zipnnfs: %llu entries could not be imported (see above)\n",
+                 static_cast<unsigned long long>(total.failed));
+    rc = kExitError;
+  }
   if (!quiet) {
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::fprintf(stderr,
-                 "imported %llu files, %llu directories, %llu symlinks (%llu skipped): %.1f MB "
-                 "-> %.1f MB of frames (ratio %.3f), %.1f MB new after dedup; %.2f s, %.1f MB/s\n",
-                 static_cast<unsigned long long>(total.files),
-                 static_cast<unsigned long long>(total.directories),
-                 static_cast<unsigned long long>(total.symlinks),
-                 static_cast<unsigned long long>(total.skipped), Mb(total.raw_bytes),
-                 Mb(total.frame_bytes), Ratio(total.raw_bytes, total.frame_bytes),
-                 Mb(total.new_frame_bytes), secs, secs > 0 ? Mb(total.raw_bytes) / secs : 0.0);
+    std::fprintf(
+        stderr,
+        "imported %llu files, %llu directories, %llu symlinks (%llu skipped, %llu failed): "
+        "%.1f MB "
+        "-> %.1f MB of frames (ratio %.3f), %.1f MB new after dedup; %.2f s, %.1f MB/s\n",
+        static_cast<unsigned long long>(total.files),
+        static_cast<unsigned long long>(total.directories),
+        static_cast<unsigned long long>(total.symlinks),
+        static_cast<unsigned long long>(total.skipped),
+        static_cast<unsigned long long>(total.failed), Mb(total.raw_bytes), Mb(total.frame_bytes),
+        Ratio(total.raw_bytes, total.frame_bytes), Mb(total.new_frame_bytes), secs,
+        secs > 0 ? Mb(total.raw_bytes) / secs : 0.0);
   }
   return rc;
 }

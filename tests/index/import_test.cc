@@ -187,6 +187,89 @@ TEST_F(ImportTest, FileVanishingDuringImport) {
   EXPECT_EQ(store->LookupPath("/src/b").status().code(), StatusCode::kNotFound);
 }
 
+// With ImportOptions::failed, a file that vanishes is told and left out, as cp -a does, and the
+// entries after it are imported (the import stopped at it before).
+TEST_F(ImportTest, VanishedFileIsLeftOutAndTheRestImported) {
+  const std::string src = dir_ + "/src";
+  fs::create_directories(src);
+  const Bytes big = RandomBytes(8u << 20, 1), after = RandomBytes(5000, 5);
+  WriteAll(src + "/a", big);
+  WriteAll(src + "/b", RandomBytes(1000, 2));
+  WriteAll(src + "/c", after);
+  StoreOptions opts;
+  opts.chunk_size = 64u << 10;
+  opts.batch_bytes = 256u << 10;
+  auto store = Open(true, opts);
+  ASSERT_TRUE(store);
+  ImportOptions io;
+  bool removed = false;
+  io.progress = [&](const std::string& path, const TreeSummary&) {
+    if (!removed && path == src + "/a") removed = fs::remove(src + "/b");
+  };
+  std::vector<std::pair<std::string, Status>> failed;
+  io.failed = [&](const std::string& path, const Status& why) { failed.emplace_back(path, why); };
+  TreeSummary summary;
+  Status st = ImportTree(*store, src, kRootInode, "src", io, summary);
+  ASSERT_TRUE(removed);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(summary.failed, 1u);
+  EXPECT_EQ(summary.files, 2u);
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0].first, src + "/b");
+  EXPECT_NE(failed[0].second.message().find("vanished"), std::string::npos)
+      << failed[0].second.ToString();
+  EXPECT_EQ(store->LookupPath("/src/b").status().code(), StatusCode::kNotFound);
+  for (const auto& [name, want] : {std::pair{"/src/a", &big}, std::pair{"/src/c", &after}}) {
+    Result<InodeAttr> a = store->LookupPath(name);
+    ASSERT_TRUE(a.ok()) << name;
+    Bytes got(want->size());
+    ASSERT_EQ(*store->Read(a->ino, 0, got), want->size()) << name;
+    EXPECT_TRUE(got == *want) << name;
+  }
+  ExpectClean(*store);
+}
+
+// A file left out after its batches claimed chunks (the first batch to meet a new chunk codes it;
+// later batches leave it to that one): a later file with the same chunks must still get frames
+// for them, or it would commit extents of chunks no pack holds.
+TEST_F(ImportTest, FileLeftOutAfterItsChunksWereClaimed) {
+  const std::string src = dir_ + "/src";
+  fs::create_directories(src);
+  const Bytes big = RandomBytes(8u << 20, 6);
+  const Bytes head(big.begin(), big.begin() + (1u << 20));
+  WriteAll(src + "/a", big);
+  WriteAll(src + "/b", head);  // a's first 16 chunks
+  StoreOptions opts;
+  opts.chunk_size = 64u << 10;
+  opts.batch_bytes = 256u << 10;  // a chunk per batch: only a's first ones are read before the cut
+  {
+    auto store = Open(true, opts);
+    ASSERT_TRUE(store);
+    ImportOptions io;
+    bool cut = false;
+    io.progress = [&](const std::string& path, const TreeSummary&) {
+      if (!cut && path == src + "/a") cut = ::truncate((src + "/a").c_str(), 1u << 20) == 0;
+    };
+    std::vector<std::string> failed;
+    io.failed = [&](const std::string& path, const Status&) { failed.push_back(path); };
+    TreeSummary summary;
+    Status st = ImportTree(*store, src, kRootInode, "src", io, summary);
+    ASSERT_TRUE(cut);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    EXPECT_EQ(failed, std::vector<std::string>{src + "/a"});
+    EXPECT_EQ(summary.failed, 1u);
+  }
+  auto store = Open(true);
+  ASSERT_TRUE(store);
+  ExpectClean(*store);
+  EXPECT_EQ(store->LookupPath("/src/a").status().code(), StatusCode::kNotFound);
+  Result<InodeAttr> b = store->LookupPath("/src/b");
+  ASSERT_TRUE(b.ok());
+  Bytes got(head.size());
+  ASSERT_EQ(*store->Read(b->ino, 0, got), head.size());
+  EXPECT_TRUE(got == head);
+}
+
 // A file cut short while it is read: a clear error, the file is not stored, the store is clean.
 TEST_F(ImportTest, FileShrinkingDuringImport) {
   const std::string path = dir_ + "/shrinks";

@@ -205,6 +205,46 @@ TEST_F(ZipnnfsCliTest, ReadOnlyToolsWorkForAUserWhoCannotWriteTheStore) {
   ExpectReaderKeepsWritersOut(store_, kNobody, model);
 }
 
+// Like cp -a, import tells what it cannot read (a file or directory the user may not read), leaves
+// it out, imports the rest and exits 1; a directory it cannot list is kept, empty.
+TEST_F(ZipnnfsCliTest, ImportLeavesOutWhatItCannotReadAndGoesOn) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run the tool as another user";
+  constexpr uid_t kNobody = 65534;
+  const fs::perms open_dir = fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                             fs::perms::others_read | fs::perms::others_exec;
+  fs::permissions(dir_, open_dir);
+  const std::string work = Path("work"), src = Path("src");
+  fs::create_directories(work);
+  ASSERT_EQ(::chown(work.c_str(), kNobody, kNobody), 0);
+  fs::create_directories(src + "/locked");
+  fs::create_directories(src + "/sub");
+  fs::permissions(src, open_dir);
+  fs::permissions(src + "/sub", open_dir);
+  fs::permissions(src + "/locked", fs::perms::owner_all);
+  const std::string ok(70000, 'k'), fine(3000, 'f');
+  std::ofstream(src + "/ok.bin") << ok;
+  std::ofstream(src + "/secret.bin") << "secret";
+  std::ofstream(src + "/locked/x") << "x";
+  std::ofstream(src + "/sub/fine") << fine;
+  fs::permissions(src + "/ok.bin", fs::perms::owner_read | fs::perms::others_read);
+  fs::permissions(src + "/sub/fine", fs::perms::owner_read | fs::perms::others_read);
+  fs::permissions(src + "/secret.bin", fs::perms::owner_read);
+  const std::string store = work + "/store";
+  ASSERT_EQ(RunTool(ZIPNNFS_BINARY, {"init", store}, 60, kNobody).exit_code, 0);
+
+  test::ToolRun r = RunTool(ZIPNNFS_BINARY, {"import", store, src}, 60, kNobody);
+  EXPECT_EQ(r.exit_code, 1) << r.how << ": " << r.err;
+  EXPECT_NE(r.err.find(src + "/secret.bin: open: Permission denied"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(src + "/locked: opendir: Permission denied"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("2 entries could not be imported"), std::string::npos) << r.err;
+  EXPECT_EQ(Run({"cat", store, "/src/ok.bin"}).out, ok);
+  EXPECT_EQ(Run({"cat", store, "/src/sub/fine"}).out, fine);
+  EXPECT_EQ(Run({"cat", store, "/src/secret.bin"}).exit_code, 1);
+  test::ToolRun ls = Run({"stats", store, "/src/locked"});
+  EXPECT_EQ(ls.exit_code, 0) << "the directory is kept: " << ls.err;
+  EXPECT_EQ(Run({"fsck", store}).exit_code, 0);
+}
+
 // A store read through a read-only bind mount (read-only media, as a shared volume): a tool
 // reading it there takes the store's shared lock, so a writer by the writable path waits its
 // turn (it ran meanwhile, and could reuse pages the reader still read: LMDB keeps no reader
