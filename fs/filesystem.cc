@@ -112,6 +112,10 @@ void FileSystem::Init(fuse_conn_info* conn) {
   if (conn->capable & FUSE_CAP_READDIRPLUS_AUTO) conn->want |= FUSE_CAP_READDIRPLUS_AUTO;
   if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
   if (conn->capable & FUSE_CAP_CACHE_SYMLINKS) conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+  // The kernel enforces the ACLs files carry (system.posix_acl_access, from getxattr) besides
+  // their mode: else a user an ACL denies could read the file (with allow_other), and one it
+  // grants could not.
+  if (conn->capable & FUSE_CAP_POSIX_ACL) conn->want |= FUSE_CAP_POSIX_ACL;
   // Splice was measured slower than replying from memory (fuse-notes.md).
   conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
 }

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -201,6 +202,70 @@ TEST_F(FsTest, NamesLongerThanNameMaxAreTooLong) {
     EXPECT_EQ(fd < 0 ? errno : 0, ENAMETOOLONG) << "open, " << len << " bytes";
     if (fd >= 0) ::close(fd);
   }
+  EXPECT_TRUE(m.Unmount());
+}
+
+// A POSIX access ACL as Linux stores it in system.posix_acl_access: the owner rw-, user `uid`
+// with `perm`, the group and mask r--, others `other`.
+std::string AccessAcl(uint32_t uid, uint16_t perm, uint16_t other) {
+  std::string v;
+  auto put = [&](uint64_t x, int bytes) {
+    for (int i = 0; i < bytes; i++) v.push_back(static_cast<char>(x >> (8 * i)));
+  };
+  put(2, 4);  // version
+  const struct {
+    uint16_t tag, perm;
+    uint32_t id;
+  } entries[] = {
+      {0x01, 6, ~0u}, {0x02, perm, uid}, {0x04, 4, ~0u}, {0x10, 4, ~0u}, {0x20, other, ~0u}};
+  for (const auto& e : entries) {
+    put(e.tag, 2);
+    put(e.perm, 2);
+    put(e.id, 4);
+  }
+  return v;
+}
+
+// The mount enforces the ACLs its files carry, as the source filesystem did: with allow_other, a
+// user an ACL denies read a file its mode allowed, and one it grants was refused.
+TEST_F(FsTest, AclsAreEnforced) {
+  constexpr uid_t kUser = 1234;
+  const std::string src = MakeDir("src");
+  WriteFile(src + "/grant", "granted");
+  WriteFile(src + "/deny", "denied");
+  WriteFile(src + "/plain", "plain");
+  ::chmod((src + "/grant").c_str(), 0640);
+  ::chmod((src + "/deny").c_str(), 0644);
+  ::chmod((src + "/plain").c_str(), 0644);
+  const std::string grant = AccessAcl(kUser, 4, 0), deny = AccessAcl(kUser, 0, 4);
+  if (::setxattr((src + "/grant").c_str(), "system.posix_acl_access", grant.data(), grant.size(),
+                 0) != 0 ||
+      ::setxattr((src + "/deny").c_str(), "system.posix_acl_access", deny.data(), deny.size(), 0) !=
+          0) {
+    GTEST_SKIP() << "the test directory's filesystem has no ACLs: " << std::strerror(errno);
+  }
+  const std::string store = Path("store");
+  ASSERT_EQ(RunCommand(kZipnnfs, {"init", store}).exit_code, 0);
+  const CommandResult imp = RunCommand(kZipnnfs, {"import", "-q", store, src});
+  ASSERT_EQ(imp.exit_code, 0) << imp.err;
+  ::chmod(dir_.c_str(), 0755);  // the other user reaches the mount point
+  Mount m(store, MakeDir("mnt"), {"-o", "allow_other"});
+  ASSERT_TRUE(m.ok()) << m.result().err;
+  // errno of opening each file as kUser, a byte each, from a child that drops to that user.
+  auto open_as_user = [&](const std::string& name) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      if (::setgid(kUser) != 0 || ::setuid(kUser) != 0) ::_exit(255);
+      const int fd = ::open(m.Path("src/" + name).c_str(), O_RDONLY | O_CLOEXEC);
+      ::_exit(fd >= 0 ? 0 : errno);
+    }
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  EXPECT_EQ(open_as_user("plain"), 0) << "the user cannot reach the mount at all";
+  EXPECT_EQ(open_as_user("grant"), 0) << "the ACL grants read";
+  EXPECT_EQ(open_as_user("deny"), EACCES) << "the ACL denies read";
   EXPECT_TRUE(m.Unmount());
 }
 
