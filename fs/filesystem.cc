@@ -46,7 +46,11 @@ void ToStat(const index::InodeAttr& a, struct stat& st) {
   st.st_size = static_cast<off_t>(a.size);
   st.st_blksize = 1 << 20;  // a hint for readers: large reads serve best
   st.st_blocks = static_cast<blkcnt_t>((a.size + 511) / 512);
-  auto ts = [](int64_t ns) { return timespec{ns / 1000000000, ns % 1000000000}; };
+  auto ts = [](int64_t ns) {  // (before 1970 too: tv_nsec is never negative)
+    timespec t{ns / 1000000000, ns % 1000000000};
+    if (t.tv_nsec < 0) t.tv_nsec += 1000000000, --t.tv_sec;
+    return t;
+  };
   st.st_atim = ts(a.atime_ns);
   st.st_mtim = ts(a.mtime_ns);
   st.st_ctim = ts(a.ctime_ns);

@@ -20,7 +20,14 @@ namespace zipnn::index {
 
 namespace {
 
-int64_t ToNs(const timespec& t) { return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec; }
+// The store keeps times as int64 nanoseconds (years 1677 to 2262): a time outside that range is
+// clamped to its end, not wrapped around to the other end (ext4 allows 1901 to 2446).
+int64_t ToNs(const timespec& t) {
+  constexpr int64_t kMaxSec = INT64_MAX / 1000000000 - 1;
+  if (t.tv_sec > kMaxSec) return INT64_MAX;
+  if (t.tv_sec < -kMaxSec) return INT64_MIN;
+  return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
+}
 timespec FromNs(int64_t ns) {
   timespec t;
   t.tv_sec = ns / 1000000000;

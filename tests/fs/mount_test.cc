@@ -203,6 +203,9 @@ TEST_F(FsTest, GeneratedTreeMatchesSource) {
                         "/rel-link", "/dangling", "/many", ""}) {
     SetTimes(src + p, 1600000000 + static_cast<int64_t>(std::strlen(p)), 123456789);
   }
+  WriteFile(src + "/a/old", "1969\n");  // 1.5 s before 1970 (was shown as -1.000000001 s)
+  SetTimes(src + "/a/old", -2, 500000000);
+  SetTimes(src + "/a", 1600000002, 123456789);
 
   const std::string store = Path("store");
   ASSERT_EQ(RunCommand(kZipnnfs, {"init", store}).exit_code, 0);

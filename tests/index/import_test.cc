@@ -270,6 +270,23 @@ TEST_F(ImportTest, FileLeftOutAfterItsChunksWereClaimed) {
   EXPECT_TRUE(got == head);
 }
 
+// Times past what int64 nanoseconds hold (2262; ext4 goes to 2446) are clamped to the end of the
+// range, not wrapped around to 1677 (signed overflow).
+TEST_F(ImportTest, TimesBeyondTheStoresRangeAreClamped) {
+  const std::string path = dir_ + "/future";
+  WriteAll(path, RandomBytes(10, 7));
+  const timespec t[2] = {{10000000000, 0}, {1600000000, 5}};  // atime in 2286
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), t, 0), 0);
+  auto store = Open(true);
+  ASSERT_TRUE(store);
+  TreeSummary summary;
+  ASSERT_TRUE(ImportTree(*store, path, kRootInode, "future", {}, summary).ok());
+  Result<InodeAttr> a = store->LookupPath("/future");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->atime_ns, INT64_MAX);
+  EXPECT_EQ(a->mtime_ns, 1600000000000000005);
+}
+
 // A file cut short while it is read: a clear error, the file is not stored, the store is clean.
 TEST_F(ImportTest, FileShrinkingDuringImport) {
   const std::string path = dir_ + "/shrinks";
