@@ -289,59 +289,135 @@ Status WriteRange(Store& store, ThreadPool& pool, uint64_t ino, uint64_t begin, 
                              }));
 }
 
-// `dirs`: the directories exported so far. A directory met twice (a cycle or a hard link, which
-// only a damaged index has) is an error, not an endless descent.
-Status ExportNode(Store& store, ThreadPool& pool, uint64_t ino, const std::string& dest,
-                  TreeSummary& summary, std::unordered_set<uint64_t>& dirs) {
+struct ExportContext {
+  ExportContext(Store& s, ThreadPool& p, const ExportOptions& o, TreeSummary& sum)
+      : store(s), pool(p), opts(o), summary(sum) {}
+  Store& store;
+  ThreadPool& pool;
+  const ExportOptions& opts;
+  TreeSummary& summary;
+  // The directories exported so far. A directory met twice (a cycle or a hard link, which only a
+  // damaged index has) is an error, not an endless descent.
+  std::unordered_set<uint64_t> dirs;
+  uint64_t temps = 0;  // temporary names made so far
+  bool root = ::geteuid() == 0;
+};
+
+// A failure of one entry: with opts.failed, told and passed over, unless the disk is full (then
+// every entry after it would fail too).
+Status EntryDone(ExportContext& ctx, const Status& s) {
+  if (s.ok() || !ctx.opts.failed || s.code() == StatusCode::kNoSpace) return s;
+  ++ctx.summary.failed;
+  ctx.opts.failed(s);
+  return Status::Ok();
+}
+
+// What is at `path` now: 0 for nothing, else its st_mode's type bits.
+Result<mode_t> KindAt(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0) return st.st_mode & S_IFMT;
+  if (errno == ENOENT) return mode_t{0};
+  return Status::FromErrno(errno, path);
+}
+
+// A file or symlink is made under a temporary name beside `dest`, then renamed over it: an
+// existing file or symlink is replaced whole (never written through, never left half written), as
+// cp -a replaces it. A directory in the way is not replaced (cp -a refuses too).
+class ReplacingName {
+ public:
+  ReplacingName(ExportContext& ctx, const std::string& dest) : dest_(dest) {
+    const size_t slash = dest.rfind('/');
+    temp_ = (slash == std::string::npos ? std::string() : dest.substr(0, slash + 1)) +
+            ".zipnnfs-export." + std::to_string(::getpid()) + "." + std::to_string(ctx.temps++);
+  }
+  ~ReplacingName() {
+    if (!done_) ::unlink(temp_.c_str());
+  }
+  ReplacingName(const ReplacingName&) = delete;
+  ReplacingName& operator=(const ReplacingName&) = delete;
+
+  const std::string& temp() const { return temp_; }
+  static Status CheckDest(const std::string& dest) {
+    Result<mode_t> kind = KindAt(dest);
+    if (!kind.ok()) return kind.status();
+    if (*kind == S_IFDIR) return Status::Exists(dest + ": cannot overwrite a directory");
+    return Status::Ok();
+  }
+  Status Commit() {
+    ZIPNN_RETURN_IF_ERROR(CheckDest(dest_));
+    if (::rename(temp_.c_str(), dest_.c_str()) != 0) return Status::FromErrno(errno, dest_);
+    done_ = true;
+    return Status::Ok();
+  }
+
+ private:
+  std::string dest_, temp_;
+  bool done_ = false;
+};
+
+Status ExportNode(ExportContext& ctx, uint64_t ino, const std::string& dest) {
+  Store& store = ctx.store;
   Result<InodeAttr> attr = store.GetAttr(ino);
   if (!attr.ok()) return attr.status();
-  const bool root = ::geteuid() == 0;
   const timespec times[2] = {FromNs(attr->atime_ns), FromNs(attr->mtime_ns)};
   switch (attr->kind) {
     case InodeKind::kFile: {
-      UniqueFd fd(::open(dest.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+      ZIPNN_RETURN_IF_ERROR(ReplacingName::CheckDest(dest));  // before the work, not after
+      ReplacingName name(ctx, dest);
+      UniqueFd fd(::open(name.temp().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
       if (!fd.valid()) return Status::FromErrno(errno, dest);
-      ZIPNN_RETURN_IF_ERROR(WriteRange(store, pool, ino, 0, attr->size, fd.get(), dest, true));
+      ZIPNN_RETURN_IF_ERROR(WriteRange(store, ctx.pool, ino, 0, attr->size, fd.get(), dest, true));
       if (::ftruncate(fd.get(), static_cast<off_t>(attr->size)) != 0) {
         return Status::FromErrno(errno, dest);
       }
       // Owner first, then attributes: chown drops security.capability (and set-id bits, which
       // the chmod after it puts back), as cp -a's order avoids.
-      if (root && ::fchown(fd.get(), attr->uid, attr->gid) != 0) {
+      if (ctx.root && ::fchown(fd.get(), attr->uid, attr->gid) != 0) {
         return Status::FromErrno(errno, dest);
       }
-      ZIPNN_RETURN_IF_ERROR(WriteXattrs(store, ino, dest));
+      ZIPNN_RETURN_IF_ERROR(WriteXattrs(store, ino, name.temp()));
       if (::fchmod(fd.get(), attr->mode & 07777) != 0 || ::futimens(fd.get(), times) != 0) {
         return Status::FromErrno(errno, dest);
       }
-      ++summary.files;
-      summary.raw_bytes += attr->size;
+      ZIPNN_RETURN_IF_ERROR(name.Commit());
+      ++ctx.summary.files;
+      ctx.summary.raw_bytes += attr->size;
       return Status::Ok();
     }
     case InodeKind::kSymlink: {
       Result<std::string> target = store.ReadLink(ino);
       if (!target.ok()) return target.status();
-      if (::symlink(target->c_str(), dest.c_str()) != 0) return Status::FromErrno(errno, dest);
-      if (root && ::lchown(dest.c_str(), attr->uid, attr->gid) != 0) {
+      ZIPNN_RETURN_IF_ERROR(ReplacingName::CheckDest(dest));
+      ReplacingName name(ctx, dest);
+      const std::string& temp = name.temp();
+      if (::symlink(target->c_str(), temp.c_str()) != 0) return Status::FromErrno(errno, dest);
+      if (ctx.root && ::lchown(temp.c_str(), attr->uid, attr->gid) != 0) {
         return Status::FromErrno(errno, dest);
       }
-      ZIPNN_RETURN_IF_ERROR(WriteXattrs(store, ino, dest));
-      if (::utimensat(AT_FDCWD, dest.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) {
+      ZIPNN_RETURN_IF_ERROR(WriteXattrs(store, ino, temp));
+      if (::utimensat(AT_FDCWD, temp.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) {
         return Status::FromErrno(errno, dest);
       }
-      ++summary.symlinks;
+      ZIPNN_RETURN_IF_ERROR(name.Commit());
+      ++ctx.summary.symlinks;
       return Status::Ok();
     }
     case InodeKind::kDirectory: {
-      if (!dirs.insert(ino).second) {
+      if (!ctx.dirs.insert(ino).second) {
         return Status::Corrupt(dest + ": directory inode " + std::to_string(ino) +
                                " is in the tree twice (damaged index: see zipnnfs fsck)");
       }
-      if (::mkdir(dest.c_str(), 0700) != 0) return Status::FromErrno(errno, dest);
+      // An existing directory is merged into, as cp -a does (and gets the stored attributes).
+      Result<mode_t> kind = KindAt(dest);
+      if (!kind.ok()) return kind.status();
+      if (*kind != 0 && *kind != S_IFDIR) {
+        return Status::Exists(dest + ": cannot overwrite a non-directory with a directory");
+      }
+      if (*kind == 0 && ::mkdir(dest.c_str(), 0700) != 0) return Status::FromErrno(errno, dest);
       ZIPNN_RETURN_IF_ERROR(ForEachDirEntry(store, ino, [&](const DirEntry& e) {
-        return ExportNode(store, pool, e.ino, dest + "/" + e.name, summary, dirs);
+        return EntryDone(ctx, ExportNode(ctx, e.ino, dest + "/" + e.name));
       }));
-      if (root && ::lchown(dest.c_str(), attr->uid, attr->gid) != 0) {
+      if (ctx.root && ::lchown(dest.c_str(), attr->uid, attr->gid) != 0) {
         return Status::FromErrno(errno, dest);
       }
       ZIPNN_RETURN_IF_ERROR(WriteXattrs(store, ino, dest));
@@ -349,7 +425,7 @@ Status ExportNode(Store& store, ThreadPool& pool, uint64_t ino, const std::strin
           ::utimensat(AT_FDCWD, dest.c_str(), times, 0) != 0) {
         return Status::FromErrno(errno, dest);
       }
-      ++summary.directories;
+      ++ctx.summary.directories;
       return Status::Ok();
     }
   }
@@ -358,10 +434,11 @@ Status ExportNode(Store& store, ThreadPool& pool, uint64_t ino, const std::strin
 
 }  // namespace
 
-Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary) {
+Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary,
+                  const ExportOptions& opts) {
   ThreadPool pool(0);
-  std::unordered_set<uint64_t> dirs;
-  return ExportNode(store, pool, ino, dest, summary, dirs);
+  ExportContext ctx{store, pool, opts, summary};
+  return EntryDone(ctx, ExportNode(ctx, ino, dest));
 }
 
 Status WriteFileRange(Store& store, uint64_t ino, uint64_t begin, uint64_t end, int fd,

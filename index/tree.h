@@ -48,9 +48,20 @@ struct ImportOptions {
 Status ImportTree(Store& store, const std::string& src, uint64_t parent, const std::string& name,
                   const ImportOptions& opts, TreeSummary& summary);
 
-// Exports store inode `ino` (and, for a directory, everything below it) to host path `dest`,
-// which must not exist. Owners are restored when running as root.
-Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary);
+struct ExportOptions {
+  // With this set, an entry that cannot be exported (its name taken by a directory, or a
+  // non-directory where a directory goes; a destination not writable; a damaged chunk) is told
+  // here and left out, and the export goes on, as cp -a does; without it, the first failure
+  // stops the export. A full disk always stops it.
+  std::function<void(const Status& why)> failed;
+};
+
+// Exports store inode `ino` (and, for a directory, everything below it) to host path `dest`, like
+// cp -a: an existing directory is merged into, an existing file or symlink replaced (atomically:
+// written under a temporary name beside it, then renamed over it). Owners are restored when
+// running as root.
+Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary,
+                  const ExportOptions& opts = {});
 
 // Writes bytes [begin, end) of file `ino` (end within the file) to `fd`, in order: pieces of
 // whole chunks are decoded on all cores while the previous ones are written. Errors start with

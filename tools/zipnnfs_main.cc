@@ -207,20 +207,30 @@ int Export(const std::string& store_dir, const std::string& dest, const std::str
   Result<InodeAttr> top = (*store)->LookupPath(path);
   if (!top.ok()) return Fail(Status(top.status().code(), path + ": " + top.status().message()));
   TreeSummary summary;
+  // As cp -a: what cannot be exported is told and left out, the rest exported, and the exit code 1.
+  ExportOptions opts;
+  opts.failed = [](const Status& why) {
+    std::fprintf(stderr, "zipnnfs: %s\n", why.message().c_str());
+  };
   struct stat st;
   const bool dest_is_dir = ::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
   Status result;
   if (top->ino == kRootInode && dest_is_dir) {
     // cp -a STORE/. DEST: the root's entries go into DEST.
     result = ForEachDirEntry(**store, kRootInode, [&](const DirEntry& e) {
-      return ExportTree(**store, e.ino, dest + "/" + e.name, summary);
+      return ExportTree(**store, e.ino, dest + "/" + e.name, summary, opts);
     });
   } else {
     const std::string target =
         dest_is_dir ? dest + "/" + BaseName(path.empty() ? std::string("/") : path) : dest;
-    result = ExportTree(**store, top->ino, target, summary);
+    result = ExportTree(**store, top->ino, target, summary, opts);
   }
   if (!result.ok()) return Fail(result);
+  if (summary.failed != 0) {
+    std::fprintf(stderr, "zipnnfs: %llu entries could not be exported (see above)\n",
+                 static_cast<unsigned long long>(summary.failed));
+    return kExitError;
+  }
   return 0;
 }
 
