@@ -25,6 +25,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "index/store_impl.h"
@@ -100,6 +101,10 @@ class BulkAddImpl final : public BulkAdd {
     BulkEntry* e = nullptr;
     std::unique_ptr<NewFile> file;
     AddResult added;  // filled by the commit
+    // The commit refused it (a name taken by another kind of entry), with file_failed: told and
+    // left out; or it was left out with the directory it goes in, untold.
+    Status refused;
+    bool left_out = false;
   };
 
   // ---- caller side (bulk_add.cc) ----
@@ -160,6 +165,7 @@ class BulkAddImpl final : public BulkAdd {
   bool sync_started_ = false;  // the pack's flush was started for the last tasks
   uint64_t group_bytes_ = 0;
   std::unordered_map<size_t, uint64_t> dir_ino_;  // Mkdir handle -> inode, once committed
+  std::unordered_set<size_t> left_out_dirs_;      // Mkdir handles left out, once committed
   BulkProgress progress_;
   uint64_t file_done_ = 0;
   size_t skipped_entry_ = SIZE_MAX;  // the file being left out: its later tasks are ignored

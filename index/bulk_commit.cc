@@ -205,7 +205,7 @@ Status BulkAddImpl::Consume(BulkTask& t) {
     }
   }
   if (!t.job) {
-    group_.push_back({t.entry, t.e, nullptr, {}});
+    group_.push_back({t.entry, t.e, nullptr, {}, {}, false});
     return Status::Ok();
   }
   if (!current_) {
@@ -292,7 +292,7 @@ Status BulkAddImpl::Consume(BulkTask& t) {
   }
   group_bytes_ += current_->size;
   ++progress_.files;
-  group_.push_back({t.entry, t.e, std::move(current_), {}});
+  group_.push_back({t.entry, t.e, std::move(current_), {}, {}, false});
   return Status::Ok();
 }
 
@@ -332,21 +332,32 @@ Status BulkAddImpl::CommitGroup() {
   PackWriter& pack = *store_.pack_writer_;
   // The frames must be durable before any committed transaction references them.
   Status st = pack.end() != pack.committed() ? pack.Sync() : Status::Ok();
-  size_t applied = 0;
+  size_t applied = 0;  // ops the loop below went through (applied, refused or left out)
   Status entry_error;
   std::unordered_map<size_t, uint64_t> dirs;
+  std::unordered_set<size_t> left_out;  // directories left out, this group's and earlier ones
   if (st.ok() && (!group_.empty() || !written_.empty())) {
     st = store_.env_->Update([&](lmdb::Txn& txn) -> Status {
       applied = 0;
       entry_error = Status::Ok();
       dirs.clear();
+      left_out = left_out_dirs_;
       for (GroupOp& op : group_) {
-        Status s = ApplyOp(txn, op, dirs);
+        op.refused = Status::Ok();
+        // What goes in a directory left out is left out with it, as cp -a skips its contents.
+        op.left_out = op.e->parent.queued && left_out.count(op.e->parent.id) != 0;
+        Status s = op.left_out ? Status::Ok() : ApplyOp(txn, op, dirs);
         if (!s.ok() && IsEntryError(s)) {
-          entry_error = Labeled(*op.e, s);  // commit the entries before it
-          break;
+          if (!opts_.file_failed) {
+            entry_error = Labeled(*op.e, s);  // commit the entries before it
+            break;
+          }
+          op.refused = s;  // (its changes, none, end before the failing check)
         }
+        if (!s.ok() && !op.refused.ok()) s = Status::Ok();
         ZIPNN_RETURN_IF_ERROR(s);
+        if ((op.left_out || !op.refused.ok()) && op.e->kind == BulkEntry::Kind::kMkdir)
+          left_out.insert(op.entry);
         ++applied;
       }
       // New chunks no committed entry uses (an entry failed in the commit) keep a record at
@@ -376,10 +387,15 @@ Status BulkAddImpl::CommitGroup() {
   }
   pack.MarkCommitted();
   dir_ino_.insert(dirs.begin(), dirs.end());
+  left_out_dirs_ = std::move(left_out);
   ++summary_.commits;
   for (size_t i = 0; i < applied; ++i) {
     GroupOp& op = group_[i];
-    if (!op.file) continue;
+    if (!op.refused.ok()) {
+      ++summary_.files_failed;
+      opts_.file_failed(op.e->label, op.refused);
+    }
+    if (!op.file || op.left_out || !op.refused.ok()) continue;
     AddResult& r = op.added;
     for (const auto& [hash, count] : op.file->refs) {
       auto w = written_.find(hash);

@@ -117,14 +117,16 @@ class StoreImpl final : public Store {
   // The changes behind Mkdir, Symlink, SetTimes and AddFile, inside a write transaction.
   // `merge`: an existing directory of that name is kept (its entries) and given `attr`, as cp -a
   // does to a directory it copies onto; `replace`: an existing symlink is given the new target
-  // and `attr`, keeping its inode number (as a replaced file does).
+  // and `attr`, keeping its inode number (as a replaced file does), and an existing file is
+  // replaced by the symlink. A directory never replaces a non-directory, nor the other way round
+  // (kExists, as cp -a refuses).
   Result<InodeAttr> MkdirIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                             const NewAttr& attr, bool merge);
   Result<InodeAttr> SymlinkIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                               std::string_view target, const NewAttr& attr, bool replace);
   Status SetTimesIn(lmdb::Txn& txn, uint64_t ino, int64_t atime_ns, int64_t mtime_ns);
-  // Creates or replaces file `name`; chunks the store lacks must be in `written` (new frames,
-  // already synced to their pack). Fills `result`.
+  // Creates or replaces file (or symlink) `name`; chunks the store lacks must be in `written`
+  // (new frames, already synced to their pack). Fills `result`.
   Result<InodeAttr> CommitFileIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                                  const NewFile& f, const rec::ChunkMap& written, AddResult& result);
 
@@ -141,6 +143,10 @@ class StoreImpl final : public Store {
   Status PutXattrs(lmdb::Txn& txn, uint64_t ino,
                    const std::vector<std::pair<std::string, std::string>>& xattrs);
   Status DropExtentsIn(lmdb::Txn& txn, uint64_t ino);
+  // Removes file or symlink `old`, entry `name` of `parent`, with its records (a file's chunk
+  // references are dropped; the store has no hard links).
+  Status RemoveNonDirIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
+                        const InodeAttr& old);
   // Deletes every key of `db` that starts with inode number `ino`.
   Status DeleteKeysOf(lmdb::Txn& txn, Db db, uint64_t ino);
 

@@ -139,7 +139,7 @@ Result<InodeAttr> StoreImpl::MkdirIn(lmdb::Txn& txn, uint64_t parent, std::strin
       ZIPNN_RETURN_IF_ERROR(PutXattrs(txn, a.ino, attr.xattrs));
       return a;
     }
-    if (old.ok()) return Status::Exists("exists in the store and is not a directory");
+    if (old.ok()) return Status::Exists("cannot overwrite a non-directory with a directory");
     if (old.status().code() != StatusCode::kNotFound) return old.status();
   }
   Result<InodeAttr> a = CreateInode(txn, parent, name, FromNew(attr, InodeKind::kDirectory));
@@ -161,6 +161,10 @@ Result<InodeAttr> StoreImpl::SymlinkIn(lmdb::Txn& txn, uint64_t parent, std::str
       a.ino = old->ino;
       ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), a));
       r = a;
+    } else if (old.ok() && old->kind == InodeKind::kDirectory) {
+      return Status::Exists("cannot overwrite a directory with a non-directory");
+    } else if (old.ok()) {
+      ZIPNN_RETURN_IF_ERROR(RemoveNonDirIn(txn, parent, name, *old));
     }
   }
   if (!r.ok()) r = CreateInode(txn, parent, name, a);
@@ -246,14 +250,32 @@ Status StoreImpl::DropExtentsIn(lmdb::Txn& txn, uint64_t ino) {
   return Status::Ok();
 }
 
+Status StoreImpl::RemoveNonDirIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
+                                 const InodeAttr& old) {
+  if (old.kind == InodeKind::kFile) ZIPNN_RETURN_IF_ERROR(DropExtentsIn(txn, old.ino));
+  ZIPNN_RETURN_IF_ERROR(DeleteKeysOf(txn, kXattrs, old.ino));
+  const rec::InodeKey key(old.ino);
+  if (old.kind == InodeKind::kSymlink) {
+    ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kSymlinks), lmdb::Val(key.bytes())));
+  }
+  ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kInodes), lmdb::Val(key.bytes())));
+  return txn.Del(dbi(kDirents), lmdb::Val(rec::NamedKey(parent, name)));
+}
+
 Result<InodeAttr> StoreImpl::CommitFileIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                                           const NewFile& f, const rec::ChunkMap& written,
                                           AddResult& result) {
   InodeAttr file = FromNew(f.attr, InodeKind::kFile);
   file.size = f.size;
   Result<InodeAttr> old = LookupIn(txn, parent, name);
+  if (old.ok() && old->kind == InodeKind::kDirectory) {
+    return Status::Exists("cannot overwrite a directory with a non-directory");
+  }
+  if (old.ok() && old->kind != InodeKind::kFile) {  // a symlink: replaced by a new inode
+    ZIPNN_RETURN_IF_ERROR(RemoveNonDirIn(txn, parent, name, *old));
+    old = Status::NotFound("");
+  }
   if (old.ok()) {
-    if (old->kind != InodeKind::kFile) return Status::Exists("exists and is not a regular file");
     file.ino = old->ino;
     ZIPNN_RETURN_IF_ERROR(DropExtentsIn(txn, file.ino));
     ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), file));

@@ -127,6 +127,23 @@ Status Failed(const WalkContext& ctx, const std::string& src, const Status& why,
   return Status::Ok();
 }
 
+Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::string& name,
+            const WalkContext& ctx, TreeSummary& summary);
+
+// Queues the entries of host directory `src` in `dir`.
+Status WalkChildren(BulkAdd& bulk, const std::string& src, BulkDir dir, const WalkContext& ctx,
+                    TreeSummary& summary) {
+  Result<std::vector<std::string>> names = ListHostDir(src);
+  if (!names.ok()) {  // (as cp -a does, the directory itself is kept)
+    ZIPNN_RETURN_IF_ERROR(Failed(ctx, src, names.status(), summary));
+    names = std::vector<std::string>{};
+  }
+  for (const std::string& child : *names) {
+    ZIPNN_RETURN_IF_ERROR(Walk(bulk, src + "/" + child, dir, child, ctx, summary));
+  }
+  return Status::Ok();
+}
+
 // Queues host path `src` as `name` in `parent`; directories recursively, their times last (as
 // cp -a does: adding children would have changed a live directory's times).
 Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::string& name,
@@ -159,14 +176,7 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
     Result<BulkDir> dir = bulk.Mkdir(parent, name, attr);
     if (!dir.ok()) return dir.status();
     ++summary.directories;
-    Result<std::vector<std::string>> names = ListHostDir(src);
-    if (!names.ok()) {  // (as cp -a does, the directory itself is kept)
-      ZIPNN_RETURN_IF_ERROR(Failed(ctx, src, names.status(), summary));
-      names = std::vector<std::string>{};
-    }
-    for (const std::string& child : *names) {
-      ZIPNN_RETURN_IF_ERROR(Walk(bulk, src + "/" + child, *dir, child, ctx, summary));
-    }
+    ZIPNN_RETURN_IF_ERROR(WalkChildren(bulk, src, *dir, ctx, summary));
     return bulk.SetTimes(*dir, attr.atime_ns, attr.mtime_ns);
   }
   Skip(ctx, src, "special file (device, fifo or socket) skipped", summary);
@@ -177,8 +187,13 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
 
 Status ImportTree(Store& store, const std::string& src, uint64_t parent, const std::string& name,
                   const ImportOptions& opts, TreeSummary& summary) {
+  WalkContext ctx{opts};
   struct stat st;  // a missing source is the caller's mistake, not a file that vanished
-  if (::lstat(src.c_str(), &st) != 0) return Status::FromErrno(errno, src);
+  if (::lstat(src.c_str(), &st) != 0)
+    return Failed(ctx, src, Status::FromErrno(errno, "lstat"), summary);
+  if (name.empty() && !S_ISDIR(st.st_mode)) {
+    return Failed(ctx, src, Status::InvalidArgument("not a directory"), summary);
+  }
   BulkAddOptions bulk_opts;
   bulk_opts.commit_interval_ms = opts.commit_interval_ms;
   const TreeSummary base = summary;  // the writer thread reports on top of this
@@ -206,7 +221,6 @@ Status ImportTree(Store& store, const std::string& src, uint64_t parent, const s
     summary.frame_bytes += r.frame_bytes;
     summary.new_frame_bytes += r.new_frame_bytes;
   };
-  WalkContext ctx{opts};
   struct stat store_st;
   if (!opts.store_dir.empty() && ::stat(opts.store_dir.c_str(), &store_st) == 0) {
     ctx.store_dev = store_st.st_dev;
@@ -216,13 +230,15 @@ Status ImportTree(Store& store, const std::string& src, uint64_t parent, const s
     if (::realpath(src.c_str(), real_src) != nullptr &&
         ::realpath(opts.store_dir.c_str(), real_store) != nullptr &&
         std::string_view(real_src).starts_with(std::string(real_store) + "/")) {
-      return Status::InvalidArgument(src + ": is inside the store");
+      return Failed(ctx, src, Status::InvalidArgument("is inside the store"), summary);
     }
   }
   Result<std::unique_ptr<BulkAdd>> bulk = store.BeginBulkAdd(bulk_opts);
   if (!bulk.ok()) return bulk.status();
   // Whatever was queued before a failure of the walk is still committed.
-  const Status walked = Walk(**bulk, src, BulkDir{parent, false}, name, ctx, summary);
+  const BulkDir top{parent, false};
+  const Status walked = name.empty() ? WalkChildren(**bulk, src, top, ctx, summary)
+                                     : Walk(**bulk, src, top, name, ctx, summary);
   Result<BulkSummary> done = (*bulk)->Finish();
   summary.failed += files_failed;
   if (!done.ok()) return done.status();
@@ -355,6 +371,25 @@ class ReplacingName {
   bool done_ = false;
 };
 
+// Sets the stored owner of what `fd` (else `path`, not followed) is, as cp -a does: root sets
+// it; another user can only keep the group, where they belong to it. Returns the mode to set:
+// the stored one, less the set-id and sticky bits where the owner could not be kept (a set-uid
+// file must not run as whoever exported it).
+Result<mode_t> SetOwner(const ExportContext& ctx, int fd, const std::string& path,
+                        const InodeAttr& a) {
+  auto chown = [&](uid_t uid, gid_t gid) {
+    return fd >= 0 ? ::fchown(fd, uid, gid) : ::lchown(path.c_str(), uid, gid);
+  };
+  mode_t mode = a.mode & 07777;
+  if (ctx.root) {
+    if (chown(a.uid, a.gid) != 0) return Status::FromErrno(errno, path);
+    return mode;
+  }
+  const bool group = chown(static_cast<uid_t>(-1), a.gid) == 0;
+  if (a.uid != ::geteuid() || !group) mode &= ~mode_t{07000};
+  return mode;
+}
+
 Status ExportNode(ExportContext& ctx, uint64_t ino, const std::string& dest) {
   Store& store = ctx.store;
   Result<InodeAttr> attr = store.GetAttr(ino);
@@ -372,11 +407,10 @@ Status ExportNode(ExportContext& ctx, uint64_t ino, const std::string& dest) {
       }
       // Owner first, then attributes: chown drops security.capability (and set-id bits, which
       // the chmod after it puts back), as cp -a's order avoids.
-      if (ctx.root && ::fchown(fd.get(), attr->uid, attr->gid) != 0) {
-        return Status::FromErrno(errno, dest);
-      }
+      Result<mode_t> mode = SetOwner(ctx, fd.get(), dest, *attr);
+      if (!mode.ok()) return mode.status();
       ZIPNN_RETURN_IF_ERROR(WriteXattrs(store, ino, name.temp()));
-      if (::fchmod(fd.get(), attr->mode & 07777) != 0 || ::futimens(fd.get(), times) != 0) {
+      if (::fchmod(fd.get(), *mode) != 0 || ::futimens(fd.get(), times) != 0) {
         return Status::FromErrno(errno, dest);
       }
       ZIPNN_RETURN_IF_ERROR(name.Commit());
@@ -391,9 +425,7 @@ Status ExportNode(ExportContext& ctx, uint64_t ino, const std::string& dest) {
       ReplacingName name(ctx, dest);
       const std::string& temp = name.temp();
       if (::symlink(target->c_str(), temp.c_str()) != 0) return Status::FromErrno(errno, dest);
-      if (ctx.root && ::lchown(temp.c_str(), attr->uid, attr->gid) != 0) {
-        return Status::FromErrno(errno, dest);
-      }
+      if (Result<mode_t> mode = SetOwner(ctx, -1, temp, *attr); !mode.ok()) return mode.status();
       ZIPNN_RETURN_IF_ERROR(WriteXattrs(store, ino, temp));
       if (::utimensat(AT_FDCWD, temp.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) {
         return Status::FromErrno(errno, dest);
@@ -417,12 +449,10 @@ Status ExportNode(ExportContext& ctx, uint64_t ino, const std::string& dest) {
       ZIPNN_RETURN_IF_ERROR(ForEachDirEntry(store, ino, [&](const DirEntry& e) {
         return EntryDone(ctx, ExportNode(ctx, e.ino, dest + "/" + e.name));
       }));
-      if (ctx.root && ::lchown(dest.c_str(), attr->uid, attr->gid) != 0) {
-        return Status::FromErrno(errno, dest);
-      }
+      Result<mode_t> mode = SetOwner(ctx, -1, dest, *attr);
+      if (!mode.ok()) return mode.status();
       ZIPNN_RETURN_IF_ERROR(WriteXattrs(store, ino, dest));
-      if (::chmod(dest.c_str(), attr->mode & 07777) != 0 ||
-          ::utimensat(AT_FDCWD, dest.c_str(), times, 0) != 0) {
+      if (::chmod(dest.c_str(), *mode) != 0 || ::utimensat(AT_FDCWD, dest.c_str(), times, 0) != 0) {
         return Status::FromErrno(errno, dest);
       }
       ++ctx.summary.directories;

@@ -41,7 +41,8 @@ struct ImportOptions {
 };
 
 // Imports host path `src` (a file, directory or symlink; not followed) as entry `name` of store
-// directory `parent`, through one Store::BeginBulkAdd pipeline (files compressed in parallel,
+// directory `parent` (an empty `name`: the entries of directory `src` go into `parent`, as
+// cp -a SRC/. does), through one Store::BeginBulkAdd pipeline (files compressed in parallel,
 // committed in groups; each entry whole or absent after a crash). As with cp -a, an existing
 // directory of that name is merged into (and gets the source's mode, owner and attributes), an
 // existing file or symlink is replaced.

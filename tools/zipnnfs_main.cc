@@ -54,7 +54,10 @@ std::string BaseName(std::string path) {
 }
 
 // The name a host path gets in the store: its last component, "." and ".." resolved first.
+// The name SRC gets in the store, as cp -a names it: its last component; none for SRC/. (its
+// entries go straight in, not a directory of them).
 std::string ImportName(const std::string& src) {
+  if (src == "." || src.ends_with("/.")) return "";
   std::error_code ec;
   const std::filesystem::path p = std::filesystem::absolute(src, ec).lexically_normal();
   std::string name = BaseName(ec ? src : p.string());

@@ -287,6 +287,58 @@ TEST_F(ImportTest, TimesBeyondTheStoresRangeAreClamped) {
   EXPECT_EQ(a->mtime_ns, 1600000000000000005);
 }
 
+// Importing again where an entry changed kind, as cp -a does: a file and a symlink replace each
+// other; a directory and a non-directory do not (told, left out with what it holds), and the rest
+// goes on (the first such entry stopped the import: "'x' exists").
+TEST_F(ImportTest, ReimportWhereEntriesChangedKind) {
+  const std::string a = dir_ + "/a/m", b = dir_ + "/b/m";
+  fs::create_directories(a + "/d");
+  fs::create_directories(b + "/f/sub");
+  WriteAll(a + "/d/inner", RandomBytes(100, 1));
+  WriteAll(a + "/f", RandomBytes(200, 2));
+  WriteAll(a + "/x", RandomBytes(300000, 3));
+  fs::create_symlink("d", a + "/s");
+  WriteAll(b + "/d", RandomBytes(10, 4));
+  WriteAll(b + "/f/sub/deeper", RandomBytes(20, 5));
+  WriteAll(b + "/s", RandomBytes(30, 6));
+  fs::create_symlink("s", b + "/x");
+  WriteAll(b + "/z", RandomBytes(40, 7));
+  auto store = Open(true);
+  ASSERT_TRUE(store);
+  TreeSummary first;
+  ASSERT_TRUE(ImportTree(*store, a, kRootInode, "m", {}, first).ok());
+  std::vector<std::string> failed;
+  ImportOptions io;
+  io.failed = [&](const std::string& path, const Status& why) {
+    failed.push_back(path + ": " + why.message());
+  };
+  TreeSummary second;
+  Status st = ImportTree(*store, b, kRootInode, "m", io, second);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  ASSERT_EQ(failed.size(), 2u) << ::testing::PrintToString(failed);
+  EXPECT_NE(failed[0].find("cannot overwrite a directory with a non-directory"), std::string::npos)
+      << failed[0];
+  EXPECT_NE(failed[0].find(b + "/d"), std::string::npos) << failed[0];
+  EXPECT_NE(failed[1].find("cannot overwrite a non-directory with a directory"), std::string::npos)
+      << failed[1];
+  EXPECT_EQ(second.failed, 2u);
+  EXPECT_EQ(store->LookupPath("/m/d")->kind, InodeKind::kDirectory);
+  EXPECT_EQ(store->LookupPath("/m/f")->kind, InodeKind::kFile);
+  EXPECT_EQ(store->LookupPath("/m/x")->kind, InodeKind::kSymlink);
+  EXPECT_EQ(*store->ReadLink(store->LookupPath("/m/x")->ino), "s");
+  Result<InodeAttr> s_file = store->LookupPath("/m/s");
+  ASSERT_EQ(s_file->kind, InodeKind::kFile);
+  Bytes got(30);
+  ASSERT_EQ(*store->Read(s_file->ino, 0, got), 30u);
+  EXPECT_TRUE(got == RandomBytes(30, 6));
+  EXPECT_TRUE(store->LookupPath("/m/z").ok()) << "entries after the refused ones are imported";
+  ExpectClean(*store);  // (the replaced file's chunks lost their references)
+  Result<GcReport> gc = store->Gc();
+  ASSERT_TRUE(gc.ok()) << gc.status().ToString();
+  EXPECT_GE(gc->chunks_dropped, 1u) << "the replaced file's chunks were freed";
+  ExpectClean(*store);
+}
+
 // A file cut short while it is read: a clear error, the file is not stored, the store is clean.
 TEST_F(ImportTest, FileShrinkingDuringImport) {
   const std::string path = dir_ + "/shrinks";

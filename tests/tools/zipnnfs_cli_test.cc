@@ -245,6 +245,36 @@ TEST_F(ZipnnfsCliTest, ImportLeavesOutWhatItCannotReadAndGoesOn) {
   EXPECT_EQ(Run({"fsck", store}).exit_code, 0);
 }
 
+// A user who is not root exports files as their own; where a file's stored owner cannot be kept,
+// its set-id bits are dropped, as cp -a drops them: a set-uid root program must not come out
+// set-uid to whoever exported it. Their own files keep every bit.
+TEST_F(ZipnnfsCliTest, ExportByAnotherUserDropsSetIdBitsOfOthersFiles) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run the tool as another user";
+  constexpr uid_t kNobody = 65534;
+  const std::string src = Path("src");
+  fs::create_directories(src);
+  std::ofstream(src + "/root-suid") << "#!/bin/sh\n";
+  std::ofstream(src + "/own-suid") << "#!/bin/sh\n";
+  ASSERT_EQ(::chown((src + "/own-suid").c_str(), kNobody, kNobody), 0);
+  ASSERT_EQ(::chmod((src + "/root-suid").c_str(), 06755), 0);
+  ASSERT_EQ(::chmod((src + "/own-suid").c_str(), 06755), 0);
+  ASSERT_EQ(Run({"init", store_}).exit_code, 0);
+  ASSERT_EQ(Run({"import", store_, src}).exit_code, 0);
+  fs::permissions(dir_, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                            fs::perms::others_read | fs::perms::others_exec);
+  const std::string out = Path("out");
+  fs::create_directories(out);
+  ASSERT_EQ(::chown(out.c_str(), kNobody, kNobody), 0);
+  test::ToolRun r = RunTool(ZIPNNFS_BINARY, {"export", store_, out, "/src"}, 60, kNobody);
+  ASSERT_EQ(r.exit_code, 0) << r.how << ": " << r.err;
+  struct stat st;
+  ASSERT_EQ(::stat((out + "/src/root-suid").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, kNobody);
+  EXPECT_EQ(st.st_mode & 07777, 0755u) << std::oct << st.st_mode;
+  ASSERT_EQ(::stat((out + "/src/own-suid").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 06755u) << std::oct << st.st_mode;
+}
+
 // A store read through a read-only bind mount (read-only media, as a shared volume): a tool
 // reading it there takes the store's shared lock, so a writer by the writable path waits its
 // turn (it ran meanwhile, and could reuse pages the reader still read: LMDB keeps no reader

@@ -152,5 +152,25 @@ TEST_F(ZipnnfsCopyTest, FailedImportSummaryCountsWhatWasKept) {
   EXPECT_EQ(Run({"fsck", store_}).exit_code, 0);
 }
 
+// Sources as cp -a takes them: SRC/. copies SRC's entries, not a directory named SRC; a missing
+// source is told and the others are still imported (nothing was, after it), exit 1.
+TEST_F(ZipnnfsCopyTest, ImportSourcesAsCpTakesThem) {
+  const std::string src = Path("src"), other = Path("other");
+  fs::create_directories(src + "/d");
+  fs::create_directories(other);
+  std::ofstream(src + "/a") << "a";
+  std::ofstream(src + "/d/b") << "b";
+  std::ofstream(other + "/c") << "c";
+  test::ToolRun r = Run({"import", store_, Path("missing"), src + "/.", other, "--to", "/dot"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find(Path("missing") + ": lstat: No such file or directory"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(Run({"cat", store_, "/dot/a"}).out, "a");
+  EXPECT_EQ(Run({"cat", store_, "/dot/d/b"}).out, "b");
+  EXPECT_EQ(Run({"cat", store_, "/dot/other/c"}).out, "c");
+  EXPECT_NE(Run({"cat", store_, "/dot/src/a"}).exit_code, 0);
+  EXPECT_EQ(Run({"fsck", store_}).exit_code, 0);
+}
+
 }  // namespace
 }  // namespace zipnn::tool
