@@ -125,11 +125,19 @@ Status BulkAddImpl::Symlink(BulkDir parent, std::string_view name, std::string_v
   return Queue(std::move(e)).status();
 }
 
-Status BulkAddImpl::AddFile(BulkDir parent, std::string_view name, const std::string& host_path,
-                            const NewAttr& attr) {
+Result<BulkFile> BulkAddImpl::AddFile(BulkDir parent, std::string_view name,
+                                      const std::string& host_path, const NewAttr& attr) {
   std::unique_ptr<BulkEntry> e = MakeEntry(BulkEntry::Kind::kFile, parent, name, attr);
   e->label = host_path;
   e->target = host_path;
+  Result<size_t> id = Queue(std::move(e));
+  if (!id.ok()) return id.status();
+  return BulkFile{*id, parent, std::string(name)};
+}
+
+Status BulkAddImpl::Link(BulkDir parent, std::string_view name, const BulkFile& file) {
+  std::unique_ptr<BulkEntry> e = MakeEntry(BulkEntry::Kind::kLink, parent, name, {});
+  e->link = file;
   return Queue(std::move(e)).status();
 }
 

@@ -33,7 +33,7 @@
 namespace zipnn::index {
 
 struct BulkEntry {
-  enum class Kind { kMkdir, kSymlink, kFile, kTimes };
+  enum class Kind { kMkdir, kSymlink, kFile, kTimes, kLink };
   Kind kind = Kind::kFile;
   BulkDir parent;  // kTimes: the entry whose times are set
   std::string name;
@@ -41,6 +41,7 @@ struct BulkEntry {
   NewAttr attr;        // kTimes: atime_ns and mtime_ns only
   std::string target;  // symlink target; file: host path, when `fd` is not given
   UniqueFd fd;
+  BulkFile link;  // kLink: the file it is another name for
 };
 
 // A file whose batches are being handed out: opened and planned by the worker that reached it.
@@ -86,8 +87,9 @@ class BulkAddImpl final : public BulkAdd {
   Result<BulkDir> Mkdir(BulkDir parent, std::string_view name, const NewAttr& attr) override;
   Status Symlink(BulkDir parent, std::string_view name, std::string_view target,
                  const NewAttr& attr) override;
-  Status AddFile(BulkDir parent, std::string_view name, const std::string& host_path,
-                 const NewAttr& attr) override;
+  Result<BulkFile> AddFile(BulkDir parent, std::string_view name, const std::string& host_path,
+                           const NewAttr& attr) override;
+  Status Link(BulkDir parent, std::string_view name, const BulkFile& file) override;
   Status AddFileFd(BulkDir parent, std::string_view name, int fd, const NewAttr& attr) override;
   Status SetTimes(BulkDir entry, int64_t atime_ns, int64_t mtime_ns) override;
   Result<BulkSummary> Finish() override;
@@ -165,7 +167,8 @@ class BulkAddImpl final : public BulkAdd {
   bool sync_started_ = false;  // the pack's flush was started for the last tasks
   uint64_t group_bytes_ = 0;
   std::unordered_map<size_t, uint64_t> dir_ino_;  // Mkdir handle -> inode, once committed
-  std::unordered_set<size_t> left_out_dirs_;      // Mkdir handles left out, once committed
+  // Directories (Mkdir handles) and files left out: what goes in them, or links to them, too.
+  std::unordered_set<size_t> left_out_;
   BulkProgress progress_;
   uint64_t file_done_ = 0;
   size_t skipped_entry_ = SIZE_MAX;  // the file being left out: its later tasks are ignored

@@ -118,6 +118,7 @@ Status BulkAddImpl::FileFailed(BulkTask& t, const Status& why) {
   }
   DropCurrentFile();
   skipped_entry_ = t.entry;
+  left_out_.insert(t.entry);
   ++summary_.files_failed;
   opts_.file_failed(t.e->label, why);
   return Status::Ok();
@@ -324,6 +325,15 @@ Status BulkAddImpl::ApplyOp(lmdb::Txn& txn, GroupOp& op,
       return store_.SetTimesIn(txn, *parent, e.attr.atime_ns, e.attr.mtime_ns);
     case BulkEntry::Kind::kFile:
       return store_.CommitFileIn(txn, *parent, e.name, *op.file, written_, op.added).status();
+    case BulkEntry::Kind::kLink: {
+      Result<uint64_t> dir = Resolve(e.link.parent, dirs);
+      if (!dir.ok()) return dir.status();
+      Result<InodeAttr> file = store_.LookupIn(txn, *dir, e.link.name);
+      if (!file.ok() || file->kind != InodeKind::kFile) {
+        return Status::NotFound("the file it is a hard link of is not in the store");
+      }
+      return store_.LinkIn(txn, *parent, e.name, *file);
+    }
   }
   return Status::Corrupt("bulk add: unknown entry kind");
 }
@@ -341,12 +351,16 @@ Status BulkAddImpl::CommitGroup() {
       applied = 0;
       entry_error = Status::Ok();
       dirs.clear();
-      left_out = left_out_dirs_;
+      left_out = left_out_;
       for (GroupOp& op : group_) {
         op.refused = Status::Ok();
         // What goes in a directory left out is left out with it, as cp -a skips its contents.
         op.left_out = op.e->parent.queued && left_out.count(op.e->parent.id) != 0;
-        Status s = op.left_out ? Status::Ok() : ApplyOp(txn, op, dirs);
+        const bool unlinked = !op.left_out && op.e->kind == BulkEntry::Kind::kLink &&
+                              left_out.count(op.e->link.id) != 0;
+        Status s = op.left_out ? Status::Ok()
+                   : unlinked  ? Status::NotFound("the file it is a hard link of was left out")
+                               : ApplyOp(txn, op, dirs);
         if (!s.ok() && IsEntryError(s)) {
           if (!opts_.file_failed) {
             entry_error = Labeled(*op.e, s);  // commit the entries before it
@@ -356,8 +370,7 @@ Status BulkAddImpl::CommitGroup() {
         }
         if (!s.ok() && !op.refused.ok()) s = Status::Ok();
         ZIPNN_RETURN_IF_ERROR(s);
-        if ((op.left_out || !op.refused.ok()) && op.e->kind == BulkEntry::Kind::kMkdir)
-          left_out.insert(op.entry);
+        if (op.left_out || !op.refused.ok()) left_out.insert(op.entry);
         ++applied;
       }
       // New chunks no committed entry uses (an entry failed in the commit) keep a record at
@@ -387,7 +400,7 @@ Status BulkAddImpl::CommitGroup() {
   }
   pack.MarkCommitted();
   dir_ino_.insert(dirs.begin(), dirs.end());
-  left_out_dirs_ = std::move(left_out);
+  left_out_ = std::move(left_out);
   ++summary_.commits;
   for (size_t i = 0; i < applied; ++i) {
     GroupOp& op = group_[i];

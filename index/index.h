@@ -187,6 +187,13 @@ struct BulkDir {
   bool queued = false;  // `id` is a BulkAdd::Mkdir handle, not an inode number
 };
 
+// A file queued by BulkAdd::AddFile, for BulkAdd::Link: its queue position and its place.
+struct BulkFile {
+  size_t id = 0;
+  BulkDir parent;
+  std::string name;
+};
+
 struct BulkProgress {
   std::string_view label;  // the file being added: its host path, or its name
   uint64_t file_done = 0, file_size = 0;
@@ -236,8 +243,12 @@ class BulkAdd {
   // A regular file from the host, opened when its turn comes (a file gone by then fails);
   // it replaces a file of that name, like Store::AddFile. Messages and progress name it by
   // `host_path`.
-  virtual Status AddFile(BulkDir parent, std::string_view name, const std::string& host_path,
-                         const NewAttr& attr) = 0;
+  virtual Result<BulkFile> AddFile(BulkDir parent, std::string_view name,
+                                   const std::string& host_path, const NewAttr& attr) = 0;
+  // Another name for a file queued earlier (a hard link): `name` in `parent` names the same
+  // inode. An existing file or symlink of that name is replaced; if `file` was left out, so is
+  // the link (told to file_failed).
+  virtual Status Link(BulkDir parent, std::string_view name, const BulkFile& file) = 0;
   // The same from an open descriptor (duplicated; the caller keeps its own).
   virtual Status AddFileFd(BulkDir parent, std::string_view name, int fd, const NewAttr& attr) = 0;
   virtual Status SetTimes(BulkDir entry, int64_t atime_ns, int64_t mtime_ns) = 0;

@@ -129,6 +129,9 @@ class StoreImpl final : public Store {
   // (new frames, already synced to their pack). Fills `result`.
   Result<InodeAttr> CommitFileIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                                  const NewFile& f, const rec::ChunkMap& written, AddResult& result);
+  // Makes `name` in `parent` another name of file `file` (a hard link), replacing a file or
+  // symlink of that name.
+  Status LinkIn(lmdb::Txn& txn, uint64_t parent, std::string_view name, const InodeAttr& file);
 
  private:
   friend class BulkAddImpl;
@@ -143,8 +146,8 @@ class StoreImpl final : public Store {
   Status PutXattrs(lmdb::Txn& txn, uint64_t ino,
                    const std::vector<std::pair<std::string, std::string>>& xattrs);
   Status DropExtentsIn(lmdb::Txn& txn, uint64_t ino);
-  // Removes file or symlink `old`, entry `name` of `parent`, with its records (a file's chunk
-  // references are dropped; the store has no hard links).
+  // Removes entry `name` of `parent`, file or symlink `old`: the inode loses a link, and with its
+  // last one its records go (a file's chunk references are dropped).
   Status RemoveNonDirIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                         const InodeAttr& old);
   // Deletes every key of `db` that starts with inode number `ino`.

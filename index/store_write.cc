@@ -252,14 +252,42 @@ Status StoreImpl::DropExtentsIn(lmdb::Txn& txn, uint64_t ino) {
 
 Status StoreImpl::RemoveNonDirIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                                  const InodeAttr& old) {
+  ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kDirents), lmdb::Val(rec::NamedKey(parent, name))));
+  if (old.nlink > 1) {  // a hard link: the other names keep the inode
+    InodeAttr a = old;
+    --a.nlink;
+    return PutInode(txn, dbi(kInodes), a);
+  }
   if (old.kind == InodeKind::kFile) ZIPNN_RETURN_IF_ERROR(DropExtentsIn(txn, old.ino));
   ZIPNN_RETURN_IF_ERROR(DeleteKeysOf(txn, kXattrs, old.ino));
   const rec::InodeKey key(old.ino);
   if (old.kind == InodeKind::kSymlink) {
     ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kSymlinks), lmdb::Val(key.bytes())));
   }
-  ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kInodes), lmdb::Val(key.bytes())));
-  return txn.Del(dbi(kDirents), lmdb::Val(rec::NamedKey(parent, name)));
+  return txn.Del(dbi(kInodes), lmdb::Val(key.bytes()));
+}
+
+Status StoreImpl::LinkIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
+                         const InodeAttr& file) {
+  Result<InodeAttr> dir = GetAttrIn(txn, parent);
+  if (!dir.ok()) return dir.status();
+  if (dir->kind != InodeKind::kDirectory) {
+    return Status::InvalidArgument("inode " + std::to_string(parent) + " is not a directory");
+  }
+  Result<InodeAttr> old = LookupIn(txn, parent, name);
+  if (old.ok() && old->ino == file.ino) return Status::Ok();  // linked already
+  if (old.ok() && old->kind == InodeKind::kDirectory) {
+    return Status::Exists("cannot overwrite a directory with a non-directory");
+  }
+  if (old.ok()) ZIPNN_RETURN_IF_ERROR(RemoveNonDirIn(txn, parent, name, *old));
+  if (!old.ok() && old.status().code() != StatusCode::kNotFound) return old.status();
+  Result<InodeAttr> now = GetAttrIn(txn, file.ino);  // (the removal may have changed it)
+  if (!now.ok()) return now.status();
+  ++now->nlink;
+  ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), *now));
+  uint8_t dirent[rec::kDirentSize];
+  rec::EncodeDirent(file.ino, InodeKind::kFile, dirent);
+  return txn.Put(dbi(kDirents), lmdb::Val(rec::NamedKey(parent, name)), lmdb::Val(dirent));
 }
 
 Result<InodeAttr> StoreImpl::CommitFileIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
@@ -271,7 +299,9 @@ Result<InodeAttr> StoreImpl::CommitFileIn(lmdb::Txn& txn, uint64_t parent, std::
   if (old.ok() && old->kind == InodeKind::kDirectory) {
     return Status::Exists("cannot overwrite a directory with a non-directory");
   }
-  if (old.ok() && old->kind != InodeKind::kFile) {  // a symlink: replaced by a new inode
+  // A symlink, or a file of other names too (a hard link: they keep its content, as a new
+  // file renamed over this name leaves them), is replaced by a new inode.
+  if (old.ok() && (old->kind != InodeKind::kFile || old->nlink > 1)) {
     ZIPNN_RETURN_IF_ERROR(RemoveNonDirIn(txn, parent, name, *old));
     old = Status::NotFound("");
   }

@@ -10,7 +10,9 @@
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <map>
 #include <string_view>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -109,6 +111,8 @@ struct WalkContext {
   const ImportOptions& opts;
   dev_t store_dev = 0;
   ino_t store_ino = 0;  // 0: no store directory to skip
+  // Files of several names (hard links) met so far: their later names become links to them.
+  std::map<std::pair<dev_t, ino_t>, BulkFile> linked;
 };
 
 void Skip(const WalkContext& ctx, const std::string& src, const std::string& why,
@@ -128,10 +132,10 @@ Status Failed(const WalkContext& ctx, const std::string& src, const Status& why,
 }
 
 Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::string& name,
-            const WalkContext& ctx, TreeSummary& summary);
+            WalkContext& ctx, TreeSummary& summary);
 
 // Queues the entries of host directory `src` in `dir`.
-Status WalkChildren(BulkAdd& bulk, const std::string& src, BulkDir dir, const WalkContext& ctx,
+Status WalkChildren(BulkAdd& bulk, const std::string& src, BulkDir dir, WalkContext& ctx,
                     TreeSummary& summary) {
   Result<std::vector<std::string>> names = ListHostDir(src);
   if (!names.ok()) {  // (as cp -a does, the directory itself is kept)
@@ -147,7 +151,7 @@ Status WalkChildren(BulkAdd& bulk, const std::string& src, BulkDir dir, const Wa
 // Queues host path `src` as `name` in `parent`; directories recursively, their times last (as
 // cp -a does: adding children would have changed a live directory's times).
 Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::string& name,
-            const WalkContext& ctx, TreeSummary& summary) {
+            WalkContext& ctx, TreeSummary& summary) {
   struct stat st;
   if (::lstat(src.c_str(), &st) != 0) {
     // Listed by its directory a moment ago: it went away while the import ran.
@@ -162,7 +166,16 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
   }
   NewAttr attr = AttrOf(st);
   attr.xattrs = ReadXattrs(src);
-  if (S_ISREG(st.st_mode)) return bulk.AddFile(parent, name, src, attr);
+  if (S_ISREG(st.st_mode)) {
+    if (st.st_nlink > 1) {  // as cp -a keeps hard links
+      auto it = ctx.linked.find({st.st_dev, st.st_ino});
+      if (it != ctx.linked.end()) return bulk.Link(parent, name, it->second);
+    }
+    Result<BulkFile> file = bulk.AddFile(parent, name, src, attr);
+    if (!file.ok()) return file.status();
+    if (st.st_nlink > 1) ctx.linked.emplace(std::pair{st.st_dev, st.st_ino}, std::move(*file));
+    return Status::Ok();
+  }
   if (S_ISLNK(st.st_mode)) {
     std::string target(static_cast<size_t>(st.st_size) + 1, '\0');
     const ssize_t n = ::readlink(src.c_str(), target.data(), target.size());
@@ -187,7 +200,7 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
 
 Status ImportTree(Store& store, const std::string& src, uint64_t parent, const std::string& name,
                   const ImportOptions& opts, TreeSummary& summary) {
-  WalkContext ctx{opts};
+  WalkContext ctx{opts, 0, 0, {}};
   struct stat st;  // a missing source is the caller's mistake, not a file that vanished
   if (::lstat(src.c_str(), &st) != 0)
     return Failed(ctx, src, Status::FromErrno(errno, "lstat"), summary);
@@ -316,6 +329,8 @@ struct ExportContext {
   // damaged index has) is an error, not an endless descent.
   std::unordered_set<uint64_t> dirs;
   uint64_t temps = 0;  // temporary names made so far
+  // Files of several names (hard links) exported so far: their other names become links.
+  std::unordered_map<uint64_t, std::string> linked;
   bool root = ::geteuid() == 0;
 };
 
@@ -399,6 +414,14 @@ Status ExportNode(ExportContext& ctx, uint64_t ino, const std::string& dest) {
     case InodeKind::kFile: {
       ZIPNN_RETURN_IF_ERROR(ReplacingName::CheckDest(dest));  // before the work, not after
       ReplacingName name(ctx, dest);
+      if (attr->nlink > 1) {  // another name of a file exported already: a hard link, as cp -a
+        auto it = ctx.linked.find(ino);
+        if (it != ctx.linked.end() && ::link(it->second.c_str(), name.temp().c_str()) == 0) {
+          ZIPNN_RETURN_IF_ERROR(name.Commit());
+          ++ctx.summary.files;
+          return Status::Ok();
+        }  // (else, a filesystem without links say, a copy)
+      }
       UniqueFd fd(::open(name.temp().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
       if (!fd.valid()) return Status::FromErrno(errno, dest);
       ZIPNN_RETURN_IF_ERROR(WriteRange(store, ctx.pool, ino, 0, attr->size, fd.get(), dest, true));
@@ -414,6 +437,7 @@ Status ExportNode(ExportContext& ctx, uint64_t ino, const std::string& dest) {
         return Status::FromErrno(errno, dest);
       }
       ZIPNN_RETURN_IF_ERROR(name.Commit());
+      if (attr->nlink > 1) ctx.linked.emplace(ino, dest);
       ++ctx.summary.files;
       ctx.summary.raw_bytes += attr->size;
       return Status::Ok();

@@ -312,6 +312,7 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
     std::printf("\n  ],%s\n", dump(rest, 2).c_str() + 1);
   };
   uint64_t total_size = 0, total_stored = 0;
+  std::unordered_set<uint64_t> counted;
   bool first = true;
   if (json) std::printf("{\n  \"files\": [");
   if (!json) std::printf("%14s %14s %7s  %-24s %s\n", "size", "stored", "ratio", "dtypes", "path");
@@ -322,8 +323,10 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
       if (json) close_json({{"error", path + ": " + u.status().message()}});
       return Fail(Status(u.status().code(), path + ": " + u.status().message()));
     }
-    total_size += u->size;
-    total_stored += u->frame_bytes;
+    if (counted.insert(ino).second) {  // (a file of several names counts once, as du counts it)
+      total_size += u->size;
+      total_stored += u->frame_bytes;
+    }
     nlohmann::json methods = nlohmann::json::object(), dtypes = nlohmann::json::object();
     std::string dtype_list;
     for (int m = 0; m < kNumMethods; ++m) {
@@ -374,7 +377,7 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
     std::printf("%14llu %14llu %7.3f  %-24s total of %zu files\n",
                 static_cast<unsigned long long>(total_size),
                 static_cast<unsigned long long>(total_stored), Ratio(total_size, total_stored), "",
-                files.size());
+                counted.size());
     std::printf(
         "store: %llu files, %.1f MB logical, %.1f MB in %llu distinct chunks, %.1f MB saved by "
         "dedup, %.1f MB unreferenced (gc), packs %.1f MB, ratio %.3f\n",

@@ -135,6 +135,7 @@ void ExpectSameTree(const std::string& src, const std::string& mnt, const std::s
   EXPECT_EQ(a.st_mtim.tv_nsec, b.st_mtim.tv_nsec);
   if (!S_ISDIR(a.st_mode)) {
     EXPECT_EQ(a.st_size, b.st_size);
+    EXPECT_EQ(a.st_nlink, b.st_nlink);  // (hard links)
   }
 
   // Extended attributes, as the source has them.
@@ -190,6 +191,7 @@ TEST_F(FsTest, GeneratedTreeMatchesSource) {
   stdfs::create_directory_symlink("a/b", src + "/rel-link");
   stdfs::create_symlink("a/b/c/deep.bin", src + "/file-link");
   stdfs::create_symlink("../nowhere", src + "/dangling");
+  stdfs::create_hard_link(src + "/big.bin", src + "/a/big-link.bin");
   // A directory larger than one readdir reply.
   const std::string many = MakeDir("src/tree/many");
   for (int i = 0; i < 600; ++i) {
@@ -220,6 +222,10 @@ TEST_F(FsTest, GeneratedTreeMatchesSource) {
   EXPECT_TRUE(stdfs::is_regular_file(m.Path("tree/rel-link/c/deep.bin")));
   EXPECT_FALSE(stdfs::exists(m.Path("tree/dangling")));
   EXPECT_FALSE(stdfs::exists(m.Path("tree/no-such-file")));
+  struct stat big, link;  // two names, one file
+  ASSERT_EQ(::stat(m.Path("tree/big.bin").c_str(), &big), 0);
+  ASSERT_EQ(::stat(m.Path("tree/a/big-link.bin").c_str(), &link), 0);
+  EXPECT_EQ(big.st_ino, link.st_ino);
   // "." and ".." in a listing carry the directory's and its parent's inode numbers.
   for (const char* rel : {"tree/a/b", "tree/a", "tree"}) {
     const std::string dir = m.Path(rel);

@@ -339,6 +339,60 @@ TEST_F(ImportTest, ReimportWhereEntriesChangedKind) {
   ExpectClean(*store);
 }
 
+// Hard links are kept, as cp -a keeps them: the names of one file are one inode in the store,
+// and export makes them one file again. Imported again, they stay one file; a name that is no
+// longer a link becomes a file of its own.
+TEST_F(ImportTest, HardLinksAreKept) {
+  const std::string src = dir_ + "/src";
+  fs::create_directories(src + "/sub");
+  const Bytes data = RandomBytes(300000, 1), other = RandomBytes(1000, 2);
+  WriteAll(src + "/a", data);
+  fs::create_hard_link(src + "/a", src + "/b");
+  fs::create_hard_link(src + "/a", src + "/sub/c");
+  WriteAll(src + "/d", other);
+  auto store = Open(true);
+  ASSERT_TRUE(store);
+  auto expect_links = [&](std::vector<std::string> names, uint32_t nlink) {
+    Result<InodeAttr> first = store->LookupPath(names[0]);
+    ASSERT_TRUE(first.ok()) << names[0];
+    EXPECT_EQ(first->nlink, nlink) << names[0];
+    for (const std::string& n : names) {
+      Result<InodeAttr> a = store->LookupPath(n);
+      ASSERT_TRUE(a.ok()) << n;
+      EXPECT_EQ(a->ino, first->ino) << n;
+    }
+  };
+  for (int round = 0; round < 2; ++round) {
+    TreeSummary summary;
+    ASSERT_TRUE(ImportTree(*store, src, kRootInode, "src", {}, summary).ok());
+    expect_links({"/src/a", "/src/b", "/src/sub/c"}, 3);
+    expect_links({"/src/d"}, 1);
+    ExpectClean(*store);
+  }
+  const std::string out = dir_ + "/out";
+  TreeSummary exported;
+  ASSERT_TRUE(ExportTree(*store, store->LookupPath("/src")->ino, out, exported).ok());
+  struct stat a, b, c;
+  ASSERT_EQ(::stat((out + "/a").c_str(), &a), 0);
+  ASSERT_EQ(::stat((out + "/b").c_str(), &b), 0);
+  ASSERT_EQ(::stat((out + "/sub/c").c_str(), &c), 0);
+  EXPECT_EQ(a.st_nlink, 3u);
+  EXPECT_EQ(a.st_ino, b.st_ino);
+  EXPECT_EQ(a.st_ino, c.st_ino);
+  EXPECT_EQ(test::ReadAll(out + "/sub/c"), data);
+
+  fs::remove(src + "/b");
+  WriteAll(src + "/b", other);
+  TreeSummary again;
+  ASSERT_TRUE(ImportTree(*store, src, kRootInode, "src", {}, again).ok());
+  expect_links({"/src/a", "/src/sub/c"}, 2);
+  expect_links({"/src/b"}, 1);
+  Bytes got(data.size());
+  ASSERT_EQ(*store->Read(store->LookupPath("/src/sub/c")->ino, 0, got), data.size());
+  EXPECT_TRUE(got == data);
+  ExpectClean(*store);
+}
+
 // A file cut short while it is read: a clear error, the file is not stored, the store is clean.
 TEST_F(ImportTest, FileShrinkingDuringImport) {
   const std::string path = dir_ + "/shrinks";
