@@ -272,18 +272,35 @@ Status ForEachDirEntry(Store& store, uint64_t dir,
 
 namespace {
 
-// Writes `buf` at the current offset of `fd`; with `sparse`, an all-zero piece is skipped with a
-// seek instead, leaving a hole (cp -a keeps a 10 GiB sparse file sparse; writing its zeros would
-// fill the disk). The caller sets the file's size at the end, since a trailing hole has none.
-Status WritePiece(int fd, std::span<const uint8_t> buf, bool sparse) {
-  if (!sparse || !AllZero(buf)) return WriteFull(fd, buf);
-  if (::lseek(fd, static_cast<off_t>(buf.size()), SEEK_CUR) < 0) {
-    return Status::FromErrno(errno, "seek");
+// Writes `buf` at the current offset of `fd`, which is `offset`; with `sparse`, the all-zero 4 KiB
+// blocks of the file (in `fd`, new and empty) are skipped, leaving holes (cp -a keeps a 10 GiB
+// sparse file sparse; writing its zeros would fill the disk). The caller sets the file's size at
+// the end, since a trailing hole has none.
+Status WritePiece(int fd, uint64_t offset, std::span<const uint8_t> buf, bool sparse) {
+  if (!sparse) return WriteFull(fd, buf);
+  if (AllZero(buf)) return Status::Ok();  // (the common case of a hole: no block loop)
+  constexpr uint64_t kBlock = 4096;
+  size_t data_from = 0;  // start of the run of data blocks not yet written
+  for (size_t at = 0; at < buf.size();) {
+    const size_t end =
+        std::min<size_t>(buf.size(), at + kBlock - static_cast<size_t>((offset + at) % kBlock));
+    if (AllZero(buf.subspan(at, end - at))) {
+      if (data_from < at) {
+        ZIPNN_RETURN_IF_ERROR(
+            PwriteFull(fd, offset + data_from, buf.subspan(data_from, at - data_from)));
+      }
+      data_from = end;
+    }
+    at = end;
+  }
+  if (data_from < buf.size()) {
+    ZIPNN_RETURN_IF_ERROR(PwriteFull(fd, offset + data_from, buf.subspan(data_from)));
   }
   return Status::Ok();
 }
 
-// `sparse`: `fd` is a new, empty regular file that all-zero pieces may leave as holes.
+// `sparse`: `fd` is a new, empty regular file that all-zero blocks may leave as holes (written
+// with pwrite at the range's offsets; else written in order at fd's offset, a pipe say).
 Status WriteRange(Store& store, ThreadPool& pool, uint64_t ino, uint64_t begin, uint64_t end,
                   int fd, const std::string& label, bool sparse = false) {
   // Pieces of about 1 MiB (a buffer's first use costs page faults; 4 MiB saved nothing), cut at
@@ -313,8 +330,8 @@ Status WriteRange(Store& store, ThreadPool& pool, uint64_t ino, uint64_t begin, 
                                  return Status::Corrupt("file ends early in the store");
                                return Status::Ok();
                              },
-                             [&](size_t, std::span<const uint8_t> buf) {
-                               return WritePiece(fd, buf, sparse);
+                             [&](size_t i, std::span<const uint8_t> buf) {
+                               return WritePiece(fd, from[i], buf, sparse);
                              }));
 }
 
