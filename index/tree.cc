@@ -86,6 +86,15 @@ Status WriteXattrs(Store& store, uint64_t ino, const std::string& path) {
       return Status::FromErrno(errno, path + ": xattr " + name);
     }
   }
+  // ACLs the destination's default ACL gave a new entry, where the source had none, go: as cp -a
+  // makes them, the entry's permissions are its mode's alone.
+  for (const char* acl : {"system.posix_acl_access", "system.posix_acl_default"}) {
+    if (std::find(names.begin(), names.end(), acl) == names.end() &&
+        ::lremovexattr(path.c_str(), acl) != 0 && errno != ENODATA && errno != ENOTSUP &&
+        errno != EPERM) {
+      return Status::FromErrno(errno, path + ": removing " + acl);
+    }
+  }
   return Status::Ok();
 }
 

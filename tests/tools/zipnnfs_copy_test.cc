@@ -7,10 +7,13 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "tests/tools/cli_util.h"
@@ -176,6 +179,43 @@ TEST_F(ZipnnfsCopyTest, ImportSourcesAsCpTakesThem) {
   EXPECT_EQ(Run({"cat", store_, "/dot/other/c"}).out, "c");
   EXPECT_NE(Run({"cat", store_, "/dot/src/a"}).exit_code, 0);
   EXPECT_EQ(Run({"fsck", store_}).exit_code, 0);
+}
+
+// Exported into a directory with a default ACL, entries whose source had no ACL get none (as
+// cp -a leaves them): they inherited the destination's entries, granting a user the source never
+// named.
+TEST_F(ZipnnfsCopyTest, ExportDoesNotKeepInheritedAcls) {
+  const std::string src = Path("src"), out = Path("out");
+  fs::create_directories(src + "/d");
+  std::ofstream(src + "/d/f") << "f";
+  fs::create_directories(out);
+  // system.posix_acl_default: owner rwx, user 1234 rwx, group r-x, mask rwx, others r-x.
+  std::string acl;
+  auto put = [&](uint64_t x, int bytes) {
+    for (int i = 0; i < bytes; i++) acl.push_back(static_cast<char>(x >> (8 * i)));
+  };
+  put(2, 4);
+  for (auto [tag, perm, id] : {std::tuple{0x01, 7, ~0u},
+                               {0x02, 7, 1234u},
+                               {0x04, 5, ~0u},
+                               {0x10, 7, ~0u},
+                               {0x20, 5, ~0u}}) {
+    put(static_cast<uint64_t>(tag), 2);
+    put(static_cast<uint64_t>(perm), 2);
+    put(id, 4);
+  }
+  if (::setxattr(out.c_str(), "system.posix_acl_default", acl.data(), acl.size(), 0) != 0) {
+    GTEST_SKIP() << "the test directory's filesystem has no ACLs: " << std::strerror(errno);
+  }
+  ASSERT_EQ(Run({"import", store_, src, "-q"}).exit_code, 0);
+  ASSERT_EQ(Run({"export", store_, out, "/src"}).exit_code, 0);
+  for (const std::string& p : {out + "/src", out + "/src/d", out + "/src/d/f"}) {
+    for (const char* name : {"system.posix_acl_access", "system.posix_acl_default"}) {
+      errno = 0;
+      EXPECT_LT(::getxattr(p.c_str(), name, nullptr, 0), 0) << p << " has " << name;
+      EXPECT_EQ(errno, ENODATA) << p << " " << name;
+    }
+  }
 }
 
 }  // namespace
