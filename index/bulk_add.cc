@@ -215,7 +215,8 @@ std::unique_ptr<BulkTask> BulkAddImpl::NextTask() {
           // the other workers need meanwhile. Entries are never moved, only freed once committed.
           opening_ = true;
           lock.unlock();
-          Result<std::shared_ptr<FileJob>> job = OpenJob(entry, e);
+          bool ours = false;
+          Result<std::shared_ptr<FileJob>> job = OpenJob(entry, e, &ours);
           lock.lock();
           opening_ = false;
           work_cv_.notify_all();
@@ -229,7 +230,7 @@ std::unique_ptr<BulkTask> BulkAddImpl::NextTask() {
           t->entry = entry;
           t->e = &e;
           t->status = job.status();
-          t->source_failed = true;
+          t->source_failed = !ours;
           return t;
         }
         auto t = std::make_unique<BulkTask>();  // nothing to compute
@@ -249,7 +250,7 @@ std::unique_ptr<BulkTask> BulkAddImpl::NextTask() {
   }
 }
 
-Result<std::shared_ptr<FileJob>> BulkAddImpl::OpenJob(size_t entry, BulkEntry& e) {
+Result<std::shared_ptr<FileJob>> BulkAddImpl::OpenJob(size_t entry, BulkEntry& e, bool* ours) {
   auto job = std::make_shared<FileJob>();
   job->entry = entry;
   if (e.fd.valid()) {
@@ -261,6 +262,8 @@ Result<std::shared_ptr<FileJob>> BulkAddImpl::OpenJob(size_t entry, BulkEntry& e
         ::open(e.target.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
     if (!job->fd.valid()) {
       if (errno == ENOENT) return Status::NotFound("vanished before it could be imported");
+      // Out of descriptors or memory: this process's failure, not the file's.
+      *ours = errno == EMFILE || errno == ENFILE || errno == ENOMEM;
       return Status::FromErrno(errno, "open");
     }
   }
@@ -282,13 +285,22 @@ Result<std::shared_ptr<FileJob>> BulkAddImpl::OpenJob(size_t entry, BulkEntry& e
 
 // The first batch to claim a chunk the store lacks codes it; a later batch leaves it to that one
 // (the writer appends in sequence order, and if the earlier batch fails, nothing later counts).
-bool BulkAddImpl::Claim(const ChunkHash& h, uint64_t seq) {
+bool BulkAddImpl::Claim(const ChunkHash& h, uint64_t seq, FileJob& job) {
   std::lock_guard lock(claims_mutex_);
   auto [it, inserted] = claims_.emplace(h, seq);
-  if (inserted) return true;
-  if (it->second < seq) return false;
+  if (!inserted && it->second < seq) return false;
   it->second = seq;
+  job.claimed.emplace_back(h, seq);
   return true;
+}
+
+void BulkAddImpl::ReleaseClaims(FileJob& job) {
+  std::lock_guard lock(claims_mutex_);
+  for (const auto& [h, seq] : job.claimed) {
+    auto it = claims_.find(h);
+    if (it != claims_.end() && it->second == seq) claims_.erase(it);
+  }
+  job.claimed.clear();
 }
 
 Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uint8_t>& chunk_buf) {
@@ -346,7 +358,7 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
     Status got = txn->Get(store_.dbi(kChunks), lmdb::Val(h), v);
     if (got.ok()) continue;  // stored already: only its refcount changes
     if (got.code() != StatusCode::kNotFound) return got;
-    if (!Claim(h, t.seq)) continue;
+    if (!Claim(h, t.seq, *t.job)) continue;
     NewFrame& f = t.frames.emplace_back();
     f.hash = h;
     f.offset = t.frame_data.size();

@@ -56,6 +56,8 @@ struct FileJob {
   // out, so its other batches need not read it. `failure` is the first such error.
   std::atomic<bool> failed{false};
   Status failure;
+  // Chunks its batches claimed (under the bulk add's claims mutex), released if it is left out.
+  std::vector<std::pair<ChunkHash, uint64_t>> claimed;
 };
 
 struct NewFrame {
@@ -114,16 +116,18 @@ class BulkAddImpl final : public BulkAdd {
   void Stop(bool abandon);
   // ---- workers (bulk_add.cc) ----
   void WorkerLoop(unsigned worker);
-  std::unique_ptr<BulkTask> NextTask();                                  // null: no more work
-  Result<std::shared_ptr<FileJob>> OpenJob(size_t entry, BulkEntry& e);  // without mutex_
+  std::unique_ptr<BulkTask> NextTask();  // null: no more work
+  // Without mutex_. `ours`: set when the failure is this process's (out of descriptors).
+  Result<std::shared_ptr<FileJob>> OpenJob(size_t entry, BulkEntry& e, bool* ours);
   Status RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uint8_t>& chunk_buf);
-  bool Claim(const ChunkHash& h, uint64_t seq);
+  bool Claim(const ChunkHash& h, uint64_t seq, FileJob& job);
+  void ReleaseClaims(FileJob& job);  // a file left out: later files code its chunks themselves
   // ---- writer (bulk_commit.cc) ----
   void WriterLoop();
   Status Consume(BulkTask& t);
   Status FileFailed(BulkTask& t, const Status& why);
   Status CodeOrphans(BulkTask& t, bool* source_failed);
-  void DropCurrentFile();
+  Status DropCurrentFile();
   void OpenGroup();
   Status CommitGroup();
   Status ApplyOp(lmdb::Txn& txn, GroupOp& op, std::unordered_map<size_t, uint64_t>& dirs);

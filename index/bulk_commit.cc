@@ -76,7 +76,7 @@ void BulkAddImpl::WriterLoop() {
     work_cv_.notify_all();
     if (!st.ok()) {
       // The entries before the failing one are whole: commit them, without its frames.
-      DropCurrentFile();
+      (void)DropCurrentFile();
       if (group_lock_) {
         Status c = CommitGroup();
         if (!c.ok() && c.code() != st.code())
@@ -111,12 +111,20 @@ Status BulkAddImpl::FileFailed(BulkTask& t, const Status& why) {
   // Chunks its batches claimed (any batch that read it may have) are coded by no one else: the
   // files after it code them.
   orphans_possible_ |= t.job != nullptr;
+  if (t.job) {
+    std::lock_guard lock(mutex_);
+    if (!t.job->failed) {  // (the writer found it: its batches not yet run need not read it)
+      t.job->failure = why;
+      t.job->failed = true;
+    }
+  }
+  if (t.job) ReleaseClaims(*t.job);
   if (current_) {  // the progress counted what is dropped now
     progress_.raw_bytes -= file_done_;
     progress_.new_frame_bytes -= store_.pack_writer_->end() - current_start_;
     file_done_ = 0;
   }
-  DropCurrentFile();
+  if (Status st = DropCurrentFile(); !st.ok()) return Labeled(*t.e, st);
   skipped_entry_ = t.entry;
   left_out_.insert(t.entry);
   ++summary_.files_failed;
@@ -169,15 +177,17 @@ Status BulkAddImpl::CodeOrphans(BulkTask& t, bool* source_failed) {
   return Status::Ok();
 }
 
-void BulkAddImpl::DropCurrentFile() {
-  if (!current_) return;
+Status BulkAddImpl::DropCurrentFile() {
+  if (!current_) return Status::Ok();
   current_.reset();
   PackWriter& pack = *store_.pack_writer_;
-  // Only this file uses the frames appended since it started (earlier files were complete).
-  if (!pack.Truncate(current_start_).ok()) return;  // then the commit fails and rolls back
+  // Only this file uses the frames appended since it started (earlier files were complete). If
+  // they cannot be cut, they stay, in `written_`: the commit gives them records at refcount 0.
+  ZIPNN_RETURN_IF_ERROR(pack.Truncate(current_start_));
   std::erase_if(written_, [&](const auto& w) {
     return w.second.pack_id == pack.id() && w.second.pack_offset >= current_start_;
   });
+  return Status::Ok();
 }
 
 void BulkAddImpl::OpenGroup() {
@@ -189,11 +199,9 @@ void BulkAddImpl::OpenGroup() {
 }
 
 Status BulkAddImpl::Consume(BulkTask& t) {
+  if (!t.status.ok() && !t.source_failed) return Labeled(*t.e, t.status);  // the store's: stop
   if (t.entry == skipped_entry_) return Status::Ok();  // a later batch of a file left out
-  if (!t.status.ok()) {
-    if (!t.source_failed) return Labeled(*t.e, t.status);
-    return FileFailed(t, t.job && t.job->failed ? t.job->failure : t.status);
-  }
+  if (!t.status.ok()) return FileFailed(t, t.job && t.job->failed ? t.job->failure : t.status);
   if (!group_lock_) {
     OpenGroup();
     // A full pack is closed between groups (a group's frames are all in one pack); the new pack

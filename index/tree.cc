@@ -106,11 +106,16 @@ Result<std::vector<std::string>> ListHostDir(const std::string& path) {
   DIR* d = ::opendir(path.c_str());
   if (d == nullptr) return Status::FromErrno(errno, "opendir");
   std::vector<std::string> names;
-  while (dirent* e = ::readdir(d)) {
+  for (;;) {
+    errno = 0;  // (the end of the listing and a failure both return null)
+    const dirent* e = ::readdir(d);
+    if (e == nullptr) break;
     std::string_view n = e->d_name;
     if (n != "." && n != "..") names.emplace_back(n);
   }
+  const int err = errno;
   ::closedir(d);
+  if (err != 0) return Status::FromErrno(err, "readdir");
   std::sort(names.begin(), names.end());
   return names;
 }
