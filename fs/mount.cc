@@ -37,6 +37,7 @@ namespace {
 // Filled by fuse_opt_parse; strings are malloc'd by libfuse.
 struct MountConfig {
   char* store = nullptr;
+  char* mountpoint = nullptr;  // (also left to libfuse, which takes it)
   char* cache_size = nullptr;
   char* log_level = nullptr;
   char* workers = nullptr;  // counts as text: libfuse's %u takes "-1" and wraps past 32 bits
@@ -46,7 +47,8 @@ struct MountConfig {
   double attr_timeout = 60;
   int show_help = 0;
   ~MountConfig() {
-    for (char* s : {store, cache_size, log_level, workers, prefetch, read_ahead_kb}) std::free(s);
+    for (char* s : {store, mountpoint, cache_size, log_level, workers, prefetch, read_ahead_kb})
+      std::free(s);
   }
 };
 
@@ -89,6 +91,7 @@ int OptProc(void* data, const char* arg, int key, fuse_args*) {
     cfg->store = strdup(arg);
     return 0;
   }
+  if (key == FUSE_OPT_KEY_NONOPT && cfg->mountpoint == nullptr) cfg->mountpoint = strdup(arg);
   return 1;
 }
 
@@ -223,6 +226,15 @@ int MountMain(int argc, char** argv) {
   std::unique_ptr<fuse_args, void (*)(fuse_args*)> args_guard(&args, fuse_opt_free_args);
   MountConfig cfg;
   if (fuse_opt_parse(&args, &cfg, kOptions, OptProc) != 0) return 2;
+  // A mount point that is not there is an error like any other (exit 1, our message), not a
+  // usage error: libfuse's parser below would refuse it so.
+  struct stat st;
+  if (cfg.mountpoint != nullptr && ::stat(cfg.mountpoint, &st) != 0) {
+    const int err = errno;
+    std::fprintf(stderr, "zipnnfs: mount point %s: %s%s\n", cfg.mountpoint, std::strerror(err),
+                 err == ENOTCONN ? " (a stale FUSE mount: fusermount3 -u it first)" : "");
+    return 1;
+  }
   fuse_cmdline_opts cmd;
   std::memset(&cmd, 0, sizeof cmd);
   if (fuse_parse_cmdline(&args, &cmd) != 0) return 2;
@@ -270,13 +282,6 @@ int MountMain(int argc, char** argv) {
     return 2;
   }
   const std::string mountpoint = RealPath(cmd.mountpoint);
-  struct stat st;
-  if (::stat(cmd.mountpoint, &st) != 0) {
-    const int err = errno;
-    std::fprintf(stderr, "zipnnfs: mount point %s: %s%s\n", cmd.mountpoint, std::strerror(err),
-                 err == ENOTCONN ? " (a stale FUSE mount: fusermount3 -u it first)" : "");
-    return 1;
-  }
   if (!S_ISDIR(st.st_mode)) {
     std::fprintf(stderr, "zipnnfs: mount point %s is not a directory\n", cmd.mountpoint);
     return 1;
