@@ -135,8 +135,10 @@ Result<BulkFile> BulkAddImpl::AddFile(BulkDir parent, std::string_view name,
   return BulkFile{*id, parent, std::string(name)};
 }
 
-Status BulkAddImpl::Link(BulkDir parent, std::string_view name, const BulkFile& file) {
+Status BulkAddImpl::Link(BulkDir parent, std::string_view name, const BulkFile& file,
+                         const std::string& host_path) {
   std::unique_ptr<BulkEntry> e = MakeEntry(BulkEntry::Kind::kLink, parent, name, {});
+  e->label = host_path;
   e->link = file;
   return Queue(std::move(e)).status();
 }

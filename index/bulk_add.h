@@ -91,7 +91,8 @@ class BulkAddImpl final : public BulkAdd {
                  const NewAttr& attr) override;
   Result<BulkFile> AddFile(BulkDir parent, std::string_view name, const std::string& host_path,
                            const NewAttr& attr) override;
-  Status Link(BulkDir parent, std::string_view name, const BulkFile& file) override;
+  Status Link(BulkDir parent, std::string_view name, const BulkFile& file,
+              const std::string& host_path) override;
   Status AddFileFd(BulkDir parent, std::string_view name, int fd, const NewAttr& attr) override;
   Status SetTimes(BulkDir entry, int64_t atime_ns, int64_t mtime_ns) override;
   Result<BulkSummary> Finish() override;

@@ -15,9 +15,10 @@ Status Labeled(const BulkEntry& e, const Status& s) {
 
 // Failures of one entry (the transaction can still commit the entries before it) as opposed to
 // failures of the transaction itself.
+// (Refusals are checked before an entry changes anything; a record missing on the way, which
+// only a damaged store has, is a failure of the transaction: it must not commit half an entry.)
 bool IsEntryError(const Status& s) {
-  return s.code() == StatusCode::kExists || s.code() == StatusCode::kInvalidArgument ||
-         s.code() == StatusCode::kNotFound;
+  return s.code() == StatusCode::kExists || s.code() == StatusCode::kInvalidArgument;
 }
 
 }  // namespace
@@ -337,8 +338,9 @@ Status BulkAddImpl::ApplyOp(lmdb::Txn& txn, GroupOp& op,
       Result<uint64_t> dir = Resolve(e.link.parent, dirs);
       if (!dir.ok()) return dir.status();
       Result<InodeAttr> file = store_.LookupIn(txn, *dir, e.link.name);
+      if (!file.ok() && file.status().code() != StatusCode::kNotFound) return file.status();
       if (!file.ok() || file->kind != InodeKind::kFile) {
-        return Status::NotFound("the file it is a hard link of is not in the store");
+        return Status::InvalidArgument("the file it is a hard link of is not in the store");
       }
       return store_.LinkIn(txn, *parent, e.name, *file);
     }
@@ -367,8 +369,9 @@ Status BulkAddImpl::CommitGroup() {
         const bool unlinked = !op.left_out && op.e->kind == BulkEntry::Kind::kLink &&
                               left_out.count(op.e->link.id) != 0;
         Status s = op.left_out ? Status::Ok()
-                   : unlinked  ? Status::NotFound("the file it is a hard link of was left out")
-                               : ApplyOp(txn, op, dirs);
+                   : unlinked
+                       ? Status::InvalidArgument("the file it is a hard link of was left out")
+                       : ApplyOp(txn, op, dirs);
         if (!s.ok() && IsEntryError(s)) {
           if (!opts_.file_failed) {
             entry_error = Labeled(*op.e, s);  // commit the entries before it

@@ -248,7 +248,9 @@ class BulkAdd {
   // Another name for a file queued earlier (a hard link): `name` in `parent` names the same
   // inode. An existing file or symlink of that name is replaced; if `file` was left out, so is
   // the link (told to file_failed).
-  virtual Status Link(BulkDir parent, std::string_view name, const BulkFile& file) = 0;
+  // Messages name it by `host_path`.
+  virtual Status Link(BulkDir parent, std::string_view name, const BulkFile& file,
+                      const std::string& host_path) = 0;
   // The same from an open descriptor (duplicated; the caller keeps its own).
   virtual Status AddFileFd(BulkDir parent, std::string_view name, int fd, const NewAttr& attr) = 0;
   virtual Status SetTimes(BulkDir entry, int64_t atime_ns, int64_t mtime_ns) = 0;

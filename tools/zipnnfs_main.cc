@@ -57,7 +57,9 @@ std::string BaseName(std::string path) {
 // The name SRC gets in the store, as cp -a names it: its last component; none for SRC/. (its
 // entries go straight in, not a directory of them).
 std::string ImportName(const std::string& src) {
-  if (src == "." || src.ends_with("/.")) return "";
+  std::string path = src;
+  while (path.size() > 1 && path.back() == '/') path.pop_back();  // (SRC/./ too)
+  if (path == "." || path.ends_with("/.")) return "";
   std::error_code ec;
   const std::filesystem::path p = std::filesystem::absolute(src, ec).lexically_normal();
   std::string name = BaseName(ec ? src : p.string());
@@ -220,9 +222,7 @@ int Export(const std::string& store_dir, const std::string& dest, const std::str
   Status result;
   if (top->ino == kRootInode && dest_is_dir) {
     // cp -a STORE/. DEST: the root's entries go into DEST.
-    result = ForEachDirEntry(**store, kRootInode, [&](const DirEntry& e) {
-      return ExportTree(**store, e.ino, dest + "/" + e.name, summary, opts);
-    });
+    result = ExportTreeEntries(**store, kRootInode, dest, summary, opts);
   } else {
     const std::string target =
         dest_is_dir ? dest + "/" + BaseName(path.empty() ? std::string("/") : path) : dest;
