@@ -177,15 +177,9 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
 
 }  // namespace
 
-Status ImportTree(Store& store, const std::string& src, uint64_t parent, const std::string& name,
-                  const ImportOptions& opts, TreeSummary& summary) {
+Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint64_t parent,
+                   const ImportOptions& opts, TreeSummary& summary) {
   WalkContext ctx{opts, 0, 0, {}};
-  struct stat st;  // a missing source is the caller's mistake, not a file that vanished
-  if (::lstat(src.c_str(), &st) != 0)
-    return Failed(ctx, src, Status::FromErrno(errno, "lstat"), summary);
-  if (name.empty() && !S_ISDIR(st.st_mode)) {
-    return Failed(ctx, src, Status::InvalidArgument("not a directory"), summary);
-  }
   BulkAddOptions bulk_opts;
   bulk_opts.commit_interval_ms = opts.commit_interval_ms;
   const TreeSummary base = summary;  // the writer thread reports on top of this
@@ -214,27 +208,47 @@ Status ImportTree(Store& store, const std::string& src, uint64_t parent, const s
     summary.new_frame_bytes += r.new_frame_bytes;
   };
   struct stat store_st;
-  if (!opts.store_dir.empty() && ::stat(opts.store_dir.c_str(), &store_st) == 0) {
+  char real_store[PATH_MAX];
+  const bool have_store = !opts.store_dir.empty() &&
+                          ::stat(opts.store_dir.c_str(), &store_st) == 0 &&
+                          ::realpath(opts.store_dir.c_str(), real_store) != nullptr;
+  if (have_store) {
     ctx.store_dev = store_st.st_dev;
     ctx.store_ino = store_st.st_ino;
-    // A source inside the store (its packs, say) is read while the import writes it.
-    char real_src[PATH_MAX], real_store[PATH_MAX];
-    if (::realpath(src.c_str(), real_src) != nullptr &&
-        ::realpath(opts.store_dir.c_str(), real_store) != nullptr &&
-        std::string_view(real_src).starts_with(std::string(real_store) + "/")) {
-      return Failed(ctx, src, Status::InvalidArgument("is inside the store"), summary);
-    }
   }
   Result<std::unique_ptr<BulkAdd>> bulk = store.BeginBulkAdd(bulk_opts);
   if (!bulk.ok()) return bulk.status();
-  // Whatever was queued before a failure of the walk is still committed.
-  const BulkDir top{parent, false};
-  const Status walked = name.empty() ? WalkChildren(**bulk, src, top, ctx, summary)
-                                     : Walk(**bulk, src, top, name, ctx, summary);
+  // One pipeline for all sources: hard links between them are kept, and small sources share
+  // commits. Whatever was queued before a failure of the walk is still committed.
+  Status walked;
+  for (const ImportSource& source : sources) {
+    const std::string& src = source.path;
+    struct stat st;  // a missing source is the caller's mistake, not a file that vanished
+    if (::lstat(src.c_str(), &st) != 0) {
+      walked = Failed(ctx, src, Status::FromErrno(errno, "lstat"), summary);
+    } else if (source.name.empty() && !S_ISDIR(st.st_mode)) {
+      walked = Failed(ctx, src, Status::InvalidArgument("not a directory"), summary);
+    } else if (char real_src[PATH_MAX];
+               have_store && ::realpath(src.c_str(), real_src) != nullptr &&
+               std::string_view(real_src).starts_with(std::string(real_store) + "/")) {
+      // A source inside the store (its packs, say) is read while the import writes it.
+      walked = Failed(ctx, src, Status::InvalidArgument("is inside the store"), summary);
+    } else {
+      const BulkDir top{parent, false};
+      walked = source.name.empty() ? WalkChildren(**bulk, src, top, ctx, summary)
+                                   : Walk(**bulk, src, top, source.name, ctx, summary);
+    }
+    if (!walked.ok()) break;
+  }
   Result<BulkSummary> done = (*bulk)->Finish();
   summary.failed += files_failed;
   if (!done.ok()) return done.status();
   return walked;
+}
+
+Status ImportTree(Store& store, const std::string& src, uint64_t parent, const std::string& name,
+                  const ImportOptions& opts, TreeSummary& summary) {
+  return ImportTrees(store, {{src, name}}, parent, opts, summary);
 }
 
 }  // namespace zipnn::index

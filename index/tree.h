@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "index/index.h"
 
@@ -48,6 +49,12 @@ struct ImportOptions {
 // existing file or symlink is replaced.
 Status ImportTree(Store& store, const std::string& src, uint64_t parent, const std::string& name,
                   const ImportOptions& opts, TreeSummary& summary);
+// The same for several sources, through one pipeline (hard links between them are kept), in order.
+struct ImportSource {
+  std::string path, name;
+};
+Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint64_t parent,
+                   const ImportOptions& opts, TreeSummary& summary);
 
 struct ExportOptions {
   // With this set, an entry that cannot be exported (its name taken by a directory, or a

@@ -173,13 +173,11 @@ int Import(const std::string& store_dir, const std::vector<std::string>& sources
   }
   TreeSummary total;
   int rc = 0;
-  for (const std::string& src : sources) {
-    Status st = ImportTree(**store, src, parent->ino, ImportName(src), opts, total);
-    if (!st.ok()) {
-      if (tty) std::fputs("\r\033[K", stderr);
-      rc = Fail(st);
-      break;
-    }
+  std::vector<ImportSource> list;
+  for (const std::string& src : sources) list.push_back({src, ImportName(src)});
+  if (Status st = ImportTrees(**store, list, parent->ino, opts, total); !st.ok()) {
+    if (tty) std::fputs("\r\033[K", stderr);
+    rc = Fail(st);
   }
   if (tty) std::fputs("\r\033[K", stderr);
   if (rc == 0 && total.failed != 0) {

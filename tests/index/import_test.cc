@@ -387,6 +387,11 @@ TEST_F(ImportTest, HardLinksAreKept) {
   ASSERT_TRUE(ImportTree(*store, src, kRootInode, "src", {}, again).ok());
   expect_links({"/src/a", "/src/sub/c"}, 2);
   expect_links({"/src/b"}, 1);
+  // Between sources too (import STORE SRC/sub SRC/a: cp -a keeps that link as well).
+  TreeSummary two;
+  ASSERT_TRUE(
+      ImportTrees(*store, {{src + "/sub", "p"}, {src + "/a", "q"}}, kRootInode, {}, two).ok());
+  expect_links({"/p/c", "/q"}, 2);
   Bytes got(data.size());
   ASSERT_EQ(*store->Read(store->LookupPath("/src/sub/c")->ino, 0, got), data.size());
   EXPECT_TRUE(got == data);
