@@ -119,6 +119,9 @@ struct ExportContext {
   std::unordered_map<uint64_t, std::string> linked;
   uint64_t temps = 0;  // temporary names tried so far
   bool root = ::geteuid() == 0;
+  // Whether a file made unnamed (O_TMPFILE) can be named when complete: through /proc, else by
+  // its descriptor, which before Linux 6.10 only root may do.
+  bool unnamed_files = root || ::access("/proc/self/fd", X_OK) == 0;
 };
 
 // A failure of one entry: with opts.failed, told and passed over, unless the disk is full (then
@@ -165,8 +168,10 @@ class NewEntry {
 
   // The new file's descriptor (this object's).
   Result<int> CreateFile() {
-    fd_.Reset(::open(dir_.empty() ? "." : dir_.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
-    if (fd_.valid()) return fd_.get();
+    if (ctx_.unnamed_files) {
+      fd_.Reset(::open(dir_.empty() ? "." : dir_.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
+      if (fd_.valid()) return fd_.get();
+    }
     ZIPNN_RETURN_IF_ERROR(Named([&](const std::string& p) {
       fd_.Reset(::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
       return fd_.valid() ? 0 : -1;
@@ -194,6 +199,10 @@ class NewEntry {
     ZIPNN_RETURN_IF_ERROR(CheckNotDirectory(dest_));
     if (::rename(temp_.c_str(), dest_.c_str()) != 0) return Status::FromErrno(errno, dest_);
     done_ = true;
+    // Where both names were links to one file (another export into the same place made it),
+    // rename does nothing: the temporary name, ours, goes.
+    struct stat st;
+    if (::lstat(temp_.c_str(), &st) == 0) ::unlink(temp_.c_str());
     return Status::Ok();
   }
 
@@ -221,15 +230,15 @@ class NewEntry {
 };
 
 // Sets the stored owner, extended attributes, mode and times of what `fd` is (else `path`, not
-// followed), as cp -a does: each that fails is reported (the first failure is returned) and the
-// rest still set. Root sets the owner; another user can only keep the group, where they belong to
-// it. Where the owner cannot be kept, the set-id and sticky bits are dropped (a set-uid file must
-// not run as whoever exported it).
+// followed; messages name it `label`), as cp -a does: each that fails is reported (the first
+// failure is returned) and the rest still set. Root sets the owner; another user can only keep the
+// group, where they belong to it. Where the owner cannot be kept, the set-id and sticky bits are
+// dropped (a set-uid file must not run as whoever exported it).
 Status SetAttributes(ExportContext& ctx, uint64_t ino, const InodeAttr& a, int fd,
-                     const std::string& path) {
+                     const std::string& path, const std::string& label) {
   Status first;
   auto fail = [&](const std::string& what) {
-    if (first.ok()) first = Status::FromErrno(errno, path + ": " + what);
+    if (first.ok()) first = Status::FromErrno(errno, label + ": " + what);
   };
   const bool link = a.kind == InodeKind::kSymlink;
   auto chown = [&](uid_t uid, gid_t gid) {
@@ -244,7 +253,8 @@ Status SetAttributes(ExportContext& ctx, uint64_t ino, const InodeAttr& a, int f
   } else {
     owner_kept = chown(static_cast<uid_t>(-1), a.gid) == 0 && a.uid == ::geteuid();
   }
-  if (!owner_kept) mode &= ~mode_t{07000};
+  // (A directory keeps its sticky bit, as cp -a keeps it: it only protects its entries.)
+  if (!owner_kept) mode &= a.kind == InodeKind::kDirectory ? ~mode_t{06000} : ~mode_t{07000};
 
   std::vector<std::string> names;
   if (Status st = ctx.store.ListXattr(ino, names); !st.ok()) return first.ok() ? st : first;
@@ -301,7 +311,7 @@ Status ExportFile(ExportContext& ctx, uint64_t ino, const InodeAttr& attr,
   ZIPNN_RETURN_IF_ERROR(WriteRange(ctx.store, ctx.pool, ino, 0, attr.size, *fd, dest, true));
   if (::ftruncate(*fd, static_cast<off_t>(attr.size)) != 0) return Status::FromErrno(errno, dest);
   // The data is whole: it takes its place even where attributes cannot all be set (reported).
-  const Status attributes = SetAttributes(ctx, ino, attr, *fd, dest);
+  const Status attributes = SetAttributes(ctx, ino, attr, *fd, dest, dest);
   ZIPNN_RETURN_IF_ERROR(file.Commit());
   if (attr.nlink > 1) ctx.linked.emplace(ino, dest);
   ++ctx.summary.files;
@@ -321,7 +331,7 @@ Status ExportNode(ExportContext& ctx, uint64_t ino, const std::string& dest) {
       ZIPNN_RETURN_IF_ERROR(CheckNotDirectory(dest));
       NewEntry link(ctx, dest);
       ZIPNN_RETURN_IF_ERROR(link.CreateSymlink(*target));
-      const Status attributes = SetAttributes(ctx, ino, *attr, -1, link.temp());
+      const Status attributes = SetAttributes(ctx, ino, *attr, -1, link.temp(), dest);
       ZIPNN_RETURN_IF_ERROR(link.Commit());
       ++ctx.summary.symlinks;
       return attributes;
@@ -340,7 +350,7 @@ Status ExportNode(ExportContext& ctx, uint64_t ino, const std::string& dest) {
       if (*kind == 0 && ::mkdir(dest.c_str(), 0700) != 0) return Status::FromErrno(errno, dest);
       const Status listed = ExportEntries(ctx, ino, dest);
       // Attributes last (its entries changed its times), even after a failure of the listing.
-      const Status attributes = SetAttributes(ctx, ino, *attr, -1, dest);
+      const Status attributes = SetAttributes(ctx, ino, *attr, -1, dest, dest);
       ZIPNN_RETURN_IF_ERROR(listed);
       ++ctx.summary.directories;
       return attributes;

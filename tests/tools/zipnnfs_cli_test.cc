@@ -258,6 +258,8 @@ TEST_F(ZipnnfsCliTest, ExportByAnotherUserDropsSetIdBitsOfOthersFiles) {
   ASSERT_EQ(::chown((src + "/own-suid").c_str(), kNobody, kNobody), 0);
   ASSERT_EQ(::chmod((src + "/root-suid").c_str(), 06755), 0);
   ASSERT_EQ(::chmod((src + "/own-suid").c_str(), 06755), 0);
+  fs::create_directories(src + "/shared");
+  ASSERT_EQ(::chmod((src + "/shared").c_str(), 01777), 0);
   ASSERT_EQ(Run({"init", store_}).exit_code, 0);
   ASSERT_EQ(Run({"import", store_, src}).exit_code, 0);
   fs::permissions(dir_, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
@@ -273,6 +275,8 @@ TEST_F(ZipnnfsCliTest, ExportByAnotherUserDropsSetIdBitsOfOthersFiles) {
   EXPECT_EQ(st.st_mode & 07777, 0755u) << std::oct << st.st_mode;
   ASSERT_EQ(::stat((out + "/src/own-suid").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 06755u) << std::oct << st.st_mode;
+  ASSERT_EQ(::stat((out + "/src/shared").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 01777u) << "a shared directory keeps its sticky bit, as with cp -a";
 }
 
 // A store read through a read-only bind mount (read-only media, as a shared volume): a tool
