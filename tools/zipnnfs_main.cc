@@ -112,6 +112,16 @@ Result<std::unique_ptr<Store>> OpenStore(const std::string& dir, bool writable, 
 
 // Store directory `path`, creating missing directories (mode 0755, now) like mkdir -p.
 Result<InodeAttr> MakeStorePath(Store& store, const std::string& path) {
+  // Every component is checked before any is made: a bad one must not leave the others behind.
+  for (size_t pos = 0; pos <= path.size();) {
+    const size_t slash = std::min(path.find('/', pos), path.size());
+    const std::string part = path.substr(pos, slash - pos);
+    pos = slash + 1;
+    if (part.empty() || part == ".") continue;
+    if (part == ".." || part.size() > 255) {
+      return Status::InvalidArgument(path + ": invalid name '" + part + "' in a store path");
+    }
+  }
   Result<InodeAttr> cur = store.GetAttr(kRootInode);
   size_t pos = 0;
   while (cur.ok() && pos < path.size()) {

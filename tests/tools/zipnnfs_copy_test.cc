@@ -179,6 +179,9 @@ TEST_F(ZipnnfsCopyTest, ImportSourcesAsCpTakesThem) {
   EXPECT_EQ(Run({"cat", store_, "/dot/other/c"}).out, "c");
   EXPECT_NE(Run({"cat", store_, "/dot/src/a"}).exit_code, 0);
   ASSERT_EQ(Run({"import", store_, src + "/./", "--to", "/dot2"}).exit_code, 0);
+  // A --to path with '..' is refused before any of it is made (/up was made, then refused).
+  EXPECT_EQ(Run({"import", store_, src, "--to", "/up/../x"}).exit_code, 1);
+  EXPECT_NE(Run({"stats", store_, "/up"}).exit_code, 0);
   EXPECT_EQ(Run({"cat", store_, "/dot2/a"}).out, "a");
   EXPECT_EQ(Run({"fsck", store_}).exit_code, 0);
 }
