@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <deque>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -150,6 +151,55 @@ Result<InodeAttr> MakeStorePath(Store& store, const std::string& path) {
   return cur;
 }
 
+// Resolves a store path as the kernel resolves a host path: symlinks on the way (and the last
+// component too, with `follow_last`) are followed, relative targets from their directory, ".." to
+// the parent (a Hugging Face cache's snapshots/REV/FILE -> ../../blobs/HASH). An absolute target
+// names a host path, not one in the store: refused.
+Result<InodeAttr> ResolveStorePath(Store& store, const std::string& path, bool follow_last) {
+  auto split = [](std::string_view p) {
+    std::deque<std::string> parts;
+    for (size_t pos = 0; pos <= p.size();) {
+      const size_t slash = std::min(p.find('/', pos), p.size());
+      if (slash > pos) parts.emplace_back(p.substr(pos, slash - pos));
+      pos = slash + 1;
+    }
+    return parts;
+  };
+  Result<InodeAttr> root = store.GetAttr(kRootInode);
+  if (!root.ok()) return root.status();
+  std::vector<InodeAttr> dirs{*root};  // the directories walked down so far, for ".."
+  InodeAttr cur = *root;
+  std::deque<std::string> todo = split(path);
+  for (int links = 0; !todo.empty();) {
+    const std::string part = std::move(todo.front());
+    todo.pop_front();
+    if (part == ".") continue;
+    if (cur.kind != InodeKind::kDirectory) return Status::NotFound("not a directory on the way");
+    if (part == "..") {
+      if (dirs.size() > 1) dirs.pop_back();
+      cur = dirs.back();
+      continue;
+    }
+    Result<InodeAttr> next = store.Lookup(cur.ino, part);
+    if (!next.ok()) return next.status();
+    if (next->kind == InodeKind::kSymlink && (!todo.empty() || follow_last)) {
+      if (++links > 40) return Status::InvalidArgument("too many levels of symbolic links");
+      Result<std::string> target = store.ReadLink(next->ino);
+      if (!target.ok()) return target.status();
+      if (target->starts_with("/")) {
+        return Status::InvalidArgument("symlink " + part + " -> " + *target +
+                                       " names a host path, not one in the store");
+      }
+      std::deque<std::string> more = split(*target);
+      todo.insert(todo.begin(), more.begin(), more.end());
+      continue;  // (from the symlink's directory)
+    }
+    cur = *next;
+    if (cur.kind == InodeKind::kDirectory) dirs.push_back(cur);
+  }
+  return cur;
+}
+
 int Import(const std::string& store_dir, const std::vector<std::string>& sources,
            const std::string& to, unsigned threads, bool quiet) {
   Result<std::unique_ptr<Store>> store = OpenStore(store_dir, true, threads);
@@ -217,7 +267,7 @@ int Import(const std::string& store_dir, const std::vector<std::string>& sources
 int Export(const std::string& store_dir, const std::string& dest, const std::string& path) {
   Result<std::unique_ptr<Store>> store = OpenStore(store_dir, false, 1);
   if (!store.ok()) return Fail(store.status());
-  Result<InodeAttr> top = (*store)->LookupPath(path);
+  Result<InodeAttr> top = ResolveStorePath(**store, path, false);
   if (!top.ok()) return Fail(Status(top.status().code(), path + ": " + top.status().message()));
   TreeSummary summary;
   // As cp -a: what cannot be exported is told and left out, the rest exported, and the exit code 1.
@@ -249,7 +299,7 @@ int Cat(const std::string& store_dir, const std::string& path, uint64_t offset,
         std::optional<uint64_t> length) {
   Result<std::unique_ptr<Store>> store = OpenStore(store_dir, false, 1);
   if (!store.ok()) return Fail(store.status());
-  Result<InodeAttr> file = (*store)->LookupPath(path);
+  Result<InodeAttr> file = ResolveStorePath(**store, path, true);
   if (!file.ok()) return Fail(Status(file.status().code(), path + ": " + file.status().message()));
   if (file->kind != InodeKind::kFile) return Fail(Status::InvalidArgument(path + ": not a file"));
   uint64_t end = file->size;
@@ -300,7 +350,7 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
   if (paths.empty()) paths.push_back("/");
   std::vector<std::pair<std::string, uint64_t>> files;
   for (const std::string& p : paths) {
-    Result<InodeAttr> a = (*store)->LookupPath(p);
+    Result<InodeAttr> a = ResolveStorePath(**store, p, false);
     if (!a.ok()) return Fail(Status(a.status().code(), p + ": " + a.status().message()));
     std::string norm = p;
     while (!norm.empty() && norm.back() == '/') norm.pop_back();

@@ -259,6 +259,33 @@ TEST_F(ZipnnfsCopyTest, ExportKeepsDataWhereAttributesCannotBeSet) {
         << "a temporary name was left: " << e.path();
 }
 
+// Store paths resolve as host paths do: cat follows a Hugging Face cache's snapshot symlinks
+// (snapshots/REV/config.json -> ../../blobs/HASH; "not a file" before) and symlinked directories
+// on the way; export and stats follow those on the way but take a last symlink as it is (as cp -a).
+TEST_F(ZipnnfsCopyTest, StorePathsFollowSymlinks) {
+  const std::string hub = Path("hub");
+  fs::create_directories(hub + "/blobs");
+  fs::create_directories(hub + "/snapshots/rev");
+  std::ofstream(hub + "/blobs/abc") << "{\"config\": 1}";
+  fs::create_symlink("../../blobs/abc", hub + "/snapshots/rev/config.json");
+  fs::create_directory_symlink("snapshots/rev", hub + "/main");
+  fs::create_symlink("/etc/hostname", hub + "/absolute");
+  fs::create_symlink("loop", hub + "/loop");
+  ASSERT_EQ(Run({"import", store_, hub, "-q"}).exit_code, 0);
+  EXPECT_EQ(Run({"cat", store_, "/hub/snapshots/rev/config.json"}).out, "{\"config\": 1}");
+  EXPECT_EQ(Run({"cat", store_, "/hub/main/config.json"}).out, "{\"config\": 1}");
+  // (".." after a symlinked directory is its target's parent, as the kernel takes it)
+  EXPECT_EQ(Run({"cat", store_, "/hub/main/../rev/./config.json"}).out, "{\"config\": 1}");
+  test::ToolRun loop = Run({"cat", store_, "/hub/loop"});
+  EXPECT_EQ(loop.exit_code, 1);
+  EXPECT_NE(loop.err.find("too many levels of symbolic links"), std::string::npos) << loop.err;
+  test::ToolRun absolute = Run({"cat", store_, "/hub/absolute"});
+  EXPECT_EQ(absolute.exit_code, 1);
+  EXPECT_NE(absolute.err.find("names a host path"), std::string::npos) << absolute.err;
+  ASSERT_EQ(Run({"export", store_, Path("out"), "/hub/main/config.json"}).exit_code, 0);
+  EXPECT_TRUE(fs::is_symlink(Path("out"))) << "a last symlink is exported as a symlink";
+}
+
 // Two exports into one place at once: each replaces what the other made, and where both names of
 // a hard-linked file end up as links to one file, rename does nothing; the temporary name must go
 // all the same (43 were left behind of 2000 files with 50 links).
