@@ -355,7 +355,7 @@ Status BulkAddImpl::CommitGroup() {
   size_t applied = 0;  // ops the loop below went through (applied, refused or left out)
   Status entry_error;
   std::unordered_map<size_t, uint64_t> dirs;
-  std::unordered_set<size_t> left_out;  // directories left out, this group's and earlier ones
+  std::unordered_set<size_t> left_out;  // entries left out, this group's and earlier ones
   if (st.ok() && (!group_.empty() || !written_.empty())) {
     st = store_.env_->Update([&](lmdb::Txn& txn) -> Status {
       applied = 0;
@@ -366,20 +366,21 @@ Status BulkAddImpl::CommitGroup() {
         op.refused = Status::Ok();
         // What goes in a directory left out is left out with it, as cp -a skips its contents.
         op.left_out = op.e->parent.queued && left_out.count(op.e->parent.id) != 0;
-        const bool unlinked = !op.left_out && op.e->kind == BulkEntry::Kind::kLink &&
-                              left_out.count(op.e->link.id) != 0;
-        Status s = op.left_out ? Status::Ok()
-                   : unlinked
-                       ? Status::InvalidArgument("the file it is a hard link of was left out")
-                       : ApplyOp(txn, op, dirs);
+        Status s;
+        if (!op.left_out && op.e->kind == BulkEntry::Kind::kLink &&
+            left_out.count(op.e->link.id) != 0) {
+          s = Status::InvalidArgument("the file it is a hard link of was left out");
+        } else if (!op.left_out) {
+          s = ApplyOp(txn, op, dirs);
+        }
         if (!s.ok() && IsEntryError(s)) {
           if (!opts_.file_failed) {
             entry_error = Labeled(*op.e, s);  // commit the entries before it
             break;
           }
-          op.refused = s;  // (its changes, none, end before the failing check)
+          op.refused = s;  // (a refusal changed nothing: it is found before any change)
+          s = Status::Ok();
         }
-        if (!s.ok() && !op.refused.ok()) s = Status::Ok();
         ZIPNN_RETURN_IF_ERROR(s);
         if (op.left_out || !op.refused.ok()) left_out.insert(op.entry);
         ++applied;
