@@ -68,6 +68,30 @@ std::string SafetensorsHeader(uint64_t tensor_bytes) {
 
 class ImportTest : public test::StoreDirTest {
  protected:
+  // Small chunks and batches: an 8 MiB file is many tasks, more than are ever in flight.
+  static StoreOptions SmallBatches() {
+    StoreOptions opts;
+    opts.chunk_size = 64u << 10;
+    opts.batch_bytes = 256u << 10;
+    return opts;
+  }
+  // Makes `io` remove `victim` once the import has started on `busy`; *removed says it did.
+  static void RemoveWhileImporting(ImportOptions& io, const std::string& busy,
+                                   const std::string& victim, bool* removed) {
+    io.progress = [=](const std::string& path, const TreeSummary&) {
+      if (!*removed && path == busy) *removed = fs::remove(victim);
+    };
+  }
+  // Store file `path` holds exactly `want`.
+  static void ExpectStored(Store& store, const std::string& path, const Bytes& want) {
+    Result<InodeAttr> a = store.LookupPath(path);
+    ASSERT_TRUE(a.ok()) << path << ": " << a.status().ToString();
+    EXPECT_EQ(a->size, want.size()) << path;
+    Bytes got(want.size());
+    ASSERT_EQ(*store.Read(a->ino, 0, got), want.size()) << path;
+    EXPECT_TRUE(got == want) << path;
+  }
+
   std::unique_ptr<Store> Open(bool writable, StoreOptions opts = {}) {
     return OpenStore(writable, opts);
   }
@@ -158,17 +182,12 @@ TEST_F(ImportTest, FileVanishingDuringImport) {
   const Bytes big = RandomBytes(8u << 20, 1);
   WriteAll(src + "/a", big);
   WriteAll(src + "/b", RandomBytes(1000, 2));
-  StoreOptions opts;
-  opts.chunk_size = 64u << 10;
-  opts.batch_bytes = 256u << 10;  // small batches: "a" is many tasks, more than are ever in flight
   {
-    auto store = Open(true, opts);
+    auto store = Open(true, SmallBatches());
     ASSERT_TRUE(store);
     ImportOptions io;
     bool removed = false;
-    io.progress = [&](const std::string& path, const TreeSummary&) {
-      if (!removed && path == src + "/a") removed = fs::remove(src + "/b");
-    };
+    RemoveWhileImporting(io, src + "/a", src + "/b", &removed);
     TreeSummary summary;
     Status st = ImportTree(*store, src, kRootInode, "src", io, summary);
     ASSERT_TRUE(removed);
@@ -179,11 +198,7 @@ TEST_F(ImportTest, FileVanishingDuringImport) {
   auto store = Open(true);
   ASSERT_TRUE(store);
   ExpectClean(*store);
-  Result<InodeAttr> a = store->LookupPath("/src/a");
-  ASSERT_TRUE(a.ok()) << "entries before the failure are committed";
-  Bytes got(big.size());
-  ASSERT_EQ(*store->Read(a->ino, 0, got), big.size());
-  EXPECT_TRUE(got == big);
+  ExpectStored(*store, "/src/a", big);  // (entries before the failure are committed)
   EXPECT_EQ(store->LookupPath("/src/b").status().code(), StatusCode::kNotFound);
 }
 
@@ -196,16 +211,11 @@ TEST_F(ImportTest, VanishedFileIsLeftOutAndTheRestImported) {
   WriteAll(src + "/a", big);
   WriteAll(src + "/b", RandomBytes(1000, 2));
   WriteAll(src + "/c", after);
-  StoreOptions opts;
-  opts.chunk_size = 64u << 10;
-  opts.batch_bytes = 256u << 10;
-  auto store = Open(true, opts);
+  auto store = Open(true, SmallBatches());
   ASSERT_TRUE(store);
   ImportOptions io;
   bool removed = false;
-  io.progress = [&](const std::string& path, const TreeSummary&) {
-    if (!removed && path == src + "/a") removed = fs::remove(src + "/b");
-  };
+  RemoveWhileImporting(io, src + "/a", src + "/b", &removed);
   std::vector<std::pair<std::string, Status>> failed;
   io.failed = [&](const std::string& path, const Status& why) { failed.emplace_back(path, why); };
   TreeSummary summary;
@@ -219,13 +229,8 @@ TEST_F(ImportTest, VanishedFileIsLeftOutAndTheRestImported) {
   EXPECT_NE(failed[0].second.message().find("vanished"), std::string::npos)
       << failed[0].second.ToString();
   EXPECT_EQ(store->LookupPath("/src/b").status().code(), StatusCode::kNotFound);
-  for (const auto& [name, want] : {std::pair{"/src/a", &big}, std::pair{"/src/c", &after}}) {
-    Result<InodeAttr> a = store->LookupPath(name);
-    ASSERT_TRUE(a.ok()) << name;
-    Bytes got(want->size());
-    ASSERT_EQ(*store->Read(a->ino, 0, got), want->size()) << name;
-    EXPECT_TRUE(got == *want) << name;
-  }
+  ExpectStored(*store, "/src/a", big);
+  ExpectStored(*store, "/src/c", after);
   ExpectClean(*store);
 }
 
@@ -263,11 +268,7 @@ TEST_F(ImportTest, FileLeftOutAfterItsChunksWereClaimed) {
   ASSERT_TRUE(store);
   ExpectClean(*store);
   EXPECT_EQ(store->LookupPath("/src/a").status().code(), StatusCode::kNotFound);
-  Result<InodeAttr> b = store->LookupPath("/src/b");
-  ASSERT_TRUE(b.ok());
-  Bytes got(head.size());
-  ASSERT_EQ(*store->Read(b->ino, 0, got), head.size());
-  EXPECT_TRUE(got == head);
+  ExpectStored(*store, "/src/b", head);
 }
 
 // Times past what int64 nanoseconds hold (2262; ext4 goes to 2446) are clamped to the end of the
@@ -326,11 +327,8 @@ TEST_F(ImportTest, ReimportWhereEntriesChangedKind) {
   EXPECT_EQ(store->LookupPath("/m/f")->kind, InodeKind::kFile);
   EXPECT_EQ(store->LookupPath("/m/x")->kind, InodeKind::kSymlink);
   EXPECT_EQ(*store->ReadLink(store->LookupPath("/m/x")->ino), "s");
-  Result<InodeAttr> s_file = store->LookupPath("/m/s");
-  ASSERT_EQ(s_file->kind, InodeKind::kFile);
-  Bytes got(30);
-  ASSERT_EQ(*store->Read(s_file->ino, 0, got), 30u);
-  EXPECT_TRUE(got == RandomBytes(30, 6));
+  ASSERT_EQ(store->LookupPath("/m/s")->kind, InodeKind::kFile);
+  ExpectStored(*store, "/m/s", RandomBytes(30, 6));
   EXPECT_TRUE(store->LookupPath("/m/z").ok()) << "entries after the refused ones are imported";
   ExpectClean(*store);  // (the replaced file's chunks lost their references)
   Result<GcReport> gc = store->Gc();
@@ -392,9 +390,7 @@ TEST_F(ImportTest, HardLinksAreKept) {
   ASSERT_TRUE(
       ImportTrees(*store, {{src + "/sub", "p"}, {src + "/a", "q"}}, kRootInode, {}, two).ok());
   expect_links({"/p/c", "/q"}, 2);
-  Bytes got(data.size());
-  ASSERT_EQ(*store->Read(store->LookupPath("/src/sub/c")->ino, 0, got), data.size());
-  EXPECT_TRUE(got == data);
+  ExpectStored(*store, "/src/sub/c", data);
   ExpectClean(*store);
 }
 
@@ -564,11 +560,7 @@ TEST_F(ImportTest, DedupAcrossFilesInFlightAndGroupedCommits) {
   EXPECT_LT(done->new_frame_bytes, same.size() + 200 * 600) << "the copies share their chunks";
   EXPECT_EQ(done->frame_bytes - done->new_frame_bytes >= 3 * same.size(), true);
   ExpectClean(*store);
-  Result<InodeAttr> c3 = store->LookupPath("/src/copy3");
-  ASSERT_TRUE(c3.ok());
-  Bytes got(same.size());
-  ASSERT_EQ(*store->Read(c3->ino, 0, got), same.size());
-  EXPECT_TRUE(got == same);
+  ExpectStored(*store, "/src/copy3", same);
 }
 
 // The Hugging Face cache keeps models as blobs named by hash, linked from their snapshots: a
