@@ -270,17 +270,31 @@ void Plan(const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& plan) 
   const double side = std::min(EntropyBits(shifts) + 24 + 5.0 * used, 8.0 * width) + 64;
   std::vector<uint16_t> add;
   Addends<F>(shift, false, add);
-  Histogram before{}, after{};
+  // Two tables of each: exponents take few values, and one table's increments would chain.
+  Histogram before[2]{}, after[2]{};
   for (size_t k = 0; k < kPieces; k++) {
     ForEachRow(first, width, begins[k], ends[k], [&](size_t column, size_t i, size_t m) {
-      for (size_t j = 0; j < m; j++) {
+      size_t j = 0;
+      for (; j + 2 <= m; j += 2) {
+        const uint32_t e0 = F::ExponentOf(F::Load(in + kSize * (i + j)));
+        const uint32_t e1 = F::ExponentOf(F::Load(in + kSize * (i + j + 1)));
+        before[0][e0]++;
+        before[1][e1]++;
+        after[0][ShiftExponent<F>(e0, add[column + j])]++;
+        after[1][ShiftExponent<F>(e1, add[column + j + 1])]++;
+      }
+      for (; j < m; j++) {
         const uint32_t e = F::ExponentOf(F::Load(in + kSize * (i + j)));
-        before[e]++;
-        after[ShiftExponent<F>(e, add[column + j])]++;
+        before[0][e]++;
+        after[0][ShiftExponent<F>(e, add[column + j])]++;
       }
     });
   }
-  if ((EntropyBits(before) - EntropyBits(after)) * scale - side < needed) return;
+  for (size_t e = 0; e < 256; e++) {
+    before[0][e] += before[1][e];
+    after[0][e] += after[1][e];
+  }
+  if ((EntropyBits(before[0]) - EntropyBits(after[0])) * scale - side < needed) return;
   plan.first = first;
   plan.shift = std::move(shift);
   if (want == n || want >= kExactPerColumn * width) return;
