@@ -75,6 +75,12 @@ class [[nodiscard]] Result {
   std::variant<T, Status> v_;
 };
 
+// `s` with `context` (a path, a name) in front of its message, "context: message"; ok stays ok.
+inline Status WithPath(const std::string& context, const Status& s) {
+  if (s.ok()) return s;
+  return Status(s.code(), context + ": " + s.message());
+}
+
 #define ZIPNN_RETURN_IF_ERROR(expr) \
   do {                              \
     ::zipnn::Status _st = (expr);   \

@@ -251,7 +251,7 @@ Status StoreImpl::OpenImpl() {
   }
   Result<std::unique_ptr<lmdb::Env>> env =
       lmdb::Env::Open(dir_ + "/index", opts_.writable, kDbNames, size_t{1} << 30, no_lock);
-  if (!env.ok()) return Status(env.status().code(), dir_ + ": " + env.status().message());
+  if (!env.ok()) return WithPath(dir_, env.status());
   env_ = std::move(*env);
   {
     Result<lmdb::Txn> txn = env_->BeginRead();

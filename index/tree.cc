@@ -63,10 +63,6 @@ std::vector<std::pair<std::string, std::string>> ReadXattrs(const std::string& p
   return out;
 }
 
-Status WithPath(const std::string& path, const Status& s) {
-  return Status(s.code(), path + ": " + s.message());
-}
-
 Result<std::vector<std::string>> ListHostDir(const std::string& path) {
   DIR* d = ::opendir(path.c_str());
   if (d == nullptr) return Status::FromErrno(errno, "opendir");

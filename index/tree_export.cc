@@ -38,10 +38,6 @@ timespec FromNs(int64_t ns) {
   return t;
 }
 
-Status WithPath(const std::string& path, const Status& s) {
-  return Status(s.code(), path + ": " + s.message());
-}
-
 // Writes `buf` at the current offset of `fd`, which is `offset`; with `sparse`, the all-zero 4 KiB
 // blocks of the file (in `fd`, new and empty) are skipped, leaving holes (cp -a keeps a 10 GiB
 // sparse file sparse; writing its zeros would fill the disk). The caller sets the file's size at

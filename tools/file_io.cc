@@ -87,11 +87,6 @@ mode_t CurrentUmask() {
 
 }  // namespace
 
-Status WithPath(const std::string& path, const Status& s) {
-  if (s.ok()) return s;
-  return Status(s.code(), path + ": " + s.message());
-}
-
 Result<InputFile> OpenInput(const std::string& path) {
   // O_NONBLOCK: opening a FIFO must not hang before the regular-file check (no effect on files).
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);

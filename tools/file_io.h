@@ -19,9 +19,6 @@
 
 namespace zipnn::tool {
 
-// `s` with "path: " in front of its message (the tool's error messages name the file).
-Status WithPath(const std::string& path, const Status& s);
-
 struct InputFile {
   UniqueFd fd;
   uint64_t size = 0;

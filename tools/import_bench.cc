@@ -68,7 +68,7 @@ Status LoadCorpus(const std::vector<std::string>& sources, Corpus& c) {
       return Status::Ok();
     };
     Result<std::vector<ChunkSpec>> plan = PlanChunks(read_at, size);
-    if (!plan.ok()) return Status(plan.status().code(), path + ": " + plan.status().message());
+    if (!plan.ok()) return WithPath(path, plan.status());
     c.file_starts.push_back(c.plan.size());
     for (ChunkSpec& s : *plan) {
       s.offset += base;

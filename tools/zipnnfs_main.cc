@@ -54,9 +54,8 @@ std::string BaseName(std::string path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-// The name a host path gets in the store: its last component, "." and ".." resolved first.
-// The name SRC gets in the store, as cp -a names it: its last component; none for SRC/. (its
-// entries go straight in, not a directory of them).
+// The name SRC gets in the store, as cp -a names it: its last component, "." and ".." resolved
+// first; none for SRC/. (its entries go straight in, not a directory of them).
 std::string ImportName(const std::string& src) {
   std::string path = src;
   while (path.size() > 1 && path.back() == '/') path.pop_back();  // (SRC/./ too)
@@ -111,26 +110,30 @@ Result<std::unique_ptr<Store>> OpenStore(const std::string& dir, bool writable, 
   return Store::Open(dir, opts);
 }
 
-// Store directory `path`, creating missing directories (mode 0755, now) like mkdir -p.
-Result<InodeAttr> MakeStorePath(Store& store, const std::string& path) {
-  // Every component is checked before any is made: a bad one must not leave the others behind.
+// The components of a store path, without empty ones and "." ("a//./b/" is {"a", "b"}).
+std::vector<std::string> PathParts(std::string_view path) {
+  std::vector<std::string> parts;
   for (size_t pos = 0; pos <= path.size();) {
     const size_t slash = std::min(path.find('/', pos), path.size());
-    const std::string part = path.substr(pos, slash - pos);
+    const std::string_view part = path.substr(pos, slash - pos);
+    if (!part.empty() && part != ".") parts.emplace_back(part);
     pos = slash + 1;
-    if (part.empty() || part == ".") continue;
+  }
+  return parts;
+}
+
+// Store directory `path`, creating missing directories (mode 0755, now) like mkdir -p.
+Result<InodeAttr> MakeStorePath(Store& store, const std::string& path) {
+  const std::vector<std::string> parts = PathParts(path);
+  // Every component is checked before any is made: a bad one must not leave the others behind.
+  for (const std::string& part : parts) {
     if (part == ".." || part.size() > 255) {
       return Status::InvalidArgument(path + ": invalid name '" + part + "' in a store path");
     }
   }
   Result<InodeAttr> cur = store.GetAttr(kRootInode);
-  size_t pos = 0;
-  while (cur.ok() && pos < path.size()) {
-    const size_t slash = path.find('/', pos);
-    const std::string part = path.substr(pos, slash == std::string::npos ? slash : slash - pos);
-    pos = slash == std::string::npos ? path.size() : slash + 1;
-    if (part.empty() || part == ".") continue;
-    if (cur->kind != InodeKind::kDirectory) break;  // reported below, naming the path
+  for (const std::string& part : parts) {
+    if (!cur.ok() || cur->kind != InodeKind::kDirectory) break;  // reported below
     Result<InodeAttr> next = store.Lookup(cur->ino, part);
     if (!next.ok() && next.status().code() == StatusCode::kNotFound) {
       NewAttr attr;
@@ -156,24 +159,15 @@ Result<InodeAttr> MakeStorePath(Store& store, const std::string& path) {
 // the parent (a Hugging Face cache's snapshots/REV/FILE -> ../../blobs/HASH). An absolute target
 // names a host path, not one in the store: refused.
 Result<InodeAttr> ResolveStorePath(Store& store, const std::string& path, bool follow_last) {
-  auto split = [](std::string_view p) {
-    std::deque<std::string> parts;
-    for (size_t pos = 0; pos <= p.size();) {
-      const size_t slash = std::min(p.find('/', pos), p.size());
-      if (slash > pos) parts.emplace_back(p.substr(pos, slash - pos));
-      pos = slash + 1;
-    }
-    return parts;
-  };
   Result<InodeAttr> root = store.GetAttr(kRootInode);
   if (!root.ok()) return root.status();
   std::vector<InodeAttr> dirs{*root};  // the directories walked down so far, for ".."
   InodeAttr cur = *root;
-  std::deque<std::string> todo = split(path);
+  const std::vector<std::string> parts = PathParts(path);
+  std::deque<std::string> todo(parts.begin(), parts.end());
   for (int links = 0; !todo.empty();) {
     const std::string part = std::move(todo.front());
     todo.pop_front();
-    if (part == ".") continue;
     if (cur.kind != InodeKind::kDirectory) return Status::NotFound("not a directory on the way");
     if (part == "..") {
       if (dirs.size() > 1) dirs.pop_back();
@@ -190,7 +184,7 @@ Result<InodeAttr> ResolveStorePath(Store& store, const std::string& path, bool f
         return Status::InvalidArgument("symlink " + part + " -> " + *target +
                                        " names a host path, not one in the store");
       }
-      std::deque<std::string> more = split(*target);
+      const std::vector<std::string> more = PathParts(*target);
       todo.insert(todo.begin(), more.begin(), more.end());
       continue;  // (from the symlink's directory)
     }
@@ -268,7 +262,7 @@ int Export(const std::string& store_dir, const std::string& dest, const std::str
   Result<std::unique_ptr<Store>> store = OpenStore(store_dir, false, 1);
   if (!store.ok()) return Fail(store.status());
   Result<InodeAttr> top = ResolveStorePath(**store, path, false);
-  if (!top.ok()) return Fail(Status(top.status().code(), path + ": " + top.status().message()));
+  if (!top.ok()) return Fail(WithPath(path, top.status()));
   TreeSummary summary;
   // As cp -a: what cannot be exported is told and left out, the rest exported, and the exit code 1.
   ExportOptions opts;
@@ -300,7 +294,7 @@ int Cat(const std::string& store_dir, const std::string& path, uint64_t offset,
   Result<std::unique_ptr<Store>> store = OpenStore(store_dir, false, 1);
   if (!store.ok()) return Fail(store.status());
   Result<InodeAttr> file = ResolveStorePath(**store, path, true);
-  if (!file.ok()) return Fail(Status(file.status().code(), path + ": " + file.status().message()));
+  if (!file.ok()) return Fail(WithPath(path, file.status()));
   if (file->kind != InodeKind::kFile) return Fail(Status::InvalidArgument(path + ": not a file"));
   uint64_t end = file->size;
   if (length && offset < end && *length < end - offset) end = offset + *length;  // no overflow
@@ -351,7 +345,7 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
   std::vector<std::pair<std::string, uint64_t>> files;
   for (const std::string& p : paths) {
     Result<InodeAttr> a = ResolveStorePath(**store, p, false);
-    if (!a.ok()) return Fail(Status(a.status().code(), p + ": " + a.status().message()));
+    if (!a.ok()) return Fail(WithPath(p, a.status()));
     std::string norm = p;
     while (!norm.empty() && norm.back() == '/') norm.pop_back();
     if (!norm.empty() && norm.front() != '/') norm = "/" + norm;
@@ -378,8 +372,9 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
     Result<FileUsage> u = (*store)->GetFileUsage(ino);
     if (!u.ok()) {
       // The files so far are out: close the document, with the error, so it still parses.
-      if (json) close_json({{"error", path + ": " + u.status().message()}});
-      return Fail(Status(u.status().code(), path + ": " + u.status().message()));
+      const Status err = WithPath(path, u.status());
+      if (json) close_json({{"error", err.message()}});
+      return Fail(err);
     }
     if (counted.insert(ino).second) {  // (a file of several names counts once, as du counts it)
       total_size += u->size;
