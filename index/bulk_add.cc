@@ -168,10 +168,7 @@ void BulkAddImpl::WorkerLoop(unsigned worker) {
     if (t->status.ok() && t->job) t->status = RunBatch(*t, *encoders_[worker], buf);
     std::lock_guard lock(mutex_);
     if (!t->status.ok() && t->source_failed && opts_.file_failed) {
-      if (t->job && !t->job->failed) {  // the writer leaves the file out; the rest go on
-        t->job->failure = t->status;
-        t->job->failed = true;
-      }
+      if (t->job) t->job->Fail(t->status);  // the writer leaves the file out; the rest go on
     } else if (!t->status.ok()) {
       dispense_done_ = true;  // the writer stops there
     }
@@ -305,6 +302,14 @@ void BulkAddImpl::ReleaseClaims(FileJob& job) {
   job.claimed.clear();
 }
 
+Result<FrameInfo> AppendFrame(FrameEncoder& encoder, std::span<const uint8_t> buf,
+                              const ChunkSpec& c, const ChunkHash& h, std::vector<uint8_t>& out) {
+  const size_t at = out.size();
+  ZIPNN_RETURN_IF_ERROR(encoder.Encode(buf, c.dtype, out, c.segments, /*stats=*/nullptr, c.grid,
+                                       ChecksumFromHash(h, buf.size())));
+  return ParseFrameHeader(std::span<const uint8_t>(out).subspan(at));
+}
+
 Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uint8_t>& chunk_buf) {
   if (t.first == t.last) return Status::Ok();
   if (t.job->failed) {  // an earlier look at the file failed: the writer leaves it out
@@ -347,9 +352,7 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
       return Status::FromErrno(ENOMEM, "chunk buffer");
     }
     const std::span<uint8_t> buf(chunk_buf.data(), c.size);
-    Status read = t.job->sparse ? PreadSparse(t.job->fd.get(), c.offset, buf)
-                                : PreadFull(t.job->fd.get(), c.offset, buf);
-    if (!read.ok()) {
+    if (Status read = t.job->Read(c, buf); !read.ok()) {
       t.source_failed = true;
       return read;
     }
@@ -364,10 +367,7 @@ Status BulkAddImpl::RunBatch(BulkTask& t, FrameEncoder& encoder, std::vector<uin
     NewFrame& f = t.frames.emplace_back();
     f.hash = h;
     f.offset = t.frame_data.size();
-    ZIPNN_RETURN_IF_ERROR(encoder.Encode(buf, c.dtype, t.frame_data, c.segments, /*stats=*/nullptr,
-                                         c.grid, ChecksumFromHash(h, buf.size())));
-    Result<FrameInfo> info =
-        ParseFrameHeader(std::span<const uint8_t>(t.frame_data).subspan(f.offset));
+    Result<FrameInfo> info = AppendFrame(encoder, buf, c, h, t.frame_data);
     if (!info.ok()) return info.status();
     f.info = *info;
   }

@@ -58,7 +58,23 @@ struct FileJob {
   Status failure;
   // Chunks its batches claimed (under the bulk add's claims mutex), released if it is left out.
   std::vector<std::pair<ChunkHash, uint64_t>> claimed;
+
+  // Reads chunk `c` of the file into `buf` (c.size bytes).
+  Status Read(const ChunkSpec& c, std::span<uint8_t> buf) const {
+    return sparse ? PreadSparse(fd.get(), c.offset, buf) : PreadFull(fd.get(), c.offset, buf);
+  }
+  // Marks the file left out for `why`, unless it is already (the caller holds the mutex).
+  void Fail(const Status& why) {
+    if (failed) return;
+    failure = why;
+    failed = true;
+  }
 };
+
+// Appends the frame of chunk `c` (its bytes `buf`, whose HashChunk is `h`) to `out`; returns the
+// frame's header.
+Result<FrameInfo> AppendFrame(FrameEncoder& encoder, std::span<const uint8_t> buf,
+                              const ChunkSpec& c, const ChunkHash& h, std::vector<uint8_t>& out);
 
 struct NewFrame {
   ChunkHash hash{};

@@ -9,9 +9,7 @@ namespace zipnn::index {
 
 namespace {
 
-Status Labeled(const BulkEntry& e, const Status& s) {
-  return Status(s.code(), e.label + ": " + s.message());
-}
+Status Labeled(const BulkEntry& e, const Status& s) { return WithPath(e.label, s); }
 
 // Failures of one entry (the transaction can still commit the entries before it) as opposed to
 // failures of the transaction itself.
@@ -19,6 +17,19 @@ Status Labeled(const BulkEntry& e, const Status& s) {
 // only a damaged store has, is a failure of the transaction: it must not commit half an entry.)
 bool IsEntryError(const Status& s) {
   return s.code() == StatusCode::kExists || s.code() == StatusCode::kInvalidArgument;
+}
+
+// The record of a new chunk whose frame (of `size` bytes, with header `info`) goes at `offset` of
+// `pack`.
+rec::Chunk NewChunk(const PackWriter& pack, uint64_t offset, size_t size, const FrameInfo& info) {
+  rec::Chunk c;
+  c.pack_id = pack.id();
+  c.pack_offset = offset;
+  c.frame_size = static_cast<uint32_t>(size);
+  c.raw_size = info.raw_size;
+  c.method = info.method;
+  c.dtype = info.dtype;
+  return c;
 }
 
 }  // namespace
@@ -113,13 +124,12 @@ Status BulkAddImpl::FileFailed(BulkTask& t, const Status& why) {
   // files after it code them.
   orphans_possible_ |= t.job != nullptr;
   if (t.job) {
-    std::lock_guard lock(mutex_);
-    if (!t.job->failed) {  // (the writer found it: its batches not yet run need not read it)
-      t.job->failure = why;
-      t.job->failed = true;
+    {
+      std::lock_guard lock(mutex_);
+      t.job->Fail(why);  // (where the writer found it: its batches not yet run need not read it)
     }
+    ReleaseClaims(*t.job);
   }
-  if (t.job) ReleaseClaims(*t.job);
   if (current_) {  // the progress counted what is dropped now
     progress_.raw_bytes -= file_done_;
     progress_.new_frame_bytes -= store_.pack_writer_->end() - current_start_;
@@ -149,8 +159,7 @@ Status BulkAddImpl::CodeOrphans(BulkTask& t, bool* source_failed) {
     if (got.code() != StatusCode::kNotFound) return got;
     const ChunkSpec& c = t.job->plan[i];
     orphan_buf_.resize(c.size);
-    Status read = t.job->sparse ? PreadSparse(t.job->fd.get(), c.offset, orphan_buf_)
-                                : PreadFull(t.job->fd.get(), c.offset, orphan_buf_);
+    Status read = t.job->Read(c, orphan_buf_);
     if (read.ok() && HashChunk(orphan_buf_) != h)
       read = Status::Busy("changed while it was being imported");
     if (!read.ok()) {
@@ -159,18 +168,9 @@ Status BulkAddImpl::CodeOrphans(BulkTask& t, bool* source_failed) {
     }
     if (!orphan_encoder_) orphan_encoder_ = std::make_unique<FrameEncoder>(store_.opts_.encode);
     std::vector<uint8_t> frame;
-    ZIPNN_RETURN_IF_ERROR(orphan_encoder_->Encode(orphan_buf_, c.dtype, frame, c.segments,
-                                                  /*stats=*/nullptr, c.grid,
-                                                  ChecksumFromHash(h, orphan_buf_.size())));
-    Result<FrameInfo> info = ParseFrameHeader(frame);
+    Result<FrameInfo> info = AppendFrame(*orphan_encoder_, orphan_buf_, c, h, frame);
     if (!info.ok()) return info.status();
-    rec::Chunk rc;
-    rc.pack_id = pack.id();
-    rc.pack_offset = pack.end();
-    rc.frame_size = static_cast<uint32_t>(frame.size());
-    rc.raw_size = info->raw_size;
-    rc.method = info->method;
-    rc.dtype = info->dtype;
+    const rec::Chunk rc = NewChunk(pack, pack.end(), frame.size(), *info);
     ZIPNN_RETURN_IF_ERROR(pack.Append(frame));
     written_.emplace(h, rc);
     progress_.new_frame_bytes += rc.frame_size;
@@ -253,13 +253,8 @@ Status BulkAddImpl::Consume(BulkTask& t) {
         run_begin = run_end = end;
         continue;
       }
-      rec::Chunk c;
-      c.pack_id = pack.id();
-      c.pack_offset = pack.end() + (run_end - run_begin);
-      c.frame_size = static_cast<uint32_t>(end - f.offset);
-      c.raw_size = f.info.raw_size;
-      c.method = f.info.method;
-      c.dtype = f.info.dtype;
+      const rec::Chunk c =
+          NewChunk(pack, pack.end() + (run_end - run_begin), end - f.offset, f.info);
       run_end = end;
       written_.emplace(f.hash, c);
       progress_.new_frame_bytes += c.frame_size;
