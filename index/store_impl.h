@@ -139,6 +139,8 @@ class StoreImpl final : public Store {
   Status OpenPacksForWriting();
   Result<InodeKind> EvidentKind(lmdb::Txn& txn, uint64_t ino, InodeKind kind);
   Status Scan(bool verify_frames, ScanResult& out);
+  // Directory `ino`'s attributes; kInvalidArgument if it is not a directory.
+  Result<InodeAttr> DirectoryIn(lmdb::Txn& txn, uint64_t ino);
   // Inserts a new directory entry and inode: `parent` must be a directory without `name`.
   Result<InodeAttr> CreateInode(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                                 InodeAttr attr);

@@ -50,7 +50,20 @@ InodeAttr FromNew(const NewAttr& n, InodeKind kind) {
   return a;
 }
 
+// A file or symlink never takes a directory's name (as cp -a refuses).
+Status DirectoryInTheWay() {
+  return Status::Exists("cannot overwrite a directory with a non-directory");
+}
+
 }  // namespace
+
+Result<InodeAttr> StoreImpl::DirectoryIn(lmdb::Txn& txn, uint64_t ino) {
+  Result<InodeAttr> dir = GetAttrIn(txn, ino);
+  if (dir.ok() && dir->kind != InodeKind::kDirectory) {
+    return Status::InvalidArgument("inode " + std::to_string(ino) + " is not a directory");
+  }
+  return dir;
+}
 
 Status ValidateTarget(std::string_view target) {
   if (target.empty() || target.size() > 4095) {
@@ -61,11 +74,8 @@ Status ValidateTarget(std::string_view target) {
 
 Result<InodeAttr> StoreImpl::CreateInode(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                                          InodeAttr attr) {
-  Result<InodeAttr> dir = GetAttrIn(txn, parent);
+  Result<InodeAttr> dir = DirectoryIn(txn, parent);
   if (!dir.ok()) return dir.status();
-  if (dir->kind != InodeKind::kDirectory) {
-    return Status::InvalidArgument("inode " + std::to_string(parent) + " is not a directory");
-  }
   const std::string dirent_key = rec::NamedKey(parent, name);
   MDB_val existing;
   Status st = txn.Get(dbi(kDirents), lmdb::Val(dirent_key), existing);
@@ -162,7 +172,7 @@ Result<InodeAttr> StoreImpl::SymlinkIn(lmdb::Txn& txn, uint64_t parent, std::str
       ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), a));
       r = a;
     } else if (old.ok() && old->kind == InodeKind::kDirectory) {
-      return Status::Exists("cannot overwrite a directory with a non-directory");
+      return DirectoryInTheWay();
     } else if (old.ok()) {
       ZIPNN_RETURN_IF_ERROR(RemoveNonDirIn(txn, parent, name, *old));
     }
@@ -269,15 +279,12 @@ Status StoreImpl::RemoveNonDirIn(lmdb::Txn& txn, uint64_t parent, std::string_vi
 
 Status StoreImpl::LinkIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                          const InodeAttr& file) {
-  Result<InodeAttr> dir = GetAttrIn(txn, parent);
+  Result<InodeAttr> dir = DirectoryIn(txn, parent);
   if (!dir.ok()) return dir.status();
-  if (dir->kind != InodeKind::kDirectory) {
-    return Status::InvalidArgument("inode " + std::to_string(parent) + " is not a directory");
-  }
   Result<InodeAttr> old = LookupIn(txn, parent, name);
   if (old.ok() && old->ino == file.ino) return Status::Ok();  // linked already
   if (old.ok() && old->kind == InodeKind::kDirectory) {
-    return Status::Exists("cannot overwrite a directory with a non-directory");
+    return DirectoryInTheWay();
   }
   if (old.ok()) ZIPNN_RETURN_IF_ERROR(RemoveNonDirIn(txn, parent, name, *old));
   if (!old.ok() && old.status().code() != StatusCode::kNotFound) return old.status();
@@ -297,7 +304,7 @@ Result<InodeAttr> StoreImpl::CommitFileIn(lmdb::Txn& txn, uint64_t parent, std::
   file.size = f.size;
   Result<InodeAttr> old = LookupIn(txn, parent, name);
   if (old.ok() && old->kind == InodeKind::kDirectory) {
-    return Status::Exists("cannot overwrite a directory with a non-directory");
+    return DirectoryInTheWay();
   }
   // A symlink, or a file of other names too (a hard link: they keep its content, as a new
   // file renamed over this name leaves them), is replaced by a new inode.
