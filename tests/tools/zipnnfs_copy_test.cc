@@ -27,6 +27,16 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// The export temporary names left in `dir` (none once an export is done).
+std::vector<std::string> TemporaryNames(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.starts_with(".zipnnfs-export")) names.push_back(name);
+  }
+  return names;
+}
+
 class ZipnnfsCopyTest : public test::ZipnnfsToolTest {
  protected:
   void SetUp() override {
@@ -254,9 +264,7 @@ TEST_F(ZipnnfsCopyTest, ExportKeepsDataWhereAttributesCannotBeSet) {
   EXPECT_EQ(ns.exit_code, 1) << ns.err;
   EXPECT_NE(ns.err.find(out2 + "/model: setting the owner"), std::string::npos) << ns.err;
   EXPECT_EQ(test::ReadAll(out2 + "/model"), data);
-  for (const auto& e : fs::directory_iterator(out2))
-    EXPECT_EQ(e.path().filename().string().find(".zipnnfs-export"), std::string::npos)
-        << "a temporary name was left: " << e.path();
+  EXPECT_EQ(TemporaryNames(out2), std::vector<std::string>{});
 }
 
 // Store paths resolve as host paths do: cat follows a Hugging Face cache's snapshot symlinks
@@ -302,10 +310,7 @@ TEST_F(ZipnnfsCopyTest, ConcurrentExportsLeaveNoTemporaryNames) {
   test::ToolRun r = RunTool("/bin/sh", {"-c", z + " export " + store_ + " " + out + " & " + z +
                                                   " export " + store_ + " " + out + " & wait"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  size_t left = 0;
-  for (const auto& e : fs::directory_iterator(out + "/src"))
-    left += e.path().filename().string().starts_with(".zipnnfs-export");
-  EXPECT_EQ(left, 0u);
+  EXPECT_EQ(TemporaryNames(out + "/src"), std::vector<std::string>{});
   EXPECT_EQ(test::ReadAll(out + "/src/h7"), "7");
 }
 
