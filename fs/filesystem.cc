@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string_view>
@@ -320,12 +321,25 @@ void FileSystem::ReleaseDir(fuse_req_t req, fuse_file_info* fi) {
   fuse_reply_err(req, 0);
 }
 
+// The read-only mount's figures, as squashfuse gives its image's: its size is what the store
+// takes on disk, and nothing is free (the host's free space was no room for writes here).
 void FileSystem::StatFs(fuse_req_t req) {
   struct statvfs st;
   if (::statvfs(opts_.store_dir.c_str(), &st) != 0) {
     fuse_reply_err(req, errno);
     return;
   }
+  uint64_t bytes = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(opts_.store_dir, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    struct stat f;
+    if (::lstat(it->path().c_str(), &f) == 0) bytes += static_cast<uint64_t>(f.st_blocks) * 512;
+  }
+  const uint64_t unit = st.f_frsize ? st.f_frsize : 4096;
+  st.f_blocks = static_cast<fsblkcnt_t>((bytes + unit - 1) / unit);
+  st.f_bfree = st.f_bavail = 0;
+  st.f_files = st.f_ffree = st.f_favail = 0;
   st.f_namemax = kNameMax;
   st.f_flag |= ST_RDONLY;
   fuse_reply_statfs(req, &st);

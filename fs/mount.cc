@@ -193,6 +193,17 @@ int WaitForDaemon(int fd, pid_t child) {
   return 1;
 }
 
+// `s` as the value of a libfuse -o option: its parser splits options at commas and takes a
+// backslash as an escape, so a store path holding either could otherwise add options.
+std::string OptionValue(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == ',' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
 std::string RealPath(const char* p) {
   char buf[PATH_MAX];
   return ::realpath(p, buf) != nullptr ? std::string(buf) : std::string(p);
@@ -228,8 +239,11 @@ int MountMain(int argc, char** argv) {
   if (fuse_opt_parse(&args, &cfg, kOptions, OptProc) != 0) return 2;
   // A mount point that is not there is an error like any other (exit 1, our message), not a
   // usage error: libfuse's parser below would refuse it so.
+  // (A dead mount's root may still stat from the kernel's attribute cache; statfs always asks.)
   struct stat st;
-  if (cfg.mountpoint != nullptr && ::stat(cfg.mountpoint, &st) != 0) {
+  struct statvfs vfs;
+  if (cfg.mountpoint != nullptr &&
+      (::stat(cfg.mountpoint, &st) != 0 || ::statvfs(cfg.mountpoint, &vfs) != 0)) {
     const int err = errno;
     std::fprintf(stderr, "zipnnfs: mount point %s: %s%s\n", cfg.mountpoint, std::strerror(err),
                  err == ENOTCONN ? " (a stale FUSE mount: fusermount3 -u it first)" : "");
@@ -290,7 +304,7 @@ int MountMain(int argc, char** argv) {
   // set-id programs or device nodes from a store, however mounted: mount.fuse3, run by root for
   // `mount -t fuse.zipnnfs` or fstab, passes "dev,suid", which these (last) override.
   const std::string mount_opts =
-      "-oro,nosuid,nodev,default_permissions,fsname=zipnnfs:" + fs_opts.store_dir +
+      "-oro,nosuid,nodev,default_permissions,fsname=zipnnfs:" + OptionValue(fs_opts.store_dir) +
       ",subtype=zipnnfs";
   if (fuse_opt_add_arg(&args, mount_opts.c_str()) != 0) return 1;
 

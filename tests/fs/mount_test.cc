@@ -526,6 +526,17 @@ TEST_F(GeneratedStoreTest, WritesAreRefused) {
   struct statvfs vfs;
   ASSERT_EQ(::statvfs(m.path().c_str(), &vfs), 0);
   EXPECT_NE(vfs.f_flag & ST_RDONLY, 0u) << "statfs does not say read-only";
+  // No room to write (the host's free space was shown), and the size is the store's, on disk.
+  EXPECT_EQ(vfs.f_bavail, 0u);
+  EXPECT_EQ(vfs.f_bfree, 0u);
+  uint64_t store_bytes = 0;
+  for (const auto& e : stdfs::recursive_directory_iterator(store_)) {
+    struct stat f;
+    ASSERT_EQ(::lstat(e.path().c_str(), &f), 0);
+    store_bytes += static_cast<uint64_t>(f.st_blocks) * 512;
+  }
+  EXPECT_GE(uint64_t{vfs.f_blocks} * vfs.f_frsize, store_bytes);
+  EXPECT_LT(uint64_t{vfs.f_blocks} * vfs.f_frsize, store_bytes + vfs.f_frsize);
   // Nothing changed.
   EXPECT_TRUE(ReadFile(file) == Original(1));
   EXPECT_FALSE(stdfs::exists(m.Path("new-file")));
