@@ -125,11 +125,53 @@ void FileSystem::Init(fuse_conn_info* conn) {
   conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
 }
 
-void FileSystem::FillEntry(const index::InodeAttr& attr, fuse_entry_param& e) const {
+// Chunks are looked at this many file bytes at a time by DataBytes and Lseek: memory stays
+// bounded, and a seek near the next hole need not list the whole file.
+constexpr uint64_t kScanWindow = uint64_t{256} << 20;
+
+Result<uint64_t> FileSystem::DataBytes(const index::InodeAttr& attr) {
+  {
+    std::lock_guard lock(inodes_mu_);
+    auto it = inodes_.find(attr.ino);
+    if (it != inodes_.end() && it->second.data_bytes) return *it->second.data_bytes;
+  }
+  uint64_t zero = 0;
+  for (uint64_t pos = 0; pos < attr.size;) {
+    Result<std::vector<index::ChunkLocation>> chunks =
+        store_.ChunksInRange(attr.ino, pos, std::min(kScanWindow, attr.size - pos));
+    if (!chunks.ok()) return chunks.status();
+    const uint64_t before = pos;
+    for (const index::ChunkLocation& c : *chunks) {
+      const uint64_t end = c.file_offset + c.raw_size;
+      if (end <= pos) continue;        // (the first may begin before the window)
+      if (c.file_offset > pos) break;  // a gap (a damaged index): counted as data
+      if (c.method == Method::kZero) zero += end - pos;
+      pos = end;
+    }
+    if (pos == before) break;
+  }
+  const uint64_t data = attr.size - std::min(zero, attr.size);
+  std::lock_guard lock(inodes_mu_);
+  auto it = inodes_.find(attr.ino);
+  if (it != inodes_.end()) it->second.data_bytes = data;
+  return data;
+}
+
+void FileSystem::Stat(const index::InodeAttr& attr, struct stat& st) {
+  ToStat(attr, st);
+  // Holes show as they did on the source (an import reads none), and all-zero chunks as holes
+  // too: cp, rsync and tar -S then keep such files sparse. (Where the index cannot say, the
+  // whole size counts: the read will report the damage.)
+  if (attr.kind != index::InodeKind::kFile) return;
+  Result<uint64_t> data = DataBytes(attr);
+  if (data.ok()) st.st_blocks = static_cast<blkcnt_t>((*data + 511) / 512);
+}
+
+void FileSystem::FillEntry(const index::InodeAttr& attr, fuse_entry_param& e) {
   std::memset(&e, 0, sizeof e);
   e.ino = attr.ino;
   e.generation = 1;  // inode numbers are never reused while a store lives
-  ToStat(attr, e.attr);
+  Stat(attr, e.attr);
   e.attr_timeout = opts_.attr_timeout;
   e.entry_timeout = opts_.entry_timeout;
 }
@@ -196,7 +238,7 @@ void FileSystem::GetAttr(fuse_req_t req, fuse_ino_t ino) {
     return;
   }
   struct stat st;
-  ToStat(*attr, st);
+  Stat(*attr, st);
   fuse_reply_attr(req, &st, opts_.attr_timeout);
 }
 
@@ -245,6 +287,60 @@ void FileSystem::Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fu
   // (libfuse sends the reply as one writev of a header and the pieces: at most IOV_MAX of them.)
   static_assert(ReadResult::kMaxPinnedChunks < IOV_MAX);
   fuse_reply_iov(req, r->iov.data(), static_cast<int>(r->iov.size()));
+}
+
+// SEEK_DATA and SEEK_HOLE (the kernel answers the other kinds): all-zero chunks are holes, as
+// in Stat, so that copies of sparse files stay sparse.
+void FileSystem::Lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  const uint64_t size = reinterpret_cast<const FileHandle*>(fi->fh)->size;
+  if (off < 0 || static_cast<uint64_t>(off) >= size) {
+    fuse_reply_err(req, ENXIO);
+    return;
+  }
+  uint64_t pos = static_cast<uint64_t>(off);
+  {
+    std::lock_guard lock(inodes_mu_);
+    auto it = inodes_.find(ino);
+    if (it != inodes_.end() && it->second.data_bytes == size) {  // no holes: no scan
+      fuse_reply_lseek(req, static_cast<off_t>(whence == SEEK_DATA ? pos : size));
+      return;
+    }
+  }
+  while (pos < size) {
+    const uint64_t window_end = pos + std::min(kScanWindow, size - pos);
+    Result<std::vector<index::ChunkLocation>> chunks =
+        store_.ChunksInRange(ino, pos, window_end - pos);
+    if (!chunks.ok()) {
+      fuse_reply_err(req, ErrnoOf(chunks.status()));
+      return;
+    }
+    for (const index::ChunkLocation& c : *chunks) {
+      const uint64_t end = c.file_offset + c.raw_size;
+      if (end <= pos) continue;  // (the first may begin before the window)
+      if (c.file_offset > pos) break;
+      if ((c.method == Method::kZero) == (whence == SEEK_HOLE)) {
+        fuse_reply_lseek(req, static_cast<off_t>(std::max(pos, c.file_offset)));
+        return;
+      }
+      pos = end;
+    }
+    // Extents tile a file: a range none covers is a damaged index, where read() fails too.
+    // Calling it a hole would have copies take zeros for the lost bytes.
+    if (pos < window_end) {
+      fuse_reply_err(req, EIO);
+      return;
+    }
+  }
+  // Past the last data there is no more; the end of a file is a hole.
+  if (whence == SEEK_DATA) {
+    fuse_reply_err(req, ENXIO);
+  } else {
+    fuse_reply_lseek(req, static_cast<off_t>(size));
+  }
 }
 
 void FileSystem::Release(fuse_req_t req, fuse_file_info* fi) {
@@ -432,6 +528,9 @@ const fuse_lowlevel_ops& FileSystem::Ops() {
       Guarded(req, [&] { Self(req)->ReleaseDir(req, fi); });
     };
     o.statfs = [](fuse_req_t req, fuse_ino_t) { Guarded(req, [&] { Self(req)->StatFs(req); }); };
+    o.lseek = [](fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
+      Guarded(req, [&] { Self(req)->Lseek(req, ino, off, whence, fi); });
+    };
     o.getxattr = [](fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
       Guarded(req, [&] { Self(req)->GetXattr(req, ino, name, size); });
     };

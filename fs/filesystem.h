@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -60,10 +61,15 @@ class FileSystem {
                bool plus);
   void ReleaseDir(fuse_req_t req, fuse_file_info* fi);
   void StatFs(fuse_req_t req);
+  void Lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi);
   void GetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size);
   void ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size);
 
-  void FillEntry(const index::InodeAttr& attr, fuse_entry_param& e) const;
+  void FillEntry(const index::InodeAttr& attr, fuse_entry_param& e);
+  // The attributes of `attr`, with a file's blocks counted as the store holds them (below).
+  void Stat(const index::InodeAttr& attr, struct stat& st);
+  // Bytes of file `attr` outside all-zero chunks: remembered while the kernel knows the inode.
+  Result<uint64_t> DataBytes(const index::InodeAttr& attr);
   // Counts a lookup the kernel will remember; for directories, notes their parent (for "..").
   void CountLookup(const index::InodeAttr& attr, uint64_t parent);
   uint64_t ParentOf(uint64_t dir);
@@ -76,8 +82,9 @@ class FileSystem {
   std::atomic<bool> after_init_done_{false};
   std::mutex inodes_mu_;
   struct Known {
-    uint64_t lookups = 0;  // the kernel's lookup count
-    uint64_t parent = 0;   // directories: the parent it was looked up in
+    uint64_t lookups = 0;                // the kernel's lookup count
+    uint64_t parent = 0;                 // directories: the parent it was looked up in
+    std::optional<uint64_t> data_bytes;  // files: DataBytes, once asked
   };
   std::unordered_map<uint64_t, Known> inodes_;  // inodes the kernel knows
 };

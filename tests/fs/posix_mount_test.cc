@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "codec/container.h"
 #include "tests/fs/mount_util.h"
 
 namespace zipnn::test {
@@ -179,6 +180,86 @@ TEST_F(FsTest, OnlyTheMainThreadTakesStopSignals) {
 // A name longer than NAME_MAX (255 bytes, statfs's f_namemax) is ENAMETOOLONG on Linux
 // filesystems; the kernel leaves the check to FUSE daemons for names of up to 1024 bytes, and
 // zipnnfs answered ENOENT, so a program could not tell a bad name from an absent file.
+// Holes (of a sparse source, or any all-zero chunk) show as holes: st_blocks counts the rest, and
+// SEEK_DATA/SEEK_HOLE find them, so that cp, rsync and tar -S make sparse copies. They counted as
+// data: a copy of a 1 GiB sparse file out of the mount took 1 GiB.
+TEST_F(FsTest, HolesShowInBlocksAndSeeks) {
+  constexpr uint32_t kChunkSize = 64 << 10;
+  std::string sparse(16 * kChunkSize, '\0');
+  sparse[3 * kChunkSize + 5] = 1;  // data in chunks 3, 4 and 9 (of 16); the end is a hole
+  sparse[4 * kChunkSize] = 2;
+  sparse[9 * kChunkSize + 100] = 3;
+  std::string dense(3 * kChunkSize + 1000, 'x');
+  const std::string store = Path("store");
+  Result<std::vector<std::vector<index::ChunkLocation>>> chunks =
+      BuildStore(store, {{"sparse", sparse}, {"dense", dense}}, kChunkSize);
+  ASSERT_TRUE(chunks.ok()) << chunks.status().message();
+  uint64_t zero = 0;  // (the premise: all-zero chunks are stored as such)
+  for (const index::ChunkLocation& c : (*chunks)[0]) {
+    const bool all_zero =
+        sparse.find_first_not_of('\0', c.file_offset) >= c.file_offset + c.raw_size;
+    ASSERT_EQ(c.method == Method::kZero, all_zero) << c.file_offset;
+    if (all_zero) zero += c.raw_size;
+  }
+  ASSERT_GE(zero, 12u * kChunkSize);
+  // SEEK_DATA and SEEK_HOLE as the chunks say: the first offset from `x` in a data chunk (-1 past
+  // the last), or in a zero chunk (else the end).
+  auto expect_seek = [&](off_t x, int whence) -> off_t {
+    for (const index::ChunkLocation& c : (*chunks)[0]) {
+      const off_t end = off_t(c.file_offset + c.raw_size);
+      if (end > x && (c.method == Method::kZero) == (whence == SEEK_HOLE))
+        return std::max(x, off_t(c.file_offset));
+    }
+    return whence == SEEK_HOLE ? off_t(sparse.size()) : -1;
+  };
+  std::vector<off_t> probes = {0};
+  for (const index::ChunkLocation& c : (*chunks)[0]) {
+    for (off_t d : {-1, 0, 1, 5000}) {
+      if (off_t(c.file_offset) + d >= 0 && off_t(c.file_offset) + d < off_t(sparse.size()))
+        probes.push_back(off_t(c.file_offset) + d);
+    }
+  }
+  Mount m(store, MakeDir("mnt"));
+  ASSERT_TRUE(m.ok()) << m.result().err;
+
+  struct stat st;
+  ASSERT_EQ(::stat(m.Path("sparse").c_str(), &st), 0);
+  EXPECT_EQ(uint64_t(st.st_blocks) * 512, sparse.size() - zero);
+  ASSERT_EQ(::stat(m.Path("dense").c_str(), &st), 0);
+  EXPECT_EQ(uint64_t(st.st_blocks), (dense.size() + 511) / 512);
+
+  for (const char* name : {"sparse", "dense"}) {  // each before and after its blocks are known
+    UniqueFd fd(::open(m.Path(name).c_str(), O_RDONLY));
+    ASSERT_TRUE(fd.valid());
+    if (std::string(name) == "dense") {
+      EXPECT_EQ(::lseek(fd.get(), 0, SEEK_DATA), 0);
+      EXPECT_EQ(::lseek(fd.get(), 7, SEEK_HOLE), off_t(dense.size()));
+      continue;
+    }
+    for (off_t x : probes) {
+      for (int whence : {SEEK_DATA, SEEK_HOLE}) {
+        errno = 0;
+        EXPECT_EQ(::lseek(fd.get(), x, whence), expect_seek(x, whence))
+            << (whence == SEEK_DATA ? "SEEK_DATA from " : "SEEK_HOLE from ") << x;
+        if (expect_seek(x, whence) < 0) {
+          EXPECT_EQ(errno, ENXIO);
+        }
+      }
+    }
+    errno = 0;
+    EXPECT_EQ(::lseek(fd.get(), off_t(sparse.size()), SEEK_HOLE), -1);
+    EXPECT_EQ(errno, ENXIO);
+  }
+
+  // cp makes a sparse copy, byte-exact.
+  const CommandResult cp = RunCommand("cp", {m.Path("sparse"), Path("copy")});
+  ASSERT_EQ(cp.exit_code, 0) << cp.err;
+  EXPECT_TRUE(ReadFile(Path("copy")) == sparse);
+  ASSERT_EQ(::stat(Path("copy").c_str(), &st), 0);
+  EXPECT_LE(uint64_t(st.st_blocks) * 512, sparse.size() / 2) << "the copy is not sparse";
+  EXPECT_TRUE(m.Unmount());
+}
+
 TEST_F(FsTest, NamesLongerThanNameMaxAreTooLong) {
   const std::string longest(255, 'n');
   WriteFile(MakeDir("src") + "/" + longest, "255");  // (memfd names, BuildStore's, are shorter)
