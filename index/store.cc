@@ -18,6 +18,7 @@
 #include <mutex>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "index/store_impl.h"
 
@@ -66,11 +67,17 @@ Result<UniqueFd> LockStore(const std::string& dir, bool shared = false) {
     if (shared) return UniqueFd();
     return Status::FromErrno(errno, path);
   }
-  if (::flock(fd.get(), (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
-    if (errno == EWOULDBLOCK) {
+  // A daemon lets go of the lock a few (on a loaded machine, tens of) milliseconds after
+  // `fusermount3 -u` returns, while it winds down: a command run right after the unmount waits
+  // that long rather than fail. Holders that stay are told after the grace period.
+  constexpr auto kGrace = std::chrono::seconds(1);
+  const auto deadline = std::chrono::steady_clock::now() + kGrace;
+  while (::flock(fd.get(), (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return Status::FromErrno(errno, path);
+    if (std::chrono::steady_clock::now() >= deadline) {
       return Status::Busy(dir + ": store is locked by another process (a running import or mount)");
     }
-    return Status::FromErrno(errno, path);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   return fd;
 }
