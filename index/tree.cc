@@ -136,7 +136,8 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
     return Failed(ctx, src, Status::FromErrno(errno, "lstat"), summary);
   }
   if (ctx.store_ino != 0 && st.st_dev == ctx.store_dev && st.st_ino == ctx.store_ino) {
-    Skip(ctx, src, "the store itself, skipped", summary);
+    // (Not counted: leaving the store out is the copy asked for, not a loss.)
+    if (ctx.opts.skipped) ctx.opts.skipped(src, "the store itself, skipped");
     return Status::Ok();
   }
   NewAttr attr = AttrOf(st);

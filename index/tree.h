@@ -13,7 +13,8 @@
 namespace zipnn::index {
 
 struct TreeSummary {
-  uint64_t files = 0, directories = 0, symlinks = 0, skipped = 0;
+  uint64_t files = 0, directories = 0, symlinks = 0;
+  uint64_t skipped = 0;          // import: special files (the store holds none)
   uint64_t failed = 0;           // import: entries left out (ImportOptions::failed)
   uint64_t raw_bytes = 0;        // file bytes copied
   uint64_t frame_bytes = 0;      // import: frame bytes of the files' chunks (before dedup)

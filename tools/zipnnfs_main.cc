@@ -234,9 +234,10 @@ int Import(const std::string& store_dir, const std::vector<std::string>& sources
     rc = Fail(st);
   }
   if (tty) std::fputs("\r\033[K", stderr);
-  if (rc == 0 && total.failed != 0) {
+  // Special files too: cp -a would have copied them, so the copy is not whole.
+  if (rc == 0 && total.failed + total.skipped != 0) {
     std::fprintf(stderr, "zipnnfs: %llu entries could not be imported (see above)\n",
-                 static_cast<unsigned long long>(total.failed));
+                 static_cast<unsigned long long>(total.failed + total.skipped));
     rc = kExitError;
   }
   if (!quiet) {

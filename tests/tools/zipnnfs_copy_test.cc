@@ -93,6 +93,22 @@ TEST_F(ZipnnfsCopyTest, ExportKeepsHolesOfSparseFiles) {
   EXPECT_LE(st.st_blocks, source_blocks + 16) << "source " << source_blocks;
 }
 
+// A special file has no place in a store: it is named and left out, the rest imported, and the
+// exit code 1 as for anything else cp -a would have copied (it was 0: `import && rm -rf SRC` lost
+// the fifo).
+TEST_F(ZipnnfsCopyTest, SpecialFilesAreToldAndMakeTheExitCodeOne) {
+  const std::string src = Path("src");
+  fs::create_directories(src);
+  std::ofstream(src + "/data") << "payload";
+  ASSERT_EQ(::mkfifo((src + "/fifo").c_str(), 0644), 0);
+  test::ToolRun imp = Run({"import", store_, src});
+  EXPECT_EQ(imp.exit_code, 1) << imp.err;
+  EXPECT_NE(imp.err.find(src + "/fifo: special file"), std::string::npos) << imp.err;
+  EXPECT_NE(imp.err.find("1 entries could not be imported"), std::string::npos) << imp.err;
+  EXPECT_EQ(Run({"cat", store_, "/src/data"}).out, "payload");
+  EXPECT_EQ(Run({"stats", store_, "/src/fifo"}).exit_code, 1);
+}
+
 // A tree that holds the store: the store is skipped (its packs grow while they would be read),
 // everything else is imported.
 TEST_F(ZipnnfsCopyTest, ImportOfATreeHoldingTheStoreSkipsIt) {
