@@ -83,7 +83,8 @@ Result<BulkSummary> BulkAddImpl::Finish() {
 }
 
 Result<size_t> BulkAddImpl::Queue(std::unique_ptr<BulkEntry> e) {
-  if (e->kind != BulkEntry::Kind::kTimes) ZIPNN_RETURN_IF_ERROR(ValidateName(e->name));
+  if (e->kind != BulkEntry::Kind::kTimes && e->kind != BulkEntry::Kind::kDirAttr)
+    ZIPNN_RETURN_IF_ERROR(ValidateName(e->name));
   for (const auto& [name, value] : e->attr.xattrs) {
     if (name.empty() || name.size() > 255) {
       return Status::InvalidArgument(e->label + ": bad xattr name");
@@ -157,6 +158,15 @@ Status BulkAddImpl::SetTimes(BulkDir entry, int64_t atime_ns, int64_t mtime_ns) 
   e->label = "times of " + std::to_string(entry.id);
   e->attr.atime_ns = atime_ns;
   e->attr.mtime_ns = mtime_ns;
+  return Queue(std::move(e)).status();
+}
+
+Status BulkAddImpl::SetDirAttr(BulkDir dir, const NewAttr& attr) {
+  auto e = std::make_unique<BulkEntry>();
+  e->kind = BulkEntry::Kind::kDirAttr;
+  e->parent = dir;
+  e->label = "attributes of " + std::to_string(dir.id);
+  e->attr = attr;
   return Queue(std::move(e)).status();
 }
 

@@ -33,9 +33,9 @@
 namespace zipnn::index {
 
 struct BulkEntry {
-  enum class Kind { kMkdir, kSymlink, kFile, kTimes, kLink };
+  enum class Kind { kMkdir, kSymlink, kFile, kTimes, kDirAttr, kLink };
   Kind kind = Kind::kFile;
-  BulkDir parent;  // kTimes: the entry whose times are set
+  BulkDir parent;  // kTimes, kDirAttr: the entry whose times (attributes) are set
   std::string name;
   std::string label;   // names the entry in messages
   NewAttr attr;        // kTimes: atime_ns and mtime_ns only
@@ -111,6 +111,7 @@ class BulkAddImpl final : public BulkAdd {
               const std::string& host_path) override;
   Status AddFileFd(BulkDir parent, std::string_view name, int fd, const NewAttr& attr) override;
   Status SetTimes(BulkDir entry, int64_t atime_ns, int64_t mtime_ns) override;
+  Status SetDirAttr(BulkDir dir, const NewAttr& attr) override;
   Result<BulkSummary> Finish() override;
 
  private:

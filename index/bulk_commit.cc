@@ -327,6 +327,8 @@ Status BulkAddImpl::ApplyOp(lmdb::Txn& txn, GroupOp& op,
       return store_.SymlinkIn(txn, *parent, e.name, e.target, e.attr, true).status();
     case BulkEntry::Kind::kTimes:
       return store_.SetTimesIn(txn, *parent, e.attr.atime_ns, e.attr.mtime_ns);
+    case BulkEntry::Kind::kDirAttr:
+      return store_.SetDirAttrIn(txn, *parent, e.attr).status();
     case BulkEntry::Kind::kFile:
       return store_.CommitFileIn(txn, *parent, e.name, *op.file, written_, op.added).status();
     case BulkEntry::Kind::kLink: {

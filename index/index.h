@@ -254,6 +254,9 @@ class BulkAdd {
   // The same from an open descriptor (duplicated; the caller keeps its own).
   virtual Status AddFileFd(BulkDir parent, std::string_view name, int fd, const NewAttr& attr) = 0;
   virtual Status SetTimes(BulkDir entry, int64_t atime_ns, int64_t mtime_ns) = 0;
+  // Gives existing directory `dir` these attributes: mode, owner, times and extended attributes
+  // (cp -a SRC/. DEST gives DEST those of SRC).
+  virtual Status SetDirAttr(BulkDir dir, const NewAttr& attr) = 0;
   // Waits for everything queued and commits it; returns the first error, if any.
   virtual Result<BulkSummary> Finish() = 0;
 };

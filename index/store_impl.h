@@ -125,6 +125,8 @@ class StoreImpl final : public Store {
   Result<InodeAttr> SymlinkIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                               std::string_view target, const NewAttr& attr, bool replace);
   Status SetTimesIn(lmdb::Txn& txn, uint64_t ino, int64_t atime_ns, int64_t mtime_ns);
+  // Gives directory `ino` the attributes `attr` (mode, owner, times, extended attributes).
+  Result<InodeAttr> SetDirAttrIn(lmdb::Txn& txn, uint64_t ino, const NewAttr& attr);
   // Creates or replaces file (or symlink) `name`; chunks the store lacks must be in `written`
   // (new frames, already synced to their pack). Fills `result`.
   Result<InodeAttr> CommitFileIn(lmdb::Txn& txn, uint64_t parent, std::string_view name,

@@ -140,15 +140,8 @@ Result<InodeAttr> StoreImpl::MkdirIn(lmdb::Txn& txn, uint64_t parent, std::strin
                                      const NewAttr& attr, bool merge) {
   if (merge) {
     Result<InodeAttr> old = LookupIn(txn, parent, name);
-    if (old.ok() && old->kind == InodeKind::kDirectory) {
-      // Re-importing a tree whose directory was chmod-ed or chown-ed brings the change along.
-      InodeAttr a = FromNew(attr, InodeKind::kDirectory);
-      a.ino = old->ino;
-      a.nlink = old->nlink;
-      ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), a));
-      ZIPNN_RETURN_IF_ERROR(PutXattrs(txn, a.ino, attr.xattrs));
-      return a;
-    }
+    // Re-importing a tree whose directory was chmod-ed or chown-ed brings the change along.
+    if (old.ok() && old->kind == InodeKind::kDirectory) return SetDirAttrIn(txn, old->ino, attr);
     if (old.ok()) return Status::Exists("cannot overwrite a non-directory with a directory");
     if (old.status().code() != StatusCode::kNotFound) return old.status();
   }
@@ -183,6 +176,18 @@ Result<InodeAttr> StoreImpl::SymlinkIn(lmdb::Txn& txn, uint64_t parent, std::str
   ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kSymlinks), lmdb::Val(key.bytes()), lmdb::Val(target)));
   ZIPNN_RETURN_IF_ERROR(PutXattrs(txn, r->ino, attr.xattrs));
   return r;
+}
+
+Result<InodeAttr> StoreImpl::SetDirAttrIn(lmdb::Txn& txn, uint64_t ino, const NewAttr& attr) {
+  Result<InodeAttr> old = GetAttrIn(txn, ino);
+  if (!old.ok()) return old.status();
+  if (old->kind != InodeKind::kDirectory) return Status::InvalidArgument("not a directory");
+  InodeAttr a = FromNew(attr, InodeKind::kDirectory);
+  a.ino = old->ino;
+  a.nlink = old->nlink;
+  ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), a));
+  ZIPNN_RETURN_IF_ERROR(PutXattrs(txn, a.ino, attr.xattrs));
+  return a;
 }
 
 Status StoreImpl::SetTimesIn(lmdb::Txn& txn, uint64_t ino, int64_t atime_ns, int64_t mtime_ns) {

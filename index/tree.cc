@@ -232,8 +232,14 @@ Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint6
       walked = Failed(ctx, src, Status::InvalidArgument("is inside the store"), summary);
     } else {
       const BulkDir top{parent, false};
-      walked = source.name.empty() ? WalkChildren(**bulk, src, top, ctx, summary)
-                                   : Walk(**bulk, src, top, source.name, ctx, summary);
+      if (!source.name.empty()) {
+        walked = Walk(**bulk, src, top, source.name, ctx, summary);
+      } else if ((walked = WalkChildren(**bulk, src, top, ctx, summary)).ok()) {
+        // As cp -a SRC/. DEST: DEST takes SRC's attributes (its times after its entries).
+        NewAttr attr = AttrOf(st);
+        attr.xattrs = ReadXattrs(src);
+        walked = (*bulk)->SetDirAttr(top, attr);
+      }
     }
     if (!walked.ok()) break;
   }

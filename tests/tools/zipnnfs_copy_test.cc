@@ -252,7 +252,8 @@ TEST_F(ZipnnfsCopyTest, ExportDoesNotKeepInheritedAcls) {
 // Where the stored owner cannot be set (root in a user namespace that maps no other user, as root
 // exporting to vfat or to NFS with root squash), the file still comes out whole, its failure is
 // told and the exit code is 1, as with cp -a (it was removed with its temporary name: the data
-// was lost). Whole-store exports keep hard links between top-level entries.
+// was lost). Whole-store exports keep hard links between top-level entries, and give DEST the
+// root's attributes.
 TEST_F(ZipnnfsCopyTest, ExportKeepsDataWhereAttributesCannotBeSet) {
   const std::string src = Path("src");
   fs::create_directories(src + "/x");
@@ -261,6 +262,9 @@ TEST_F(ZipnnfsCopyTest, ExportKeepsDataWhereAttributesCannotBeSet) {
   std::ofstream(src + "/x/model") << data;
   ASSERT_EQ(::chown((src + "/x/model").c_str(), 1000, 1000), 0);
   fs::create_hard_link(src + "/x/model", src + "/y/link");
+  ASSERT_EQ(::chmod(src.c_str(), 0750), 0);
+  const timespec times[2] = {{1500000000, 1}, {1600000000, 2}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, src.c_str(), times, 0), 0);
   ASSERT_EQ(Run({"import", store_, src + "/.", "-q"}).exit_code, 0);
 
   const std::string out = Path("out");
@@ -268,6 +272,11 @@ TEST_F(ZipnnfsCopyTest, ExportKeepsDataWhereAttributesCannotBeSet) {
   test::ToolRun r = Run({"export", store_, out});  // the root's entries into an existing DEST
   ASSERT_EQ(r.exit_code, 0) << r.err;
   struct stat a, b;
+  // As cp -a SRC/. DEST: DEST takes the root's mode and times (those of the tree imported as it).
+  ASSERT_EQ(::stat(out.c_str(), &a), 0);
+  EXPECT_EQ(a.st_mode & 07777, 0750u);
+  EXPECT_EQ(a.st_mtim.tv_sec, 1600000000);
+  EXPECT_EQ(a.st_mtim.tv_nsec, 2);
   ASSERT_EQ(::stat((out + "/x/model").c_str(), &a), 0);
   ASSERT_EQ(::stat((out + "/y/link").c_str(), &b), 0);
   EXPECT_EQ(a.st_ino, b.st_ino) << "the hard link between two top-level trees was lost";
