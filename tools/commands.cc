@@ -108,7 +108,7 @@ Status Compress(const CompressOptions& opts) {
   std::vector<ExtentReader::Extent> extents;
   for (const ChunkSpec& c : chunks) extents.push_back({c.offset, c.size});
   ExtentReader input(fd, std::move(extents), ReadAhead(codec.threads(), opts.chunk_size));
-  std::vector<std::vector<uint8_t>> data(codec.threads());
+  std::vector<ByteBuffer> data(codec.threads());
   ZIPNN_RETURN_IF_ERROR(codec.RunOrdered(
       chunks.size(), OrderedWindow(codec.threads(), opts.chunk_size),
       [&](size_t i, unsigned w, std::vector<uint8_t>& frame) {
@@ -162,7 +162,7 @@ Status Decompress(const DecompressOptions& opts) {
     largest = std::max<uint64_t>(largest, e.raw_size);
   }
   ExtentReader input(reader->fd(), std::move(extents), ReadAhead(codec.threads(), largest));
-  std::vector<std::vector<uint8_t>> frame(codec.threads());
+  std::vector<ByteBuffer> frame(codec.threads());
   const bool seekable = out->seekable();
   ZIPNN_RETURN_IF_ERROR(codec.RunOrdered(
       entries.size(), OrderedWindow(codec.threads(), largest),

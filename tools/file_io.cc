@@ -259,7 +259,7 @@ void ExtentReader::ReadAhead() {
   }
 }
 
-Status ExtentReader::Read(size_t i, std::vector<uint8_t>& buf) {
+Status ExtentReader::Read(size_t i, ByteBuffer& buf) {
   if (i >= extents_.size()) return Status::InvalidArgument("extent index out of range");
   if (slots_.empty()) {
     buf.resize(extents_[i].size);

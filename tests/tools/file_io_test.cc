@@ -28,7 +28,7 @@ class ExtentReaderTest : public test::TempDirTest {
     std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(size));
     return UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   }
-  static bool Holds(const std::vector<uint8_t>& buf, ExtentReader::Extent e) {
+  static bool Holds(const ByteBuffer& buf, ExtentReader::Extent e) {
     if (buf.size() != e.size) return false;
     for (size_t k = 0; k < e.size; ++k)
       if (buf[k] != static_cast<uint8_t>((e.offset + k) * 131 + 7)) return false;
@@ -50,7 +50,7 @@ TEST_F(ExtentReaderTest, ReadAheadHandsOutEveryExtentInOrder) {
   const std::vector<ExtentReader::Extent> extents = Extents(500);
   for (size_t ahead : {1, 2, 3, 8}) {
     ExtentReader reader(fd.get(), extents, ahead);
-    std::vector<uint8_t> buf;
+    ByteBuffer buf;
     for (size_t i = 0; i < extents.size(); ++i) {
       ASSERT_TRUE(reader.Read(i, buf).ok()) << "extent " << i << ", ahead " << ahead;
       ASSERT_TRUE(Holds(buf, extents[i])) << "extent " << i << ", ahead " << ahead;
@@ -68,7 +68,7 @@ TEST_F(ExtentReaderTest, ReadsOnTheSpotFromManyThreads) {
   std::vector<int> bad(4, 0);
   for (size_t t = 0; t < bad.size(); ++t) {
     threads.emplace_back([&, t] {
-      std::vector<uint8_t> buf;
+      ByteBuffer buf;
       for (size_t i = extents.size() - 1 - t; i < extents.size(); i -= bad.size())
         bad[t] += !reader.Read(i, buf).ok() || !Holds(buf, extents[i]);
     });
@@ -85,7 +85,7 @@ TEST_F(ExtentReaderTest, ErrorsStayWithTheirExtent) {
   const std::vector<ExtentReader::Extent> extents = {{0, 10}, {995, 10}, {20, 30}, {0, 1}, {5, 5}};
   for (size_t ahead : {0, 2}) {
     ExtentReader reader(fd.get(), extents, ahead);
-    std::vector<uint8_t> buf;
+    ByteBuffer buf;
     ASSERT_TRUE(reader.Read(0, buf).ok());
     EXPECT_TRUE(Holds(buf, extents[0]));
     EXPECT_EQ(reader.Read(1, buf).code(), StatusCode::kIo) << "ahead " << ahead;
@@ -111,7 +111,7 @@ TEST_F(AtomicOutputFileTest, SyncsAsItGrowsAndCommitsWhole) {
   std::vector<Status> status(2);
   for (size_t w = 0; w < status.size(); ++w) {
     workers.emplace_back([&, w] {
-      std::vector<uint8_t> buf;
+      ByteBuffer buf;
       for (size_t i = w; i < kPieces && status[w].ok(); i += status.size()) {
         buf.assign(kPiece, static_cast<uint8_t>(i + 1));
         status[w] = PwriteFull(out->fd(), i * kPiece, buf);
