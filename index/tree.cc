@@ -227,8 +227,9 @@ Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint6
       walked = Failed(ctx, src, Status::InvalidArgument("not a directory"), summary);
     } else if (char real_src[PATH_MAX];
                have_store && ::realpath(src.c_str(), real_src) != nullptr &&
-               std::string_view(real_src).starts_with(std::string(real_store) + "/")) {
-      // A source inside the store (its packs, say) is read while the import writes it.
+               (std::string_view(real_src) == real_store ||
+                std::string_view(real_src).starts_with(std::string(real_store) + "/"))) {
+      // The store, or a source inside it (its packs, say), is read while the import writes it.
       walked = Failed(ctx, src, Status::InvalidArgument("is inside the store"), summary);
     } else {
       const BulkDir top{parent, false};

@@ -71,6 +71,10 @@ struct ExportOptions {
 // running as root.
 Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary,
                   const ExportOptions& opts = {});
+// The same for the entries of directory `ino`, into existing directory `dest` (cp -a SRC/. DEST;
+// hard links between them are kept).
+Status ExportTreeEntries(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary,
+                         const ExportOptions& opts = {});
 
 // Writes bytes [begin, end) of file `ino` (end within the file) to `fd`, in order: pieces of
 // whole chunks are decoded on all cores while the previous ones are written. Errors start with

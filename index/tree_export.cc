@@ -364,6 +364,13 @@ Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSumma
   return EntryDone(ctx, ExportNode(ctx, ino, dest));
 }
 
+Status ExportTreeEntries(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary,
+                         const ExportOptions& opts) {
+  ThreadPool pool(0);
+  ExportContext ctx(store, pool, opts, summary);
+  return EntryDone(ctx, ExportEntries(ctx, ino, dest));
+}
+
 Status WriteFileRange(Store& store, uint64_t ino, uint64_t begin, uint64_t end, int fd,
                       const std::string& label) {
   ThreadPool pool(0);

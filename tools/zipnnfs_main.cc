@@ -272,11 +272,17 @@ int Export(const std::string& store_dir, const std::string& dest, const std::str
   };
   struct stat st;
   const bool dest_is_dir = ::stat(dest.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-  // The root is copied as cp -a STORE/. DEST: its entries merge into DEST, which takes its mode,
-  // owner and times (as a source tree imported as SRC/. gave them to the root).
-  const std::string target =
-      top->ino == kRootInode || !dest_is_dir ? dest : dest + "/" + BaseName(path);
-  const Status result = ExportTree(**store, top->ino, target, summary, opts);
+  Status result;
+  if (top->ino == kRootInode && dest_is_dir) {
+    // cp -a STORE/. DEST: the root's entries go into DEST. Unlike cp, DEST keeps its own mode,
+    // owner and times: the root's may be what init gave it, and DEST a home directory or /. (A
+    // new DEST is made with the root's.)
+    result = ExportTreeEntries(**store, kRootInode, dest, summary, opts);
+  } else {
+    const std::string target =
+        dest_is_dir ? dest + "/" + BaseName(path.empty() ? std::string("/") : path) : dest;
+    result = ExportTree(**store, top->ino, target, summary, opts);
+  }
   if (!result.ok()) return Fail(result);
   if (summary.failed != 0) {
     std::fprintf(stderr, "zipnnfs: %llu entries could not be exported (see above)\n",

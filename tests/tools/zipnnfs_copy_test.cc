@@ -126,6 +126,13 @@ TEST_F(ZipnnfsCopyTest, ImportOfATreeHoldingTheStoreSkipsIt) {
   test::ToolRun inside = Run({"import", store, store + "/packs", "--to", "/in"});
   EXPECT_EQ(inside.exit_code, 1);
   EXPECT_NE(inside.err.find("inside the store"), std::string::npos) << inside.err;
+  // So is the store's own content (it imported the store into itself).
+  for (const std::string& self : {store + "/.", store}) {
+    test::ToolRun itself = Run({"import", store, self, "--to", "/in"});
+    EXPECT_EQ(itself.exit_code, 1) << self;
+    EXPECT_NE(itself.err.find("inside the store"), std::string::npos) << itself.err;
+  }
+  EXPECT_EQ(Run({"stats", store, "/in/FORMAT"}).exit_code, 1);
   EXPECT_EQ(Run({"fsck", store}).exit_code, 0);
 }
 
@@ -252,8 +259,7 @@ TEST_F(ZipnnfsCopyTest, ExportDoesNotKeepInheritedAcls) {
 // Where the stored owner cannot be set (root in a user namespace that maps no other user, as root
 // exporting to vfat or to NFS with root squash), the file still comes out whole, its failure is
 // told and the exit code is 1, as with cp -a (it was removed with its temporary name: the data
-// was lost). Whole-store exports keep hard links between top-level entries, and give DEST the
-// root's attributes.
+// was lost). Whole-store exports keep hard links between top-level entries.
 TEST_F(ZipnnfsCopyTest, ExportKeepsDataWhereAttributesCannotBeSet) {
   const std::string src = Path("src");
   fs::create_directories(src + "/x");
@@ -269,14 +275,24 @@ TEST_F(ZipnnfsCopyTest, ExportKeepsDataWhereAttributesCannotBeSet) {
 
   const std::string out = Path("out");
   fs::create_directories(out);
+  ASSERT_EQ(::chmod(out.c_str(), 0705), 0);
   test::ToolRun r = Run({"export", store_, out});  // the root's entries into an existing DEST
   ASSERT_EQ(r.exit_code, 0) << r.err;
   struct stat a, b;
-  // As cp -a SRC/. DEST: DEST takes the root's mode and times (those of the tree imported as it).
+  // The root took the attributes of the tree imported as SRC/., as cp -a SRC/. DEST gives them:
+  // a new DEST is made with them; an existing one (a home directory, say) keeps its own.
   ASSERT_EQ(::stat(out.c_str(), &a), 0);
+  EXPECT_EQ(a.st_mode & 07777, 0705u);
+  EXPECT_NE(a.st_mtim.tv_sec, 1600000000);
+  ASSERT_EQ(Run({"export", store_, Path("fresh")}).exit_code, 0);
+  ASSERT_EQ(::stat(Path("fresh").c_str(), &a), 0);
   EXPECT_EQ(a.st_mode & 07777, 0750u);
   EXPECT_EQ(a.st_mtim.tv_sec, 1600000000);
   EXPECT_EQ(a.st_mtim.tv_nsec, 2);
+  // DEST may be a symlink to a directory, as for cp.
+  fs::create_directory_symlink(out, Path("out-link"));
+  test::ToolRun via_link = Run({"export", store_, Path("out-link")});
+  EXPECT_EQ(via_link.exit_code, 0) << via_link.err;
   ASSERT_EQ(::stat((out + "/x/model").c_str(), &a), 0);
   ASSERT_EQ(::stat((out + "/y/link").c_str(), &b), 0);
   EXPECT_EQ(a.st_ino, b.st_ino) << "the hard link between two top-level trees was lost";
