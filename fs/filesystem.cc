@@ -92,8 +92,35 @@ struct FileSystem::DirHandle {
   std::vector<index::DirEntry> entries;
 };
 
+namespace {
+
+// What the store directory takes on disk, its own file system only: measured before the mount
+// exists (walked on each statfs, a mount inside the store was walked through, and a walk that
+// reached this mount waited on itself).
+uint64_t DiskBytes(const std::string& dir) {
+  struct stat top;
+  if (::lstat(dir.c_str(), &top) != 0) return 0;
+  uint64_t bytes = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    struct stat f;
+    if (::lstat(it->path().c_str(), &f) != 0 || f.st_dev != top.st_dev) {
+      it.disable_recursion_pending();
+      continue;
+    }
+    bytes += static_cast<uint64_t>(f.st_blocks) * 512;
+  }
+  return bytes;
+}
+
+}  // namespace
+
 FileSystem::FileSystem(index::Store& store, const FileSystemOptions& opts)
-    : store_(store), opts_(opts), reader_(store, opts.reader) {}
+    : store_(store),
+      opts_(opts),
+      reader_(store, opts.reader),
+      store_disk_bytes_(DiskBytes(opts.store_dir)) {}
 
 FileSystem* FileSystem::Self(fuse_req_t req) {
   auto* self = static_cast<FileSystem*>(fuse_req_userdata(req));
@@ -129,12 +156,15 @@ void FileSystem::Init(fuse_conn_info* conn) {
 // bounded, and a seek near the next hole need not list the whole file.
 constexpr uint64_t kScanWindow = uint64_t{256} << 20;
 
+std::optional<uint64_t> FileSystem::KnownDataBytes(uint64_t ino) {
+  std::lock_guard lock(data_bytes_mu_);
+  auto it = data_bytes_.find(ino);
+  if (it == data_bytes_.end()) return std::nullopt;
+  return it->second;
+}
+
 Result<uint64_t> FileSystem::DataBytes(const index::InodeAttr& attr) {
-  {
-    std::lock_guard lock(inodes_mu_);
-    auto it = inodes_.find(attr.ino);
-    if (it != inodes_.end() && it->second.data_bytes) return *it->second.data_bytes;
-  }
+  if (std::optional<uint64_t> known = KnownDataBytes(attr.ino)) return *known;
   uint64_t zero = 0;
   for (uint64_t pos = 0; pos < attr.size;) {
     Result<std::vector<index::ChunkLocation>> chunks =
@@ -151,9 +181,9 @@ Result<uint64_t> FileSystem::DataBytes(const index::InodeAttr& attr) {
     if (pos == before) break;
   }
   const uint64_t data = attr.size - std::min(zero, attr.size);
-  std::lock_guard lock(inodes_mu_);
-  auto it = inodes_.find(attr.ino);
-  if (it != inodes_.end()) it->second.data_bytes = data;
+  std::lock_guard lock(data_bytes_mu_);
+  if (data_bytes_.size() >= kMaxDataBytesKnown) data_bytes_.clear();
+  data_bytes_[attr.ino] = data;
   return data;
 }
 
@@ -302,13 +332,9 @@ void FileSystem::Lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fu
     return;
   }
   uint64_t pos = static_cast<uint64_t>(off);
-  {
-    std::lock_guard lock(inodes_mu_);
-    auto it = inodes_.find(ino);
-    if (it != inodes_.end() && it->second.data_bytes == size) {  // no holes: no scan
-      fuse_reply_lseek(req, static_cast<off_t>(whence == SEEK_DATA ? pos : size));
-      return;
-    }
+  if (KnownDataBytes(ino) == size) {  // no holes: no scan
+    fuse_reply_lseek(req, static_cast<off_t>(whence == SEEK_DATA ? pos : size));
+    return;
   }
   while (pos < size) {
     const uint64_t window_end = pos + std::min(kScanWindow, size - pos);
@@ -425,13 +451,7 @@ void FileSystem::StatFs(fuse_req_t req) {
     fuse_reply_err(req, errno);
     return;
   }
-  uint64_t bytes = 0;
-  std::error_code ec;
-  for (auto it = std::filesystem::recursive_directory_iterator(opts_.store_dir, ec);
-       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-    struct stat f;
-    if (::lstat(it->path().c_str(), &f) == 0) bytes += static_cast<uint64_t>(f.st_blocks) * 512;
-  }
+  const uint64_t bytes = store_disk_bytes_;
   const uint64_t unit = st.f_frsize ? st.f_frsize : 4096;
   st.f_blocks = static_cast<fsblkcnt_t>((bytes + unit - 1) / unit);
   st.f_bfree = st.f_bavail = 0;

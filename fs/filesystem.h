@@ -68,8 +68,9 @@ class FileSystem {
   void FillEntry(const index::InodeAttr& attr, fuse_entry_param& e);
   // The attributes of `attr`, with a file's blocks counted as the store holds them (below).
   void Stat(const index::InodeAttr& attr, struct stat& st);
-  // Bytes of file `attr` outside all-zero chunks: remembered while the kernel knows the inode.
+  // Bytes of file `attr` outside all-zero chunks (remembered: a scan of its chunks).
   Result<uint64_t> DataBytes(const index::InodeAttr& attr);
+  std::optional<uint64_t> KnownDataBytes(uint64_t ino);
   // Counts a lookup the kernel will remember; for directories, notes their parent (for "..").
   void CountLookup(const index::InodeAttr& attr, uint64_t parent);
   uint64_t ParentOf(uint64_t dir);
@@ -82,11 +83,17 @@ class FileSystem {
   std::atomic<bool> after_init_done_{false};
   std::mutex inodes_mu_;
   struct Known {
-    uint64_t lookups = 0;                // the kernel's lookup count
-    uint64_t parent = 0;                 // directories: the parent it was looked up in
-    std::optional<uint64_t> data_bytes;  // files: DataBytes, once asked
+    uint64_t lookups = 0;  // the kernel's lookup count
+    uint64_t parent = 0;   // directories: the parent it was looked up in
   };
   std::unordered_map<uint64_t, Known> inodes_;  // inodes the kernel knows
+  // DataBytes of files asked about, whether the kernel keeps them or not (a lookup asks before
+  // the inode is known, and readdirplus for entries it may drop). The store does not change
+  // under a read-only mount; bounded by clearing it when full.
+  static constexpr size_t kMaxDataBytesKnown = 1 << 16;
+  std::mutex data_bytes_mu_;
+  std::unordered_map<uint64_t, uint64_t> data_bytes_;
+  const uint64_t store_disk_bytes_;  // for statfs: what the store takes on disk
 };
 
 }  // namespace zipnn::fs

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -257,6 +258,31 @@ TEST_F(FsTest, HolesShowInBlocksAndSeeks) {
   EXPECT_TRUE(ReadFile(Path("copy")) == sparse);
   ASSERT_EQ(::stat(Path("copy").c_str(), &st), 0);
   EXPECT_LE(uint64_t(st.st_blocks) * 512, sparse.size() / 2) << "the copy is not sparse";
+  EXPECT_TRUE(m.Unmount());
+}
+
+// statfs gives the store's size on disk. It walked the store on each call: a mount inside its
+// own store was walked through, and with one FUSE thread (-s) the walk waited on itself (df hung).
+TEST_F(FsTest, StatfsOfAMountInsideItsStoreAnswers) {
+  const std::string store = Path("store");
+  ASSERT_TRUE(BuildStore(store, {{"f", std::string(1 << 20, 'x')}}, 64 << 10).ok());
+  const std::string mnt = MakeDir("store/mnt");
+  uint64_t store_bytes = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(store)) {
+    struct stat f;
+    ASSERT_EQ(::lstat(e.path().c_str(), &f), 0);
+    store_bytes += static_cast<uint64_t>(f.st_blocks) * 512;
+  }
+  Mount m(store, mnt, {"-s"});
+  ASSERT_TRUE(m.ok()) << m.result().err;
+  // In a child with a deadline: a hung statfs must fail the test, not hang it.
+  const CommandResult df = RunCommand("timeout", {"20", "stat", "-f", "-c", "%b %S", m.path()});
+  ASSERT_EQ(df.exit_code, 0) << df.err;
+  uint64_t blocks = 0, unit = 0;
+  std::istringstream(df.out) >> blocks >> unit;
+  EXPECT_GE(blocks * unit, store_bytes);
+  EXPECT_LT(blocks * unit, store_bytes + unit) << "not the store's size";
+  EXPECT_EQ(ReadFile(m.Path("f")), std::string(1 << 20, 'x'));
   EXPECT_TRUE(m.Unmount());
 }
 
