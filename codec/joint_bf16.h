@@ -24,6 +24,12 @@ struct JointParams {
 
 inline constexpr uint8_t kJointEscape = 255;
 
+// The raw part of BF16 value `v` beside a symbol of k = 7 - L mantissa bits: the sign above the
+// low L mantissa bits.
+inline uint32_t JointRestOf(uint16_t v, int L) {
+  return static_cast<uint32_t>(v >> 15) << L | (v & ((1u << L) - 1));
+}
+
 // Chooses k and base for `n` BF16 values at `in` from the statistics of (a sample of) them, by
 // estimated size against exponent-only coding; k = 0 where joint coding does not pay.
 // `segments` (element offsets of tensor starts) tell how many Huffman tables the symbols will

@@ -1,3 +1,4 @@
+// FileSystem: the read-only mount's operations, served from the store through a FileReader.
 #include "fs/filesystem.h"
 
 #include <spdlog/spdlog.h>
@@ -55,19 +56,6 @@ void ToStat(const index::InodeAttr& a, struct stat& st) {
   st.st_atim = ts(a.atime_ns);
   st.st_mtim = ts(a.mtime_ns);
   st.st_ctim = ts(a.ctime_ns);
-}
-
-// Exceptions never cross into libfuse's C code: whatever escapes an operation becomes an errno.
-template <class F>
-void Guarded(fuse_req_t req, F&& op) {
-  try {
-    op();
-  } catch (const std::bad_alloc&) {
-    fuse_reply_err(req, ENOMEM);
-  } catch (const std::exception& e) {
-    spdlog::error("internal error: {}", e.what());
-    fuse_reply_err(req, EIO);
-  }
 }
 
 bool IsDotOrDotDot(std::string_view n) { return n == "." || n == ".."; }
@@ -494,72 +482,6 @@ void FileSystem::ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   std::string list;
   for (const std::string& n : names) list.append(n).push_back('\0');
   ReplyXattr(req, list, size);
-}
-
-const fuse_lowlevel_ops& FileSystem::Ops() {
-  static const fuse_lowlevel_ops ops = [] {
-    fuse_lowlevel_ops o;
-    std::memset(&o, 0, sizeof o);
-    o.init = [](void* userdata, fuse_conn_info* conn) {
-      static_cast<FileSystem*>(userdata)->Init(conn);
-    };
-    o.lookup = [](fuse_req_t req, fuse_ino_t parent, const char* name) {
-      Guarded(req, [&] { Self(req)->Lookup(req, parent, name); });
-    };
-    o.forget = [](fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
-      try {
-        Self(req)->Forget(ino, nlookup);
-      } catch (...) {
-      }
-      fuse_reply_none(req);
-    };
-    o.forget_multi = [](fuse_req_t req, size_t count, fuse_forget_data* forgets) {
-      try {
-        for (size_t i = 0; i < count; ++i) Self(req)->Forget(forgets[i].ino, forgets[i].nlookup);
-      } catch (...) {
-      }
-      fuse_reply_none(req);
-    };
-    o.getattr = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
-      Guarded(req, [&] { Self(req)->GetAttr(req, ino); });
-    };
-    o.readlink = [](fuse_req_t req, fuse_ino_t ino) {
-      Guarded(req, [&] { Self(req)->ReadLink(req, ino); });
-    };
-    o.open = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-      Guarded(req, [&] { Self(req)->Open(req, ino, fi); });
-    };
-    o.read = [](fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
-      Guarded(req, [&] { Self(req)->Read(req, ino, size, off, fi); });
-    };
-    o.release = [](fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-      Guarded(req, [&] { Self(req)->Release(req, fi); });
-    };
-    o.opendir = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-      Guarded(req, [&] { Self(req)->OpenDir(req, ino, fi); });
-    };
-    o.readdir = [](fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
-      Guarded(req, [&] { Self(req)->ReadDir(req, ino, size, off, fi, false); });
-    };
-    o.readdirplus = [](fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
-      Guarded(req, [&] { Self(req)->ReadDir(req, ino, size, off, fi, true); });
-    };
-    o.releasedir = [](fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-      Guarded(req, [&] { Self(req)->ReleaseDir(req, fi); });
-    };
-    o.statfs = [](fuse_req_t req, fuse_ino_t) { Guarded(req, [&] { Self(req)->StatFs(req); }); };
-    o.lseek = [](fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
-      Guarded(req, [&] { Self(req)->Lseek(req, ino, off, whence, fi); });
-    };
-    o.getxattr = [](fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
-      Guarded(req, [&] { Self(req)->GetXattr(req, ino, name, size); });
-    };
-    o.listxattr = [](fuse_req_t req, fuse_ino_t ino, size_t size) {
-      Guarded(req, [&] { Self(req)->ListXattr(req, ino, size); });
-    };
-    return o;
-  }();
-  return ops;
 }
 
 }  // namespace zipnn::fs
