@@ -274,15 +274,22 @@ inline uint64_t Window(const uint8_t* in, size_t pos) {
 // Bits shifted out of a Window since it was loaded.
 inline size_t Consumed(uint64_t window) { return static_cast<size_t>(__builtin_ctzll(window)) - 8; }
 
-// Decodes the four lanes in lockstep while every lane has room for a step without bounds checks:
-// kStepOut output bytes and the 8 input bytes a step loads. The tails are left to DecodeTail.
-// The lanes' bitstreams are consecutive in memory, so bit positions are kept relative to the
-// first lane's start: one base register instead of four keeps the loop out of the stack. BMI2's
-// shifts leave the count register free; a clone has them where the CPU does.
+// Whether lane k has room for a lockstep step without bounds checks: kStepOut output bytes, and
+// the 8 input bytes a step loads.
+template <class Entry>
+inline bool HasRoom(const size_t nb[4], const size_t bp[4], uint8_t* const op[4],
+                    uint8_t* const oe[4], int k) {
+  return oe[k] - op[k] >= kStepOut<Entry> && nb[k] >= 8 && bp[k] <= (nb[k] - 8) * 8;
+}
+
+// Decodes the four lanes in lockstep while every lane has room (HasRoom). The lanes' bitstreams
+// are consecutive in memory, so bit positions are kept relative to the first lane's start: one
+// base register instead of four keeps the loop out of the stack. BMI2's shifts leave the count
+// register free; a clone has them where the CPU does.
 template <class Entry>  // uint64_t: multi-symbol table; uint16_t: one-symbol table
-__attribute__((always_inline)) inline void DecodeLanes(const Entry* mt, const uint8_t* const ip[4],
-                                                       const size_t nb[4], size_t bp[4],
-                                                       uint8_t* op[4], uint8_t* const oe[4]) {
+__attribute__((always_inline)) inline void DecodeFour(const Entry* mt, const uint8_t* const ip[4],
+                                                      const size_t nb[4], size_t bp[4],
+                                                      uint8_t* op[4], uint8_t* const oe[4]) {
   const uint8_t* in = ip[0];
   size_t start[4];
   for (int k = 0; k < 4; k++) start[k] = static_cast<size_t>(ip[k] - in) * 8;
@@ -291,45 +298,85 @@ __attribute__((always_inline)) inline void DecodeLanes(const Entry* mt, const ui
   uint8_t *op0 = op[0], *op1 = op[1], *op2 = op[2], *op3 = op[3];
   uint8_t* lim[4];
   size_t bit_lim[4];
-  bool ok = true;
   constexpr ptrdiff_t kOut = kStepOut<Entry>;
-  for (int k = 0; k < 4; k++) ok = ok && oe[k] - op[k] >= kOut && nb[k] >= 8;
-  for (int k = 0; k < 4 && ok; k++) {
+  for (int k = 0; k < 4; k++) {
     lim[k] = oe[k] - kOut;
     bit_lim[k] = start[k] + (nb[k] - 8) * 8;
   }
-  if (ok) {
-    while (op0 <= lim[0] && op1 <= lim[1] && op2 <= lim[2] && op3 <= lim[3] && bp0 <= bit_lim[0] &&
-           bp1 <= bit_lim[1] && bp2 <= bit_lim[2] && bp3 <= bit_lim[3]) {
-      // Each lane: one 64-bit load, then five lookups (<= 55 bits). The lanes are interleaved
-      // lookup by lookup so their dependency chains overlap. Lookups never reach the low 9 bits,
-      // so a sentinel bit there counts the bits consumed (trailing zeros) without a register.
-      uint64_t b0 = Window(in, bp0), b1 = Window(in, bp1), b2 = Window(in, bp2),
-               b3 = Window(in, bp3);
+  while (op0 <= lim[0] && op1 <= lim[1] && op2 <= lim[2] && op3 <= lim[3] && bp0 <= bit_lim[0] &&
+         bp1 <= bit_lim[1] && bp2 <= bit_lim[2] && bp3 <= bit_lim[3]) {
+    // Each lane: one 64-bit load, then five lookups (<= 55 bits). The lanes are interleaved
+    // lookup by lookup so their dependency chains overlap. Lookups never reach the low 9 bits,
+    // so a sentinel bit there counts the bits consumed (trailing zeros) without a register.
+    uint64_t b0 = Window(in, bp0), b1 = Window(in, bp1), b2 = Window(in, bp2), b3 = Window(in, bp3);
 #define ZIPNN_LOOKUP(k) Lookup(mt, b##k, op##k);
 #define ZIPNN_LOOKUP4 ZIPNN_LOOKUP(0) ZIPNN_LOOKUP(1) ZIPNN_LOOKUP(2) ZIPNN_LOOKUP(3)
-      ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4
+    ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4 ZIPNN_LOOKUP4
 #undef ZIPNN_LOOKUP4
 #undef ZIPNN_LOOKUP
-          bp0 += Consumed(b0),
-          bp1 += Consumed(b1), bp2 += Consumed(b2), bp3 += Consumed(b3);
-    }
+        bp0 += Consumed(b0),
+        bp1 += Consumed(b1), bp2 += Consumed(b2), bp3 += Consumed(b3);
   }
   bp0 -= start[0], bp1 -= start[1], bp2 -= start[2], bp3 -= start[3];
   bp[0] = bp0, bp[1] = bp1, bp[2] = bp2, bp[3] = bp3;
   op[0] = op0, op[1] = op1, op[2] = op2, op[3] = op3;
-  // Quarters differ in entropy, so one lane runs out first: finish each lane alone.
-  for (int k = 0; k < 4; k++) {
-    const uint8_t* in = ip[k];
-    size_t pos = bp[k];
-    uint8_t* o = op[k];
-    while (oe[k] - o >= kOut && nb[k] >= 8 && (pos >> 3) <= nb[k] - 8) {
-      uint64_t b = Window(in, pos);
-      for (int j = 0; j < 5; j++) Lookup(mt, b, o);
-      pos += Consumed(b);
+}
+
+// Decodes the N lanes `ids` in lockstep while each has room, as DecodeFour does four.
+template <int N, class Entry>
+__attribute__((always_inline)) inline void DecodeGroup(const Entry* mt, const uint8_t* const ip[4],
+                                                       const size_t nb[4], size_t bp[4],
+                                                       uint8_t* op[4], uint8_t* const oe[4],
+                                                       const int* ids) {
+  const uint8_t* in[N];
+  size_t pos[N], bit_lim[N];
+  uint8_t *o[N], *lim[N];
+  for (int k = 0; k < N; k++) {
+    in[k] = ip[ids[k]];
+    pos[k] = bp[ids[k]];
+    o[k] = op[ids[k]];
+    lim[k] = oe[ids[k]] - kStepOut<Entry>;
+    bit_lim[k] = (nb[ids[k]] - 8) * 8;
+  }
+  for (;;) {
+    bool room = true;
+    for (int k = 0; k < N; k++) room &= (o[k] <= lim[k]) & (pos[k] <= bit_lim[k]);
+    if (!room) break;
+    uint64_t b[N];
+    for (int k = 0; k < N; k++) b[k] = Window(in[k], pos[k]);
+    for (int j = 0; j < 5; j++)
+      for (int k = 0; k < N; k++) Lookup(mt, b[k], o[k]);
+    for (int k = 0; k < N; k++) pos[k] += Consumed(b[k]);
+  }
+  for (int k = 0; k < N; k++) {
+    bp[ids[k]] = pos[k];
+    op[ids[k]] = o[k];
+  }
+}
+
+// Decodes the lanes while any has room for a step without bounds checks, leaving the tails to
+// DecodeTail. Quarters differ in entropy, so lanes run out at different times: those left go on
+// in lockstep, three or two at a time (decoded one at a time, the last tenth of a block's
+// symbols took a third of its time), and the last one alone.
+template <class Entry>
+__attribute__((always_inline)) inline void DecodeLanes(const Entry* mt, const uint8_t* const ip[4],
+                                                       const size_t nb[4], size_t bp[4],
+                                                       uint8_t* op[4], uint8_t* const oe[4]) {
+  for (;;) {
+    int ids[4], n = 0;
+    for (int k = 0; k < 4; k++)
+      if (HasRoom<Entry>(nb, bp, op, oe, k)) ids[n++] = k;
+    // Each call stops once a lane has no room: the next round has fewer lanes.
+    if (n == 4) {
+      DecodeFour(mt, ip, nb, bp, op, oe);
+    } else if (n == 3) {
+      DecodeGroup<3>(mt, ip, nb, bp, op, oe, ids);
+    } else if (n == 2) {
+      DecodeGroup<2>(mt, ip, nb, bp, op, oe, ids);
+    } else {
+      if (n == 1) DecodeGroup<1>(mt, ip, nb, bp, op, oe, ids);
+      return;
     }
-    bp[k] = pos;
-    op[k] = o;
   }
 }
 

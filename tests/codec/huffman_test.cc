@@ -67,5 +67,32 @@ TEST(HuffmanDecoderTest, TablesBuiltInTurnDecodeExactly) {
   }
 }
 
+TEST(HuffmanDecoderTest, LanesThatRunOutAtDifferentTimesDecodeExactly) {
+  // One block (no cut below 32K symbols) whose four lanes (quarters) code at very different
+  // rates: the first, of the most frequent symbol, several symbols per lookup and the others one
+  // or two. The lanes left once one is done go on three, then two, then one at a time; each of
+  // those steps must write its own lanes, and stop.
+  std::mt19937 rng(5);
+  HuffmanDecoder decoder;
+  for (size_t quarter : {size_t{2100}, size_t{6000}, size_t{7999}}) {
+    std::vector<uint8_t> syms;
+    for (size_t i = 0; i < quarter; i++) syms.push_back(rng() % 50 == 0 ? 1 : 0);
+    for (size_t i = 0; i < quarter; i++) syms.push_back(static_cast<uint8_t>(rng() % 64));
+    for (size_t i = 0; i < quarter; i++) syms.push_back(static_cast<uint8_t>(rng() % 16));
+    for (size_t i = 0; i < quarter; i++) syms.push_back(static_cast<uint8_t>(rng() % 200));
+    for (int extra = 0; extra < 3; extra++) {  // lanes of unequal lengths too
+      HufPlan plan;
+      PlanHuffman(syms, {}, plan);
+      ASSERT_EQ(plan.blocks.size(), 1u);
+      std::vector<uint8_t> coded;
+      EncodeHuffman(syms, plan, coded);
+      std::vector<uint8_t> out(syms.size());
+      ASSERT_TRUE(decoder.Decode(coded, out)) << syms.size() << " symbols";
+      ASSERT_EQ(out, syms) << syms.size() << " symbols";
+      syms.push_back(static_cast<uint8_t>(rng() % 200));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace zipnn::internal
