@@ -356,8 +356,9 @@ __attribute__((always_inline)) inline void DecodeGroup(const Entry* mt, const ui
 
 // Decodes the lanes while any has room for a step without bounds checks, leaving the tails to
 // DecodeTail. Quarters differ in entropy, so lanes run out at different times: those left go on
-// in lockstep, three or two at a time (decoded one at a time, the last tenth of a block's
-// symbols took a third of its time), and the last one alone.
+// in lockstep, three or two at a time, and the last one alone. (Each alone, up to a tenth of a
+// block's symbols decoded at a quarter of the rate: whole-file exponent streams of the corpus
+// went from 2.8 and 3.1 to 3.1 and 3.7 G symbols/s.)
 template <class Entry>
 __attribute__((always_inline)) inline void DecodeLanes(const Entry* mt, const uint8_t* const ip[4],
                                                        const size_t nb[4], size_t bp[4],
