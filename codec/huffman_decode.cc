@@ -275,7 +275,8 @@ inline uint64_t Window(const uint8_t* in, size_t pos) {
 inline size_t Consumed(uint64_t window) { return static_cast<size_t>(__builtin_ctzll(window)) - 8; }
 
 // Whether lane k has room for a lockstep step without bounds checks: kStepOut output bytes, and
-// the 8 input bytes a step loads.
+// the 8 input bytes a step loads. DecodeFour's and DecodeGroup's loops test exactly this: a lane
+// with room that a loop would not step on leaves DecodeLanes going round forever.
 template <class Entry>
 inline bool HasRoom(const size_t nb[4], const size_t bp[4], uint8_t* const op[4],
                     uint8_t* const oe[4], int k) {

@@ -3,11 +3,9 @@
 #include "codec/joint_bf16.h"
 
 #include <algorithm>
-#include <array>
 #include <cstring>
 
 #include "codec/bytes.h"
-#include "codec/huffman.h"
 
 #ifdef __SSE2__
 #include <emmintrin.h>  // every x86-64 has it; elsewhere the scalar loops do all
