@@ -221,10 +221,14 @@ Result<TensorLayout> ParseSafetensorsHeader(const ReadAtFn& read, uint64_t file_
 Result<TensorLayout> ParseGgufHeader(const ReadAtFn& read, uint64_t file_size);
 // Whichever of the two the file is; kCorrupt when neither.
 Result<TensorLayout> ParseTensorLayout(const ReadAtFn& read, uint64_t file_size);
+// The arrays of a NumPy .npz archive (stored .npy members of little-endian numeric dtypes), each
+// a tensor; kCorrupt for any other file or a malformed archive. data_start is 0: the zip and .npy
+// headers lie between the tensors.
+Result<TensorLayout> ParseNpzLayout(const ReadAtFn& read, uint64_t file_size);
 
-// Plans the chunks of a file. For a safetensors or GGUF file (told by its content, a valid header,
-// not by its name: the Hugging Face cache names its blobs by hash) no chunk mixes dtypes and
-// tensors start chunks where that costs little; the header is untyped. Other files are untyped
+// Plans the chunks of a file. For a safetensors, GGUF or .npz file (told by its content, a valid
+// header, not by its name: the Hugging Face cache names its blobs by hash) no chunk mixes dtypes
+// and tensors start chunks where that costs little; the header is untyped. Other files are untyped
 // fixed-size chunks, cut where their elements start when a sample shows it (floats at an odd
 // offset, as in legacy torch.save files). Covers [0, file_size) in order.
 Result<std::vector<ChunkSpec>> PlanChunks(const ReadAtFn& read, uint64_t file_size,

@@ -278,6 +278,9 @@ Result<std::vector<ChunkSpec>> PlanChunks(const ReadAtFn& read, uint64_t file_si
     return Status::InvalidArgument("chunk size must be a multiple of 8 in [4 KiB, 64 MiB]");
   std::vector<ChunkSpec> plan;
   Result<TensorLayout> h = ParseTensorLayout(read, file_size);
+  // (Not for ParseTensorLayout's other callers: an archive's directory is at its end, and its
+  // arrays' headers all over it.)
+  if (!h.ok() && h.status().code() == StatusCode::kCorrupt) h = ParseNpzLayout(read, file_size);
   if (!h.ok()) {
     if (h.status().code() != StatusCode::kCorrupt) return h.status();  // an I/O error
     // Not a valid model file: plain bytes, in chunks that start where elements do.

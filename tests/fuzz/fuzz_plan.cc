@@ -1,8 +1,9 @@
-// Fuzz target: chunk planning of safetensors and GGUF files. Any file must plan (a hostile header
-// only makes it untyped bytes) into chunks that tile the file in order, each within the chunk
-// size, a typed chunk a whole number of its elements, with segments and grid inside it.
+// Fuzz target: chunk planning of safetensors, GGUF and .npz files. Any file must plan (a hostile
+// header only makes it untyped bytes) into chunks that tile the file in order, each within the
+// chunk size, a typed chunk a whole number of its elements, with segments and grid inside it.
 //
-// Input: the file itself (safetensors: a header length first; GGUF: "GGUF" first).
+// Input: the file itself (safetensors: a header length first; GGUF: "GGUF" first; .npz: a zip
+// local header first).
 #include <cstdint>
 #include <cstdlib>
 #include <span>
@@ -35,7 +36,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   Check(pos == size);
   // A typed chunk starts in a tensor of its type, which the header puts inside the file.
-  const Result<TensorLayout> h = ParseTensorLayout(read, size);
+  Result<TensorLayout> h = ParseTensorLayout(read, size);
+  if (!h.ok()) h = ParseNpzLayout(read, size);
   for (const ChunkSpec& c : *plan) {
     if (c.dtype == DType::kBytes) continue;
     Check(h.ok());

@@ -1,7 +1,7 @@
 // Writes seed inputs for the fuzz targets: small valid frames of every method and several element
 // types, chunks for the round-trip target and (when built with ZIPNN_FUZZ_CONTAINER) containers.
 // Usage: make_seeds OUT_DIR   (creates OUT_DIR/frame, OUT_DIR/roundtrip, OUT_DIR/container and
-// OUT_DIR/plan: small safetensors and GGUF files)
+// OUT_DIR/plan: small safetensors, GGUF and .npz files)
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -13,6 +13,7 @@
 
 #include "codec/codec.h"
 #include "tests/codec/gguf_writer.h"
+#include "tests/codec/npz_writer.h"
 #ifdef ZIPNN_FUZZ_CONTAINER
 #include "codec/container.h"
 #endif
@@ -161,6 +162,17 @@ int main(int argc, char** argv) {
     w.tensors.push_back({"norm", {16}, 0, data(64)});
     w.tensors.push_back({"w", {32, 8}, 30, data(512)});
     w.tensors.push_back({"q", {64}, 2, data(36)});
+    Write(out / "plan" / ("seed" + std::to_string(n++)), w.Build());
+  }
+  for (bool zip64 : {false, true}) {  // .npz archives: an F32 matrix, an I8 vector, a non-array
+    zipnn::test::NpzWriter w;
+    w.zip64 = zip64;
+    const std::string plain = "'fortran_order': False, ";
+    w.members.push_back(
+        {"w.npy", "{'descr': '<f4', " + plain + "'shape': (16, 8), }", Bytes(512, 0x3c)});
+    w.members.push_back(
+        {"ids.npy", "{'descr': '|i1', " + plain + "'shape': (40,), }", Bytes(40, 1)});
+    w.members.push_back({"notes.txt", "", Bytes(30, 'x'), 0, true});
     Write(out / "plan" / ("seed" + std::to_string(n++)), w.Build());
   }
 #ifdef ZIPNN_FUZZ_CONTAINER
