@@ -146,9 +146,10 @@ class StoreImpl final : public Store {
   // Inserts a new directory entry and inode: `parent` must be a directory without `name`.
   Result<InodeAttr> CreateInode(lmdb::Txn& txn, uint64_t parent, std::string_view name,
                                 InodeAttr attr);
-  // Replaces the extended attributes of `ino` with `xattrs`.
+  // Sets `xattrs` on `ino`; with `replace`, they become its only ones.
   Status PutXattrs(lmdb::Txn& txn, uint64_t ino,
-                   const std::vector<std::pair<std::string, std::string>>& xattrs);
+                   const std::vector<std::pair<std::string, std::string>>& xattrs,
+                   bool replace = true);
   Status DropExtentsIn(lmdb::Txn& txn, uint64_t ino);
   // Removes entry `name` of `parent`, file or symlink `old`: the inode loses a link, and with its
   // last one its records go (a file's chunk references are dropped).

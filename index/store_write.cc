@@ -126,8 +126,9 @@ Status StoreImpl::DeleteKeysOf(lmdb::Txn& txn, Db db, uint64_t ino) {
 }
 
 Status StoreImpl::PutXattrs(lmdb::Txn& txn, uint64_t ino,
-                            const std::vector<std::pair<std::string, std::string>>& xattrs) {
-  ZIPNN_RETURN_IF_ERROR(DeleteKeysOf(txn, kXattrs, ino));
+                            const std::vector<std::pair<std::string, std::string>>& xattrs,
+                            bool replace) {
+  if (replace) ZIPNN_RETURN_IF_ERROR(DeleteKeysOf(txn, kXattrs, ino));
   for (const auto& [name, value] : xattrs) {
     if (name.empty() || name.size() > 255) return Status::InvalidArgument("bad xattr name");
     const std::string key = rec::NamedKey(ino, name);
@@ -186,7 +187,8 @@ Result<InodeAttr> StoreImpl::SetDirAttrIn(lmdb::Txn& txn, uint64_t ino, const Ne
   a.ino = old->ino;
   a.nlink = old->nlink;
   ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), a));
-  ZIPNN_RETURN_IF_ERROR(PutXattrs(txn, a.ino, attr.xattrs));
+  // As cp -a onto a directory: the source's attributes are set, others the directory has stay.
+  ZIPNN_RETURN_IF_ERROR(PutXattrs(txn, a.ino, attr.xattrs, /*replace=*/false));
   return a;
 }
 

@@ -39,16 +39,21 @@ TEST_F(BulkEdgeTest, FifoQueuedAsFileIsRefusedNotWaitedOn) {
   ExpectClean(*store);
 }
 
-// Importing a tree again after its directory was chmod-ed and chown-ed and a symlink was pointed
-// elsewhere: the store follows, as cp -a and rsync -a do, keeping inode numbers.
+// Importing a tree again after its directory was chmod-ed, chown-ed and given other xattrs, and a
+// symlink was pointed elsewhere: the store follows, as cp -a does, keeping inode numbers.
 TEST_F(BulkEdgeTest, ReimportUpdatesDirectoriesAndSymlinks) {
   const std::string src = dir_ + "/src";
   fs::create_directories(src + "/sub");
   fs::create_symlink("a", src + "/link");
+  const bool have_xattr = ::setxattr((src + "/sub").c_str(), "user.kept", "k", 1, 0) == 0 &&
+                          ::setxattr((src + "/sub").c_str(), "user.zipnn", "old", 3, 0) == 0;
   auto store = OpenStore(true);
   ASSERT_TRUE(store);
   TreeSummary summary;
   ASSERT_TRUE(ImportTree(*store, src, kRootInode, "src", {}, summary).ok());
+  if (have_xattr) {
+    ASSERT_EQ(::removexattr((src + "/sub").c_str(), "user.kept"), 0);
+  }
   Result<InodeAttr> sub0 = store->LookupPath("/src/sub");
   Result<InodeAttr> link0 = store->LookupPath("/src/link");
   ASSERT_TRUE(sub0.ok() && link0.ok());
@@ -58,7 +63,9 @@ TEST_F(BulkEdgeTest, ReimportUpdatesDirectoriesAndSymlinks) {
   if (root) {
     ASSERT_EQ(::lchown((src + "/sub").c_str(), 123, 456), 0);
   }
-  const bool have_xattr = ::setxattr((src + "/sub").c_str(), "user.zipnn", "v", 1, 0) == 0;
+  if (have_xattr) {
+    ASSERT_EQ(::setxattr((src + "/sub").c_str(), "user.zipnn", "v", 1, 0), 0);
+  }
   fs::remove(src + "/link");
   fs::create_symlink("sub", src + "/link");
   Status st = ImportTree(*store, src, kRootInode, "src", {}, summary);
@@ -71,8 +78,9 @@ TEST_F(BulkEdgeTest, ReimportUpdatesDirectoriesAndSymlinks) {
   if (root) {
     EXPECT_EQ(std::make_pair(sub->uid, sub->gid), std::make_pair(123u, 456u));
   }
-  if (have_xattr) {
+  if (have_xattr) {  // set anew; one the source no longer has stays, as cp -a leaves it
     EXPECT_EQ(Str(store->GetXattr(sub->ino, "user.zipnn")), "v");
+    EXPECT_EQ(Str(store->GetXattr(sub->ino, "user.kept")), "k");
   }
   Result<InodeAttr> link = store->LookupPath("/src/link");
   ASSERT_TRUE(link.ok());
