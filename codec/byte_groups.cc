@@ -1,6 +1,7 @@
 #include "codec/byte_groups.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <span>
 
@@ -41,6 +42,48 @@ inline U Rotr1(U v) {
 
 // The 16- and 32-bit float kernels carry most of the bytes: give them AVX2 clones.
 #define ZIPNN_SIMD __attribute__((target_clones("avx2", "default")))
+
+// FP8: the sign bits, eight to a byte (element i at bit i % 8 of byte i / 8), and the other seven
+// bits, a byte each. In weights the sign is a coin toss: inside the symbol it costs a bit all the
+// same, doubles the alphabet and lengthens every code, so a table lookup decodes fewer symbols
+// (measured on the corpus's FP8 tensors: the symbol stream decodes at 2042 MB/s against 1435 for
+// whole bytes, and codes 0.3% smaller, sign bits included).
+void SplitF8(const uint8_t* in, size_t n, uint8_t* signs, uint8_t* rest) {
+  size_t i = 0;
+#ifdef __SSE2__
+  const __m128i low7 = _mm_set1_epi8(0x7f);
+  for (; i + 16 <= n; i += 16) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i));
+    const int m = _mm_movemask_epi8(v);  // bit j: the top bit of byte j
+    signs[i / 8] = static_cast<uint8_t>(m);
+    signs[i / 8 + 1] = static_cast<uint8_t>(m >> 8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(rest + i), _mm_and_si128(v, low7));
+  }
+#endif
+  for (; i < n; i += 8) {  // (i is a multiple of 8)
+    uint8_t bits = 0;
+    for (size_t j = 0; j < 8 && i + j < n; j++) {
+      bits = static_cast<uint8_t>(bits | (in[i + j] >> 7) << j);
+      rest[i + j] = in[i + j] & 0x7f;
+    }
+    signs[i / 8] = bits;
+  }
+}
+
+// Byte b's bits as the top bits of eight bytes (little-endian): bit j to bit 8j + 7.
+constexpr std::array<uint64_t, 256> kSignSpread = [] {
+  std::array<uint64_t, 256> t{};
+  for (int b = 0; b < 256; b++)
+    for (int j = 0; j < 8; j++)
+      if (b >> j & 1) t[b] |= uint64_t{0x80} << (8 * j);
+  return t;
+}();
+
+void MergeF8(const uint8_t* signs, const uint8_t* rest, size_t n, uint8_t* out) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) Store64(out + i, Load64(rest + i) | kSignSpread[signs[i / 8]]);
+  for (; i < n; i++) out[i] = static_cast<uint8_t>(rest[i] | (signs[i / 8] >> (i % 8) & 1) << 7);
+}
 
 // 16-bit floats are most of what we serve: SSE2 (every x86-64 has it) does 16 at a time.
 void SplitF16(const uint8_t* in, size_t n, uint8_t* s0, uint8_t* s1) {
@@ -278,14 +321,15 @@ void MergeBlocks(std::span<const BlockField> fields, const GroupLayout& l,
 
 }  // namespace
 
-GroupLayout LayoutFor(DType t, size_t raw_size) {
+GroupLayout LayoutFor(DType t, size_t raw_size, bool f8_signs) {
   GroupLayout l;
   l.elem = DTypeSize(t);
   l.elements = raw_size / l.elem;
   l.tail = raw_size % l.elem;
   const Kind kind = KindOf(t);
-  l.sign_stream = t != DType::kBytes && kind == Kind::kSigned;
-  l.exponents = kind == Kind::kFloat ? 1 : 0;
+  const bool f8 = kind == Kind::kFloat && l.elem == 1;
+  l.sign_stream = t != DType::kBytes && (kind == Kind::kSigned || (f8 && f8_signs));
+  l.exponents = kind != Kind::kFloat ? 0 : l.sign_stream ? 2 : 1;
   l.streams = static_cast<int>(l.elem) + (l.sign_stream ? 1 : 0);
   const std::span<const BlockField> fields = BlockFields(t);
   if (!fields.empty()) {
@@ -309,6 +353,7 @@ void SplitStreams(DType t, const GroupLayout& l, const uint8_t* in, uint8_t* con
   }
   if (const std::span<const BlockField> f = BlockFields(t); !f.empty())
     return SplitBlocks(f, l, in, s);
+  if (kind == Kind::kFloat && l.elem == 1) return SplitF8(in, n, s[0], s[1]);
   if (kind == Kind::kFloat && l.elem == 2) return SplitF16(in, n, s[0], s[1]);
   if (kind == Kind::kFloat && l.elem == 4) return SplitF32(in, n, s[0], s[1], s[2], s[3]);
   switch (l.elem) {
@@ -333,6 +378,7 @@ void MergeStreams(DType t, const GroupLayout& l, const uint8_t* const* s, uint8_
   }
   if (const std::span<const BlockField> f = BlockFields(t); !f.empty())
     return MergeBlocks(f, l, s, out);
+  if (kind == Kind::kFloat && l.elem == 1) return MergeF8(s[0], s[1], n, out);
   if (kind == Kind::kFloat && l.elem == 2) return MergeF16(s[0], s[1], n, out);
   if (kind == Kind::kFloat && l.elem == 4) return MergeF32(s[0], s[1], s[2], s[3], n, out);
   switch (l.elem) {
@@ -345,6 +391,14 @@ void MergeStreams(DType t, const GroupLayout& l, const uint8_t* const* s, uint8_
     default:
       return MergeGeneric<uint64_t>(kind, n, s, out);
   }
+}
+
+bool F8StreamsCanonical(const GroupLayout& l, const uint8_t* const* s) {
+  const size_t n = l.elements;
+  uint8_t any = 0;  // (a loop the compiler vectorizes)
+  for (size_t i = 0; i < n; i++) any |= s[1][i];
+  const unsigned used = n % 8;
+  return (any & 0x80) == 0 && (used == 0 || (s[0][n / 8] >> used) == 0);
 }
 
 }  // namespace zipnn::internal

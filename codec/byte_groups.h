@@ -4,8 +4,10 @@
 // byte holds the exponent (all 8 bits for BF16/F32, the 5 exponent bits and 3 mantissa bits for
 // F16), then split into one stream per byte, most significant first: stream 0 is the exponent
 // stream. Signed integers become a sign bitmap (stream 0) and magnitudes split by byte, so small
-// magnitudes give all-zero high streams. Unsigned integers split by byte. One-byte types other
-// than I8 are one stream: the bytes themselves. Block-quantized types (GGUF's Q4_0 ... Q6_K) put
+// magnitudes give all-zero high streams. FP8 becomes a sign bitmap and the other seven bits, a
+// byte each (stream 1, the exponent stream); FP8 frames written before that have one stream, the
+// bytes themselves. Unsigned integers split by byte. Other one-byte types are one stream: the
+// bytes themselves. Block-quantized types (GGUF's Q4_0 ... Q6_K) put
 // each field of their blocks in streams of its own: an F16 scale as F16 elements are (its exponent
 // stream, then its low bytes), other fields (quants, packed scales) one stream each, the field's
 // bytes block after block.
@@ -34,7 +36,11 @@ struct GroupLayout {
   }
 };
 
-GroupLayout LayoutFor(DType t, size_t raw_size);
+// `f8_signs` false: FP8 as one stream, as frames written before the sign bitmap have it.
+GroupLayout LayoutFor(DType t, size_t raw_size, bool f8_signs = true);
+// Whether a sign-split FP8 chunk's streams are as SplitStreams writes them: no sign bit in the
+// other bytes, no bit past the last element in the bitmap (each frame has one encoding).
+bool F8StreamsCanonical(const GroupLayout& layout, const uint8_t* const* streams);
 
 // Splits the whole elements of `in` into layout.streams buffers of StreamSize() bytes.
 void SplitStreams(DType t, const GroupLayout& layout, const uint8_t* in, uint8_t* const* streams);

@@ -158,10 +158,13 @@ struct FrameDecoder::Impl {
 
   Status Grouped(std::span<const uint8_t> payload, DType dtype, std::span<uint8_t> out,
                  bool varint_lanes) {
-    const GroupLayout l = internal::LayoutFor(dtype, out.size());
     internal::ByteReader r(payload);
     uint8_t n;
-    if (!r.GetU8(&n) || n != l.streams) return Status::Corrupt("grouped frame: wrong stream count");
+    if (!r.GetU8(&n)) return Status::Corrupt("grouped frame: wrong stream count");
+    // FP8 frames written before the sign bitmap have one stream.
+    const bool f8 = IsFloat(dtype) && DTypeSize(dtype) == 1;
+    const GroupLayout l = internal::LayoutFor(dtype, out.size(), !(f8 && n == 1));
+    if (n != l.streams) return Status::Corrupt("grouped frame: wrong stream count");
     uint8_t coding[9];
     uint64_t size[9];
     for (int s = 0; s < l.streams; s++) {
@@ -186,6 +189,8 @@ struct FrameDecoder::Impl {
     std::span<const uint8_t> tail;
     if (!r.GetBytes(l.tail, &tail) || r.remaining() != 0)
       return Status::Corrupt("grouped frame: payload size does not match");
+    if (f8 && l.sign_stream && !internal::F8StreamsCanonical(l, ptrs))
+      return Status::Corrupt("grouped frame: FP8 sign bits out of place");
     internal::MergeStreams(dtype, l, ptrs, out.data());
     if (l.tail) std::memcpy(out.data() + out.size() - l.tail, tail.data(), l.tail);
     return Status::Ok();

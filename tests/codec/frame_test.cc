@@ -9,7 +9,9 @@
 #include <random>
 #include <vector>
 
+#include "codec/bytes.h"
 #include "codec/codec.h"
+#include "codec/huffman.h"
 #include "tests/codec/test_util.h"
 
 namespace zipnn {
@@ -145,6 +147,77 @@ TEST_P(FrameNarrowTypeTest, RoundTripsEveryBitPattern) {
     EncodeOptions opts;
     opts.force_method = m;
     EXPECT_TRUE(RoundTrip(data, t, opts));
+  }
+}
+
+// FP8 codes its sign bits apart, eight to a byte, from the other seven bits. Frames written before
+// that (one stream, the bytes themselves) still decode; a sign bit in the other bytes' top bit,
+// or a bitmap bit past the last element, is refused although the bytes would come out right.
+TEST(FrameF8Test, SignBitsApartAndOneStreamFramesOfOldDecode) {
+  constexpr size_t kN = 10001;  // (a partial last byte of sign bits)
+  for (DType t : {DType::kF8E4M3, DType::kF8E5M2}) {
+    const Bytes data = test::GaussianWeights(t, kN, 0.5, 7);
+    Bytes frame;
+    ASSERT_TRUE(RoundTrip(data, t, {}, {}, &frame));
+    const Bytes payload(frame.begin() + kFrameHeaderSize, frame.end());
+    ASSERT_EQ(test::InfoOf(frame).method, Method::kGrouped);
+    ASSERT_EQ(payload[0], 2) << "two streams: signs and the rest";
+    // The signs of Gaussian weights are random: stored raw, right after the stream headers.
+    ASSERT_EQ(payload[1], 0);
+    ASSERT_EQ((payload[2] & 0x7f) | payload[3] << 7, (kN + 7) / 8);  // (a two-byte varint)
+    auto decodes = [&](const Bytes& p) {
+      Bytes f = test::ForgeHeader(static_cast<uint8_t>(Method::kGrouped), static_cast<uint8_t>(t),
+                                  kN, static_cast<uint32_t>(p.size()), Checksum(data));
+      f.reserve(f.size() + p.size());
+      f.insert(f.end(), p.begin(), p.end());
+      Bytes out(kN);
+      FrameDecoder dec;
+      const Status st = dec.Decode(f, out);
+      return st.ok() && out == data;
+    };
+    ASSERT_TRUE(decodes(payload));
+    // As frames were before: one stream, the bytes Huffman-coded as they are.
+    internal::HufPlan plan;
+    internal::PlanHuffman(data, {}, plan);
+    Bytes coded;
+    internal::EncodeHuffman(data, plan, coded);
+    Bytes old = {1, 2};  // one stream, Huffman
+    old.reserve(16 + coded.size());
+    internal::PutVarint(old, coded.size());
+    old.insert(old.end(), coded.begin(), coded.end());
+    EXPECT_TRUE(decodes(old));
+    // Signs raw and the rest Huffman-coded, as split here, then each way of moving a bit that
+    // leaves the output unchanged.
+    const size_t sign_bytes = (kN + 7) / 8;
+    Bytes signs(sign_bytes, 0), rest(kN);
+    for (size_t i = 0; i < kN; i++) {
+      signs[i / 8] = static_cast<uint8_t>(signs[i / 8] | (data[i] >> 7) << (i % 8));
+      rest[i] = data[i] & 0x7f;
+    }
+    auto split = [&](const Bytes& sg, const Bytes& r) {
+      internal::HufPlan p;
+      internal::PlanHuffman(r, {}, p);
+      Bytes c;
+      internal::EncodeHuffman(r, p, c);
+      Bytes out = {2, 0};
+      out.reserve(32 + sg.size() + c.size());
+      internal::PutVarint(out, sg.size());
+      out.push_back(2);
+      internal::PutVarint(out, c.size());
+      out.insert(out.end(), sg.begin(), sg.end());
+      out.insert(out.end(), c.begin(), c.end());
+      return out;
+    };
+    ASSERT_TRUE(decodes(split(signs, rest)));
+    size_t neg = 0;
+    while (!(data[neg] & 0x80)) neg++;
+    Bytes moved_signs = signs, moved_rest = rest;
+    moved_signs[neg / 8] = static_cast<uint8_t>(moved_signs[neg / 8] & ~(1u << (neg % 8)));
+    moved_rest[neg] |= 0x80;
+    EXPECT_FALSE(decodes(split(moved_signs, moved_rest))) << "a sign bit among the other bits";
+    Bytes padded = signs;
+    padded.back() |= 0x80;  // element 10007 of 10001
+    EXPECT_FALSE(decodes(split(padded, rest))) << "a bit past the last element";
   }
 }
 
