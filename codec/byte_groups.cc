@@ -321,14 +321,16 @@ void MergeBlocks(std::span<const BlockField> fields, const GroupLayout& l,
 
 }  // namespace
 
-GroupLayout LayoutFor(DType t, size_t raw_size, bool f8_signs) {
+GroupLayout LayoutFor(DType t, size_t raw_size, bool old_one_byte) {
   GroupLayout l;
   l.elem = DTypeSize(t);
   l.elements = raw_size / l.elem;
   l.tail = raw_size % l.elem;
   const Kind kind = KindOf(t);
-  const bool f8 = kind == Kind::kFloat && l.elem == 1;
-  l.sign_stream = t != DType::kBytes && (kind == Kind::kSigned || (f8 && f8_signs));
+  // One-byte types: FP8 splits its sign off, I8 does not (see byte_groups.h); before, the reverse.
+  const bool one_byte_signs = (kind == Kind::kFloat) != old_one_byte;
+  l.sign_stream = t != DType::kBytes &&
+                  (l.elem == 1 ? kind != Kind::kUnsigned && one_byte_signs : kind == Kind::kSigned);
   l.exponents = kind != Kind::kFloat ? 0 : l.sign_stream ? 2 : 1;
   l.streams = static_cast<int>(l.elem) + (l.sign_stream ? 1 : 0);
   const std::span<const BlockField> fields = BlockFields(t);

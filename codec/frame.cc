@@ -161,10 +161,11 @@ struct FrameDecoder::Impl {
     internal::ByteReader r(payload);
     uint8_t n;
     if (!r.GetU8(&n)) return Status::Corrupt("grouped frame: wrong stream count");
-    // FP8 frames written before the sign bitmap have one stream.
-    const bool f8 = IsFloat(dtype) && DTypeSize(dtype) == 1;
-    const GroupLayout l = internal::LayoutFor(dtype, out.size(), !(f8 && n == 1));
+    // FP8 and I8 frames written before their current layout have the other stream count.
+    GroupLayout l = internal::LayoutFor(dtype, out.size());
+    if (n != l.streams && DTypeSize(dtype) == 1) l = internal::LayoutFor(dtype, out.size(), true);
     if (n != l.streams) return Status::Corrupt("grouped frame: wrong stream count");
+    const bool f8 = IsFloat(dtype) && DTypeSize(dtype) == 1;
     uint8_t coding[9];
     uint64_t size[9];
     for (int s = 0; s < l.streams; s++) {

@@ -221,6 +221,43 @@ TEST(FrameF8Test, SignBitsApartAndOneStreamFramesOfOldDecode) {
   }
 }
 
+// I8 is one stream, the bytes themselves: a sign bitmap would pay a bit even for zero. Frames
+// written before (a sign bitmap, then the magnitudes) still decode.
+TEST(FrameI8Test, OneStreamAndSignSplitFramesOfOldDecode) {
+  constexpr size_t kN = 5003;
+  const Bytes data = test::SmallInts(DType::kI8, kN, -40, 40, 3);
+  Bytes frame;
+  ASSERT_TRUE(RoundTrip(data, DType::kI8, {}, {}, &frame));
+  ASSERT_EQ(test::InfoOf(frame).method, Method::kGrouped);
+  EXPECT_EQ(frame[kFrameHeaderSize], 1) << "one stream";
+  Bytes signs((kN + 7) / 8, 0), magnitudes(kN);
+  for (size_t i = 0; i < kN; i++) {
+    const int v = static_cast<int8_t>(data[i]);
+    signs[i / 8] = static_cast<uint8_t>(signs[i / 8] | (v < 0) << (i % 8));
+    magnitudes[i] = static_cast<uint8_t>(v < 0 ? -v : v);
+  }
+  internal::HufPlan plan;
+  internal::PlanHuffman(magnitudes, {}, plan);
+  Bytes coded;
+  internal::EncodeHuffman(magnitudes, plan, coded);
+  Bytes old = {2, 0};  // signs raw, magnitudes Huffman-coded
+  old.reserve(32 + signs.size() + coded.size());
+  internal::PutVarint(old, signs.size());
+  old.push_back(2);
+  internal::PutVarint(old, coded.size());
+  old.insert(old.end(), signs.begin(), signs.end());
+  old.insert(old.end(), coded.begin(), coded.end());
+  Bytes f =
+      test::ForgeHeader(static_cast<uint8_t>(Method::kGrouped), static_cast<uint8_t>(DType::kI8),
+                        kN, static_cast<uint32_t>(old.size()), Checksum(data));
+  f.reserve(f.size() + old.size());
+  f.insert(f.end(), old.begin(), old.end());
+  Bytes out(kN);
+  FrameDecoder dec;
+  ASSERT_TRUE(dec.Decode(f, out).ok());
+  EXPECT_EQ(out, data);
+}
+
 // Signed integers split into a sign bit per element (eight to a byte) and the magnitude: every
 // count of elements up to 17 (a partial last sign byte) and a long run, with the extremes (the
 // most negative value is its own magnitude), -1, 0 and random values mixed.
