@@ -41,13 +41,11 @@ struct GroupLayout {
 
 // `old_one_byte`: FP8 and I8 as frames written before their current layout have them.
 GroupLayout LayoutFor(DType t, size_t raw_size, bool old_one_byte = false);
-// Whether a sign-split FP8 chunk's streams are as SplitStreams writes them: no sign bit in the
-// other bytes, no bit past the last element in the bitmap (each frame has one encoding).
-bool F8StreamsCanonical(const GroupLayout& layout, const uint8_t* const* streams);
 
 // Splits the whole elements of `in` into layout.streams buffers of StreamSize() bytes.
 void SplitStreams(DType t, const GroupLayout& layout, const uint8_t* in, uint8_t* const* streams);
-// Inverse of SplitStreams.
-void MergeStreams(DType t, const GroupLayout& layout, const uint8_t* const* streams, uint8_t* out);
+// Inverse of SplitStreams. False when the streams are not as SplitStreams writes them (FP8: a
+// sign bit among the other bits, or past the last element): each frame has one encoding.
+bool MergeStreams(DType t, const GroupLayout& layout, const uint8_t* const* streams, uint8_t* out);
 
 }  // namespace zipnn::internal

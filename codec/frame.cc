@@ -165,7 +165,6 @@ struct FrameDecoder::Impl {
     GroupLayout l = internal::LayoutFor(dtype, out.size());
     if (n != l.streams && DTypeSize(dtype) == 1) l = internal::LayoutFor(dtype, out.size(), true);
     if (n != l.streams) return Status::Corrupt("grouped frame: wrong stream count");
-    const bool f8 = IsFloat(dtype) && DTypeSize(dtype) == 1;
     uint8_t coding[9];
     uint64_t size[9];
     for (int s = 0; s < l.streams; s++) {
@@ -190,9 +189,8 @@ struct FrameDecoder::Impl {
     std::span<const uint8_t> tail;
     if (!r.GetBytes(l.tail, &tail) || r.remaining() != 0)
       return Status::Corrupt("grouped frame: payload size does not match");
-    if (f8 && l.sign_stream && !internal::F8StreamsCanonical(l, ptrs))
+    if (!internal::MergeStreams(dtype, l, ptrs, out.data()))
       return Status::Corrupt("grouped frame: FP8 sign bits out of place");
-    internal::MergeStreams(dtype, l, ptrs, out.data());
     if (l.tail) std::memcpy(out.data() + out.size() - l.tail, tail.data(), l.tail);
     return Status::Ok();
   }
