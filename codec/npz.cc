@@ -20,6 +20,10 @@
 namespace zipnn {
 namespace {
 
+using internal::Load16;
+using internal::Load32;
+using internal::Load64;
+
 Status Bad(const std::string& why) { return Status::Corrupt("npz: " + why); }
 
 constexpr uint32_t kLocalSig = 0x04034b50, kCentralSig = 0x02014b50, kEndSig = 0x06054b50,
@@ -29,8 +33,6 @@ constexpr size_t kEndSize = 22, kLocator64Size = 20, kEnd64Size = 56, kCentralSi
 constexpr uint64_t kMaxCentralDirectory = 64u << 20;
 constexpr uint64_t kMaxArrays = 1u << 18;     // as for GGUF tensors
 constexpr uint32_t kMaxNpyHeader = 1u << 16;  // numpy's own writers stay far below
-
-uint16_t U16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
 
 // The dtype of a .npy descr such as '<f4' or '|u1'; nothing for big-endian, structured, or
 // other types.
@@ -108,7 +110,7 @@ Result<bool> ReadNpy(const ReadAtFn& read, uint64_t begin, uint64_t end, TensorI
   ZIPNN_RETURN_IF_ERROR(read(begin, pre));
   if (std::memcmp(pre, "\x93NUMPY", 6) != 0 || pre[6] < 1 || pre[6] > 3) return false;
   const bool v1 = pre[6] == 1;
-  const uint64_t len = v1 ? U16(pre + 8) : internal::Load32(pre + 8);
+  const uint64_t len = v1 ? Load16(pre + 8) : Load32(pre + 8);
   const uint64_t at = begin + (v1 ? 10 : 12);
   if (len > kMaxNpyHeader || len > end - at) return false;
   std::string text(static_cast<size_t>(len), '\0');
@@ -133,27 +135,27 @@ Result<Directory> FindDirectory(const ReadAtFn& read, uint64_t file_size) {
   ZIPNN_RETURN_IF_ERROR(read(file_size - tail_size, tail));
   size_t end = SIZE_MAX;
   for (size_t i = tail_size - kEndSize + 1; i-- > 0;) {
-    if (internal::Load32(&tail[i]) == kEndSig && i + kEndSize + U16(&tail[i + 20]) == tail_size) {
+    if (Load32(&tail[i]) == kEndSig && i + kEndSize + Load16(&tail[i + 20]) == tail_size) {
       end = i;
       break;
     }
   }
   if (end == SIZE_MAX) return Bad("no end of central directory record");
   const uint8_t* e = &tail[end];
-  if (U16(e + 4) != 0 || U16(e + 6) != 0) return Bad("a multi-disk archive");
-  Directory d{internal::Load32(e + 16), internal::Load32(e + 12), U16(e + 10)};
+  if (Load16(e + 4) != 0 || Load16(e + 6) != 0) return Bad("a multi-disk archive");
+  Directory d{Load32(e + 16), Load32(e + 12), Load16(e + 10)};
   const uint64_t end_at = file_size - tail_size + end;
   if (d.entries == 0xffff || d.size == 0xffffffff || d.offset == 0xffffffff) {
     if (end_at < kLocator64Size) return Bad("no zip64 locator");
     uint8_t loc[kLocator64Size], rec[kEnd64Size];
     ZIPNN_RETURN_IF_ERROR(read(end_at - kLocator64Size, loc));
-    if (internal::Load32(loc) != kLocator64Sig) return Bad("no zip64 locator");
-    const uint64_t rec_at = internal::Load64(loc + 8);
+    if (Load32(loc) != kLocator64Sig) return Bad("no zip64 locator");
+    const uint64_t rec_at = Load64(loc + 8);
     if (rec_at > end_at - kLocator64Size || end_at - kLocator64Size - rec_at < kEnd64Size)
       return Bad("zip64 end record out of place");
     ZIPNN_RETURN_IF_ERROR(read(rec_at, rec));
-    if (internal::Load32(rec) != kEnd64Sig) return Bad("no zip64 end record");
-    d = {internal::Load64(rec + 48), internal::Load64(rec + 40), internal::Load64(rec + 32)};
+    if (Load32(rec) != kEnd64Sig) return Bad("no zip64 end record");
+    d = {Load64(rec + 48), Load64(rec + 40), Load64(rec + 32)};
   }
   if (d.size > kMaxCentralDirectory) return Bad("central directory larger than 64 MiB");
   if (d.offset > end_at || d.size > end_at - d.offset) return Bad("central directory out of place");
@@ -165,14 +167,14 @@ Result<Directory> FindDirectory(const ReadAtFn& read, uint64_t file_size) {
 // all ones, in their order.
 bool Zip64Fields(const uint8_t* extra, size_t size, uint64_t* fields[3]) {
   while (size >= 4) {
-    const uint16_t id = U16(extra), len = U16(extra + 2);
+    const uint16_t id = Load16(extra), len = Load16(extra + 2);
     if (len > size - 4) return false;
     if (id == 1) {
       size_t at = 4;
       for (int k = 0; k < 3; k++) {
         if (fields[k] == nullptr || *fields[k] != 0xffffffff) continue;
         if (at + 8 > 4u + len) return false;
-        *fields[k] = internal::Load64(extra + at);
+        *fields[k] = Load64(extra + at);
         at += 8;
       }
       return true;
@@ -191,7 +193,7 @@ Result<TensorLayout> ParseNpzLayout(const ReadAtFn& read, uint64_t file_size) {
   uint8_t magic[4];
   if (file_size < kLocalSize + kEndSize) return Bad("too small for a zip archive");
   ZIPNN_RETURN_IF_ERROR(read(0, magic));  // (other files are told from these alone)
-  if (internal::Load32(magic) != kLocalSig) return Bad("not a zip archive");
+  if (Load32(magic) != kLocalSig) return Bad("not a zip archive");
   Result<Directory> dir = FindDirectory(read, file_size);
   if (!dir.ok()) return dir.status();
   std::vector<uint8_t> cd(static_cast<size_t>(dir->size));
@@ -199,13 +201,12 @@ Result<TensorLayout> ParseNpzLayout(const ReadAtFn& read, uint64_t file_size) {
   TensorLayout layout;
   size_t at = 0;
   for (uint64_t i = 0; i < dir->entries; i++) {
-    if (cd.size() - at < kCentralSize || internal::Load32(&cd[at]) != kCentralSig)
+    if (cd.size() - at < kCentralSize || Load32(&cd[at]) != kCentralSig)
       return Bad("bad central directory entry");
     const uint8_t* e = &cd[at];
-    const uint16_t flags = U16(e + 8), method = U16(e + 10), name_len = U16(e + 28),
-                   extra_len = U16(e + 30), comment_len = U16(e + 32);
-    uint64_t packed = internal::Load32(e + 20), size = internal::Load32(e + 24),
-             local = internal::Load32(e + 42);
+    const uint16_t flags = Load16(e + 8), method = Load16(e + 10), name_len = Load16(e + 28),
+                   extra_len = Load16(e + 30), comment_len = Load16(e + 32);
+    uint64_t packed = Load32(e + 20), size = Load32(e + 24), local = Load32(e + 42);
     if (cd.size() - at - kCentralSize < size_t{name_len} + extra_len + comment_len)
       return Bad("central directory entry past its end");
     const std::string_view name(reinterpret_cast<const char*>(e + kCentralSize), name_len);
@@ -219,8 +220,8 @@ Result<TensorLayout> ParseNpzLayout(const ReadAtFn& read, uint64_t file_size) {
     uint8_t lh[kLocalSize];
     if (local > dir->offset || dir->offset - local < kLocalSize) return Bad("member out of place");
     ZIPNN_RETURN_IF_ERROR(read(local, lh));
-    if (internal::Load32(lh) != kLocalSig) return Bad("bad local header");
-    const uint64_t begin = local + kLocalSize + U16(lh + 26) + U16(lh + 28);
+    if (Load32(lh) != kLocalSig) return Bad("bad local header");
+    const uint64_t begin = local + kLocalSize + Load16(lh + 26) + Load16(lh + 28);
     if (begin > dir->offset || size > dir->offset - begin) return Bad("member out of place");
     TensorInfo t;
     t.name.assign(name.substr(0, std::min<size_t>(name.size(), 256)));

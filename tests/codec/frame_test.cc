@@ -11,6 +11,7 @@
 
 #include "codec/bytes.h"
 #include "codec/codec.h"
+#include "codec/frame_format.h"
 #include "codec/huffman.h"
 #include "tests/codec/test_util.h"
 
@@ -150,10 +151,46 @@ TEST_P(FrameNarrowTypeTest, RoundTripsEveryBitPattern) {
   }
 }
 
+// `symbols` Huffman-coded as a stream.
+Bytes HuffmanCoded(const Bytes& symbols) {
+  internal::HufPlan plan;
+  internal::PlanHuffman(symbols, {}, plan);
+  Bytes coded;
+  internal::EncodeHuffman(symbols, plan, coded);
+  return coded;
+}
+
+// A grouped payload of the given streams, each its coding and its coded bytes.
+Bytes GroupedPayload(const std::vector<std::pair<internal::StreamCoding, Bytes>>& streams) {
+  Bytes p = {static_cast<uint8_t>(streams.size())};
+  size_t size = 1;
+  for (const auto& [coding, bytes] : streams) {
+    p.push_back(static_cast<uint8_t>(coding));
+    internal::PutVarint(p, bytes.size());
+    size += bytes.size();
+  }
+  p.reserve(p.size() + size);
+  for (const auto& [coding, bytes] : streams) p.insert(p.end(), bytes.begin(), bytes.end());
+  return p;
+}
+
+// Whether a grouped frame of `payload` decodes to exactly `data`, as `t`.
+bool DecodesTo(DType t, const Bytes& payload, const Bytes& data) {
+  Bytes f = test::ForgeHeader(static_cast<uint8_t>(Method::kGrouped), static_cast<uint8_t>(t),
+                              static_cast<uint32_t>(data.size()),
+                              static_cast<uint32_t>(payload.size()), Checksum(data));
+  f.reserve(f.size() + payload.size());
+  f.insert(f.end(), payload.begin(), payload.end());
+  Bytes out(data.size());
+  FrameDecoder dec;
+  return dec.Decode(f, out).ok() && out == data;
+}
+
 // FP8 codes its sign bits apart, eight to a byte, from the other seven bits. Frames written before
 // that (one stream, the bytes themselves) still decode; a sign bit in the other bytes' top bit,
 // or a bitmap bit past the last element, is refused although the bytes would come out right.
 TEST(FrameF8Test, SignBitsApartAndOneStreamFramesOfOldDecode) {
+  using internal::StreamCoding;
   constexpr size_t kN = 10001;  // (a partial last byte of sign bits)
   for (DType t : {DType::kF8E4M3, DType::kF8E5M2}) {
     const Bytes data = test::GaussianWeights(t, kN, 0.5, 7);
@@ -165,65 +202,37 @@ TEST(FrameF8Test, SignBitsApartAndOneStreamFramesOfOldDecode) {
     // The signs of Gaussian weights are random: stored raw, right after the stream headers.
     ASSERT_EQ(payload[1], 0);
     ASSERT_EQ((payload[2] & 0x7f) | payload[3] << 7, (kN + 7) / 8);  // (a two-byte varint)
-    auto decodes = [&](const Bytes& p) {
-      Bytes f = test::ForgeHeader(static_cast<uint8_t>(Method::kGrouped), static_cast<uint8_t>(t),
-                                  kN, static_cast<uint32_t>(p.size()), Checksum(data));
-      f.reserve(f.size() + p.size());
-      f.insert(f.end(), p.begin(), p.end());
-      Bytes out(kN);
-      FrameDecoder dec;
-      const Status st = dec.Decode(f, out);
-      return st.ok() && out == data;
-    };
-    ASSERT_TRUE(decodes(payload));
+    ASSERT_TRUE(DecodesTo(t, payload, data));
     // As frames were before: one stream, the bytes Huffman-coded as they are.
-    internal::HufPlan plan;
-    internal::PlanHuffman(data, {}, plan);
-    Bytes coded;
-    internal::EncodeHuffman(data, plan, coded);
-    Bytes old = {1, 2};  // one stream, Huffman
-    old.reserve(16 + coded.size());
-    internal::PutVarint(old, coded.size());
-    old.insert(old.end(), coded.begin(), coded.end());
-    EXPECT_TRUE(decodes(old));
+    EXPECT_TRUE(DecodesTo(t, GroupedPayload({{StreamCoding::kHuffman, HuffmanCoded(data)}}), data));
     // Signs raw and the rest Huffman-coded, as split here, then each way of moving a bit that
     // leaves the output unchanged.
-    const size_t sign_bytes = (kN + 7) / 8;
-    Bytes signs(sign_bytes, 0), rest(kN);
+    Bytes signs((kN + 7) / 8, 0), rest(kN);
     for (size_t i = 0; i < kN; i++) {
       signs[i / 8] = static_cast<uint8_t>(signs[i / 8] | (data[i] >> 7) << (i % 8));
       rest[i] = data[i] & 0x7f;
     }
-    auto split = [&](const Bytes& sg, const Bytes& r) {
-      internal::HufPlan p;
-      internal::PlanHuffman(r, {}, p);
-      Bytes c;
-      internal::EncodeHuffman(r, p, c);
-      Bytes out = {2, 0};
-      out.reserve(32 + sg.size() + c.size());
-      internal::PutVarint(out, sg.size());
-      out.push_back(2);
-      internal::PutVarint(out, c.size());
-      out.insert(out.end(), sg.begin(), sg.end());
-      out.insert(out.end(), c.begin(), c.end());
-      return out;
+    auto split = [](const Bytes& sg, const Bytes& r) {
+      return GroupedPayload({{StreamCoding::kRaw, sg}, {StreamCoding::kHuffman, HuffmanCoded(r)}});
     };
-    ASSERT_TRUE(decodes(split(signs, rest)));
+    ASSERT_TRUE(DecodesTo(t, split(signs, rest), data));
     size_t neg = 0;
     while (!(data[neg] & 0x80)) neg++;
     Bytes moved_signs = signs, moved_rest = rest;
     moved_signs[neg / 8] = static_cast<uint8_t>(moved_signs[neg / 8] & ~(1u << (neg % 8)));
     moved_rest[neg] |= 0x80;
-    EXPECT_FALSE(decodes(split(moved_signs, moved_rest))) << "a sign bit among the other bits";
+    EXPECT_FALSE(DecodesTo(t, split(moved_signs, moved_rest), data))
+        << "a sign bit among the other bits";
     Bytes padded = signs;
     padded.back() |= 0x80;  // element 10007 of 10001
-    EXPECT_FALSE(decodes(split(padded, rest))) << "a bit past the last element";
+    EXPECT_FALSE(DecodesTo(t, split(padded, rest), data)) << "a bit past the last element";
   }
 }
 
 // I8 is one stream, the bytes themselves: a sign bitmap would pay a bit even for zero. Frames
 // written before (a sign bitmap, then the magnitudes) still decode.
 TEST(FrameI8Test, OneStreamAndSignSplitFramesOfOldDecode) {
+  using internal::StreamCoding;
   constexpr size_t kN = 5003;
   const Bytes data = test::SmallInts(DType::kI8, kN, -40, 40, 3);
   Bytes frame;
@@ -236,26 +245,10 @@ TEST(FrameI8Test, OneStreamAndSignSplitFramesOfOldDecode) {
     signs[i / 8] = static_cast<uint8_t>(signs[i / 8] | (v < 0) << (i % 8));
     magnitudes[i] = static_cast<uint8_t>(v < 0 ? -v : v);
   }
-  internal::HufPlan plan;
-  internal::PlanHuffman(magnitudes, {}, plan);
-  Bytes coded;
-  internal::EncodeHuffman(magnitudes, plan, coded);
-  Bytes old = {2, 0};  // signs raw, magnitudes Huffman-coded
-  old.reserve(32 + signs.size() + coded.size());
-  internal::PutVarint(old, signs.size());
-  old.push_back(2);
-  internal::PutVarint(old, coded.size());
-  old.insert(old.end(), signs.begin(), signs.end());
-  old.insert(old.end(), coded.begin(), coded.end());
-  Bytes f =
-      test::ForgeHeader(static_cast<uint8_t>(Method::kGrouped), static_cast<uint8_t>(DType::kI8),
-                        kN, static_cast<uint32_t>(old.size()), Checksum(data));
-  f.reserve(f.size() + old.size());
-  f.insert(f.end(), old.begin(), old.end());
-  Bytes out(kN);
-  FrameDecoder dec;
-  ASSERT_TRUE(dec.Decode(f, out).ok());
-  EXPECT_EQ(out, data);
+  EXPECT_TRUE(DecodesTo(DType::kI8,
+                        GroupedPayload({{StreamCoding::kRaw, signs},
+                                        {StreamCoding::kHuffman, HuffmanCoded(magnitudes)}}),
+                        data));
 }
 
 // Signed integers split into a sign bit per element (eight to a byte) and the magnitude: every
