@@ -127,6 +127,9 @@ class BulkAddImpl final : public BulkAdd {
     // left out; or it was left out with the directory it goes in, untold.
     Status refused;
     bool left_out = false;
+    // A link whose file was left out, for link_orphaned; `orphan_parent` is its directory.
+    bool orphaned = false;
+    uint64_t orphan_parent = 0;
   };
 
   // ---- caller side (bulk_add.cc) ----

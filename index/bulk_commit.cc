@@ -361,12 +361,20 @@ Status BulkAddImpl::CommitGroup() {
       left_out = left_out_;
       for (GroupOp& op : group_) {
         op.refused = Status::Ok();
+        op.orphaned = false;
         // What goes in a directory left out is left out with it, as cp -a skips its contents.
         op.left_out = op.e->parent.queued && left_out.count(op.e->parent.id) != 0;
         Status s;
         if (!op.left_out && op.e->kind == BulkEntry::Kind::kLink &&
             left_out.count(op.e->link.id) != 0) {
-          s = Status::InvalidArgument("the file it is a hard link of was left out");
+          if (opts_.link_orphaned) {
+            Result<uint64_t> dir = Resolve(op.e->parent, dirs);
+            if (!dir.ok()) return dir.status();
+            op.orphaned = true;
+            op.orphan_parent = *dir;
+          } else {
+            s = Status::InvalidArgument("the file it is a hard link of was left out");
+          }
         } else if (!op.left_out) {
           s = ApplyOp(txn, op, dirs);
         }
@@ -417,6 +425,7 @@ Status BulkAddImpl::CommitGroup() {
       ++summary_.files_failed;
       opts_.file_failed(op.e->label, op.refused);
     }
+    if (op.orphaned) opts_.link_orphaned(op.e->label, op.orphan_parent, op.e->name);
     if (!op.file || op.left_out || !op.refused.ok()) continue;
     AddResult& r = op.added;
     for (const auto& [hash, count] : op.file->refs) {

@@ -214,6 +214,10 @@ struct BulkAddOptions {
   // goes on, as cp does; without it, such a file stops the bulk add like any other failure.
   // Failures of the store (a full disk, say) always stop it.
   std::function<void(std::string_view label, const Status& why)> file_failed;
+  // With this set, a hard link (Link) whose file was left out is not refused but reported here:
+  // the directory it goes in (an inode) and its name, for the caller to add as a file of its
+  // own, as cp -a copies a name whose first name it could not copy. Called after its commit.
+  std::function<void(std::string_view label, uint64_t parent, std::string_view name)> link_orphaned;
   // A commit group closes at the first entry boundary after it holds this many file bytes or
   // has been open this long; fsync and commit costs are paid once per group.
   uint64_t commit_bytes = 1ull << 30;
@@ -247,7 +251,7 @@ class BulkAdd {
                                    const std::string& host_path, const NewAttr& attr) = 0;
   // Another name for a file queued earlier (a hard link): `name` in `parent` names the same
   // inode. An existing file or symlink of that name is replaced; if `file` was left out, so is
-  // the link (told to file_failed).
+  // the link (told to file_failed, or to link_orphaned where set).
   // Messages name it by `host_path`.
   virtual Status Link(BulkDir parent, std::string_view name, const BulkFile& file,
                       const std::string& host_path) = 0;

@@ -198,6 +198,15 @@ Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint6
       opts.failed(std::string(label), why);
     };
   }
+  struct Orphan {
+    std::string host_path, name;
+    uint64_t parent;
+  };
+  std::vector<Orphan> orphans;  // (the writer thread adds them; read after Finish)
+  bulk_opts.link_orphaned = [&orphans](std::string_view label, uint64_t parent,
+                                       std::string_view name) {
+    orphans.push_back({std::string(label), std::string(name), parent});
+  };
   bulk_opts.file_added = [&summary](std::string_view, const AddResult& r) {
     ++summary.files;
     summary.raw_bytes += r.attr.size;
@@ -245,6 +254,23 @@ Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint6
     if (!walked.ok()) break;
   }
   Result<BulkSummary> done = (*bulk)->Finish();
+  bulk->reset();
+  // Other names of files left out (their first name refused, or unreadable when its turn came):
+  // as cp -a, which links a name to the copy of its first only if that copy exists, each is
+  // copied on its own (orphaned names of one file still share an inode).
+  if (done.ok() && !orphans.empty()) {
+    bulk_opts.link_orphaned = nullptr;
+    bulk = store.BeginBulkAdd(bulk_opts);
+    if (!bulk.ok()) return bulk.status();
+    ctx.linked.clear();
+    Status again;
+    for (const Orphan& o : orphans) {
+      again = Walk(**bulk, o.host_path, BulkDir{o.parent, false}, o.name, ctx, summary);
+      if (!again.ok()) break;
+    }
+    done = (*bulk)->Finish();
+    if (walked.ok()) walked = again;
+  }
   summary.failed += files_failed;
   if (!done.ok()) return done.status();
   return walked;

@@ -394,6 +394,72 @@ TEST_F(ImportTest, HardLinksAreKept) {
   ExpectClean(*store);
 }
 
+// A file whose first name is refused (a directory is in the way) keeps its other names, as cp -a
+// copies them: they become one file of their own, with its content and attributes.
+TEST_F(ImportTest, OtherNamesOfARefusedFileAreCopied) {
+  const std::string old_tree = dir_ + "/old/m", src = dir_ + "/src/m";
+  fs::create_directories(old_tree + "/a");
+  fs::create_directories(src + "/sub");
+  const Bytes data = RandomBytes(300000, 1);
+  WriteAll(src + "/a", data);
+  fs::create_hard_link(src + "/a", src + "/b");
+  fs::create_hard_link(src + "/a", src + "/sub/c");
+  ::chmod((src + "/a").c_str(), 0640);
+  WriteAll(src + "/z", RandomBytes(40, 2));
+  auto store = Open(true);
+  ASSERT_TRUE(store);
+  TreeSummary first;
+  ASSERT_TRUE(ImportTree(*store, old_tree, kRootInode, "m", {}, first).ok());
+  std::vector<std::string> failed;
+  ImportOptions io;
+  io.failed = [&](const std::string& path, const Status& why) {
+    failed.push_back(path + ": " + why.message());
+  };
+  TreeSummary second;
+  Status st = ImportTree(*store, src, kRootInode, "m", io, second);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  ASSERT_EQ(failed.size(), 1u) << ::testing::PrintToString(failed);
+  EXPECT_NE(failed[0].find(src + "/a:"), std::string::npos) << failed[0];
+  EXPECT_EQ(second.failed, 1u);
+  EXPECT_EQ(second.files, 2u) << "b (with sub/c) and z";
+  EXPECT_EQ(store->LookupPath("/m/a")->kind, InodeKind::kDirectory);
+  Result<InodeAttr> b = store->LookupPath("/m/b"), c = store->LookupPath("/m/sub/c");
+  ASSERT_TRUE(b.ok() && c.ok());
+  EXPECT_EQ(b->ino, c->ino) << "the copied names are still one file";
+  EXPECT_EQ(b->nlink, 2u);
+  EXPECT_EQ(b->mode & 07777, 0640u);
+  ExpectStored(*store, "/m/b", data);
+  EXPECT_TRUE(store->LookupPath("/m/z").ok());
+  ExpectClean(*store);
+}
+
+// A file whose first name vanishes before its turn: its other name is still there, and copied.
+TEST_F(ImportTest, OtherNameOfAVanishedFileIsCopied) {
+  const std::string src = dir_ + "/src";
+  fs::create_directories(src);
+  const Bytes big = RandomBytes(8u << 20, 1), data = RandomBytes(1000, 2);
+  WriteAll(src + "/a", big);
+  WriteAll(src + "/b", data);
+  fs::create_hard_link(src + "/b", src + "/c");
+  auto store = Open(true, SmallBatches());
+  ASSERT_TRUE(store);
+  ImportOptions io;
+  bool removed = false;
+  RemoveWhileImporting(io, src + "/a", src + "/b", &removed);
+  std::vector<std::string> failed;
+  io.failed = [&](const std::string& path, const Status&) { failed.push_back(path); };
+  TreeSummary summary;
+  Status st = ImportTree(*store, src, kRootInode, "src", io, summary);
+  ASSERT_TRUE(removed);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(failed, std::vector<std::string>{src + "/b"});
+  EXPECT_EQ(summary.files, 2u);
+  EXPECT_EQ(store->LookupPath("/src/b").status().code(), StatusCode::kNotFound);
+  ExpectStored(*store, "/src/c", data);
+  EXPECT_EQ(store->LookupPath("/src/c")->nlink, 1u);
+  ExpectClean(*store);
+}
+
 // A file cut short while it is read: a clear error, the file is not stored, the store is clean.
 TEST_F(ImportTest, FileShrinkingDuringImport) {
   const std::string path = dir_ + "/shrinks";
