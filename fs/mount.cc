@@ -217,7 +217,7 @@ std::string MountUsage() {
          "  -d                    debug: FUSE request log, log_level=debug, implies -f\n"
          "  -s                    single-threaded session loop\n"
          "  -o cache_size=SIZE    decoded-chunk cache, bytes (K/M/G suffixes; default 512M)\n"
-         "  -o workers=N          prefetch decode threads (default: one per core)\n"
+         "  -o workers=N          prefetch decode threads (default, or 0: one per core)\n"
          "  -o prefetch=N         chunks read ahead of a sequential stream (default 32; 0 = off)\n"
          "  -o read_ahead_kb=N    kernel read-ahead of the mount (default 1024; 0 = leave)\n"
          "  -o entry_timeout=S    seconds the kernel caches names (default 60)\n"
