@@ -254,7 +254,8 @@ Result<uint32_t> ElementPhase(const ReadAtFn& read, uint64_t file_size) {
   for (int r = 0; r < 4; r++) bits[r] = internal::EntropyBits(by_residue[r]);
   const int low = static_cast<int>(std::min_element(bits, bits + 4) - bits);
   const double high = *std::max_element(bits, bits + 4);
-  if (bits[low] > 0.85 * high) return 0;  // no byte stands out: text, or incompressible
+  // No byte stands out (text, or incompressible), or none carries a bit (zeros, sparse files).
+  if (bits[low] > 0.85 * high || high < kPiece) return 0;
   // An element starts after its top byte; 2-byte elements when both residues of a parity are low.
   const bool two_byte = bits[(low + 2) % 4] < 0.85 * high;
   return static_cast<uint32_t>((low + 1) % (two_byte ? 2 : 4));
