@@ -1,8 +1,11 @@
 #include "index/lmdb.h"
 
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <fstream>
 #include <string>
 
 namespace zipnn::index::lmdb {
@@ -82,6 +85,8 @@ Result<std::unique_ptr<Env>> Env::Open(const std::string& path, bool writable,
   if (!writable) flags |= MDB_RDONLY | (no_lock ? MDB_NOLOCK : 0);
   rc = mdb_env_open(env->env_, path.c_str(), flags, 0644);
   if (rc != MDB_SUCCESS) return Error(rc, "open " + path);
+  env->path_ = path + "/data.mdb";
+  env->WatchMap();
 
   MDB_txn* txn = nullptr;
   rc = mdb_txn_begin(env->env_, nullptr, writable ? 0 : MDB_RDONLY, &txn);
@@ -99,12 +104,34 @@ Result<std::unique_ptr<Env>> Env::Open(const std::string& path, bool writable,
 }
 
 Env::~Env() {
+  guard_.Unwatch();  // (before the map goes: its addresses may serve another mapping next)
   if (env_ != nullptr) mdb_env_close(env_);
+}
+
+void Env::WatchMap() {
+  // LMDB does not tell where it mapped the file (mdb_env_info's address is a fixed map's only):
+  // the process's mappings do.
+  mdb_filehandle_t fd;
+  struct stat st;
+  if (mdb_env_get_fd(env_, &fd) != MDB_SUCCESS || ::fstat(fd, &st) != 0) return;
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    unsigned long long begin, end, offset, ino;
+    unsigned major, minor;
+    if (std::sscanf(line.c_str(), "%llx-%llx %*s %llx %x:%x %llu", &begin, &end, &offset, &major,
+                    &minor, &ino) == 6 &&
+        ino == st.st_ino && makedev(major, minor) == st.st_dev && offset == 0) {
+      guard_.Watch(reinterpret_cast<const void*>(begin), end - begin, path_);
+      return;
+    }
+  }
 }
 
 Status Env::Resize(size_t new_size) {
   std::unique_lock lock(resize_mutex_);
   const int rc = mdb_env_set_mapsize(env_, new_size);
+  if (rc == MDB_SUCCESS) WatchMap();
   return rc == MDB_SUCCESS ? Status::Ok() : Error(rc, "set map size");
 }
 
@@ -146,6 +173,41 @@ Status Env::Update(const std::function<Status(Txn&)>& fn) {
     mdb_env_info(env_, &info);
     ZIPNN_RETURN_IF_ERROR(Resize(info.me_mapsize * 2));
   }
+}
+
+Result<std::vector<Env::CopyCount>> Env::CopyRecords(Env& to, size_t n) {
+  std::vector<CopyCount> counts(n);
+  for (size_t i = 0; i < n; ++i) {
+    // Read whole, then written in one transaction: Update may run its function again.
+    std::vector<std::pair<std::string, std::string>> records;
+    {
+      Result<Txn> txn = BeginRead();
+      if (!txn.ok()) return txn.status();
+      Result<Cursor> c = Cursor::Open(*txn, dbi(i));
+      if (!c.ok()) return c.status();
+      MDB_val k, v;
+      Status st;
+      const size_t max_key = static_cast<size_t>(mdb_env_get_maxkeysize(to.env_));
+      for (bool more = c->Get(k, v, MDB_FIRST, st); more; more = c->Get(k, v, MDB_NEXT, st)) {
+        if (k.mv_size == 0 || k.mv_size > max_key) {
+          ++counts[i].unkeyable;
+          continue;
+        }
+        records.emplace_back(std::string(static_cast<const char*>(k.mv_data), k.mv_size),
+                             std::string(static_cast<const char*>(v.mv_data), v.mv_size));
+      }
+      counts[i].stopped = !st.ok();
+    }
+    counts[i].records = records.size();
+    ZIPNN_RETURN_IF_ERROR(to.Update([&](Txn& txn) -> Status {
+      for (auto& [k, v] : records) {
+        ZIPNN_RETURN_IF_ERROR(
+            txn.Put(to.dbi(i), MDB_val{k.size(), k.data()}, MDB_val{v.size(), v.data()}));
+      }
+      return Status::Ok();
+    }));
+  }
+  return counts;
 }
 
 }  // namespace zipnn::index::lmdb

@@ -18,8 +18,10 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "codec/status.h"
+#include "index/map_guard.h"
 
 namespace zipnn::index::lmdb {
 
@@ -90,6 +92,14 @@ class Env {
 
   MDB_dbi dbi(size_t i) const { return dbis_[i]; }
   Result<Txn> BeginRead();
+  // Copies every record of databases 0..n-1 into `to` (of the same databases), which gets
+  // pages of its own making. Stops a database at a record it cannot read: returns, per database,
+  // the records copied, those left out, and whether it stopped early.
+  struct CopyCount {
+    uint64_t records = 0, unkeyable = 0;  // copied; left out (a key LMDB cannot hold)
+    bool stopped = false;
+  };
+  Result<std::vector<CopyCount>> CopyRecords(Env& to, size_t n);
   // Runs `fn` in a write transaction and commits it. When the map is full the transaction is
   // aborted, the map doubled and `fn` run again from the start: `fn` must only touch the txn.
   Status Update(const std::function<Status(Txn&)>& fn);
@@ -97,8 +107,11 @@ class Env {
  private:
   Env() = default;
   Status Resize(size_t new_size);  // 0: adopt the size another process set
+  void WatchMap();                 // (again after each resize: the map may move)
 
   MDB_env* env_ = nullptr;
+  std::string path_;
+  MapGuard guard_;
   MDB_dbi dbis_[16] = {};
   bool writable_ = false;
   std::shared_mutex resize_mutex_;

@@ -256,6 +256,12 @@ Status StoreImpl::OpenImpl() {
     }
     lock_fd_ = std::move(*lock);
   }
+  // A repair that stopped between its renames left its complete copy of the index (repair.cc).
+  struct stat st;
+  if (opts_.writable && ::stat((dir_ + "/index").c_str(), &st) != 0 && errno == ENOENT &&
+      ::rename((dir_ + "/index.rebuild").c_str(), (dir_ + "/index").c_str()) == 0) {
+    ZIPNN_RETURN_IF_ERROR(SyncDir(dir_));
+  }
   Result<std::unique_ptr<lmdb::Env>> env =
       lmdb::Env::Open(dir_ + "/index", opts_.writable, kDbNames, size_t{1} << 30, no_lock);
   if (!env.ok()) return WithPath(dir_, env.status());
