@@ -102,6 +102,15 @@ Result<InputFile> OpenInput(const std::string& path) {
   return in;
 }
 
+void HoldStandardDescriptors() {
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (::fcntl(fd, F_GETFD) == -1 && errno == EBADF) {
+      const int held = ::open("/dev/null", O_RDONLY);  // (the lowest free descriptor: fd)
+      if (held >= 0 && held != fd) ::close(held);
+    }
+  }
+}
+
 bool PathExists(const std::string& path) {
   struct stat st;
   return ::lstat(path.c_str(), &st) == 0;

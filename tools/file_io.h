@@ -49,6 +49,11 @@ Result<InputFile> OpenInput(const std::string& path);
 
 bool PathExists(const std::string& path);
 
+// Occupies whichever of descriptors 0, 1 and 2 the caller left closed (/dev/null, read-only: a
+// write there still fails, and is reported), so that no file the tool opens becomes its stdout.
+// Else `zipnnfs import ... >&-` would write its report into the store's first file.
+void HoldStandardDescriptors();
+
 // A new file written under a temporary name (path.tmp.XXXXXX, same directory, the name cut short
 // to fit NAME_MAX) and renamed to its real name by Commit, after an fsync: a crash or error never
 // leaves a partial file under the real name. The temporary file is removed if the object dies

@@ -30,6 +30,7 @@ CLI::Validator SizeValidator() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  zipnn::tool::HoldStandardDescriptors();
   using namespace zipnn::tool;
   CLI::App app{"zipnn: lossless compression of AI model weights (.znn files)", "zipnn"};
   app.set_version_flag("--version", "zipnn " ZIPNN_VERSION);

@@ -9,6 +9,7 @@
 
 #include "codec/container.h"
 #include "fs/fs.h"
+#include "tools/file_io.h"
 #include "tools/import_bench.h"
 #include "tools/store_commands.h"
 
@@ -42,6 +43,7 @@ const CLI::Validator kByteCount(
 }  // namespace
 
 int main(int argc, char** argv) {
+  zipnn::tool::HoldStandardDescriptors();
   // Mounting follows the conventions of sshfs and squashfuse (`zipnnfs STORE MOUNTPOINT -o ...`),
   // parsed by libfuse; the store tools are subcommands.
   if (argc >= 2 && std::string_view(argv[1]) == "mount") {
@@ -150,8 +152,13 @@ int main(int argc, char** argv) {
     return Cat(store_dir, path, offset,
                *length_opt ? std::optional<uint64_t>(length) : std::nullopt);
   }
-  if (*stats) return Stats(store_dir, stat_paths, json);
-  if (*fsck) return Fsck(store_dir, quick, repair);
+  // (Their reports are the output: one that cannot be written is a failure, not a silent 0.)
+  auto written = [](int rc) {
+    if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return rc;
+    return Fail(Status::FromErrno(errno != 0 ? errno : EIO, "writing the report"));
+  };
+  if (*stats) return written(Stats(store_dir, stat_paths, json));
+  if (*fsck) return written(Fsck(store_dir, quick, repair));
   if (*gc) return Gc(store_dir);
   if (*bench) {
     Status st = tool::BenchImport(bench_opts);

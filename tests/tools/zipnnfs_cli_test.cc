@@ -341,6 +341,17 @@ TEST_F(ZipnnfsCliTest, ClearErrors) {
     EXPECT_EQ(locked.exit_code, 1);
     EXPECT_NE(locked.err.find("locked by another process"), std::string::npos) << locked.err;
   }
+  // A report that cannot be written fails (it exited 0); with stdout closed, no store file
+  // becomes the tool's stdout and takes the report.
+  ASSERT_EQ(Run({"import", store_, "/etc/hostname"}).exit_code, 0);
+  const std::string quoted = "'" + std::string(ZIPNNFS_BINARY) + "' ";
+  for (const char* redirect : {"> /dev/full", ">&-"}) {
+    for (const std::string& cmd : {"stats " + store_, "stats --json " + store_}) {
+      const int rc = std::system((quoted + cmd + " " + redirect + " 2>/dev/null").c_str());
+      EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 1) << cmd << " " << redirect;
+    }
+  }
+  EXPECT_EQ(Run({"fsck", store_}).exit_code, 0);
   std::ofstream(store_ + "/FORMAT", std::ios::trunc) << "zipnnfs-store 99\n";
   test::ToolRun version = Run({"stats", store_});
   EXPECT_EQ(version.exit_code, 1);
