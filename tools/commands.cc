@@ -1,6 +1,7 @@
 // compress, decompress, cat and info.
 #include "tools/commands.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -72,6 +73,17 @@ Result<ContainerReader> OpenContainer(const std::string& path, mode_t* mode) {
   return reader;
 }
 
+// Writing a file's own compressed (or decompressed) form over it, even with -f, trades the only
+// copy for a different file: as gzip, refuse.
+Status NotTheInput(const std::string& in, const std::string& out) {
+  struct stat a, b;
+  if (::stat(in.c_str(), &a) == 0 && ::stat(out.c_str(), &b) == 0 && a.st_dev == b.st_dev &&
+      a.st_ino == b.st_ino && S_ISREG(b.st_mode)) {
+    return Status::InvalidArgument(out + ": is the input file itself");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status Compress(const CompressOptions& opts) {
@@ -79,6 +91,7 @@ Status Compress(const CompressOptions& opts) {
   const std::string out_path = opts.output.empty() ? opts.input + ".znn" : opts.output;
   Result<InputFile> in = OpenInput(opts.input);
   if (!in.ok()) return in.status();
+  ZIPNN_RETURN_IF_ERROR(NotTheInput(opts.input, out_path));
   Result<AtomicOutputFile> out = AtomicOutputFile::Create(out_path, opts.force, in->mode);
   if (!out.ok()) return out.status();
   const int fd = in->fd.get();
@@ -148,6 +161,7 @@ Status Decompress(const DecompressOptions& opts) {
   mode_t mode = 0644;
   Result<ContainerReader> reader = OpenContainer(opts.input, &mode);
   if (!reader.ok()) return reader.status();
+  ZIPNN_RETURN_IF_ERROR(NotTheInput(opts.input, out_path));
   Result<AtomicOutputFile> out = AtomicOutputFile::Create(out_path, opts.force, mode);
   if (!out.ok()) return out.status();
   ParallelCodec codec(opts.threads);

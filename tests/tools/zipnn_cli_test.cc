@@ -112,6 +112,19 @@ TEST_F(ZipnnCliTest, DefaultNamesAndOverwrite) {
   d = Zipnn({"decompress", "-q", model + ".znn"});
   ASSERT_EQ(d.exit_code, 0) << d.err;
   EXPECT_TRUE(test::ReadAll(model) == original);
+  // Not even -f writes a file's other form over the file itself (by its name or a link's).
+  fs::create_symlink("m.safetensors", Path("link"));
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"compress", "-f", model, "-o", model},
+           {"compress", "-f", model, "-o", Path("link")},
+           {"decompress", "-f", model + ".znn", "-o", model + ".znn"}}) {
+    test::ToolRun same = Zipnn(args);
+    EXPECT_EQ(same.exit_code, 1) << args[0];
+    EXPECT_NE(same.err.find("is the input file itself"), std::string::npos) << same.err;
+  }
+  EXPECT_TRUE(test::ReadAll(model) == original);
+  EXPECT_EQ(test::ReadAll(model + ".znn"), compressed);
+  fs::remove(Path("link"));
   EXPECT_EQ(Listing(), (std::vector<std::string>{"m.safetensors", "m.safetensors.znn"}));
 }
 
