@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstring>
 #include <optional>
@@ -135,6 +136,7 @@ AtomicOutputFile::AtomicOutputFile(AtomicOutputFile&& o) noexcept
       temp_path_(std::exchange(o.temp_path_, std::string())),
       overwrite_(o.overwrite_),
       special_(o.special_),
+      unnamed_(o.unnamed_),
       sequential_(o.sequential_) {}
 
 AtomicOutputFile::~AtomicOutputFile() { Discard(); }
@@ -147,9 +149,45 @@ void AtomicOutputFile::Discard() {
   syncer_.reset();  // (its own descriptor: no wait for the file's)
   fd_.Reset();
   if (temp_path_.empty()) return;
-  ::unlink(temp_path_.c_str());
-  ClearPendingTemp(temp_path_);
+  if (!unnamed_) {
+    ::unlink(temp_path_.c_str());
+    ClearPendingTemp(temp_path_);
+  }
   temp_path_.clear();
+}
+
+bool AtomicOutputFile::LinkAs(const std::string& name) const {
+  if (::linkat(fd_.get(), "", AT_FDCWD, name.c_str(), AT_EMPTY_PATH) == 0) return true;
+  if (errno == EEXIST) return false;
+  // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the descriptor's /proc link does not.
+  const std::string self = "/proc/self/fd/" + std::to_string(fd_.get());
+  return ::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, name.c_str(), AT_SYMLINK_FOLLOW) == 0;
+}
+
+// The real name for the complete unnamed file: linked straight to it where it must not replace
+// anything, else linked beside it under a fresh temporary name and renamed over it.
+Status AtomicOutputFile::NameUnnamed() {
+  if (!overwrite_) {
+    if (LinkAs(path_)) return Status::Ok();
+    return errno == EEXIST ? Status::Exists(path_ + ": already exists (use -f to overwrite)")
+                           : Status::FromErrno(errno, path_);
+  }
+  for (int attempt = 0;; ++attempt) {
+    std::string temp = temp_path_;  // path.tmp.XXXXXX
+    uint64_t r = (static_cast<uint64_t>(::getpid()) << 32) ^ reinterpret_cast<uintptr_t>(&temp) ^
+                 static_cast<uint64_t>(attempt) * 0x9e3779b97f4a7c15ull ^
+                 static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    for (size_t i = temp.size() - 6; i < temp.size(); ++i, r /= 36)
+      temp[i] = "abcdefghijklmnopqrstuvwxyz0123456789"[r % 36];
+    if (!LinkAs(temp)) {
+      if (errno == EEXIST && attempt < 100) continue;
+      return Status::FromErrno(errno, path_);
+    }
+    if (::rename(temp.c_str(), path_.c_str()) == 0) return Status::Ok();
+    const int err = errno;
+    ::unlink(temp.c_str());
+    return Status::FromErrno(err, path_);
+  }
 }
 
 Result<AtomicOutputFile> AtomicOutputFile::Create(const std::string& path, bool overwrite,
@@ -176,11 +214,17 @@ Result<AtomicOutputFile> AtomicOutputFile::Create(const std::string& path, bool 
     return Status::Exists(path + ": already exists (use -f to overwrite)");
   }
   std::string temp = TempPattern(path);
-  int fd = ::mkostemp(temp.data(), O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno(errno, path);
-  SetPendingTemp(temp);
-  AtomicOutputFile out(UniqueFd(fd), path, temp, overwrite);
-  if (::fchmod(fd, mode & 0666 & ~CurrentUmask()) != 0) return Status::FromErrno(errno, path);
+  UniqueFd fd(::open(DirName(path).c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
+  const bool unnamed = fd.valid();
+  if (!unnamed) {  // (a file system without O_TMPFILE)
+    fd.Reset(::mkostemp(temp.data(), O_CLOEXEC));
+    if (!fd.valid()) return Status::FromErrno(errno, path);
+    SetPendingTemp(temp);
+  }
+  const int raw = fd.get();
+  AtomicOutputFile out(std::move(fd), path, temp, overwrite);
+  out.unnamed_ = unnamed;
+  if (::fchmod(raw, mode & 0666 & ~CurrentUmask()) != 0) return Status::FromErrno(errno, path);
   return out;
 }
 
@@ -193,9 +237,16 @@ Status AtomicOutputFile::Commit() {
   Status s = syncer_ ? syncer_->Drain() : Status::Ok();  // its failure is this file's
   if (s.ok() && ::fsync(fd_.get()) != 0) s = Status::FromErrno(errno, path_);
   syncer_.reset();
+  if (unnamed_) {
+    if (s.ok()) s = NameUnnamed();
+    if (s.ok() && ::close(fd_.Release()) != 0) {  // (a deferred write error: take the name back)
+      s = Status::FromErrno(errno, path_);
+      ::unlink(path_.c_str());
+    }
+  }
   // close() can report a deferred write error (NFS, quotas): check it.
-  if (s.ok() && ::close(fd_.Release()) != 0) s = Status::FromErrno(errno, path_);
-  if (s.ok()) {
+  if (s.ok() && !unnamed_ && ::close(fd_.Release()) != 0) s = Status::FromErrno(errno, path_);
+  if (s.ok() && !unnamed_) {
     int rc = overwrite_ ? ::rename(temp_path_.c_str(), path_.c_str())
                         : ::renameat2(AT_FDCWD, temp_path_.c_str(), AT_FDCWD, path_.c_str(),
                                       RENAME_NOREPLACE);

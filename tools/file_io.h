@@ -54,10 +54,11 @@ bool PathExists(const std::string& path);
 // Else `zipnnfs import ... >&-` would write its report into the store's first file.
 void HoldStandardDescriptors();
 
-// A new file written under a temporary name (path.tmp.XXXXXX, same directory, the name cut short
-// to fit NAME_MAX) and renamed to its real name by Commit, after an fsync: a crash or error never
-// leaves a partial file under the real name. The temporary file is removed if the object dies
-// uncommitted, and on SIGINT, SIGTERM or SIGHUP.
+// A new file, unnamed until complete where the file system allows (O_TMPFILE: even a kill -9
+// leaves nothing behind), else under a temporary name (path.tmp.XXXXXX, same directory, the name
+// cut short to fit NAME_MAX), given its real name by Commit after an fsync: a crash or error
+// never leaves a partial file under the real name. A named temporary file is removed if the
+// object dies uncommitted, and on SIGINT, SIGTERM or SIGHUP.
 class AtomicOutputFile {
  public:
   // Fails with kExists if `path` exists and !overwrite. `mode` is applied (minus the umask). An
@@ -82,13 +83,17 @@ class AtomicOutputFile {
   // fsync of Commit has little left (a flush costs time in proportion to what it flushes). Any
   // thread.
   void Wrote(uint64_t bytes);
-  // fsync, rename over the real name (refusing to replace it unless overwrite), fsync directory.
+  // fsync, rename (or link) over the real name (refusing to replace it unless overwrite), fsync
+  // the directory.
   Status Commit();
 
  private:
   AtomicOutputFile(UniqueFd fd, std::string path, std::string temp_path, bool overwrite,
                    bool sequential = false);
   void Discard();
+  // Gives the unnamed file (fd_) the name `name`: false, with errno, where it cannot.
+  bool LinkAs(const std::string& name) const;
+  Status NameUnnamed();
 
   UniqueFd fd_;
   std::unique_ptr<BackgroundSyncer> syncer_;  // null: syncs only in Commit
@@ -96,6 +101,7 @@ class AtomicOutputFile {
   std::string temp_path_;  // empty once committed or discarded
   bool overwrite_ = false;
   bool special_ = false;     // a device or pipe, written to in place
+  bool unnamed_ = false;     // O_TMPFILE: temp_path_ is only the pattern of a name for Commit
   bool sequential_ = false;  // a descriptor the shell opened: positional writes would skip its
                              // offset (and O_APPEND makes pwrite append anyway)
 };

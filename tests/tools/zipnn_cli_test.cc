@@ -128,6 +128,43 @@ TEST_F(ZipnnCliTest, DefaultNamesAndOverwrite) {
   EXPECT_EQ(Listing(), (std::vector<std::string>{"m.safetensors", "m.safetensors.znn"}));
 }
 
+// Killed with SIGKILL while it writes, compress leaves no file behind, under any name: its
+// output is unnamed until complete (30 such kills left 2.2 GB of temporary files before).
+TEST_F(ZipnnCliTest, KillNineLeavesNothingBehind) {
+  SynthModelOptions o;
+  o.layers = 4;
+  o.dim = 1024;  // ~30 MB: long enough to be caught writing
+  const std::string model = Path("big.safetensors"), out_dir = Path("out");
+  ASSERT_TRUE(WriteSyntheticSafetensors(model, o).ok());
+  fs::create_directories(out_dir);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::execl(ZIPNN_BINARY, ZIPNN_BINARY, "compress", "-q", "--threads", "1", model.c_str(), "-o",
+            (out_dir + "/big.znn").c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  // Until it holds its output open with bytes in it.
+  const std::string fds = "/proc/" + std::to_string(pid) + "/fd";
+  bool writing = false;
+  for (int i = 0; i < 20000 && !writing; ++i) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(fds, ec)) {
+      const std::string target = fs::read_symlink(e.path(), ec).string();
+      struct stat st;
+      if (target.starts_with(out_dir + "/") && ::stat(e.path().c_str(), &st) == 0 && st.st_size > 0)
+        writing = true;
+    }
+    if (!writing) ::usleep(100);
+  }
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(writing) << "never saw it writing";
+  ASSERT_TRUE(WIFSIGNALED(status)) << "it finished before the kill";
+  EXPECT_TRUE(fs::is_empty(out_dir)) << fs::directory_iterator(out_dir)->path();
+}
+
 // A device or a pipe as the output is written in place: renaming a temporary file over it would
 // replace the device node (as root, `-o /dev/null -f` once turned /dev/null into a file).
 TEST_F(ZipnnCliTest, DevicesAndPipesAreWrittenInPlace) {
