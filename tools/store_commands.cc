@@ -435,6 +435,15 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
 
 namespace {
 
+// Every path of inode `ino` (a file of several names is named by all of them), or "".
+std::string NamesOf(uint64_t ino, const std::vector<std::pair<std::string, uint64_t>>& files) {
+  std::string names;
+  for (const auto& f : files) {
+    if (f.second == ino) names += (names.empty() ? "" : ", ") + f.first;
+  }
+  return names;
+}
+
 void PrintProblems(const CheckReport& report,
                    const std::vector<std::pair<std::string, uint64_t>>& files) {
   for (const CheckProblem& p : report.problems) {
@@ -442,10 +451,8 @@ void PrintProblems(const CheckReport& report,
       std::printf("store: %s\n", p.what.c_str());
       continue;
     }
-    std::string name = "inode " + std::to_string(p.ino);
-    for (const auto& f : files) {
-      if (f.second == p.ino) name = f.first;
-    }
+    std::string name = NamesOf(p.ino, files);
+    if (name.empty()) name = "inode " + std::to_string(p.ino);
     std::printf("%s: bytes [%llu, %llu): %s\n", name.c_str(),
                 static_cast<unsigned long long>(p.begin), static_cast<unsigned long long>(p.end),
                 p.what.c_str());
@@ -467,7 +474,14 @@ int Fsck(const std::string& store_dir, bool quick, bool repair) {
     Result<RepairReport> r = (*store)->Repair(!quick);
     if (!r.ok()) return Fail(r.status());
     PrintProblems(r->found, files);
-    for (const std::string& a : r->actions) std::printf("repair: %s\n", a.c_str());
+    for (const std::string& a : r->actions) {
+      // (Actions name inodes: add the paths that led to them.)
+      const size_t at = a.find("inode ");
+      const std::string names =
+          at == std::string::npos ? ""
+                                  : NamesOf(std::strtoull(a.c_str() + at + 6, nullptr, 10), files);
+      std::printf("repair: %s%s\n", a.c_str(), names.empty() ? "" : (" [" + names + "]").c_str());
+    }
     PrintProblems(r->after, files);
     final_report = std::move(r->after);
   } else {

@@ -301,21 +301,27 @@ TEST_F(ZipnnfsCliTest, ReadersThroughReadOnlyMediaKeepWritersOut) {
 
 TEST_F(ZipnnfsCliTest, FsckNamesDamageAndRepairRemovesIt) {
   const std::string model = MakeModelDir();
+  fs::create_hard_link(model + "/a.safetensors", model + "/z-link.safetensors");
   ASSERT_EQ(Run({"init", store_}).exit_code, 0);
   ASSERT_EQ(Run({"import", "-q", store_, model}).exit_code, 0);
-  // a.safetensors is imported first: its first frame starts the pack.
+  // a.safetensors is imported first: its first frame starts the pack. Each of its names is told.
   test::FlipByte(store_ + "/packs/pack-000001.znp", 200, 0x04);
   test::ToolRun check = Run({"fsck", store_});
   EXPECT_EQ(check.exit_code, 1);
-  EXPECT_NE(check.out.find("/model/a.safetensors: bytes [0, "), std::string::npos) << check.out;
+  EXPECT_NE(check.out.find("/model/a.safetensors, /model/z-link.safetensors: bytes [0, "),
+            std::string::npos)
+      << check.out;
   test::ToolRun repair = Run({"fsck", "--repair", store_});
   EXPECT_EQ(repair.exit_code, 0) << repair.out << repair.err;
   EXPECT_NE(repair.out.find("repair: removed damaged file"), std::string::npos) << repair.out;
+  EXPECT_NE(repair.out.find("[/model/a.safetensors, /model/z-link.safetensors]"), std::string::npos)
+      << repair.out;
   EXPECT_NE(repair.err.find("clean after repair"), std::string::npos) << repair.err;
   EXPECT_EQ(Run({"fsck", store_}).exit_code, 0);
   // Every file fsck named is gone (the two models share their header chunk); the rest is intact.
   for (const char* name : {"/model/a.safetensors", "/model/sub/b.safetensors"}) {
-    const bool named = check.out.find(std::string(name) + ": bytes") != std::string::npos;
+    const bool named = check.out.find(std::string(name) + ",") != std::string::npos ||
+                       check.out.find(std::string(name) + ": bytes") != std::string::npos;
     EXPECT_EQ(Run({"cat", store_, name}).exit_code, named ? 1 : 0) << name;
   }
   test::ToolRun config = Run({"cat", store_, "/model/config.json"});
