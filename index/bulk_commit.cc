@@ -426,6 +426,11 @@ Status BulkAddImpl::CommitGroup() {
       opts_.file_failed(op.e->label, op.refused);
     }
     if (op.orphaned) opts_.link_orphaned(op.e->label, op.orphan_parent, op.e->name);
+    const bool dir = op.e->kind == BulkEntry::Kind::kMkdir;
+    if ((dir || op.e->kind == BulkEntry::Kind::kSymlink) && !op.left_out && op.refused.ok() &&
+        opts_.entry_added) {
+      opts_.entry_added(dir);
+    }
     if (!op.file || op.left_out || !op.refused.ok()) continue;
     AddResult& r = op.added;
     for (const auto& [hash, count] : op.file->refs) {

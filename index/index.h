@@ -209,6 +209,9 @@ struct BulkAddOptions {
   // to its pack; `file_added` after the commit that made a file durable.
   std::function<void(const BulkProgress&)> progress;
   std::function<void(std::string_view label, const AddResult&)> file_added;
+  // After the commit that made a directory (true; merged into an existing one too) or a symlink
+  // (false) durable, on the writer thread.
+  std::function<void(bool directory)> entry_added;
   // With this set, a file whose source fails (it vanished, cannot be opened or read, or changed
   // while it was read) is left out and reported here, on the writer thread, and the bulk add
   // goes on, as cp does; without it, such a file stops the bulk add like any other failure.

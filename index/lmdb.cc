@@ -1,6 +1,7 @@
 #include "index/lmdb.h"
 
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 
 #include <cerrno>
@@ -164,7 +165,15 @@ Status Env::Update(const std::function<Status(Txn&)>& fn) {
       if (rc != MDB_SUCCESS) return Error(rc, "begin write");
       Txn txn(raw, std::move(lock));
       Status st = fn(txn);
-      if (st.ok()) st = txn.Commit();
+      if (st.ok()) {
+        st = txn.Commit();
+        // LMDB reports a short write as EIO: on a full disk, say so.
+        struct statvfs fs;
+        if (st.code() == StatusCode::kIo && ::statvfs(path_.c_str(), &fs) == 0 &&
+            static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize < (1u << 20)) {
+          st = Status::NoSpace(st.message() + " (the disk is full)");
+        }
+      }
       if (st.ok()) return st;
       map_full = txn.map_full();
       if (!map_full || attempt > 20) return st;

@@ -157,14 +157,11 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
     const ssize_t n = ::readlink(src.c_str(), target.data(), target.size());
     if (n < 0) return Failed(ctx, src, Status::FromErrno(errno, "readlink"), summary);
     target.resize(static_cast<size_t>(n));
-    ZIPNN_RETURN_IF_ERROR(bulk.Symlink(parent, name, target, attr));
-    ++summary.symlinks;
-    return Status::Ok();
+    return bulk.Symlink(parent, name, target, attr);
   }
   if (S_ISDIR(st.st_mode)) {
     Result<BulkDir> dir = bulk.Mkdir(parent, name, attr);
     if (!dir.ok()) return dir.status();
-    ++summary.directories;
     ZIPNN_RETURN_IF_ERROR(WalkChildren(bulk, src, *dir, ctx, summary));
     return bulk.SetTimes(*dir, attr.atime_ns, attr.mtime_ns);
   }
@@ -206,6 +203,9 @@ Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint6
   bulk_opts.link_orphaned = [&orphans](std::string_view label, uint64_t parent,
                                        std::string_view name) {
     orphans.push_back({std::string(label), std::string(name), parent});
+  };
+  bulk_opts.entry_added = [&summary](bool directory) {
+    ++(directory ? summary.directories : summary.symlinks);
   };
   bulk_opts.file_added = [&summary](std::string_view, const AddResult& r) {
     ++summary.files;

@@ -574,10 +574,10 @@ TEST_F(ImportTest, DiskFullDuringImport) {
   fs::create_directories(src);
   WriteAll(src + "/0small", RandomBytes(100000, 4));
   WriteAll(src + "/1huge", RandomBytes(16u << 20, 5));  // random: stored raw, does not fit
+  TreeSummary summary;
   {
     auto store = Open(true);
     ASSERT_TRUE(store);
-    TreeSummary summary;
     Status st = ImportTree(*store, src, kRootInode, "src", {}, summary);
     EXPECT_EQ(st.code(), StatusCode::kNoSpace) << st.ToString();
     EXPECT_NE(st.message().find("No space left"), std::string::npos) << st.message();
@@ -590,6 +590,9 @@ TEST_F(ImportTest, DiskFullDuringImport) {
   if (small.ok()) {
     EXPECT_EQ(small->size, 100000u);  // committed whole, if at all
   }
+  // The summary tells what was kept, not what was queued.
+  EXPECT_EQ(summary.directories, store->LookupPath("/src").ok() ? 1u : 0u);
+  EXPECT_EQ(summary.files, small.ok() ? 1u : 0u);
   // The store works again once the failed import's bytes are gone.
   const std::string more = dir_ + "/more";
   WriteAll(more, RandomBytes(200000, 6));
