@@ -284,7 +284,11 @@ int Cat(const std::string& store_dir, const std::string& path, uint64_t offset,
   if (!file.ok()) return Fail(WithPath(path, file.status()));
   if (file->kind != InodeKind::kFile) return Fail(Status::InvalidArgument(path + ": not a file"));
   uint64_t end = file->size;
-  if (length && offset < end && *length < end - offset) end = offset + *length;  // no overflow
+  if (offset > end) {  // (as zipnn cat)
+    return Fail(Status::InvalidArgument(path + ": offset " + std::to_string(offset) +
+                                        " is past the end (" + std::to_string(end) + " bytes)"));
+  }
+  if (length && *length < end - offset) end = offset + *length;
   Status st = WriteFileRange(**store, file->ino, offset, end, STDOUT_FILENO, path);
   return st.ok() ? 0 : Fail(st);
 }

@@ -71,6 +71,14 @@ TEST_F(ZipnnfsCliTest, ImportExportCatStats) {
       Run({"cat", store_, "/models/model/a.safetensors", "--offset", "1000", "--length", "5000"});
   ASSERT_EQ(cat.exit_code, 0) << cat.err;
   EXPECT_EQ(cat.out, a.substr(1000, 5000));
+  // At the end: nothing; past it: an error, as zipnn cat.
+  const std::string size = std::to_string(a.size()), past = std::to_string(a.size() + 1);
+  test::ToolRun at_end = Run({"cat", store_, "/models/model/a.safetensors", "--offset", size});
+  EXPECT_EQ(at_end.exit_code, 0) << at_end.err;
+  EXPECT_EQ(at_end.out, "");
+  test::ToolRun beyond = Run({"cat", store_, "/models/model/a.safetensors", "--offset", past});
+  EXPECT_EQ(beyond.exit_code, 1);
+  EXPECT_NE(beyond.err.find("past the end"), std::string::npos) << beyond.err;
   EXPECT_EQ(Run({"cat", store_, "models/model/config.json"}).out,
             test::ReadAll(model + "/config.json"));
 
