@@ -262,6 +262,10 @@ Status StoreImpl::OpenImpl() {
       ::rename((dir_ + "/index.rebuild").c_str(), (dir_ + "/index").c_str()) == 0) {
     ZIPNN_RETURN_IF_ERROR(SyncDir(dir_));
   }
+  // (A writer's LMDB would make a new, empty one: the store would change, and then be refused.)
+  if (::stat((dir_ + "/index/data.mdb").c_str(), &st) != 0) {
+    return Status::FromErrno(errno, dir_ + "/index/data.mdb: the store's index");
+  }
   Result<std::unique_ptr<lmdb::Env>> env =
       lmdb::Env::Open(dir_ + "/index", opts_.writable, kDbNames, size_t{1} << 30, no_lock);
   if (!env.ok()) return WithPath(dir_, env.status());

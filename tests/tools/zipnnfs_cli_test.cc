@@ -366,6 +366,13 @@ TEST_F(ZipnnfsCliTest, ClearErrors) {
     }
   }
   EXPECT_EQ(Run({"fsck", store_}).exit_code, 0);
+  // Without its index file, a store is refused, and not given a new, empty one.
+  fs::rename(store_ + "/index/data.mdb", Path("data.mdb"));
+  test::ToolRun no_index = Run({"import", store_, "/etc/hostname", "--to", "/x"});
+  EXPECT_EQ(no_index.exit_code, 1);
+  EXPECT_NE(no_index.err.find("data.mdb"), std::string::npos) << no_index.err;
+  EXPECT_FALSE(fs::exists(store_ + "/index/data.mdb"));
+  fs::rename(Path("data.mdb"), store_ + "/index/data.mdb");
   std::ofstream(store_ + "/FORMAT", std::ios::trunc) << "zipnnfs-store 99\n";
   test::ToolRun version = Run({"stats", store_});
   EXPECT_EQ(version.exit_code, 1);
