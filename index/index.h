@@ -316,8 +316,10 @@ class Store {
   // symlinks with damage (a damaged or missing chunk, broken extents, no target) are removed
   // with their entries, chunk records that are damaged or point outside their pack are dropped,
   // directory entries naming nothing are deleted, refcounts are recomputed and a pack shorter
-  // than its committed length is cut to what it holds. All in one transaction; re-import the
-  // removed files afterwards. Default: kUnsupported.
+  // than its committed length is cut to what it holds. All in one transaction, on a fresh copy
+  // of the index's readable records (damaged LMDB pages are never written to), which replaces
+  // the index: nothing else may use the store meanwhile. Re-import the removed files afterwards.
+  // Default: kUnsupported.
   virtual Result<RepairReport> Repair(bool verify_frames);
 
   // Creates directory `name` in `parent`; kExists if the name is taken.
