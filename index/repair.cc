@@ -14,13 +14,13 @@ Result<RepairReport> Store::Repair(bool) {
 // The index copied record by record into a fresh environment, which then takes its place: LMDB
 // trusts its pages, and writing into a damaged B-tree corrupts memory (a bit flipped in the index
 // crashed 8 of 60 repairs that wrote in place). The copy's pages are LMDB's own making.
-// A crash leaves the old index, or (between the renames) the complete copy, which Open adopts.
+// The copy is made in index.rebuild and renamed index.rebuilt once complete and synced: a crash
+// leaves the old index, or (between the renames) the complete copy, which Open adopts.
 Status StoreImpl::RebuildIndex(std::vector<std::string>& actions) {
   const std::string index = dir_ + "/index", fresh = dir_ + "/index.rebuild",
-                    old = dir_ + "/index.damaged";
+                    done = dir_ + "/index.rebuilt", old = dir_ + "/index.damaged";
   std::error_code ec;
-  std::filesystem::remove_all(fresh, ec);
-  std::filesystem::remove_all(old, ec);
+  for (const std::string& stale : {fresh, done, old}) std::filesystem::remove_all(stale, ec);
   if (!std::filesystem::create_directory(fresh, ec)) return Status::Io(fresh + ": " + ec.message());
   std::vector<lmdb::Env::CopyCount> counts;
   {
@@ -31,8 +31,10 @@ Status StoreImpl::RebuildIndex(std::vector<std::string>& actions) {
     counts = std::move(*copied);
   }  // (its commits are durable)
   ZIPNN_RETURN_IF_ERROR(SyncDir(fresh));
+  if (::rename(fresh.c_str(), done.c_str()) != 0) return Status::FromErrno(errno, done);
+  ZIPNN_RETURN_IF_ERROR(SyncDir(dir_));
   env_.reset();
-  if (::rename(index.c_str(), old.c_str()) != 0 || ::rename(fresh.c_str(), index.c_str()) != 0)
+  if (::rename(index.c_str(), old.c_str()) != 0 || ::rename(done.c_str(), index.c_str()) != 0)
     return Status::FromErrno(errno, "replacing " + index);
   ZIPNN_RETURN_IF_ERROR(SyncDir(dir_));
   Result<std::unique_ptr<lmdb::Env>> env = lmdb::Env::Open(index, true, kDbNames);

@@ -259,7 +259,7 @@ Status StoreImpl::OpenImpl() {
   // A repair that stopped between its renames left its complete copy of the index (repair.cc).
   struct stat st;
   if (opts_.writable && ::stat((dir_ + "/index").c_str(), &st) != 0 && errno == ENOENT &&
-      ::rename((dir_ + "/index.rebuild").c_str(), (dir_ + "/index").c_str()) == 0) {
+      ::rename((dir_ + "/index.rebuilt").c_str(), (dir_ + "/index").c_str()) == 0) {
     ZIPNN_RETURN_IF_ERROR(SyncDir(dir_));
   }
   // (A writer's LMDB would make a new, empty one: the store would change, and then be refused.)

@@ -111,6 +111,26 @@ class RepairTest : public test::StoreDirTest {
 
 // A flipped bit in a pack: fsck names the file and range, repair removes that file only, and the
 // store is clean and takes the file again.
+// A repair killed between its renames leaves no index/ but its complete copy, index.rebuilt/:
+// the next writer adopts it. An unfinished copy (index.rebuild/) is never taken for the index.
+TEST_F(RepairTest, CopyLeftBetweenTheRenamesIsAdopted) {
+  const Bytes data = Compressible(100000, 1);
+  AddClosed("a", data);
+  fs::rename(store_dir_ + "/index", store_dir_ + "/index.rebuild");
+  {
+    StoreOptions opts;
+    opts.writable = true;
+    EXPECT_FALSE(Store::Open(store_dir_, opts).ok()) << "an unfinished copy is not the index";
+  }
+  EXPECT_FALSE(fs::exists(store_dir_ + "/index/data.mdb"));
+  fs::rename(store_dir_ + "/index.rebuild", store_dir_ + "/index.rebuilt");
+  auto store = Open();
+  ASSERT_TRUE(store);
+  ExpectFile(*store, "a", data);
+  EXPECT_FALSE(fs::exists(store_dir_ + "/index.rebuilt"));
+  ExpectClean(*store);
+}
+
 TEST_F(RepairTest, DamagedFrameRemovesOnlyItsFile) {
   const Bytes a = Compressible(300000, 1), b = Compressible(200000, 2);
   const uint64_t a_ino = AddClosed("a", a);
