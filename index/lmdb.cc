@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -170,7 +171,8 @@ Status Env::Update(const std::function<Status(Txn&)>& fn) {
         // LMDB reports a short write as EIO: on a full disk, say so.
         struct statvfs fs;
         if (st.code() == StatusCode::kIo && ::statvfs(path_.c_str(), &fs) == 0 &&
-            static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize < (1u << 20)) {
+            static_cast<uint64_t>(::geteuid() == 0 ? fs.f_bfree : fs.f_bavail) * fs.f_frsize <
+                (1u << 20)) {
           st = Status::NoSpace(st.message() + " (the disk is full)");
         }
       }

@@ -62,11 +62,13 @@ void FindLmdbCode() {
 }
 
 void OnFault(int sig, siginfo_t* info, void* context) {
+  // Sent by kill or raise (si_code <= 0): not a fault of any access; its default action is due.
+  const bool sent = info->si_code <= 0;
   const auto addr = reinterpret_cast<uintptr_t>(info->si_addr);
   const uintptr_t pc = FaultingInstruction(context);
   const bool in_lmdb = pc >= lmdb_code_begin && pc < lmdb_code_end;
   for (Slot& s : slots) {
-    if (s.used.load() && s.end.load() != 0 &&
+    if (!sent && s.used.load() && s.end.load() != 0 &&
         (in_lmdb || (addr >= s.begin.load() && addr < s.end.load()))) {
       [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, s.message, s.length.load());
       ::_exit(1);
@@ -81,6 +83,7 @@ void OnFault(int sig, siginfo_t* info, void* context) {
     old.sa_handler(sig);
   } else {
     ::signal(sig, SIG_DFL);
+    if (sent) ::raise(sig);  // (a fault instead recurs when its access runs again)
   }
 }
 
@@ -107,8 +110,8 @@ void MapGuard::Watch(const void* addr, size_t size, const std::string& path) {
     if (slot_ < 0) return;
   }
   Slot& s = slots[slot_];
-  s.begin = 0;  // (never a range the handler could match while the message changes)
-  s.end = 0;
+  s.end = 0;  // (first: no range the handler could match while the message changes)
+  s.begin = 0;
   const std::string msg = std::string(program_invocation_short_name) + ": " + path +
                           ": damaged or truncated (LMDB faulted on its pages); stopping. "
                           "Restore the index from a backup, or re-import into a new store.\n";
@@ -117,15 +120,15 @@ void MapGuard::Watch(const void* addr, size_t size, const std::string& path) {
   s.length = n;
   // A damaged node's offsets reach at most 64 KiB past its page.
   const auto begin = reinterpret_cast<uintptr_t>(addr);
+  s.begin = begin;  // (then the end: with end 0 the range matches nothing meanwhile)
   s.end = begin + size + (64u << 10);
-  s.begin = begin;
 }
 
 void MapGuard::Unwatch() {
   if (slot_ < 0) return;
   Slot& s = slots[slot_];
-  s.begin = 0;
   s.end = 0;
+  s.begin = 0;
   s.used = false;
   slot_ = -1;
 }

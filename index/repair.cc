@@ -34,23 +34,36 @@ Status StoreImpl::RebuildIndex(std::vector<std::string>& actions) {
   if (::rename(fresh.c_str(), done.c_str()) != 0) return Status::FromErrno(errno, done);
   ZIPNN_RETURN_IF_ERROR(SyncDir(dir_));
   env_.reset();
-  if (::rename(index.c_str(), old.c_str()) != 0 || ::rename(done.c_str(), index.c_str()) != 0)
-    return Status::FromErrno(errno, "replacing " + index);
-  ZIPNN_RETURN_IF_ERROR(SyncDir(dir_));
+  Status swapped = Status::Ok();
+  if (::rename(index.c_str(), old.c_str()) != 0) {
+    swapped = Status::FromErrno(errno, "replacing " + index);
+  } else if (::rename(done.c_str(), index.c_str()) != 0) {
+    swapped = Status::FromErrno(errno, "replacing " + index);
+    ::rename(old.c_str(), index.c_str());  // (the store keeps its index)
+  }
+  if (swapped.ok()) swapped = SyncDir(dir_);
+  // Never left without an environment: the store object stays usable whatever failed.
   Result<std::unique_ptr<lmdb::Env>> env = lmdb::Env::Open(index, true, kDbNames);
   if (!env.ok()) return env.status();
   env_ = std::move(*env);
-  std::filesystem::remove_all(old, ec);
+  ZIPNN_RETURN_IF_ERROR(swapped);
   uint64_t records = 0;
+  bool lost = false;
   for (size_t i = 0; i < counts.size(); ++i) {
     records += counts[i].records;
     if (counts[i].stopped || counts[i].unkeyable != 0) {
+      lost = true;
       actions.push_back(std::string("index database ") + kDbNames[i] +
                         (counts[i].stopped ? ": a damaged page hid the records after it" : "") +
                         (counts[i].unkeyable != 0 ? ": records with unusable keys dropped" : ""));
     }
   }
   actions.push_back("index rebuilt from its " + std::to_string(records) + " readable records");
+  if (lost) {  // what could not be read is kept, for whoever can do better with it
+    actions.push_back("the damaged index is kept as " + old);
+  } else {
+    std::filesystem::remove_all(old, ec);
+  }
   return Status::Ok();
 }
 

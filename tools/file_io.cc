@@ -238,11 +238,12 @@ Status AtomicOutputFile::Commit() {
   if (s.ok() && ::fsync(fd_.get()) != 0) s = Status::FromErrno(errno, path_);
   syncer_.reset();
   if (unnamed_) {
+    // A deferred write error (NFS, quotas) shows when a descriptor closes: close a duplicate
+    // before the file takes its name (and so replaces anything), as the named path closes first.
+    const int dup = s.ok() ? ::dup(fd_.get()) : -1;
+    if (s.ok() && (dup < 0 || ::close(dup) != 0)) s = Status::FromErrno(errno, path_);
     if (s.ok()) s = NameUnnamed();
-    if (s.ok() && ::close(fd_.Release()) != 0) {  // (a deferred write error: take the name back)
-      s = Status::FromErrno(errno, path_);
-      ::unlink(path_.c_str());
-    }
+    if (s.ok()) ::close(fd_.Release());  // (flushed and synced: nothing left to report)
   }
   // close() can report a deferred write error (NFS, quotas): check it.
   if (s.ok() && !unnamed_ && ::close(fd_.Release()) != 0) s = Status::FromErrno(errno, path_);

@@ -2,7 +2,10 @@
 #include "index/lmdb.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <string>
@@ -73,4 +76,28 @@ TEST_F(LmdbTest, FailedUpdateLeavesNothing) {
 }
 
 }  // namespace
+// With an index open (its fault guard installed), other faults keep their usual end: a SIGSEGV
+// sent by kill, or a bad access outside LMDB, still kills the process by that signal.
+TEST_F(LmdbTest, FaultGuardLeavesOtherSegfaultsAlone) {
+  Result<std::unique_ptr<Env>> env = Env::Open(dir_, true, kNames);
+  ASSERT_TRUE(env.ok()) << env.status().ToString();
+  for (int how = 0; how < 2; ++how) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      if (how == 0) {
+        ::raise(SIGSEGV);
+        ::_exit(0);  // (a guard that swallowed it)
+      }
+      volatile int* volatile nowhere = nullptr;
+      *nowhere = 1;
+      ::_exit(0);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV)
+        << (how == 0 ? "raise" : "null write") << ": status " << status;
+  }
+}
+
 }  // namespace zipnn::index::lmdb
