@@ -2,12 +2,9 @@
 
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdio>
-#include <fstream>
 #include <string>
 
 namespace zipnn::index::lmdb {
@@ -111,23 +108,10 @@ Env::~Env() {
 }
 
 void Env::WatchMap() {
-  // LMDB does not tell where it mapped the file (mdb_env_info's address is a fixed map's only):
-  // the process's mappings do.
   mdb_filehandle_t fd;
   struct stat st;
-  if (mdb_env_get_fd(env_, &fd) != MDB_SUCCESS || ::fstat(fd, &st) != 0) return;
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  while (std::getline(maps, line)) {
-    unsigned long long begin, end, offset, ino;
-    unsigned major, minor;
-    if (std::sscanf(line.c_str(), "%llx-%llx %*s %llx %x:%x %llu", &begin, &end, &offset, &major,
-                    &minor, &ino) == 6 &&
-        ino == st.st_ino && makedev(major, minor) == st.st_dev && offset == 0) {
-      guard_.Watch(reinterpret_cast<const void*>(begin), end - begin, path_);
-      return;
-    }
-  }
+  if (mdb_env_get_fd(env_, &fd) == MDB_SUCCESS && ::fstat(fd, &st) == 0)
+    guard_.WatchFile(st.st_dev, st.st_ino, path_);
 }
 
 Status Env::Resize(size_t new_size) {

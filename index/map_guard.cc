@@ -4,6 +4,7 @@
 #include <errno.h>  // program_invocation_short_name
 #include <lmdb.h>
 #include <signal.h>
+#include <sys/sysmacros.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -44,21 +45,35 @@ uintptr_t FaultingInstruction([[maybe_unused]] void* context) {
 #endif
 }
 
+// The first mapping of this process (a line of /proc/self/maps: range, offset, device, inode,
+// the line itself) that `match` accepts, as [*begin, *end).
+template <class Match>
+bool FindMapping(Match match, uintptr_t* begin, uintptr_t* end) {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    unsigned long long b, e, offset, ino;
+    unsigned major, minor;
+    if (std::sscanf(line.c_str(), "%llx-%llx %*s %llx %x:%x %llu", &b, &e, &offset, &major, &minor,
+                    &ino) == 6 &&
+        match(b, e, offset, makedev(major, minor), ino, line)) {
+      *begin = b;
+      *end = e;
+      return true;
+    }
+  }
+  return false;
+}
+
 // The executable mapping of the shared liblmdb that holds mdb_cursor_get (none when LMDB is
 // linked statically: the range would then be the program's own code).
 void FindLmdbCode() {
   const auto probe = reinterpret_cast<uintptr_t>(&mdb_cursor_get);
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  while (std::getline(maps, line)) {
-    unsigned long long begin, end;
-    if (std::sscanf(line.c_str(), "%llx-%llx", &begin, &end) == 2 && probe >= begin &&
-        probe < end && line.find("liblmdb") != std::string::npos) {
-      lmdb_code_begin = begin;
-      lmdb_code_end = end;
-      return;
-    }
-  }
+  FindMapping(
+      [probe](uintptr_t b, uintptr_t e, uint64_t, dev_t, uint64_t, const std::string& line) {
+        return probe >= b && probe < e && line.find("liblmdb") != std::string::npos;
+      },
+      &lmdb_code_begin, &lmdb_code_end);
 }
 
 void OnFault(int sig, siginfo_t* info, void* context) {
@@ -98,6 +113,17 @@ void Install() {
 }
 
 }  // namespace
+
+void MapGuard::WatchFile(dev_t dev, ino_t ino, const std::string& path) {
+  // The file's mapping from its start: LMDB does not tell where it put it (mdb_env_info's
+  // address is a fixed map's only).
+  uintptr_t begin, end;
+  if (FindMapping([dev, ino](uintptr_t, uintptr_t, uint64_t offset, dev_t d, uint64_t i,
+                             const std::string&) { return d == dev && i == ino && offset == 0; },
+                  &begin, &end)) {
+    Watch(reinterpret_cast<const void*>(begin), end - begin, path);
+  }
+}
 
 void MapGuard::Watch(const void* addr, size_t size, const std::string& path) {
   static std::once_flag installed;

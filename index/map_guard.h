@@ -7,6 +7,8 @@
 // keep their usual handling.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <string>
 
@@ -23,6 +25,8 @@ class MapGuard {
   // file `path`, in place of what this guard watched before. Without a free slot (more than a
   // few environments open at once) it watches nothing.
   void Watch(const void* addr, size_t size, const std::string& path);
+  // Watches this process's mapping of the file (device, inode) from its start, if it has one.
+  void WatchFile(dev_t dev, ino_t ino, const std::string& path);
   void Unwatch();
 
  private:
