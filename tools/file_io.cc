@@ -190,6 +190,22 @@ Status AtomicOutputFile::NameUnnamed() {
   }
 }
 
+// The real name for the complete named temporary file: renamed over it, or where it must not
+// replace anything, renamed only if the name is free.
+Status AtomicOutputFile::NameTemporary() {
+  int rc = overwrite_ ? ::rename(temp_path_.c_str(), path_.c_str())
+                      : ::renameat2(AT_FDCWD, temp_path_.c_str(), AT_FDCWD, path_.c_str(),
+                                    RENAME_NOREPLACE);
+  if (rc != 0 && !overwrite_ && (errno == EINVAL || errno == ENOSYS)) {
+    // A file system without RENAME_NOREPLACE: link(2) refuses to replace too.
+    rc = ::link(temp_path_.c_str(), path_.c_str());
+    if (rc == 0) ::unlink(temp_path_.c_str());
+  }
+  if (rc == 0) return Status::Ok();
+  return errno == EEXIST ? Status::Exists(path_ + ": already exists (use -f to overwrite)")
+                         : Status::FromErrno(errno, path_);
+}
+
 Result<AtomicOutputFile> AtomicOutputFile::Create(const std::string& path, bool overwrite,
                                                   mode_t mode) {
   if (const std::optional<int> named = NamedDescriptor(path)) {
@@ -237,34 +253,18 @@ Status AtomicOutputFile::Commit() {
   Status s = syncer_ ? syncer_->Drain() : Status::Ok();  // its failure is this file's
   if (s.ok() && ::fsync(fd_.get()) != 0) s = Status::FromErrno(errno, path_);
   syncer_.reset();
-  if (unnamed_) {
-    // A deferred write error (NFS, quotas) shows when a descriptor closes: close a duplicate
-    // before the file takes its name (and so replaces anything), as the named path closes first.
-    const int dup = s.ok() ? ::dup(fd_.get()) : -1;
-    if (s.ok() && (dup < 0 || ::close(dup) != 0)) s = Status::FromErrno(errno, path_);
-    if (s.ok()) s = NameUnnamed();
-    if (s.ok()) ::close(fd_.Release());  // (flushed and synced: nothing left to report)
+  // A deferred write error (NFS, quotas) shows when a descriptor closes: close a duplicate
+  // before the file takes its real name (and so may replace another).
+  if (s.ok()) {
+    const int dup = ::dup(fd_.get());
+    if (dup < 0 || ::close(dup) != 0) s = Status::FromErrno(errno, path_);
   }
-  // close() can report a deferred write error (NFS, quotas): check it.
-  if (s.ok() && !unnamed_ && ::close(fd_.Release()) != 0) s = Status::FromErrno(errno, path_);
-  if (s.ok() && !unnamed_) {
-    int rc = overwrite_ ? ::rename(temp_path_.c_str(), path_.c_str())
-                        : ::renameat2(AT_FDCWD, temp_path_.c_str(), AT_FDCWD, path_.c_str(),
-                                      RENAME_NOREPLACE);
-    if (rc != 0 && !overwrite_ && (errno == EINVAL || errno == ENOSYS)) {
-      // A file system without RENAME_NOREPLACE: link(2) refuses to replace too.
-      rc = ::link(temp_path_.c_str(), path_.c_str());
-      if (rc == 0) ::unlink(temp_path_.c_str());
-    }
-    if (rc != 0) {
-      s = errno == EEXIST ? Status::Exists(path_ + ": already exists (use -f to overwrite)")
-                          : Status::FromErrno(errno, path_);
-    }
-  }
+  if (s.ok()) s = unnamed_ ? NameUnnamed() : NameTemporary();
   if (!s.ok()) {
     Discard();
     return s;
   }
+  fd_.Reset();  // (flushed and synced: nothing left to report)
   ClearPendingTemp(temp_path_);
   temp_path_.clear();
   // Make the rename itself durable.

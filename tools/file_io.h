@@ -94,6 +94,7 @@ class AtomicOutputFile {
   // Gives the unnamed file (fd_) the name `name`: false, with errno, where it cannot.
   bool LinkAs(const std::string& name) const;
   Status NameUnnamed();
+  Status NameTemporary();
 
   UniqueFd fd_;
   std::unique_ptr<BackgroundSyncer> syncer_;  // null: syncs only in Commit
