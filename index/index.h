@@ -158,10 +158,16 @@ struct CheckReport {
   bool clean() const { return problems.empty(); }
 };
 
+struct RepairAction {
+  RepairAction(std::string w, uint64_t i = 0) : what(std::move(w)), ino(i) {}  // (implicit)
+  std::string what;                                                            // one line
+  uint64_t ino = 0;  // the inode it acted on, if one
+};
+
 struct RepairReport {
-  CheckReport found;                 // the check before the repair
-  std::vector<std::string> actions;  // what the repair did, one line each
-  CheckReport after;                 // the check after it
+  CheckReport found;                  // the check before the repair
+  std::vector<RepairAction> actions;  // what the repair did
+  CheckReport after;                  // the check after it
 };
 
 struct GcReport {

@@ -16,7 +16,7 @@ Result<RepairReport> Store::Repair(bool) {
 // crashed 8 of 60 repairs that wrote in place). The copy's pages are LMDB's own making.
 // The copy is made in index.rebuild and renamed index.rebuilt once complete and synced: a crash
 // leaves the old index, or (between the renames) the complete copy, which Open adopts.
-Status StoreImpl::RebuildIndex(std::vector<std::string>& actions) {
+Status StoreImpl::RebuildIndex(std::vector<RepairAction>& actions) {
   const std::string index = dir_ + "/index", fresh = dir_ + "/index.rebuild",
                     done = dir_ + "/index.rebuilt", old = dir_ + "/index.damaged";
   std::error_code ec;
@@ -78,11 +78,11 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
     report.after = scan.report;
     return report;
   }
-  std::vector<std::string> rebuilt;
+  std::vector<RepairAction> rebuilt;
   ZIPNN_RETURN_IF_ERROR(RebuildIndex(rebuilt));
   scan = ScanResult();
   ZIPNN_RETURN_IF_ERROR(Scan(verify_frames, scan));
-  std::vector<std::string>& actions = report.actions;
+  std::vector<RepairAction>& actions = report.actions;
   Status st = env_->Update([&](lmdb::Txn& txn) -> Status {
     actions = rebuilt;
     // A directory cycle is cut where it closes, and the directory found there, like any inode in
@@ -102,21 +102,24 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
       rec::EncodeDirent(ino, scan.kinds.at(ino), d);
       ZIPNN_RETURN_IF_ERROR(
           txn.Put(dbi(kDirents), lmdb::Val(rec::NamedKey(kRootInode, name)), lmdb::Val(d)));
-      actions.push_back((key.empty() ? "inode in no directory: " : "directory cycle cut: ") +
-                        std::string("inode ") + std::to_string(ino) + " linked as /" + name);
+      actions.push_back({(key.empty() ? "inode in no directory: " : "directory cycle cut: ") +
+                             std::string("inode ") + std::to_string(ino) + " linked as /" + name,
+                         ino});
     }
     for (const ScanResult::Retype& r : scan.retyped_dirents) {
       uint8_t d[rec::kDirentSize];
       rec::EncodeDirent(r.child, r.kind, d);
       ZIPNN_RETURN_IF_ERROR(txn.Put(dbi(kDirents), lmdb::Val(r.key), lmdb::Val(d)));
-      actions.push_back("directory entry of inode " + std::to_string(r.child) +
-                        ": kind set to its inode's");
+      actions.push_back(
+          {"directory entry of inode " + std::to_string(r.child) + ": kind set to its inode's",
+           r.child});
     }
     for (const auto& [ino, a] : scan.fixed_inodes) {
       if (scan.damaged_inodes.count(ino) != 0) continue;  // removed below
       ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), a));
-      actions.push_back("inode " + std::to_string(ino) +
-                        ": kind, mode and link count set to what its records show");
+      actions.push_back({"inode " + std::to_string(ino) +
+                             ": kind, mode and link count set to what its records show",
+                         ino});
     }
     if (scan.next_inode) {
       ZIPNN_RETURN_IF_ERROR(PutU64(txn, dbi(kMeta), rec::kMetaNextInode, *scan.next_inode));
@@ -128,7 +131,7 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
     }
     for (const std::string& key : scan.bad_inode_keys) {
       ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kInodes), lmdb::Val(key)));
-      actions.push_back("deleted a malformed inode record");
+      actions.emplace_back("deleted a malformed inode record");
     }
     for (const std::string& key : scan.bad_dirents) {
       ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kDirents), lmdb::Val(key)));
@@ -155,12 +158,13 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
       if (!del.ok() && del.code() != StatusCode::kNotFound) return del;
       ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kInodes), lmdb::Val(key.bytes())));
       const bool link = scan.kinds[ino] == InodeKind::kSymlink;
-      actions.push_back("removed damaged " + std::string(link ? "symlink" : "file") + " inode " +
-                        std::to_string(ino) + " and its entry (re-import it)");
+      actions.push_back({"removed damaged " + std::string(link ? "symlink" : "file") + " inode " +
+                             std::to_string(ino) + " and its entry (re-import it)",
+                         ino});
     }
     for (const std::string& key : scan.bad_chunk_keys) {
       ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kChunks), lmdb::Val(key)));
-      actions.push_back("deleted a malformed chunk record");
+      actions.emplace_back("deleted a malformed chunk record");
     }
     for (const ChunkHash& h : scan.bad_chunks) {
       ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kChunks), lmdb::Val(h)));

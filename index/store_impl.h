@@ -141,7 +141,7 @@ class StoreImpl final : public Store {
   Status OpenPacksForWriting();
   Result<InodeKind> EvidentKind(lmdb::Txn& txn, uint64_t ino, InodeKind kind);
   // Repair's first step: the index copied into fresh LMDB pages (repair.cc); notes in `actions`.
-  Status RebuildIndex(std::vector<std::string>& actions);
+  Status RebuildIndex(std::vector<RepairAction>& actions);
   Status Scan(bool verify_frames, ScanResult& out);
   // Directory `ino`'s attributes; kInvalidArgument if it is not a directory.
   Result<InodeAttr> DirectoryIn(lmdb::Txn& txn, uint64_t ino);

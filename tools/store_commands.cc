@@ -478,13 +478,10 @@ int Fsck(const std::string& store_dir, bool quick, bool repair) {
     Result<RepairReport> r = (*store)->Repair(!quick);
     if (!r.ok()) return Fail(r.status());
     PrintProblems(r->found, files);
-    for (const std::string& a : r->actions) {
-      // (Actions name inodes: add the paths that led to them.)
-      const size_t at = a.find("inode ");
-      const std::string names =
-          at == std::string::npos ? ""
-                                  : NamesOf(std::strtoull(a.c_str() + at + 6, nullptr, 10), files);
-      std::printf("repair: %s%s\n", a.c_str(), names.empty() ? "" : (" [" + names + "]").c_str());
+    for (const RepairAction& a : r->actions) {
+      const std::string names = a.ino != 0 ? NamesOf(a.ino, files) : "";
+      std::printf("repair: %s%s\n", a.what.c_str(),
+                  names.empty() ? "" : (" [" + names + "]").c_str());
     }
     PrintProblems(r->after, files);
     final_report = std::move(r->after);
