@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "codec/bytes.h"
 #include "codec/codec.h"
 
 namespace zipnn::internal {
@@ -45,7 +46,9 @@ GroupLayout LayoutFor(DType t, size_t raw_size, bool old_one_byte = false);
 // Splits the whole elements of `in` into layout.streams buffers of StreamSize() bytes.
 void SplitStreams(DType t, const GroupLayout& layout, const uint8_t* in, uint8_t* const* streams);
 // Inverse of SplitStreams. False when the streams are not as SplitStreams writes them (FP8: a
-// sign bit among the other bits, or past the last element): each frame has one encoding.
-bool MergeStreams(DType t, const GroupLayout& layout, const uint8_t* const* streams, uint8_t* out);
+// sign bit among the other bits, or past the last element): each frame has one encoding. `simd`:
+// the widest vectors to use where the CPU has them (tests).
+bool MergeStreams(DType t, const GroupLayout& layout, const uint8_t* const* streams, uint8_t* out,
+                  Simd simd = Simd::kBest);
 
 }  // namespace zipnn::internal

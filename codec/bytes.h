@@ -11,6 +11,27 @@
 
 namespace zipnn::internal {
 
+// The widest vector instructions a routine with several versions may use: kBest (what the CPU
+// has) but in tests, which ask for each narrower one in turn so that every path runs anywhere.
+enum class Simd { kBaseline, kAvx2, kAvx512, kBest = kAvx512 };
+
+// Whether `simd` allows AVX2 (AVX-512 with byte and word operations) and the CPU has it.
+inline bool UseAvx2(Simd simd) {
+#ifdef __x86_64__
+  return simd >= Simd::kAvx2 && __builtin_cpu_supports("avx2");
+#else
+  return (void)simd, false;
+#endif
+}
+inline bool UseAvx512(Simd simd) {
+#ifdef __x86_64__
+  return simd >= Simd::kAvx512 && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512bw");
+#else
+  return (void)simd, false;
+#endif
+}
+
 inline uint16_t Load16(const uint8_t* p) {
   uint16_t v;
   std::memcpy(&v, p, 2);

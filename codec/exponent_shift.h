@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "codec/bytes.h"
 #include "codec/codec.h"
 
 namespace zipnn::internal {
@@ -32,10 +33,10 @@ bool ShiftsExponents(DType t);
 void PlanShift(DType t, const uint8_t* in, size_t n, const TensorGrid& grid, ShiftPlan& plan);
 
 // Writes the n values of type t at `src` to `dst` (which may be `src`) with their exponents
-// shifted, or (inverse) shifted back. `avx2`: use AVX2 where the CPU has it (false: tests of the
-// other path).
+// shifted, or (inverse) shifted back. `simd`: the widest vectors to use where the CPU has them
+// (tests).
 void ApplyShift(DType t, const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& plan,
-                bool inverse, bool avx2 = true);
+                bool inverse, Simd simd = Simd::kBest);
 
 // Whether a decoded plan suits n values: at least one and at most n columns, `first` among them.
 inline bool ValidShift(uint64_t columns, uint64_t first, size_t n) {

@@ -15,6 +15,8 @@
 #include <span>
 #include <vector>
 
+#include "codec/bytes.h"
+
 namespace zipnn::internal {
 
 struct JointParams {
@@ -41,14 +43,14 @@ JointParams PlanJoint(const uint8_t* in, size_t n, std::span<const uint32_t> seg
 size_t JointRestBytes(size_t n, int k);
 
 // Splits n values into n symbols, the bit planes (JointRestBytes) and escapes (u16 LE each,
-// appended to `escapes`). `avx2`: use AVX2 where the CPU has it (false: tests of the SSE2 path).
+// appended to `escapes`). `simd`: the widest vectors to use where the CPU has them (tests).
 void SplitJoint(const uint8_t* in, size_t n, JointParams p, uint8_t* syms, uint8_t* rest,
-                std::vector<uint8_t>& escapes, bool avx2 = true);
+                std::vector<uint8_t>& escapes, Simd simd = Simd::kBest);
 
 // Inverse of SplitJoint. False when the escapes do not match the escape symbols (in number, or
 // in value: within J's range and outside the symbols' window), or bits past the last element in
-// the planes are not zero. `avx2`: use AVX2 where the CPU has it (false: tests of the SSE2 path).
+// the planes are not zero. `simd`: the widest vectors to use where the CPU has them (tests).
 bool MergeJoint(const uint8_t* syms, const uint8_t* rest, std::span<const uint8_t> escapes,
-                size_t n, JointParams p, uint8_t* out, bool avx2 = true);
+                size_t n, JointParams p, uint8_t* out, Simd simd = Simd::kBest);
 
 }  // namespace zipnn::internal

@@ -40,13 +40,13 @@ TEST(ExponentShiftTest, EveryValueComesBackAndOnlyFiniteNonzeroExponentsMove) {
     const int mod = (1 << l.bits) - 2;
     for (int columns : {1, 7, 8, 33, 4096}) {
       for (int first : {0, columns / 2}) {
-        for (bool avx2 : {true, false}) {
+        for (internal::Simd simd : test::kAllSimd) {
           ShiftPlan plan;
           plan.first = static_cast<uint64_t>(first);
           for (int c = 0; c < columns; c++)
             plan.shift.push_back(static_cast<int8_t>((c * 37) % 256 - 128));  // -128..127
           Bytes shifted(all.size());
-          internal::ApplyShift(l.dtype, all.data(), shifted.data(), n, plan, false, avx2);
+          internal::ApplyShift(l.dtype, all.data(), shifted.data(), n, plan, false, simd);
           for (size_t v = 0; v < n; v++) {
             const uint64_t x = test::ReadLE(all.data() + l.size * v, l.size);
             const uint64_t y = test::ReadLE(shifted.data() + l.size * v, l.size);
@@ -57,9 +57,9 @@ TEST(ExponentShiftTest, EveryValueComesBackAndOnlyFiniteNonzeroExponentsMove) {
                 << DTypeName(l.dtype) << " value " << x << " shift " << s;
             ASSERT_EQ(x & ~field, y & ~field) << "sign and mantissa of " << x;
           }
-          internal::ApplyShift(l.dtype, shifted.data(), shifted.data(), n, plan, true, avx2);
+          internal::ApplyShift(l.dtype, shifted.data(), shifted.data(), n, plan, true, simd);
           ASSERT_EQ(shifted, all) << DTypeName(l.dtype) << ": " << columns << " columns from "
-                                  << first << " avx2 " << avx2;
+                                  << first << " simd " << static_cast<int>(simd);
         }
       }
     }

@@ -17,8 +17,8 @@ FrameInfo EncodeInfo(const Bytes& data, const EncodeOptions& opts, Bytes* frame)
 }
 
 // Split and merge are inverse at every length (the SIMD steps, the 128-element groups and the
-// scalar tail), for any 16-bit values, including escapes, with AVX2 (where the CPU has it) and
-// without; both splits write the same bytes. Frames cannot test short lengths: the planes'
+// scalar tail), for any 16-bit values, including escapes, with each SIMD level the CPU has; every
+// split writes the same bytes. Frames cannot test short lengths: the planes'
 // padding makes joint frames of a few elements larger than the chunk.
 TEST(JointTest, SplitAndMergeAreInverse) {
   for (int k = 1; k <= 3; k++) {
@@ -28,16 +28,17 @@ TEST(JointTest, SplitAndMergeAreInverse) {
       ASSERT_EQ(p.k, k);
       Bytes syms(n), rest(internal::JointRestBytes(n, k)), escapes;
       internal::SplitJoint(in.data(), n, p, syms.data(), rest.data(), escapes);
-      Bytes syms2(n), rest2(rest.size()), escapes2;
-      internal::SplitJoint(in.data(), n, p, syms2.data(), rest2.data(), escapes2, false);
-      ASSERT_EQ(syms2, syms) << "k=" << k << " n=" << n;
-      ASSERT_EQ(rest2, rest) << "k=" << k << " n=" << n;
-      ASSERT_EQ(escapes2, escapes) << "k=" << k << " n=" << n;
-      for (bool avx2 : {true, false}) {
+      for (internal::Simd simd : test::kAllSimd) {
+        const int level = static_cast<int>(simd);
+        Bytes syms2(n), rest2(rest.size()), escapes2;
+        internal::SplitJoint(in.data(), n, p, syms2.data(), rest2.data(), escapes2, simd);
+        ASSERT_EQ(syms2, syms) << "k=" << k << " n=" << n << " simd=" << level;
+        ASSERT_EQ(rest2, rest) << "k=" << k << " n=" << n << " simd=" << level;
+        ASSERT_EQ(escapes2, escapes) << "k=" << k << " n=" << n << " simd=" << level;
         Bytes out(2 * n);
-        ASSERT_TRUE(internal::MergeJoint(syms.data(), rest.data(), escapes, n, p, out.data(), avx2))
-            << "k=" << k << " n=" << n << " avx2=" << avx2;
-        ASSERT_EQ(out, in) << "k=" << k << " n=" << n << " avx2=" << avx2;
+        ASSERT_TRUE(internal::MergeJoint(syms.data(), rest.data(), escapes, n, p, out.data(), simd))
+            << "k=" << k << " n=" << n << " simd=" << level;
+        ASSERT_EQ(out, in) << "k=" << k << " n=" << n << " simd=" << level;
       }
     }
   }

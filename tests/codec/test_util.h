@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "codec/bytes.h"
 #include "codec/codec.h"
 
 namespace zipnn::test {
@@ -27,6 +28,10 @@ inline constexpr DType kAllDTypes[] = {DType::kBytes, DType::kBF16,   DType::kF1
                                        DType::kF64,   DType::kF8E4M3, DType::kF8E5M2, DType::kI8,
                                        DType::kI16,   DType::kI32,    DType::kI64,    DType::kU8,
                                        DType::kU16,   DType::kU32,    DType::kU64,    DType::kBool};
+
+// Every SIMD level of the routines that have several; levels the CPU lacks fall back to the next.
+inline constexpr internal::Simd kAllSimd[] = {internal::Simd::kAvx512, internal::Simd::kAvx2,
+                                              internal::Simd::kBaseline};
 
 // Name usable in a gtest parameter name.
 inline std::string ParamName(DType t) {
