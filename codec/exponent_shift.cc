@@ -341,7 +341,7 @@ void Apply(const uint8_t* src, uint8_t* dst, size_t n, const ShiftPlan& plan, bo
   std::vector<uint16_t> add;
   Addends<F>(plan.shift, inverse, add);
   const size_t columns = add.size();
-  const bool avx512 = UseAvx512(simd), avx2 = UseAvx2(simd);
+  [[maybe_unused]] const bool avx512 = UseAvx512(simd), avx2 = UseAvx2(simd);
   auto run = [&](size_t i, size_t count, const uint16_t* pattern) {
 #ifdef __x86_64__
     if (avx512) return ShiftRunAvx512<F>(src + kSize * i, dst + kSize * i, count, pattern);
