@@ -15,7 +15,9 @@ namespace zipnn::internal {
 // has) but in tests, which ask for each narrower one in turn so that every path runs anywhere.
 enum class Simd { kBaseline, kAvx2, kAvx512, kBest = kAvx512 };
 
-// Whether `simd` allows AVX2 (AVX-512 with byte and word operations) and the CPU has it.
+// Whether `simd` allows AVX2 (AVX-512 with byte and word operations) and the CPU has it. AVX-512
+// only from the generation with VBMI2 on (Ice Lake, Zen 4): on the first ones (Skylake-SP,
+// Cascade Lake) 512-bit work lowers the core's clock, and the scalar Huffman loops would pay.
 inline bool UseAvx2(Simd simd) {
 #ifdef __x86_64__
   return simd >= Simd::kAvx2 && __builtin_cpu_supports("avx2");
@@ -25,8 +27,8 @@ inline bool UseAvx2(Simd simd) {
 }
 inline bool UseAvx512(Simd simd) {
 #ifdef __x86_64__
-  return simd >= Simd::kAvx512 && __builtin_cpu_supports("avx512f") &&
-         __builtin_cpu_supports("avx512bw");
+  return simd >= Simd::kAvx512 && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vbmi2");
 #else
   return (void)simd, false;
 #endif
