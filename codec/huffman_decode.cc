@@ -36,9 +36,10 @@ inline uint64_t PeekSafe(const uint8_t* in, size_t nbytes, size_t bitpos) {
 struct HuffmanDecoder::Table {
   uint64_t hash = 0;
   std::vector<uint8_t> desc;
-  bool has_multi = false;
+  bool has_multi = false;       // then `single` is not built: `multi` serves the tails too
   uint16_t single[kTableSize];  // length | symbol << 8
-  uint64_t multi[kTableSize];   // bits | count << 8 | up to 5 symbols << 16
+  // bits | count << 8 | up to 5 symbols << 16 | the first symbol's length << 56
+  uint64_t multi[kTableSize];
 };
 
 // Memory of tables no cache holds any more, for the next build. Tables are ~20 KiB and built
@@ -145,7 +146,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void BuildSingle(con
 }
 
 // The entry of a window that starts with the symbol in `head` and continues as `rest` decodes:
-// bits and counts add up, the rest's symbols move up a byte.
+// bits and counts add up, the rest's symbols move up a byte (and its first length out the top).
 inline uint64_t Prepend(uint64_t head, uint64_t rest) {
   return head + (rest & 0xffff) + ((rest >> 16) << 24);
 }
@@ -181,7 +182,7 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void BuildMulti(
       const uint8_t s = order[i];
       const uint32_t run = 1u << (r - len[s]);
       const uint64_t* rest = level + run - 1;
-      const uint64_t head = uint64_t{len[s]} | 1u << 8 | uint64_t{s} << 16;
+      const uint64_t head = uint64_t{len[s]} | 1u << 8 | uint64_t{s} << 16 | uint64_t{len[s]} << 56;
       // A rest of r - len bits holds at most (kL - 2 * shortest) / shortest symbols: with no
       // 1-bit code, never more than a rest may keep, so only a 1-bit code needs the check.
       if (r == kL || shortest > 1) {
@@ -223,10 +224,11 @@ std::shared_ptr<const HuffmanDecoder::Table> HuffmanDecoder::BuildTable(
   for (int s = c.lo; s <= c.hi; s++) sorted[start[len[s]]++] = static_cast<uint8_t>(s);
   const uint8_t* order = sorted + unused;
   const int nsyms = start[kL] - unused;  // (each start[l] has moved on to the next length's)
-  BuildSingle(order, nsyms, len.data(), t->single);
   if (multi) {
     BuildMulti(order, nsyms, len.data(), levels_.data(), t->multi);
     t->has_multi = true;
+  } else {
+    BuildSingle(order, nsyms, len.data(), t->single);
   }
   return t;
 }
@@ -251,18 +253,30 @@ inline int Lookup(const uint16_t* st, uint64_t& b, uint8_t*& op) {
   return e & 0xff;
 }
 
+// The first symbol of a multi-symbol entry alone, for the last few symbols of a lane.
+inline int LookupFirst(const uint64_t* mt, uint64_t& b, uint8_t*& op) {
+  const uint64_t e = mt[b >> (64 - kL)];
+  *op++ = static_cast<uint8_t>(e >> 16);
+  b <<= (e >> 56);
+  return static_cast<int>(e >> 56);
+}
+
 // Decodes the rest of a lane, near the ends of its input and output, until `out` reaches `end`,
 // reading no byte past `nbytes`: with the multi-symbol table (when given) while a lookup can
-// neither write past `end` nor yield more symbols than are left, then a symbol at a time. Returns
-// the final bit position.
+// neither write past `end` nor yield more symbols than are left, then a symbol at a time (from
+// the same table, else from the one-symbol table). Returns the final bit position.
 size_t DecodeTail(const uint64_t* multi, const uint16_t* single, const uint8_t* in, size_t nbytes,
                   size_t bitpos, uint8_t* out, uint8_t* end) {
   while (out < end && bitpos <= nbytes * 8) {
     uint64_t b = PeekSafe(in, nbytes, bitpos);
     const int avail = 57;
     int used = 0;
-    while (multi != nullptr && end - out >= 8 && used + kL <= avail) used += Lookup(multi, b, out);
-    while (out < end && used + kL <= avail) used += Lookup(single, b, out);
+    if (multi != nullptr) {
+      while (end - out >= 8 && used + kL <= avail) used += Lookup(multi, b, out);
+      while (out < end && used + kL <= avail) used += LookupFirst(multi, b, out);
+    } else {
+      while (out < end && used + kL <= avail) used += Lookup(single, b, out);
+    }
     bitpos += used;
   }
   return out < end ? SIZE_MAX : bitpos;
@@ -426,7 +440,7 @@ bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out,
     const bool fits = 2 * lengths.min_len <= kL;
     const Table* t = GetTable({desc_begin, static_cast<size_t>(r.pos() - desc_begin)}, lengths,
                               fits && count >= kMinMultiSymbols);
-    const bool multi = fits && t->has_multi;  // built for a longer block: free to use here
+    const bool multi = t->has_multi;  // (only where codes fit) built for a longer block: free here
     uint64_t size[4];
     for (int k = 0; k < 4; k++) {
       std::span<const uint8_t> u32;
