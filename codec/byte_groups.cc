@@ -126,8 +126,7 @@ void SplitF16(const uint8_t* in, size_t n, uint8_t* s0, uint8_t* s1) {
 #ifdef __x86_64__
 // MergeF16's loop with AVX-512 (BW), 64 elements at a time: the byte interleave works per 128-bit
 // lane, so two permutes put the lanes' halves back in order.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // (GCC 12's AVX-512 intrinsics)
+ZIPNN_AVX512_KERNELS_BEGIN
 __attribute__((target("avx512f,avx512bw"))) size_t MergeF16Avx512(const uint8_t* s0,
                                                                   const uint8_t* s1, size_t n,
                                                                   uint8_t* out) {
@@ -146,10 +145,11 @@ __attribute__((target("avx512f,avx512bw"))) size_t MergeF16Avx512(const uint8_t*
   }
   return i;
 }
-#pragma GCC diagnostic pop
+ZIPNN_AVX512_KERNELS_END
 #endif
 
-void MergeF16(const uint8_t* s0, const uint8_t* s1, size_t n, uint8_t* out, Simd simd) {
+void MergeF16(const uint8_t* s0, const uint8_t* s1, size_t n, uint8_t* out,
+              [[maybe_unused]] Simd simd) {
   size_t i = 0;
 #ifdef __x86_64__
   if (UseAvx512(simd)) i = MergeF16Avx512(s0, s1, n, out);

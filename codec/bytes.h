@@ -34,6 +34,17 @@ inline bool UseAvx512(Simd simd) {
 #endif
 }
 
+// Around AVX-512 kernels: GCC 12's intrinsics start from _mm512_undefined_*, which its
+// -Wmaybe-uninitialized flags (clang has no such warning, and -Werror rejects unknown ones).
+#if defined(__GNUC__) && !defined(__clang__)
+#define ZIPNN_AVX512_KERNELS_BEGIN \
+  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define ZIPNN_AVX512_KERNELS_END _Pragma("GCC diagnostic pop")
+#else
+#define ZIPNN_AVX512_KERNELS_BEGIN
+#define ZIPNN_AVX512_KERNELS_END
+#endif
+
 inline uint16_t Load16(const uint8_t* p) {
   uint16_t v;
   std::memcpy(&v, p, 2);

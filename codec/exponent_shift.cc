@@ -234,8 +234,7 @@ __attribute__((target("avx2"))) void ShiftRunAvx2(const uint8_t* src, uint8_t* d
 
 // With AVX-512 (BW), 16-bit elements 32 at a time, the fixed exponents kept by a mask; 32-bit
 // ones as ShiftRunAvx2 does them.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // (GCC 12's AVX-512 intrinsics)
+ZIPNN_AVX512_KERNELS_BEGIN
 template <typename F>
 __attribute__((target("avx512f,avx512bw"))) void ShiftRunAvx512(const uint8_t* src, uint8_t* dst,
                                                                 size_t count, const uint16_t* add) {
@@ -260,7 +259,7 @@ __attribute__((target("avx512f,avx512bw"))) void ShiftRunAvx512(const uint8_t* s
   ShiftRunAvx2<F>(src + j * sizeof(typename F::Element), dst + j * sizeof(typename F::Element),
                   count - j, add + j);
 }
-#pragma GCC diagnostic pop
+ZIPNN_AVX512_KERNELS_END
 #endif
 
 template <typename F>

@@ -177,9 +177,7 @@ __attribute__((target("avx2"))) bool MergeGroupsAvx2(const uint8_t* syms, const 
   return true;
 }
 
-// (GCC 12's AVX-512 intrinsics start from _mm512_undefined_*, which -Wmaybe-uninitialized flags.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+ZIPNN_AVX512_KERNELS_BEGIN
 // The merge with AVX-512 (BW): a 128-element group per pass, 64 elements to a register. Each
 // plane's bytes for a half-group are spread over the four 128-bit lanes, one lane per 16-element
 // step, and shifted per lane by the step's field position. (On CPUs with full-width AVX-512 units
@@ -245,7 +243,7 @@ __attribute__((target("avx512f,avx512bw"))) bool MergeGroupsAvx512(const uint8_t
   return true;
 }
 
-#pragma GCC diagnostic pop
+ZIPNN_AVX512_KERNELS_END
 #endif  // __x86_64__
 
 }  // namespace zipnn::internal

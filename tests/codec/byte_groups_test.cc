@@ -13,6 +13,7 @@ using test::Bytes;
 // Merge inverts split for every dtype, at lengths around each vector width (the 16- and 64-element
 // loops and their scalar tails), with each SIMD level the CPU has.
 TEST(ByteGroupsTest, MergeInvertsSplitAtEverySimdLevel) {
+  test::NoteSimdFallbacks();
   for (DType t : test::kAllDTypes) {
     for (size_t n : {0, 1, 15, 16, 17, 63, 64, 65, 127, 128, 129, 200, 4099}) {
       const internal::GroupLayout l = internal::LayoutFor(t, n * DTypeSize(t));

@@ -27,6 +27,7 @@ const Layout kLayouts[] = {
     {DType::kBF16, 2, 7, 8}, {DType::kF16, 2, 10, 5}, {DType::kF32, 4, 23, 8}};
 
 TEST(ExponentShiftTest, EveryValueComesBackAndOnlyFiniteNonzeroExponentsMove) {
+  test::NoteSimdFallbacks();
   for (const Layout& l : kLayouts) {
     // Every 16-bit value; for F32, every exponent with sign and mantissa patterns around it.
     const size_t n = 65536;

@@ -21,6 +21,7 @@ FrameInfo EncodeInfo(const Bytes& data, const EncodeOptions& opts, Bytes* frame)
 // split writes the same bytes. Frames cannot test short lengths: the planes'
 // padding makes joint frames of a few elements larger than the chunk.
 TEST(JointTest, SplitAndMergeAreInverse) {
+  test::NoteSimdFallbacks();
   for (int k = 1; k <= 3; k++) {
     for (size_t n = 0; n <= 600; n++) {
       Bytes in = n % 2 ? test::RandomBytes(2 * n, n) : test::GaussianWeights(DType::kBF16, n, 1, n);

@@ -9,6 +9,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -32,6 +33,15 @@ inline constexpr DType kAllDTypes[] = {DType::kBytes, DType::kBF16,   DType::kF1
 // Every SIMD level of the routines that have several; levels the CPU lacks fall back to the next.
 inline constexpr internal::Simd kAllSimd[] = {internal::Simd::kAvx512, internal::Simd::kAvx2,
                                               internal::Simd::kBaseline};
+
+// Says which of kAllSimd this CPU runs as a narrower level, so that a log shows which kernels a
+// run did not reach.
+inline void NoteSimdFallbacks() {
+  if (!internal::UseAvx512(internal::Simd::kBest))
+    std::printf("note: no AVX-512 (BW, VBMI2) here: level kAvx512 runs the AVX2 kernels\n");
+  if (!internal::UseAvx2(internal::Simd::kBest))
+    std::printf("note: no AVX2 here: levels kAvx512 and kAvx2 run the baseline code\n");
+}
 
 // Name usable in a gtest parameter name.
 inline std::string ParamName(DType t) {
