@@ -62,7 +62,8 @@ for cc in "$src"/codec/*.cc; do
   if [[ ! -f $obj || $cc -nt $obj || $newest_header -nt $obj || $0 -nt $obj ]]; then
     while (($(jobs -rp | wc -l) >= njobs)); do wait -n; done
     echo "run_fuzz: compiling codec/$(basename "$cc")"
-    "$cxx" "${flags[@]}" -fsanitize=fuzzer-no-link -c "$cc" -o "$obj" &
+    # -Werror as in the main build: this is where the codec meets clang, whose warnings differ.
+    "$cxx" "${flags[@]}" -Wall -Wextra -Werror -fsanitize=fuzzer-no-link -c "$cc" -o "$obj" &
     pids+=($!)
   fi
 done
