@@ -1,4 +1,5 @@
-// Little helpers for reading and writing integers in byte buffers. Internal to codec/.
+// Little helpers for reading and writing integers in byte buffers, and the choice among SIMD
+// versions of a routine. Internal to codec/.
 #pragma once
 
 #include <algorithm>

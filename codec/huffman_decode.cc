@@ -262,9 +262,10 @@ inline int LookupFirst(const uint64_t* mt, uint64_t& b, uint8_t*& op) {
 }
 
 // Decodes the rest of a lane, near the ends of its input and output, until `out` reaches `end`,
-// reading no byte past `nbytes`: with the multi-symbol table (when given) while a lookup can
-// neither write past `end` nor yield more symbols than are left, then a symbol at a time (from
-// the same table, else from the one-symbol table). Returns the final bit position.
+// reading no byte past `nbytes`. With the multi-symbol table (when given; `single` is then null,
+// not built): while a lookup can neither write past `end` nor yield more symbols than are left,
+// then a symbol at a time from the same table. Else a symbol at a time from `single`. Returns
+// the final bit position.
 size_t DecodeTail(const uint64_t* multi, const uint16_t* single, const uint8_t* in, size_t nbytes,
                   size_t bitpos, uint8_t* out, uint8_t* end) {
   while (out < end && bitpos <= nbytes * 8) {
@@ -440,7 +441,8 @@ bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out,
     const bool fits = 2 * lengths.min_len <= kL;
     const Table* t = GetTable({desc_begin, static_cast<size_t>(r.pos() - desc_begin)}, lengths,
                               fits && count >= kMinMultiSymbols);
-    const bool multi = t->has_multi;  // (only where codes fit) built for a longer block: free here
+    // (A table has a multi-symbol part only where codes fit; one built for a longer block serves.)
+    const bool multi = t->has_multi;
     uint64_t size[4];
     for (int k = 0; k < 4; k++) {
       std::span<const uint8_t> u32;
@@ -467,8 +469,8 @@ bool HuffmanDecoder::Decode(std::span<const uint8_t> in, std::span<uint8_t> out,
       DecodeSingle(t->single, ip, nb, bp, op, oe);
     }
     for (int k = 0; k < 4; k++) {
-      const size_t end =
-          DecodeTail(multi ? t->multi : nullptr, t->single, ip[k], nb[k], bp[k], op[k], oe[k]);
+      const size_t end = DecodeTail(multi ? t->multi : nullptr, multi ? nullptr : t->single, ip[k],
+                                    nb[k], bp[k], op[k], oe[k]);
       // The encoder pads each stream with zero bits to a byte: it must be consumed exactly, so
       // that no bit of a frame goes unchecked.
       if (end == SIZE_MAX || (end + 7) / 8 != nb[k]) return false;

@@ -52,8 +52,8 @@ inline __m128i Shift(int s) { return _mm_cvtsi32_si128(s); }
 
 #ifdef __x86_64__
 // The split of `groups` whole 128-element groups with AVX2: 32 elements (two 16-element steps, one
-// per 128-bit lane) at a time, the planes assembled as the SSE2 loop below does. No lambdas
-// inside: GCC does not give them this function's target.
+// per 128-bit lane) at a time, the planes assembled as the SSE2 loop of joint_bf16.cc does. No
+// lambdas inside: GCC does not give them this function's target.
 template <int K>
 __attribute__((target("avx2"))) void SplitGroupsAvx2(const uint8_t* in, size_t groups,
                                                      uint32_t base, uint8_t* syms,
