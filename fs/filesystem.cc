@@ -284,15 +284,15 @@ void FileSystem::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     return;
   }
   reader_.OnOpen(ino, attr->size);
-  auto handle = std::make_unique<FileHandle>(FileHandle{attr->size});
-  fi->fh = reinterpret_cast<uint64_t>(handle.get());
+  // The handle is the file's size at open (reads stop there): a value, so nothing is left to
+  // free when the kernel never releases it (an unmount with files open).
+  fi->fh = attr->size;
   fi->keep_cache = 1;  // files change only through this daemon, which will invalidate them
-  if (fuse_reply_open(req, fi) == 0) handle.release();
+  fuse_reply_open(req, fi);
 }
 
 void FileSystem::Read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
-  const auto* handle = reinterpret_cast<const FileHandle*>(fi->fh);
-  Result<ReadResult> r = reader_.Read(ino, static_cast<uint64_t>(off), size, handle->size);
+  Result<ReadResult> r = reader_.Read(ino, static_cast<uint64_t>(off), size, fi->fh);
   if (!r.ok()) {
     spdlog::debug("read of inode {} at {} ({} bytes): {}", ino, off, size, r.status().message());
     fuse_reply_err(req, ErrnoOf(r.status()));
@@ -314,7 +314,7 @@ void FileSystem::Lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fu
     fuse_reply_err(req, EINVAL);
     return;
   }
-  const uint64_t size = reinterpret_cast<const FileHandle*>(fi->fh)->size;
+  const uint64_t size = fi->fh;  // (see Open)
   if (off < 0 || static_cast<uint64_t>(off) >= size) {
     fuse_reply_err(req, ENXIO);
     return;
@@ -357,10 +357,7 @@ void FileSystem::Lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fu
   }
 }
 
-void FileSystem::Release(fuse_req_t req, fuse_file_info* fi) {
-  delete reinterpret_cast<FileHandle*>(fi->fh);
-  fuse_reply_err(req, 0);
-}
+void FileSystem::Release(fuse_req_t req, fuse_file_info*) { fuse_reply_err(req, 0); }
 
 void FileSystem::OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Result<index::InodeAttr> attr = store_.GetAttr(ino);

@@ -42,9 +42,6 @@ class FileSystem {
 
  private:
   struct DirHandle;
-  struct FileHandle {
-    uint64_t size;
-  };
 
   static FileSystem* Self(fuse_req_t req);
   void AfterInit();

@@ -1,5 +1,7 @@
 #include "tools/synth_model.h"
 
+#include <unistd.h>
+
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -59,7 +61,14 @@ Status WriteSyntheticSafetensors(const std::string& path, const SynthModelOption
   std::string json = header.dump();
   json.resize((json.size() + 7) / 8 * 8, ' ');  // pad so tensor data is 8-byte aligned
 
-  std::vector<uint8_t> file(8 + json.size() + offset);
+  // The model is built in memory: refuse what RAM cannot hold, rather than count on the
+  // allocation failing (with overcommit it may not, and the zero-fill then meets the OOM killer).
+  const uint64_t total = 8 + json.size() + offset;
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0 && total > static_cast<uint64_t>(pages) * static_cast<uint64_t>(page))
+    return Status::InvalidArgument(path + ": model too large for memory (" +
+                                   std::to_string(total >> 20) + " MiB)");
+  std::vector<uint8_t> file(total);
   const uint64_t json_size = json.size();
   std::memcpy(file.data(), &json_size, 8);
   std::memcpy(file.data() + 8, json.data(), json.size());
