@@ -80,6 +80,8 @@ struct FileSystem::DirHandle {
   std::vector<index::DirEntry> entries;
 };
 
+FileSystem::~FileSystem() = default;
+
 namespace {
 
 // What the store directory takes on disk, its own file system only: measured before the mount
@@ -382,7 +384,13 @@ void FileSystem::OpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
   fi->fh = reinterpret_cast<uint64_t>(handle.get());
   fi->cache_readdir = 1;
-  if (fuse_reply_open(req, fi) == 0) handle.release();
+  {
+    std::lock_guard lock(dirs_mu_);
+    const DirHandle* key = handle.get();
+    dirs_.emplace(key, std::move(handle));
+  }
+  // (Should the reply fail, the kernel sends no release: the listing waits for the unmount.)
+  fuse_reply_open(req, fi);
 }
 
 void FileSystem::ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
@@ -424,7 +432,15 @@ void FileSystem::ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 }
 
 void FileSystem::ReleaseDir(fuse_req_t req, fuse_file_info* fi) {
-  delete reinterpret_cast<DirHandle*>(fi->fh);
+  std::unique_ptr<DirHandle> dir;  // freed outside the lock
+  {
+    std::lock_guard lock(dirs_mu_);
+    auto it = dirs_.find(reinterpret_cast<const DirHandle*>(fi->fh));
+    if (it != dirs_.end()) {
+      dir = std::move(it->second);
+      dirs_.erase(it);
+    }
+  }
   fuse_reply_err(req, 0);
 }
 

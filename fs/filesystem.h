@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -32,6 +33,7 @@ struct FileSystemOptions {
 class FileSystem {
  public:
   FileSystem(index::Store& store, const FileSystemOptions& opts);
+  ~FileSystem();
 
   static const fuse_lowlevel_ops& Ops();  // the callbacks; userdata is the FileSystem
 
@@ -91,6 +93,10 @@ class FileSystem {
   std::mutex data_bytes_mu_;
   std::unordered_map<uint64_t, uint64_t> data_bytes_;
   const uint64_t store_disk_bytes_;  // for statfs: what the store takes on disk
+  // Open directories' listings, owned here (fi->fh points at one) so that those the kernel
+  // never releases (an unmount with a directory open) are freed with the file system.
+  std::mutex dirs_mu_;
+  std::unordered_map<const DirHandle*, std::unique_ptr<DirHandle>> dirs_;
 };
 
 }  // namespace zipnn::fs
