@@ -4,7 +4,7 @@
 # test failure and on any sanitizer report, the daemons' included (they go to BUILD_DIR/logs,
 # since a daemon's stderr is gone). Tests that cannot hold under sanitizers skip themselves (a
 # deliberate null write, RSS bounds); the fuzz and fs_bench labels are left out (run_fuzz.sh
-# has sanitizers of its own). Takes ~15 min on 2 cores.
+# has sanitizers of its own). Takes ~20 min on 2 cores.
 #
 # usage: tests/sanitize.sh BUILD_DIR [CTEST_ARGS...]   e.g. tests/sanitize.sh /tmp/asan -R FsTest
 set -euo pipefail
