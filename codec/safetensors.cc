@@ -287,7 +287,8 @@ Result<std::vector<ChunkSpec>> PlanChunks(const ReadAtFn& read, uint64_t file_si
     // Not a valid model file: plain bytes, in chunks that start where elements do.
     Result<uint32_t> phase = ElementPhase(read, file_size);
     if (!phase.ok()) return phase.status();
-    const uint64_t first = *phase == 0 ? 0 : cs - 4 + *phase;  // (cs is a multiple of 8)
+    // (cs is a multiple of 8; a file that ends before the first cut is one chunk.)
+    const uint64_t first = std::min<uint64_t>(*phase == 0 ? 0 : cs - 4 + *phase, file_size);
     PlanUntyped(0, first, cs, plan);
     PlanUntyped(first, file_size, cs, plan);
     return plan;

@@ -1,5 +1,6 @@
 // zipnn bench: compression ratio and speed of the codec against zstd, per dtype, on real weights.
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <filesystem>
 #include <functional>
 #include <limits>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -217,9 +219,21 @@ Status MeasureZstd(int level, std::vector<BenchFile*>& files, double min_seconds
 Result<std::vector<std::string>> FindSafetensors(const std::string& dir) {
   std::vector<std::string> found;
   std::error_code ec;
+  // Symlinks are followed (a corpus may link its files in), each file and directory taken once:
+  // a link back up the tree counted one file 41 times.
+  std::set<std::pair<dev_t, ino_t>> seen;
+  auto first_visit = [&seen](const fs::path& p) {
+    struct stat st;
+    return ::stat(p.c_str(), &st) == 0 && seen.insert({st.st_dev, st.st_ino}).second;
+  };
+  first_visit(dir);
   fs::recursive_directory_iterator it(dir, fs::directory_options::follow_directory_symlink, ec);
   for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    if (it->path().extension() == ".safetensors" && it->is_regular_file(ec)) {
+    std::error_code entry_ec;  // (a dangling link is no error: it is no model either)
+    if (it->is_directory(entry_ec)) {
+      if (!first_visit(it->path())) it.disable_recursion_pending();
+    } else if (it->path().extension() == ".safetensors" && it->is_regular_file(entry_ec) &&
+               first_visit(it->path())) {
       found.push_back(it->path().string());
     }
   }

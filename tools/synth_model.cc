@@ -61,6 +61,9 @@ Status WriteSyntheticSafetensors(const std::string& path, const SynthModelOption
   std::string json = header.dump();
   json.resize((json.size() + 7) / 8 * 8, ' ');  // pad so tensor data is 8-byte aligned
 
+  // An output that may not be replaced is refused before the work of building the model.
+  Result<AtomicOutputFile> f = AtomicOutputFile::Create(path, opts.overwrite, 0644);
+  if (!f.ok()) return f.status();
   // The model is built in memory: refuse what RAM cannot hold, rather than count on the
   // allocation failing (with overcommit it may not, and the zero-fill then meets the OOM killer).
   const uint64_t total = 8 + json.size() + offset;
@@ -100,8 +103,6 @@ Status WriteSyntheticSafetensors(const std::string& path, const SynthModelOption
     }
   }
 
-  Result<AtomicOutputFile> f = AtomicOutputFile::Create(path, opts.overwrite, 0644);
-  if (!f.ok()) return f.status();
   ZIPNN_RETURN_IF_ERROR(WithPath(path, WriteFull(f->fd(), file)));
   return f->Commit();
 }

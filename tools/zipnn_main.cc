@@ -112,6 +112,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   synth->add_option("--seed", sopts.seed, "Random seed")->capture_default_str();
 
+  // (CLI11 would take a mistyped command for a stray argument: "A subcommand is required".)
+  const auto known = [&app](const char* name) {
+    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
+      if (sub->check_name(name)) return true;
+    return false;
+  };
+  if (argc > 1 && argv[1][0] != '-' && !known(argv[1])) {
+    std::fprintf(stderr, "zipnn: unknown command: %s (see zipnn --help)\n", argv[1]);
+    return kExitUsage;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -121,7 +131,7 @@ int main(int argc, char** argv) {
 
   zipnn::Status status;
   // "-o -" is stdout, as for curl and tar (not a file named "-").
-  for (std::string* out : {&copts.output, &dopts.output})
+  for (std::string* out : {&copts.output, &dopts.output, &synth_output})
     if (*out == "-") *out = "/dev/stdout";
   if (app.got_subcommand(compress)) {
     copts.chunk_size = static_cast<uint32_t>(

@@ -371,5 +371,22 @@ TEST_F(ContainerTest, ForgedTablesRejected) {
   }
 }
 
+// Sizes given on command lines: every 64-bit value, with binary suffixes; nothing past 2^64 - 1
+// (values from 2^64 - 6 up were refused as "not a size").
+TEST(ParseSizeTest, AcceptsEveryUint64AndRefusesOverflow) {
+  EXPECT_EQ(ParseSize("0"), 0u);
+  EXPECT_EQ(ParseSize("256K"), 256u << 10);
+  EXPECT_EQ(ParseSize("1MiB"), 1u << 20);
+  EXPECT_EQ(ParseSize("2g"), 2ull << 30);
+  EXPECT_EQ(ParseSize("18446744073709551609"), UINT64_MAX - 6);
+  EXPECT_EQ(ParseSize("18446744073709551615"), UINT64_MAX);
+  EXPECT_EQ(ParseSize("18446744073709551616"), std::nullopt);
+  EXPECT_EQ(ParseSize("99999999999999999999"), std::nullopt);
+  EXPECT_EQ(ParseSize("17179869184G"), std::nullopt);  // 2^64
+  EXPECT_EQ(ParseSize("17179869183G"), UINT64_MAX - (1ull << 30) + 1);
+  for (const char* bad : {"", "K", "-1", "1.5M", "1X", "1KB2", " 1"})
+    EXPECT_EQ(ParseSize(bad), std::nullopt) << bad;
+}
+
 }  // namespace
 }  // namespace zipnn

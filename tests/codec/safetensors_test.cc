@@ -230,6 +230,25 @@ TEST(SafetensorsPlanTest, UntypedFilesAreCutWhereElementsStart) {
   }
 }
 
+// The first cut of such a file lies a chunk in: for a file shorter than a chunk it lay past the
+// end, and the plan read beyond it ("did it shrink?" from `zipnn compress --chunk-size 1M`).
+TEST(SafetensorsPlanTest, UntypedFilesShorterThanAChunkArePlannedWithinThem) {
+  Bytes f(3, 'x');
+  const Bytes weights = test::GaussianWeights(DType::kF32, 1u << 17, 0.02, 7);
+  f.insert(f.end(), weights.begin(), weights.end());
+  for (uint32_t cs : {1u << 20, 64u << 20}) {
+    auto plan = Plan(f, cs);
+    ASSERT_TRUE(plan.ok());
+    uint64_t pos = 0;
+    for (const ChunkSpec& c : *plan) {
+      EXPECT_EQ(c.offset, pos);
+      EXPECT_GT(c.size, 0u);
+      pos = c.offset + c.size;
+    }
+    EXPECT_EQ(pos, f.size()) << "chunk size " << cs;
+  }
+}
+
 TEST(SafetensorsPlanTest, RandomFilesGiveValidPlansAndRoundTrip) {
   const char* dtypes[] = {"BF16", "F16", "F32", "F64", "F8_E4M3", "F8_E5M2", "I8",  "I16",
                           "I32",  "I64", "U8",  "U16", "U32",     "U64",     "BOOL"};

@@ -273,8 +273,9 @@ TEST_F(ZipnnCliTest, LongestFileNamesWork) {
   EXPECT_EQ(Listing().size(), 3u) << "temporary files left";
 }
 
-// synth keeps an existing file unless -f, and a model too large for memory is an error, not an
-// abort (it is built in memory; it used to replace any file and die of std::bad_alloc).
+// synth keeps an existing file unless -f (refused up front), and a model too large for memory is an
+// error, not an abort (it is built in memory; it used to replace any file and die of
+// std::bad_alloc).
 TEST_F(ZipnnCliTest, SynthKeepsExistingFilesAndFailsCleanlyWhenTooLarge) {
   WriteAll(Path("precious"), "precious");
   test::ToolRun kept = Zipnn({"synth", Path("precious"), "--layers", "1", "--dim", "8"});
@@ -287,9 +288,18 @@ TEST_F(ZipnnCliTest, SynthKeepsExistingFilesAndFailsCleanlyWhenTooLarge) {
   // A device is written to, as by compress, without -f.
   test::ToolRun to_null = Zipnn({"synth", "/dev/null", "--layers", "1", "--dim", "8"});
   EXPECT_EQ(to_null.exit_code, 0) << to_null.err;
+  // "-" is stdout, as for compress and decompress (it made a file named "-").
+  test::ToolRun to_stdout = Zipnn({"synth", "-", "--layers", "1", "--dim", "8"});
+  EXPECT_EQ(to_stdout.exit_code, 0) << to_stdout.err;
+  EXPECT_GT(to_stdout.out.size(), 800u);  // (1 layer of dim 8: 864 bytes)
   test::ToolRun huge = Zipnn({"synth", Path("huge"), "--layers", "4096", "--dim", "65536"});
   EXPECT_EQ(huge.exit_code, 1) << huge.err;
   EXPECT_NE(huge.err.find("too large"), std::string::npos) << huge.err;
+  // An existing output is refused before any work (it was found only after building the model).
+  test::ToolRun huge_kept =
+      Zipnn({"synth", Path("precious"), "--layers", "4096", "--dim", "65536"});
+  EXPECT_EQ(huge_kept.exit_code, 1);
+  EXPECT_NE(huge_kept.err.find("exists"), std::string::npos) << huge_kept.err;
   EXPECT_EQ(Listing(), std::vector<std::string>{"precious"});
 }
 
@@ -410,6 +420,9 @@ TEST_F(ZipnnCliTest, UsageErrorsExitWithTwo) {
   EXPECT_EQ(odd.exit_code, 2) << odd.err;
   EXPECT_NE(odd.err.find("multiple of 8"), std::string::npos) << odd.err;
   EXPECT_EQ(Listing(), std::vector<std::string>{"m.safetensors"});
+  test::ToolRun unknown = Zipnn({"frob"});
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_NE(unknown.err.find("unknown command: frob"), std::string::npos) << unknown.err;
   test::ToolRun help = Zipnn({"--help"});
   EXPECT_EQ(help.exit_code, 0);
   EXPECT_NE(help.out.find("decompress"), std::string::npos);
@@ -436,6 +449,26 @@ TEST_F(ZipnnCliTest, BenchOnGivenFiles) {
     std::snprintf(row, sizeof row, "| %s | %.3f |", dtype, (file.size() - 8 - header) / 1e6);
     EXPECT_NE(r.out.find(row, tensors), std::string::npos) << row << "\n" << r.out;
   }
+}
+
+// A corpus directory is searched through its symlinks, each file once: a link back up the tree
+// counted one file 41 times, and a dangling link is no error.
+TEST_F(ZipnnCliTest, BenchCountsEachCorpusFileOnce) {
+  fs::create_directory(Path("corpus"));
+  MakeModel("corpus/a.safetensors", DType::kBF16);
+  fs::create_directory_symlink(".", Path("corpus/loop"));
+  fs::create_symlink("missing.safetensors", Path("corpus/dangling.safetensors"));
+  const char* old = ::getenv("ZIPNN_CORPUS");
+  const std::string saved = old ? old : "";
+  ::setenv("ZIPNN_CORPUS", Path("corpus").c_str(), 1);
+  test::ToolRun r = Zipnn({"bench", "--min-time", "0"});
+  if (old) {
+    ::setenv("ZIPNN_CORPUS", saved.c_str(), 1);
+  } else {
+    ::unsetenv("ZIPNN_CORPUS");
+  }
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("| BF16 | 1 |"), std::string::npos) << r.out;
 }
 
 TEST_F(ZipnnCliTest, CorpusRoundTrips) {
