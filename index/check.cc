@@ -261,6 +261,14 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
         if (!txn->Get(dbi(kSymlinks), lmdb::Val(key.bytes()), t).ok()) {
           problem("symlink without a target", ino);
           out.damaged_inodes.insert(ino);
+        } else if (t.mv_size != a.size || t.mv_size == 0 ||
+                   std::memchr(t.mv_data, '\0', t.mv_size) != nullptr) {
+          // (The size first: a damaged length can reach past the map, where a read would fault.)
+          problem(t.mv_size != a.size ? "symlink target of " + std::to_string(t.mv_size) +
+                                            " bytes where its inode says " + std::to_string(a.size)
+                                      : std::string("symlink target empty or holding a NUL"),
+                  ino);
+          out.damaged_inodes.insert(ino);
         }
       }
       if (a.kind != InodeKind::kFile) continue;

@@ -1,13 +1,31 @@
 #include "index/lmdb.h"
 
+#include <errno.h>  // program_invocation_short_name
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <string>
 
 namespace zipnn::index::lmdb {
+namespace {
+
+// LMDB asserts on some damaged pages (a branch page where a leaf belongs) and then aborts: the
+// process would die of SIGABRT with LMDB's source line. As for a fault on its pages (MapGuard),
+// say which index is damaged and exit 1; returning would reach the abort.
+void OnAssert(MDB_env* env, const char* what) {
+  const char* dir = nullptr;
+  if (mdb_env_get_path(env, &dir) != MDB_SUCCESS || dir == nullptr) dir = "index";
+  std::fprintf(stderr,
+               "%s: %s/data.mdb: damaged (LMDB: %s); stopping. Restore the index from a backup, "
+               "or re-import into a new store.\n",
+               program_invocation_short_name, dir, what);
+  ::_exit(1);
+}
+
+}  // namespace
 
 Status Error(int rc, std::string_view what) {
   std::string msg = "lmdb " + std::string(what) + ": " + mdb_strerror(rc);
@@ -75,6 +93,7 @@ Result<std::unique_ptr<Env>> Env::Open(const std::string& path, bool writable,
   if (names.size() > std::size(env->dbis_)) return Status::InvalidArgument("too many databases");
   int rc = mdb_env_create(&env->env_);
   if (rc != MDB_SUCCESS) return Error(rc, "env create");
+  mdb_env_set_assert(env->env_, OnAssert);
   mdb_env_set_maxdbs(env->env_, static_cast<MDB_dbi>(std::size(env->dbis_)));
   // Address space only: the file grows as used. An existing environment keeps a larger size
   // recorded in its file.

@@ -121,6 +121,39 @@ TEST_F(HostileIndexTest, EmptyNameInEmptyDirectoryIsCorruptNotAnEndlessListing) 
   EXPECT_TRUE(ReadsAs(*store, a_ino, a));
 }
 
+// A symlink target whose length differs from its inode's size, or that holds a NUL: fsck said
+// clean, and export wrote a different target (symlink(2) stops at the NUL; cat of the length
+// read past it). fsck must report it and repair remove the link.
+TEST_F(HostileIndexTest, SymlinkTargetNotMatchingItsInodeIsReportedAndRepaired) {
+  const std::string bad[] = {"target-and-more", std::string("tar\0et", 6)};
+  uint64_t ino[2] = {};
+  {
+    auto store = OpenStore(true);
+    ASSERT_TRUE(store);
+    for (int i = 0; i < 2; ++i) {
+      Result<InodeAttr> l = store->Symlink(kRootInode, i ? "l1" : "l0", "target", {});
+      ASSERT_TRUE(l.ok()) << l.status().ToString();
+      ino[i] = l->ino;
+    }
+  }
+  {
+    test::IndexEditor ed(store_dir_);
+    ASSERT_TRUE(ed.ok()) << ed.error();
+    for (int i = 0; i < 2; ++i)
+      ASSERT_TRUE(ed.Put("symlinks", test::AsString(rec::InodeKey(ino[i]).bytes()), bad[i]));
+  }
+  auto store = OpenStore(true);
+  ASSERT_TRUE(store);
+  Result<CheckReport> check = store->Check(false);
+  ASSERT_TRUE(check.ok()) << check.status().ToString();
+  EXPECT_TRUE(HasProblem(*check, "symlink target of 15 bytes")) << Problems(*check);
+  EXPECT_TRUE(HasProblem(*check, "holding a NUL")) << Problems(*check);
+  Result<RepairReport> r = store->Repair(true);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean()) << Problems(r->after);
+  EXPECT_TRUE(Names(*store, kRootInode).empty());
+}
+
 // A directory entry with a name no directory may hold ("..", "a/b", ...), naming a file of the
 // root: ReadDir refuses the directory (a caller joining the name to a path would leave its tree),
 // fsck reports the entry and repair deletes it, leaving the file under its real name.

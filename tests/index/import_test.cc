@@ -234,6 +234,25 @@ TEST_F(ImportTest, VanishedFileIsLeftOutAndTheRestImported) {
   ExpectClean(*store);
 }
 
+// A file holding more than its size (/proc files have size 0) is left out, not stored empty.
+TEST_F(ImportTest, FileHoldingMoreThanItsSizeIsLeftOut) {
+  if (!fs::exists("/proc/version") || fs::file_size("/proc/version") != 0)
+    GTEST_SKIP() << "no /proc/version of size 0";
+  auto store = Open(true);
+  ASSERT_TRUE(store);
+  ImportOptions io;
+  std::vector<std::pair<std::string, Status>> failed;
+  io.failed = [&](const std::string& path, const Status& why) { failed.emplace_back(path, why); };
+  TreeSummary summary;
+  ASSERT_TRUE(ImportTree(*store, "/proc/version", kRootInode, "version", io, summary).ok());
+  EXPECT_EQ(summary.files, 0u);
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_NE(failed[0].second.message().find("holds more than its size"), std::string::npos)
+      << failed[0].second.ToString();
+  EXPECT_EQ(store->LookupPath("/version").status().code(), StatusCode::kNotFound);
+  ExpectClean(*store);
+}
+
 // A file left out after its batches claimed chunks (the first batch to meet a new chunk codes it;
 // later batches leave it to that one): a later file with the same chunks must still get frames
 // for them, or it would commit extents of chunks no pack holds.

@@ -80,6 +80,18 @@ class ZipnnfsHostileTest : public test::TempDirTest {
     ASSERT_EQ(imp.exit_code, 0) << Show(imp);
   }
 
+  // Imports 800 small files, enough records for a tree of branch pages over many leaves, and
+  // copies the store aside; returns the copy's path ("" on failure).
+  std::string ImportManyFiles() {
+    const std::string many = Path("many");
+    fs::create_directories(many);
+    for (int i = 0; i < 800; ++i) Write(many + "/f" + std::to_string(i), Compressible(300 + i, i));
+    if (Zipnnfs({"import", store_, many}).exit_code != 0) return "";
+    const std::string pristine = Path("pristine");
+    fs::copy(store_, pristine, fs::copy_options::recursive);
+    return pristine;
+  }
+
   static void Write(const std::string& path, const std::string& data) {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out << data;
@@ -306,13 +318,8 @@ TEST_F(ZipnnfsHostileTest, TruncatedIndexGivesAMessageNotASignal) {
 // corrupted memory (SIGSEGV, or malloc aborting, in 8 of 60 such stores). Now every command ends
 // with an exit code, and a repair that succeeds leaves a store fsck finds clean.
 TEST_F(ZipnnfsHostileTest, FlippedIndexBitsNeverKillTheToolAndRepairCleans) {
-  // Enough records for a tree of branch pages over many leaves.
-  const std::string many = Path("many");
-  fs::create_directories(many);
-  for (int i = 0; i < 800; ++i) Write(many + "/f" + std::to_string(i), Compressible(300 + i, i));
-  ASSERT_EQ(Zipnnfs({"import", store_, many}).exit_code, 0);
-  const std::string pristine = Path("pristine");
-  fs::copy(store_, pristine, fs::copy_options::recursive);
+  const std::string pristine = ImportManyFiles();
+  ASSERT_FALSE(pristine.empty());
   const uint64_t size = fs::file_size(store_ + "/index/data.mdb");
   std::mt19937_64 rng(11);
   int repaired = 0;
@@ -342,6 +349,37 @@ TEST_F(ZipnnfsHostileTest, FlippedIndexBitsNeverKillTheToolAndRepairCleans) {
     EXPECT_EQ(again.exit_code, 0) << "round " << round << ": " << Show(again);
   }
   EXPECT_GE(repaired, 12) << "most such stores are repairable";
+}
+
+// A node offset changed in a branch page sends LMDB to a branch page where it wants a leaf, and
+// LMDB's assertion aborted fsck, repair and stats (SIGABRT). Each now says the index is damaged.
+TEST_F(ZipnnfsHostileTest, LmdbAssertionsGiveAMessageNotAnAbort) {
+  const std::string pristine = ImportManyFiles();
+  ASSERT_FALSE(pristine.empty());
+  const std::string index = test::ReadAll(store_ + "/index/data.mdb");
+  constexpr size_t kPage = 4096;
+  int branches = 0, asserted = 0;
+  for (size_t page = 2; page < index.size() / kPage && branches < 6; ++page) {
+    if ((index[page * kPage + 10] & 0xff) != 0x01) continue;  // mp_flags: P_BRANCH
+    ++branches;
+    fs::remove_all(store_);
+    fs::copy(pristine, store_, fs::copy_options::recursive);
+    std::string damaged = index;
+    damaged[page * kPage + 19] ^= 1;  // the high byte of its second node's offset
+    Write(store_ + "/index/data.mdb", damaged);
+    for (const auto& args : std::vector<std::vector<std::string>>{
+             {"fsck", store_}, {"stats", store_}, {"fsck", "--repair", store_}}) {
+      CliRun r = Zipnnfs(args);
+      ASSERT_GE(r.exit_code, 0) << "page " << page << ", " << args[0] << ": " << Show(r);
+      if (r.err.find("Assertion") != std::string::npos) {
+        ++asserted;
+        EXPECT_EQ(r.exit_code, 1) << Show(r);
+        EXPECT_NE(r.err.find("data.mdb: damaged"), std::string::npos) << Show(r);
+      }
+    }
+  }
+  EXPECT_GT(branches, 0) << "no branch page in the index";
+  EXPECT_GT(asserted, 0) << "no damage reached an LMDB assertion";
 }
 
 }  // namespace
