@@ -412,15 +412,18 @@ void FileSystem::ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
       fuse_entry_param e;
       std::memset(&e, 0, sizeof e);
       std::optional<index::InodeAttr> counted;
-      if (IsDotOrDotDot(d.name)) {
-        // Inode 0: the kernel makes no dentry for it and counts no lookup.
-        e.attr.st_ino = d.ino;
-        e.attr.st_mode = S_IFDIR;
-      } else {
-        Result<index::InodeAttr> attr = store_.GetAttr(d.ino);
-        if (!attr.ok()) continue;  // removed since opendir
+      // Inode 0 for ".", ".." and an entry whose attributes cannot be read: the kernel makes no
+      // dentry and counts no lookup, but lists the name. A stat of that entry then asks Lookup,
+      // which says what is wrong (EIO for a damaged index): dropped from the listing, it went
+      // missing from cp -a, rsync and tar, which exited 0.
+      Result<index::InodeAttr> attr =
+          IsDotOrDotDot(d.name) ? Status::NotFound("") : store_.GetAttr(d.ino);
+      if (attr.ok()) {
         FillEntry(*attr, e);
         counted = *attr;
+      } else {
+        e.attr.st_ino = d.ino;
+        e.attr.st_mode = index::FileTypeBits(d.kind);
       }
       n = fuse_add_direntry_plus(req, buf.data() + used, size - used, d.name.c_str(), &e, next);
       if (n <= size - used && counted) CountLookup(*counted, ino);

@@ -18,10 +18,16 @@ constexpr size_t kSkipBufferSize = 256u << 10;  // without O_DIRECT, larger appe
 constexpr size_t kBlock = 4096;  // O_DIRECT's alignment of offsets, lengths and memory
 }  // namespace
 
-std::string PackPath(const std::string& packs_dir, uint32_t pack_id) {
+namespace {
+std::string PackName(uint32_t pack_id) {
   char name[32];
-  std::snprintf(name, sizeof(name), "/pack-%06u.znp", pack_id);
-  return packs_dir + name;
+  std::snprintf(name, sizeof(name), "pack-%06u.znp", pack_id);
+  return name;
+}
+}  // namespace
+
+std::string PackPath(const std::string& packs_dir, uint32_t pack_id) {
+  return packs_dir + "/" + PackName(pack_id);
 }
 
 Status SyncDir(const std::string& dir) {
@@ -31,6 +37,9 @@ Status SyncDir(const std::string& dir) {
   return Status::Ok();
 }
 
+PackReader::PackReader(std::string packs_dir)
+    : dir_(std::move(packs_dir)), dir_fd_(::open(dir_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC)) {}
+
 Status PackReader::Read(uint32_t pack_id, uint64_t offset, std::span<uint8_t> out) {
   int fd = -1;
   {
@@ -38,7 +47,9 @@ Status PackReader::Read(uint32_t pack_id, uint64_t offset, std::span<uint8_t> ou
     auto it = fds_.find(pack_id);
     if (it == fds_.end()) {
       const std::string path = PackPath(dir_, pack_id);
-      UniqueFd opened(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      UniqueFd opened(dir_fd_.valid()
+                          ? ::openat(dir_fd_.get(), PackName(pack_id).c_str(), O_RDONLY | O_CLOEXEC)
+                          : ::open(path.c_str(), O_RDONLY | O_CLOEXEC));
       // A pack the index references and the disk lacks is damage (EIO to a reader), not a
       // missing file the caller asked for (ENOENT).
       if (!opened.valid() && errno == ENOENT) return Status::Corrupt(path + ": pack file missing");

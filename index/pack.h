@@ -28,11 +28,14 @@ Status SyncDir(const std::string& dir);
 // Reads frames from any pack; file descriptors are opened on first use and kept. Thread-safe.
 class PackReader {
  public:
-  explicit PackReader(std::string packs_dir) : dir_(std::move(packs_dir)) {}
+  // Holds the directory open from here on: packs open relative to it, so a mount over the store
+  // or a parent of it (`zipnnfs /srv/models/.store /srv/models`) cannot hide them.
+  explicit PackReader(std::string packs_dir);
   Status Read(uint32_t pack_id, uint64_t offset, std::span<uint8_t> out);
 
  private:
   std::string dir_;
+  UniqueFd dir_fd_;  // O_PATH; invalid if the directory could not be opened (then by path)
   std::mutex mutex_;
   std::map<uint32_t, UniqueFd> fds_;
 };

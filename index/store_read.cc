@@ -34,7 +34,15 @@ Result<InodeAttr> StoreImpl::LookupIn(lmdb::Txn& txn, uint64_t parent, std::stri
   }
   if (!st.ok()) return st;
   if (v.mv_size != rec::kDirentSize) return Status::Corrupt("bad directory entry");
-  return GetAttrIn(txn, rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data)));
+  const uint64_t ino = rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data));
+  Result<InodeAttr> attr = GetAttrIn(txn, ino);
+  // The name exists: its inode missing is damage (EIO to a reader), not an absent name (ENOENT,
+  // which a copy takes for a file removed meanwhile, and goes on without).
+  if (attr.status().code() == StatusCode::kNotFound) {
+    return Status::Corrupt("entry " + Quote(name) + " in inode " + std::to_string(parent) +
+                           " names inode " + std::to_string(ino) + ", which is missing");
+  }
+  return attr;
 }
 
 Result<InodeAttr> StoreImpl::GetAttr(uint64_t ino) {
@@ -103,6 +111,10 @@ Result<std::string> StoreImpl::ReadLink(uint64_t ino) {
   MDB_val v;
   Status st = txn->Get(dbi(kSymlinks), lmdb::Val(key.bytes()), v);
   if (st.code() == StatusCode::kNotFound) {
+    // EINVAL, as readlink(2) of another kind of file; a symlink without its target is damage.
+    Result<InodeAttr> attr = GetAttrIn(*txn, ino);
+    if (attr.ok() && attr->kind == InodeKind::kSymlink)
+      return Status::Corrupt("symlink inode " + std::to_string(ino) + " has no target record");
     return Status::InvalidArgument("inode " + std::to_string(ino) + " is not a symlink");
   }
   if (!st.ok()) return st;

@@ -115,5 +115,45 @@ TEST_F(FsTest, ChunkPointingAtAnotherFrameGivesEio) {
   EXPECT_TRUE(m.Unmount());
 }
 
+// Index damage that loses a file's inode record, or a symlink's target record: the name was left
+// out of listings and a stat of it said ENOENT, so cp -a, rsync and tar copied the tree without
+// it and exited 0; readlink said EINVAL. The name is listed, and stat and readlink say EIO.
+TEST_F(FsTest, MissingInodeOrLinkTargetRecordsGiveEioNotAbsence) {
+  const std::string store = Path("store");
+  ASSERT_TRUE(BuildStore(store, {{"a", "alpha"}, {"b", "bravo"}}, kChunk).ok());
+  {
+    index::StoreOptions opts;
+    opts.writable = true;
+    Result<std::unique_ptr<index::Store>> s = index::Store::Open(store, opts);
+    ASSERT_TRUE(s.ok()) << s.status().message();
+    ASSERT_TRUE((*s)->Symlink(index::kRootInode, "l", "a", {}).ok());
+  }
+  {
+    damage::IndexEditor ed(store);
+    ASSERT_TRUE(ed.ok()) << ed.error();
+    const index::rec::InodeKey b(damage::LookupIno(ed, "/b")), l(damage::LookupIno(ed, "/l"));
+    ASSERT_TRUE(ed.Del(damage::kInodesDb, damage::AsString(b.bytes())));
+    ASSERT_TRUE(ed.Del("symlinks", damage::AsString(l.bytes())));
+  }
+  Mount m(store, MakeDir("mnt"));
+  ASSERT_TRUE(m.ok()) << m.result().err;
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(m.path()))
+    names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"a", "b", "l"}));
+  struct stat st;
+  EXPECT_EQ(::lstat(m.Path("b").c_str(), &st), -1);
+  EXPECT_EQ(errno, EIO);
+  char target[64];
+  EXPECT_EQ(::readlink(m.Path("l").c_str(), target, sizeof target), -1);
+  EXPECT_EQ(errno, EIO);
+  EXPECT_EQ(ReadFile(m.Path("a")), "alpha");
+  // readlink of what is no symlink stays EINVAL.
+  EXPECT_EQ(::readlink(m.Path("a").c_str(), target, sizeof target), -1);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_TRUE(m.Unmount());
+}
+
 }  // namespace
 }  // namespace zipnn::test

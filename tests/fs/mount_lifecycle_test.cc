@@ -178,6 +178,23 @@ TEST_F(FsTest, StorePathsWithCommasMountAndAddNoOptions) {
   EXPECT_TRUE(m.Unmount());
 }
 
+// A mount over the directory that holds the store (`zipnnfs /srv/models/.store /srv/models`),
+// or over the store itself, hides the store's own paths: packs opened by path then resolved into
+// the mount, and every read failed with EIO, logged as a missing pack.
+TEST_F(FsTest, MountOverTheStoresDirectoryServesReads) {
+  const std::string models = MakeDir("models");
+  const std::string store = models + "/.store";
+  ASSERT_TRUE(
+      BuildStore(store, {{"f", "hello"}, {"g", std::string(3 * kChunk + 5, 'x')}}, kChunk).ok());
+  for (const std::string& at : {models, store}) {
+    Mount m(store, at);
+    ASSERT_TRUE(m.ok()) << m.result().err;
+    EXPECT_EQ(ReadFile(m.Path("f")), "hello") << "mounted on " << at;
+    EXPECT_EQ(ReadFile(m.Path("g")), std::string(3 * kChunk + 5, 'x')) << "mounted on " << at;
+    EXPECT_TRUE(m.Unmount());
+  }
+}
+
 TEST_F(FsTest, StaleMountPointFailsClearly) {
   const std::string store = Path("store");
   ASSERT_TRUE(BuildStore(store, {{"f", "abc"}}, kChunk).ok());
