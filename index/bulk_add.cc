@@ -26,6 +26,7 @@ Result<std::unique_ptr<BulkAdd>> Store::BeginBulkAdd(const BulkAddOptions&) {
 
 Result<std::unique_ptr<BulkAdd>> StoreImpl::BeginBulkAdd(const BulkAddOptions& opts) {
   if (!pack_writer_) return Status::InvalidArgument("store is open read-only");
+  ZIPNN_RETURN_IF_ERROR(RefuseIfFramesLost());
   auto bulk = std::make_unique<BulkAddImpl>(*this, opts);
   ZIPNN_RETURN_IF_ERROR(bulk->Start());
   return std::unique_ptr<BulkAdd>(std::move(bulk));

@@ -203,6 +203,7 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
     if (!w.ok()) return w.status();
     pack_writer_.emplace(std::move(*w));
   }
+  lost_frames_.clear();  // (the records of lost frames are gone, and the lengths are the packs')
   ScanResult after;
   ZIPNN_RETURN_IF_ERROR(Scan(verify_frames, after));
   report.after = std::move(after.report);

@@ -368,6 +368,7 @@ Status StoreImpl::OpenPacksForWriting() {
     // (Opening cuts the uncommitted tail.) A pack shorter than its committed length lost
     // frames: it stays as it is, for fsck to report and repair.
     if (!w.ok() && w.status().code() != StatusCode::kCorrupt) return w.status();
+    if (!w.ok() && lost_frames_.empty()) lost_frames_ = w.status().message();
   }
   Result<int64_t> len = committed(current);
   if (!len.ok()) return len.status();
@@ -376,6 +377,7 @@ Status StoreImpl::OpenPacksForWriting() {
   Result<PackWriter> w =
       PackWriter::Open(packs_dir, current, static_cast<uint64_t>(std::max<int64_t>(*len, 0)));
   if (!w.ok() && w.status().code() == StatusCode::kCorrupt) {
+    if (lost_frames_.empty()) lost_frames_ = w.status().message();
     // Never append to a damaged pack: new frames go to a fresh one.
     uint32_t fresh = current + 1;
     for (uint32_t id : ids) fresh = std::max(fresh, id + 1);

@@ -170,6 +170,14 @@ class StoreImpl final : public Store {
   // The writer path: one change (or bulk-add commit group) at a time.
   std::mutex write_mutex_;
   std::optional<PackWriter> pack_writer_;
+  // A pack found shorter than its committed length when the store opened: its lost frames'
+  // records stay until a repair, so writers refuse (an import would take them as stored, and
+  // its files would be unreadable from the start).
+  std::string lost_frames_;
+  Status RefuseIfFramesLost() const {
+    if (lost_frames_.empty()) return Status::Ok();
+    return Status::Corrupt(lost_frames_ + "; run zipnnfs fsck --repair first");
+  }
 };
 
 Status ValidateName(std::string_view name);

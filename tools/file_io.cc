@@ -13,6 +13,7 @@
 #include <chrono>
 #include <climits>
 #include <cstring>
+#include <filesystem>
 #include <optional>
 #include <string_view>
 #include <utility>
@@ -115,6 +116,17 @@ void HoldStandardDescriptors() {
 bool PathExists(const std::string& path) {
   struct stat st;
   return ::lstat(path.c_str(), &st) == 0;
+}
+
+bool PathIsWithin(const std::string& path, const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::absolute(path, ec);
+  while (!ec && !std::filesystem::exists(p, ec) && p.has_relative_path()) p = p.parent_path();
+  const std::filesystem::path real = std::filesystem::canonical(p, ec);
+  if (ec) return false;
+  const std::filesystem::path d = std::filesystem::canonical(dir, ec);
+  if (ec) return false;
+  return std::mismatch(d.begin(), d.end(), real.begin(), real.end()).first == d.end();
 }
 
 // ---- AtomicOutputFile ------------------------------------------------------------------------

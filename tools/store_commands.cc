@@ -20,6 +20,7 @@
 #include "fs/fs.h"
 #include "index/index.h"
 #include "index/tree.h"
+#include "tools/file_io.h"
 
 namespace zipnn::tool::store {
 
@@ -244,6 +245,10 @@ int Import(const std::string& store_dir, const std::vector<std::string>& sources
 }
 
 int Export(const std::string& store_dir, const std::string& dest, const std::string& path) {
+  // (As import leaves the store out of a copy: an export into it wrote over its own files.)
+  if (PathIsWithin(dest, store_dir)) {
+    return Fail(Status::InvalidArgument(dest + ": inside the store " + store_dir));
+  }
   Result<std::unique_ptr<Store>> store = OpenStore(store_dir, false, 1);
   if (!store.ok()) return Fail(store.status());
   Result<InodeAttr> top = ResolveStorePath(**store, path, false);

@@ -65,6 +65,15 @@ TEST_F(ZipnnfsCliTest, ImportExportCatStats) {
     EXPECT_EQ(test::ReadAll(Path("out/") + f), test::ReadAll(model + "/" + f)) << f;
   }
   EXPECT_EQ(fs::read_symlink(Path("out/b_link")), "sub/b.safetensors");
+  // Never into the store itself (it wrote over the store's files and exited 0), however named.
+  fs::create_directory_symlink(store_, Path("store_link"));
+  for (const std::string& into : {store_, store_ + "/packs/new", Path("store_link/x")}) {
+    test::ToolRun self = Run({"export", store_, into});
+    EXPECT_EQ(self.exit_code, 1) << into;
+    EXPECT_NE(self.err.find("inside the store"), std::string::npos) << self.err;
+  }
+  EXPECT_FALSE(fs::exists(store_ + "/packs/new"));
+  EXPECT_FALSE(fs::exists(store_ + "/models"));
 
   const std::string a = test::ReadAll(model + "/a.safetensors");
   test::ToolRun cat =
