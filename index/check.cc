@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <set>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
@@ -186,6 +187,28 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
       if (ino == kRootInode || out.entries_of.count(ino) != 0) continue;
       problem("inode in no directory", ino);
       out.relink.push_back({std::string(), ino});
+    }
+    // A directory's link count is 2 (its entry and ".") plus its subdirectories' "..", in the
+    // tree repair leaves: the directories it relinks go under the root.
+    std::map<uint64_t, uint32_t> subdirs;
+    std::set<uint64_t> moved;
+    for (const auto& [key, ino] : out.relink) {
+      auto a = inodes.find(ino);
+      if (a == inodes.end() || a->second.kind != InodeKind::kDirectory) continue;
+      moved.insert(ino);
+      ++subdirs[kRootInode];
+    }
+    for (const auto& [dir, parent] : dir_parent)
+      if (moved.count(dir) == 0) ++subdirs[parent];
+    for (auto& [ino, a] : inodes) {
+      if (a.kind != InodeKind::kDirectory || out.damaged_inodes.count(ino) != 0) continue;
+      const uint32_t count = 2 + subdirs[ino];
+      if (a.nlink == count) continue;
+      problem("link count " + std::to_string(a.nlink) + " but " + std::to_string(count - 2) +
+                  " subdirectories",
+              ino);
+      a.nlink = count;
+      out.fixed_inodes[ino] = a;
     }
     // A file or symlink's link count is the number of entries naming it (a directory has one);
     // an inode in no directory gets one entry from repair.

@@ -403,7 +403,39 @@ TEST_F(RepairTest, CycleIsMovedUnderTheRootAndTheRootStaysADirectory) {
   Result<InodeAttr> moved = store->LookupPath("lost+found-" + std::to_string(d) + "/e");
   ASSERT_TRUE(moved.ok()) << moved.status().ToString();
   EXPECT_EQ(moved->ino, e);
+  // Link counts follow the new tree: d is the root's subdirectory now, e still d's.
+  EXPECT_EQ(store->GetAttr(kRootInode)->nlink, 3u);
+  EXPECT_EQ(store->GetAttr(d)->nlink, 3u);
+  EXPECT_EQ(store->GetAttr(e)->nlink, 2u);
   Add(*store, "after", Compressible(1000, 14));  // the root takes new files
+}
+
+// A directory's link count (2 + subdirectories, as find and ls -l read it) went unchecked: fsck
+// said clean whatever it held. It reports it, and repair sets it.
+TEST_F(RepairTest, DirectoryLinkCountIsReportedAndRepaired) {
+  uint64_t d = 0;
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Result<InodeAttr> dir = store->Mkdir(kRootInode, "d", {});
+    ASSERT_TRUE(dir.ok());
+    ASSERT_TRUE(store->Mkdir(dir->ino, "e", {}).ok());
+    d = dir->ino;
+  }
+  EditInode(d, [](InodeAttr& a) { a.nlink = 9; });
+  EditInode(kRootInode, [](InodeAttr& a) { a.nlink = 2; });
+  auto store = Open();
+  ASSERT_TRUE(store);
+  Result<CheckReport> before = store->Check(false);
+  ASSERT_TRUE(before.ok());
+  ASSERT_EQ(before->problems.size(), 2u);
+  EXPECT_NE(before->problems[0].what.find("but 1 subdirectories"), std::string::npos)
+      << before->problems[0].what;
+  Result<RepairReport> r = store->Repair(false);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  EXPECT_EQ(store->GetAttr(kRootInode)->nlink, 3u);
+  EXPECT_EQ(store->GetAttr(d)->nlink, 3u);
 }
 
 // A directory entry whose kind byte is not its inode's (readdir and stat would disagree): fsck
