@@ -100,38 +100,6 @@ std::vector<std::string> PathParts(std::string_view path) {
   return parts;
 }
 
-// Store directory `path`, creating missing directories (mode 0755, now) like mkdir -p.
-Result<InodeAttr> MakeStorePath(Store& store, const std::string& path) {
-  const std::vector<std::string> parts = PathParts(path);
-  // Every component is checked before any is made: a bad one must not leave the others behind.
-  for (const std::string& part : parts) {
-    if (part == ".." || part.size() > 255) {
-      return Status::InvalidArgument(path + ": invalid name '" + part + "' in a store path");
-    }
-  }
-  Result<InodeAttr> cur = store.GetAttr(kRootInode);
-  for (const std::string& part : parts) {
-    if (!cur.ok() || cur->kind != InodeKind::kDirectory) break;  // reported below
-    Result<InodeAttr> next = store.Lookup(cur->ino, part);
-    if (!next.ok() && next.status().code() == StatusCode::kNotFound) {
-      NewAttr attr;
-      attr.mode = 0755;
-      attr.uid = ::getuid();
-      attr.gid = ::getgid();
-      attr.atime_ns = attr.mtime_ns = attr.ctime_ns =
-          std::chrono::duration_cast<std::chrono::nanoseconds>(
-              std::chrono::system_clock::now().time_since_epoch())
-              .count();
-      next = store.Mkdir(cur->ino, part, attr);
-    }
-    cur = std::move(next);
-  }
-  if (cur.ok() && cur->kind != InodeKind::kDirectory) {
-    return Status::InvalidArgument(path + ": not a directory in the store");
-  }
-  return cur;
-}
-
 // Resolves a store path as the kernel resolves a host path: symlinks on the way (and the last
 // component too, with `follow_last`) are followed, relative targets from their directory, ".." to
 // the parent (a Hugging Face cache's snapshots/REV/FILE -> ../../blobs/HASH). An absolute target
@@ -168,6 +136,47 @@ Result<InodeAttr> ResolveStorePath(Store& store, const std::string& path, bool f
     }
     cur = *next;
     if (cur.kind == InodeKind::kDirectory) dirs.push_back(cur);
+  }
+  return cur;
+}
+
+// Store directory `path`, creating missing directories (mode 0755, now) like mkdir -p.
+Result<InodeAttr> MakeStorePath(Store& store, const std::string& path) {
+  const std::vector<std::string> parts = PathParts(path);
+  // Every component is checked before any is made: a bad one must not leave the others behind.
+  for (const std::string& part : parts) {
+    if (part == ".." || part.size() > 255) {
+      return Status::InvalidArgument(path + ": invalid name '" + part + "' in a store path");
+    }
+  }
+  Result<InodeAttr> cur = store.GetAttr(kRootInode);
+  std::string walked;
+  for (const std::string& part : parts) {
+    if (!cur.ok() || cur->kind != InodeKind::kDirectory) break;  // reported below
+    walked += "/" + part;
+    Result<InodeAttr> next = store.Lookup(cur->ino, part);
+    // As mkdir -p, through symlinks to directories (a dangling one is no directory, below).
+    if (next.ok() && next->kind == InodeKind::kSymlink) {
+      next = ResolveStorePath(store, walked, true);
+      if (!next.ok() && next.status().code() == StatusCode::kNotFound)
+        return Status::InvalidArgument(path + ": " + walked +
+                                       " links to no directory in the store");
+    }
+    if (!next.ok() && next.status().code() == StatusCode::kNotFound) {
+      NewAttr attr;
+      attr.mode = 0755;
+      attr.uid = ::getuid();
+      attr.gid = ::getgid();
+      attr.atime_ns = attr.mtime_ns = attr.ctime_ns =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(
+              std::chrono::system_clock::now().time_since_epoch())
+              .count();
+      next = store.Mkdir(cur->ino, part, attr);
+    }
+    cur = std::move(next);
+  }
+  if (cur.ok() && cur->kind != InodeKind::kDirectory) {
+    return Status::InvalidArgument(path + ": not a directory in the store");
   }
   return cur;
 }

@@ -310,7 +310,8 @@ TEST_F(ZipnnfsCopyTest, ExportKeepsDataWhereAttributesCannotBeSet) {
 
 // Store paths resolve as host paths do: cat follows a Hugging Face cache's snapshot symlinks
 // (snapshots/REV/config.json -> ../../blobs/HASH; "not a file" before) and symlinked directories
-// on the way; export and stats follow those on the way but take a last symlink as it is (as cp -a).
+// on the way; export and stats follow those on the way but take a last symlink as it is (as cp -a);
+// import --to follows them all.
 TEST_F(ZipnnfsCopyTest, StorePathsFollowSymlinks) {
   const std::string hub = Path("hub");
   fs::create_directories(hub + "/blobs");
@@ -320,6 +321,7 @@ TEST_F(ZipnnfsCopyTest, StorePathsFollowSymlinks) {
   fs::create_directory_symlink("snapshots/rev", hub + "/main");
   fs::create_symlink("/etc/hostname", hub + "/absolute");
   fs::create_symlink("loop", hub + "/loop");
+  fs::create_symlink("nowhere", hub + "/dangling");
   ASSERT_EQ(Run({"import", store_, hub, "-q"}).exit_code, 0);
   EXPECT_EQ(Run({"cat", store_, "/hub/snapshots/rev/config.json"}).out, "{\"config\": 1}");
   EXPECT_EQ(Run({"cat", store_, "/hub/main/config.json"}).out, "{\"config\": 1}");
@@ -333,6 +335,17 @@ TEST_F(ZipnnfsCopyTest, StorePathsFollowSymlinks) {
   EXPECT_NE(absolute.err.find("names a host path"), std::string::npos) << absolute.err;
   ASSERT_EQ(Run({"export", store_, Path("out"), "/hub/main/config.json"}).exit_code, 0);
   EXPECT_TRUE(fs::is_symlink(Path("out"))) << "a last symlink is exported as a symlink";
+  // So does import's --to, as mkdir -p (it was "not a directory in the store"); a link to no
+  // directory is refused, naming it.
+  std::ofstream(Path("g")) << "gamma";
+  for (const char* to : {"/hub/main/sub", "/hub/main/", "/hub/main/."})
+    ASSERT_EQ(Run({"import", store_, Path("g"), "--to", to, "-q"}).exit_code, 0) << to;
+  EXPECT_EQ(Run({"cat", store_, "/hub/snapshots/rev/sub/g"}).out, "gamma");
+  EXPECT_EQ(Run({"cat", store_, "/hub/snapshots/rev/g"}).out, "gamma");
+  test::ToolRun dangling = Run({"import", store_, Path("g"), "--to", "/hub/dangling/x"});
+  EXPECT_EQ(dangling.exit_code, 1);
+  EXPECT_NE(dangling.err.find("/hub/dangling links to no directory"), std::string::npos)
+      << dangling.err;
 }
 
 // Two exports into one place at once: each replaces what the other made, and where both names of
