@@ -104,7 +104,12 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
       }
     }
     report.inodes = inodes.size();
-    if (!inodes.count(kRootInode)) problem("the root directory (inode 1) is missing");
+    if (!inodes.count(kRootInode)) {
+      // Made anew, as init makes it: its entries then find their directory again (they were all
+      // refused, and their inodes linked under a root that did not exist).
+      problem("the root directory (inode 1) is missing");
+      inodes[kRootInode] = out.fixed_inodes[kRootInode] = NewRootInode();
+    }
     {  // the counters new inodes and packs come from
       const uint64_t last = inodes.empty() ? kRootInode : inodes.rbegin()->first;
       Result<uint64_t> next = GetU64(*txn, dbi(kMeta), rec::kMetaNextInode);

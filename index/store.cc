@@ -116,6 +116,18 @@ Status SyncNewStore(const std::string& dir) {
 
 }  // namespace
 
+InodeAttr NewRootInode() {
+  InodeAttr root;
+  root.ino = kRootInode;
+  root.kind = InodeKind::kDirectory;
+  root.mode = S_IFDIR | 0755;
+  root.uid = ::getuid();
+  root.gid = ::getgid();
+  root.atime_ns = root.mtime_ns = root.ctime_ns = NowNs();
+  root.nlink = 2;
+  return root;
+}
+
 ChunkHash HashChunk(std::span<const uint8_t> data) {
   XXH128_canonical_t c;
 #if defined(__x86_64__)
@@ -179,14 +191,7 @@ Status Store::Init(const std::string& dir) {
     rec::PutLE<uint32_t>(u32, 1);
     ZIPNN_RETURN_IF_ERROR(
         txn.Put((*env)->dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), lmdb::Val(u32)));
-    InodeAttr root;
-    root.ino = kRootInode;
-    root.kind = InodeKind::kDirectory;
-    root.mode = S_IFDIR | 0755;
-    root.uid = ::getuid();
-    root.gid = ::getgid();
-    root.atime_ns = root.mtime_ns = root.ctime_ns = NowNs();
-    root.nlink = 2;
+    const InodeAttr root = NewRootInode();
     uint8_t inode[rec::kInodeSize];
     rec::EncodeInode(root, inode);
     rec::InodeKey key(kRootInode);

@@ -181,6 +181,8 @@ class StoreImpl final : public Store {
 };
 
 Status ValidateName(std::string_view name);
+// The root directory as init makes it (owned by this process's user, times now).
+InodeAttr NewRootInode();
 // The big-endian u64 at byte `at` of a key: the inode at the front of a dirent, extent or xattr
 // key (KeyIno), an extent key's file offset (at 8).
 inline uint64_t KeyU64(const MDB_val& k, size_t at) {

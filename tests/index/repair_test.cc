@@ -410,6 +410,30 @@ TEST_F(RepairTest, CycleIsMovedUnderTheRootAndTheRootStaysADirectory) {
   Add(*store, "after", Compressible(1000, 14));  // the root takes new files
 }
 
+// The root's inode record lost: repair made no root, refused every entry in it and linked their
+// inodes as lost+found-N under the missing root, leaving the store damaged. It makes the root
+// anew, and the tree is whole again.
+TEST_F(RepairTest, MissingRootIsMadeAnew) {
+  const Bytes a = Compressible(1000, 21);
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Add(*store, "a", a);
+    ASSERT_TRUE(store->Mkdir(kRootInode, "d", {}).ok());
+  }
+  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+    ASSERT_TRUE(txn.Del(env.dbi(kInodes), lmdb::Val(rec::InodeKey(kRootInode).bytes())).ok());
+  });
+  auto store = OpenDamagedAndRepair(false);
+  ASSERT_TRUE(store);
+  ExpectFile(*store, "a", a);
+  Result<InodeAttr> root = store->GetAttr(kRootInode);
+  ASSERT_TRUE(root.ok());
+  EXPECT_EQ(root->kind, InodeKind::kDirectory);
+  EXPECT_EQ(root->nlink, 3u);
+  EXPECT_TRUE(store->LookupPath("d").ok());
+}
+
 // A directory's link count (2 + subdirectories, as find and ls -l read it) went unchecked: fsck
 // said clean whatever it held. It reports it, and repair sets it.
 TEST_F(RepairTest, DirectoryLinkCountIsReportedAndRepaired) {
