@@ -271,6 +271,12 @@ Status StoreImpl::OpenImpl() {
   if (::stat((dir_ + "/index/data.mdb").c_str(), &st) != 0) {
     return Status::FromErrno(errno, dir_ + "/index/data.mdb: the store's index");
   }
+  // (LMDB read it as "Bad file descriptor"; a writer made a new, empty index in its place.)
+  if (st.st_size == 0) {
+    return Status::Corrupt(dir_ +
+                           "/index/data.mdb: empty, the index is lost; restore it from a backup, "
+                           "or re-import into a new store");
+  }
   Result<std::unique_ptr<lmdb::Env>> env =
       lmdb::Env::Open(dir_ + "/index", opts_.writable, kDbNames, size_t{1} << 30, no_lock);
   if (!env.ok()) return WithPath(dir_, env.status());

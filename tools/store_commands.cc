@@ -105,6 +105,10 @@ std::vector<std::string> PathParts(std::string_view path) {
 // the parent (a Hugging Face cache's snapshots/REV/FILE -> ../../blobs/HASH). An absolute target
 // names a host path, not one in the store: refused.
 Result<InodeAttr> ResolveStorePath(Store& store, const std::string& path, bool follow_last) {
+  // "a/" and "a/." name a directory, as for the kernel: a last symlink is followed, and a file
+  // there is no directory (cat of "f/" read the file).
+  const bool dir_wanted = path.ends_with('/') || path.ends_with("/.");
+  follow_last = follow_last || dir_wanted;
   Result<InodeAttr> root = store.GetAttr(kRootInode);
   if (!root.ok()) return root.status();
   std::vector<InodeAttr> dirs{*root};  // the directories walked down so far, for ".."
@@ -121,6 +125,8 @@ Result<InodeAttr> ResolveStorePath(Store& store, const std::string& path, bool f
       continue;
     }
     Result<InodeAttr> next = store.Lookup(cur.ino, part);
+    if (next.status().code() == StatusCode::kNotFound)
+      return Status::NotFound("no such file or directory in the store");
     if (!next.ok()) return next.status();
     if (next->kind == InodeKind::kSymlink && (!todo.empty() || follow_last)) {
       if (++links > 40) return Status::InvalidArgument("too many levels of symbolic links");
@@ -137,6 +143,7 @@ Result<InodeAttr> ResolveStorePath(Store& store, const std::string& path, bool f
     cur = *next;
     if (cur.kind == InodeKind::kDirectory) dirs.push_back(cur);
   }
+  if (dir_wanted && cur.kind != InodeKind::kDirectory) return Status::NotFound("not a directory");
   return cur;
 }
 
@@ -352,9 +359,13 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
   if (!store.ok()) return Fail(store.status());
   if (paths.empty()) paths.push_back("/");
   std::vector<std::pair<std::string, uint64_t>> files;
+  int rc = 0;  // as du: a path that is not there is told, the others are counted, and the exit is 1
   for (const std::string& p : paths) {
     Result<InodeAttr> a = ResolveStorePath(**store, p, false);
-    if (!a.ok()) return Fail(WithPath(p, a.status()));
+    if (!a.ok()) {
+      rc = Fail(WithPath(p, a.status()));
+      continue;
+    }
     std::string norm = p;
     while (!norm.empty() && norm.back() == '/') norm.pop_back();
     if (!norm.empty() && norm.front() != '/') norm = "/" + norm;
@@ -448,7 +459,7 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
         Mb(dedup_saved), Mb(usage->unreferenced_frame_bytes), Mb(usage->pack_bytes),
         Ratio(usage->logical_bytes, usage->pack_bytes));
   }
-  return 0;
+  return rc;
 }
 
 namespace {

@@ -342,6 +342,15 @@ TEST_F(ZipnnfsCopyTest, StorePathsFollowSymlinks) {
     ASSERT_EQ(Run({"import", store_, Path("g"), "--to", to, "-q"}).exit_code, 0) << to;
   EXPECT_EQ(Run({"cat", store_, "/hub/snapshots/rev/sub/g"}).out, "gamma");
   EXPECT_EQ(Run({"cat", store_, "/hub/snapshots/rev/g"}).out, "gamma");
+  // A trailing slash names a directory (cat of "file/" read the file); stats goes on past a
+  // missing path, as du (it printed nothing), and exits 1.
+  test::ToolRun slash = Run({"cat", store_, "/hub/blobs/abc/"});
+  EXPECT_EQ(slash.exit_code, 1);
+  EXPECT_NE(slash.err.find("not a directory"), std::string::npos) << slash.err;
+  test::ToolRun stats = Run({"stats", store_, "/hub/missing", "/hub/blobs/abc"});
+  EXPECT_EQ(stats.exit_code, 1);
+  EXPECT_NE(stats.err.find("/hub/missing: no such file"), std::string::npos) << stats.err;
+  EXPECT_NE(stats.out.find("/hub/blobs/abc"), std::string::npos) << stats.out;
   test::ToolRun dangling = Run({"import", store_, Path("g"), "--to", "/hub/dangling/x"});
   EXPECT_EQ(dangling.exit_code, 1);
   EXPECT_NE(dangling.err.find("/hub/dangling links to no directory"), std::string::npos)

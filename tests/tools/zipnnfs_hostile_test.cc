@@ -312,6 +312,15 @@ TEST_F(ZipnnfsHostileTest, TruncatedIndexGivesAMessageNotASignal) {
     EXPECT_EQ(r.exit_code, 1) << args[0] << ": " << Show(r);
     EXPECT_NE(r.err.find("data.mdb: damaged or truncated"), std::string::npos) << Show(r);
   }
+  // Cut to nothing: readers said "Bad file descriptor", and a writer made a new, empty index.
+  fs::resize_file(store_ + "/index/data.mdb", 0);
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"fsck", store_}, {"import", store_, Path("src"), "--to", "/again"}}) {
+    CliRun r = Zipnnfs(args);
+    EXPECT_EQ(r.exit_code, 1) << args[0] << ": " << Show(r);
+    EXPECT_NE(r.err.find("data.mdb: empty"), std::string::npos) << Show(r);
+  }
+  EXPECT_EQ(fs::file_size(store_ + "/index/data.mdb"), 0u);
 }
 
 // Bits flipped in the index's B-tree pages: repair wrote through LMDB into the damaged pages and
