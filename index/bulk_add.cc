@@ -113,16 +113,20 @@ std::unique_ptr<BulkEntry> MakeEntry(BulkEntry::Kind kind, BulkDir parent, std::
 }
 }  // namespace
 
-Result<BulkDir> BulkAddImpl::Mkdir(BulkDir parent, std::string_view name, const NewAttr& attr) {
-  Result<size_t> id = Queue(MakeEntry(BulkEntry::Kind::kMkdir, parent, name, attr));
+Result<BulkDir> BulkAddImpl::Mkdir(BulkDir parent, std::string_view name, const NewAttr& attr,
+                                   const std::string& host_path) {
+  std::unique_ptr<BulkEntry> e = MakeEntry(BulkEntry::Kind::kMkdir, parent, name, attr);
+  if (!host_path.empty()) e->label = host_path;
+  Result<size_t> id = Queue(std::move(e));
   if (!id.ok()) return id.status();
   return BulkDir{*id, true};
 }
 
 Status BulkAddImpl::Symlink(BulkDir parent, std::string_view name, std::string_view target,
-                            const NewAttr& attr) {
+                            const NewAttr& attr, const std::string& host_path) {
   ZIPNN_RETURN_IF_ERROR(ValidateTarget(target));
   std::unique_ptr<BulkEntry> e = MakeEntry(BulkEntry::Kind::kSymlink, parent, name, attr);
+  if (!host_path.empty()) e->label = host_path;
   e->target = target;
   return Queue(std::move(e)).status();
 }

@@ -102,9 +102,10 @@ class BulkAddImpl final : public BulkAdd {
   ~BulkAddImpl() override;
   Status Start();
 
-  Result<BulkDir> Mkdir(BulkDir parent, std::string_view name, const NewAttr& attr) override;
+  Result<BulkDir> Mkdir(BulkDir parent, std::string_view name, const NewAttr& attr,
+                        const std::string& host_path) override;
   Status Symlink(BulkDir parent, std::string_view name, std::string_view target,
-                 const NewAttr& attr) override;
+                 const NewAttr& attr, const std::string& host_path) override;
   Result<BulkFile> AddFile(BulkDir parent, std::string_view name, const std::string& host_path,
                            const NewAttr& attr) override;
   Status Link(BulkDir parent, std::string_view name, const BulkFile& file,

@@ -247,12 +247,14 @@ class BulkAdd {
  public:
   virtual ~BulkAdd() = default;  // without Finish: stops; uncommitted entries are dropped
 
-  // A directory; an existing directory of that name is merged into and gets `attr`.
-  virtual Result<BulkDir> Mkdir(BulkDir parent, std::string_view name, const NewAttr& attr) = 0;
+  // A directory; an existing directory of that name is merged into and gets `attr`. Messages
+  // name it by `host_path` (by its name if that is empty), as AddFile's.
+  virtual Result<BulkDir> Mkdir(BulkDir parent, std::string_view name, const NewAttr& attr,
+                                const std::string& host_path) = 0;
   // A symlink; an existing symlink of that name is replaced (keeping its inode number), anything
-  // else there is kExists.
+  // else there is kExists. Messages name it as Mkdir's.
   virtual Status Symlink(BulkDir parent, std::string_view name, std::string_view target,
-                         const NewAttr& attr) = 0;
+                         const NewAttr& attr, const std::string& host_path) = 0;
   // A regular file from the host, opened when its turn comes (a file gone by then fails);
   // it replaces a file of that name, like Store::AddFile. Messages and progress name it by
   // `host_path`.

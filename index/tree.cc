@@ -157,10 +157,10 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
     const ssize_t n = ::readlink(src.c_str(), target.data(), target.size());
     if (n < 0) return Failed(ctx, src, Status::FromErrno(errno, "readlink"), summary);
     target.resize(static_cast<size_t>(n));
-    return bulk.Symlink(parent, name, target, attr);
+    return bulk.Symlink(parent, name, target, attr, src);
   }
   if (S_ISDIR(st.st_mode)) {
-    Result<BulkDir> dir = bulk.Mkdir(parent, name, attr);
+    Result<BulkDir> dir = bulk.Mkdir(parent, name, attr, src);
     if (!dir.ok()) return dir.status();
     ZIPNN_RETURN_IF_ERROR(WalkChildren(bulk, src, *dir, ctx, summary));
     return bulk.SetTimes(*dir, attr.atime_ns, attr.mtime_ns);

@@ -341,6 +341,7 @@ TEST_F(ImportTest, ReimportWhereEntriesChangedKind) {
   EXPECT_NE(failed[0].find(b + "/d"), std::string::npos) << failed[0];
   EXPECT_NE(failed[1].find("cannot overwrite a non-directory with a directory"), std::string::npos)
       << failed[1];
+  EXPECT_EQ(failed[1].rfind(b + "/f: ", 0), 0u) << failed[1];  // (it named 'f' alone)
   EXPECT_EQ(second.failed, 2u);
   EXPECT_EQ(store->LookupPath("/m/d")->kind, InodeKind::kDirectory);
   EXPECT_EQ(store->LookupPath("/m/f")->kind, InodeKind::kFile);
@@ -636,7 +637,7 @@ TEST_F(ImportTest, DedupAcrossFilesInFlightAndGroupedCommits) {
   bo.commit_interval_ms = 60000;
   Result<std::unique_ptr<BulkAdd>> bulk = store->BeginBulkAdd(bo);
   ASSERT_TRUE(bulk.ok());
-  Result<BulkDir> d = (*bulk)->Mkdir(BulkDir{}, "src", {});
+  Result<BulkDir> d = (*bulk)->Mkdir(BulkDir{}, "src", {}, "");
   ASSERT_TRUE(d.ok());
   for (const auto& e : fs::directory_iterator(src)) {
     ASSERT_TRUE((*bulk)->AddFile(*d, e.path().filename().string(), e.path().string(), {}).ok());
