@@ -96,20 +96,28 @@ Result<GcReport> StoreImpl::Gc(double live_fraction) {
       return std::tie(a.second.pack_id, a.second.pack_offset) <
              std::tie(b.second.pack_id, b.second.pack_offset);
     });
-    std::vector<uint8_t> frame;
-    for (const auto& [hash, c] : chunks) {
-      if (c.refcount == 0 || !victims.count(c.pack_id)) continue;
-      const ChunkLocation loc = FrameLocation(hash, c);
-      ZIPNN_RETURN_IF_ERROR(ReadFrame(loc, frame));
-      rec::Chunk at = c;
-      at.pack_id = fresh->id();
-      at.pack_offset = fresh->end();
-      ZIPNN_RETURN_IF_ERROR(fresh->Append(frame));
-      moved.emplace_back(hash, at);
-      ++report.frames_moved;
-      report.bytes_moved += c.frame_size;
+    auto copy = [&]() -> Status {
+      std::vector<uint8_t> frame;
+      for (const auto& [hash, c] : chunks) {
+        if (c.refcount == 0 || !victims.count(c.pack_id)) continue;
+        const ChunkLocation loc = FrameLocation(hash, c);
+        ZIPNN_RETURN_IF_ERROR(ReadFrame(loc, frame));
+        rec::Chunk at = c;
+        at.pack_id = fresh->id();
+        at.pack_offset = fresh->end();
+        ZIPNN_RETURN_IF_ERROR(fresh->Append(frame));
+        moved.emplace_back(hash, at);
+        ++report.frames_moved;
+        report.bytes_moved += c.frame_size;
+      }
+      return fresh->Sync();
+    };
+    // A failed copy (a full disk, a damaged frame) leaves no partial pack behind (it stayed until
+    // the next writer opened the store).
+    if (Status copied = copy(); !copied.ok()) {
+      ::unlink(PackPath(dir_ + "/packs", fresh->id()).c_str());
+      return WithPath(dir_, copied);
     }
-    ZIPNN_RETURN_IF_ERROR(fresh->Sync());
   }
 
   // (2) One transaction switches to the new layout.

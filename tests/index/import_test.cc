@@ -68,6 +68,12 @@ std::string SafetensorsHeader(uint64_t tensor_bytes) {
 
 class ImportTest : public test::StoreDirTest {
  protected:
+  // A 6 MiB tmpfs under the test directory, for disk-full tests, and store_dir_ a store path in
+  // it (unmounted when the result goes).
+  std::unique_ptr<zipnn::test::SmallTmpfs> StoreOnSmallTmpfs() {
+    store_dir_ = dir_ + "/small/store";
+    return std::make_unique<zipnn::test::SmallTmpfs>(dir_ + "/small", "6m");
+  }
   // Small chunks and batches: an 8 MiB file is many tasks, more than are ever in flight.
   static StoreOptions SmallBatches() {
     StoreOptions opts;
@@ -582,13 +588,45 @@ TEST_F(ImportTest, HolesOfSparseFilesAreNotRead) {
 }
 
 // A full disk: a clear error, a consistent store, and room again once the tail is cut.
-TEST_F(ImportTest, DiskFullDuringImport) {
-  const zipnn::test::SmallTmpfs tmpfs(dir_ + "/small", "6m");
-  if (!tmpfs.mounted()) {
-    GTEST_SKIP() << "cannot mount a small tmpfs (" << tmpfs.error()
+// A gc that runs out of space while copying live frames to its new pack: it failed, but left the
+// partial pack until the next writer opened the store. It removes it, and the store is as before.
+TEST_F(ImportTest, GcOnAFullDiskLeavesNoPartialPack) {
+  const std::unique_ptr<zipnn::test::SmallTmpfs> tmpfs = StoreOnSmallTmpfs();
+  if (!tmpfs->mounted()) {
+    GTEST_SKIP() << "cannot mount a small tmpfs (" << tmpfs->error()
                  << "): disk-full test needs root";
   }
-  store_dir_ = dir_ + "/small/store";
+  ASSERT_TRUE(Store::Init(store_dir_).ok());
+  const Bytes b = RandomBytes(1500000, 8), a2 = RandomBytes(1500000, 9);
+  auto store = Open(true);
+  ASSERT_TRUE(store);
+  auto add = [&](const std::string& name, const Bytes& data) {
+    WriteAll(dir_ + "/" + name, data);
+    const int fd = ::open((dir_ + "/" + name).c_str(), O_RDONLY);
+    Result<AddResult> r = store->AddFile(kRootInode, name, fd, {});
+    ::close(fd);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+  };
+  add("a", RandomBytes(1500000, 7));
+  add("b", b);
+  add("a", a2);  // a's first frames are garbage now: 4.5 MB of packs, 3 live
+  Result<GcReport> gc = store->Gc(0.9);  // the live 3 MB do not fit in what is left
+  ASSERT_EQ(gc.status().code(), StatusCode::kNoSpace) << gc.status().ToString();
+  std::vector<std::string> packs;
+  for (const auto& e : fs::directory_iterator(store_dir_ + "/packs"))
+    packs.push_back(e.path().filename().string());
+  EXPECT_EQ(packs, std::vector<std::string>{"pack-000001.znp"});
+  ExpectStored(*store, "/a", a2);
+  ExpectStored(*store, "/b", b);
+  ExpectClean(*store);
+}
+
+TEST_F(ImportTest, DiskFullDuringImport) {
+  const std::unique_ptr<zipnn::test::SmallTmpfs> tmpfs = StoreOnSmallTmpfs();
+  if (!tmpfs->mounted()) {
+    GTEST_SKIP() << "cannot mount a small tmpfs (" << tmpfs->error()
+                 << "): disk-full test needs root";
+  }
   ASSERT_TRUE(Store::Init(store_dir_).ok());
   const std::string src = dir_ + "/src";
   fs::create_directories(src);
