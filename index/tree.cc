@@ -28,7 +28,8 @@ int64_t ToNs(const timespec& t) {
   if (t.tv_sec < -kMaxSec) return INT64_MIN;
   return int64_t{t.tv_sec} * 1000000000 + t.tv_nsec;
 }
-NewAttr AttrOf(const struct stat& st) {
+// `st`'s attributes as stored; `src`'s times outside the store's range are told to opts.skipped.
+NewAttr AttrOf(const struct stat& st, const std::string& src, const ImportOptions& opts) {
   NewAttr a;
   a.mode = st.st_mode & 07777;
   a.uid = st.st_uid;
@@ -36,6 +37,11 @@ NewAttr AttrOf(const struct stat& st) {
   a.atime_ns = ToNs(st.st_atim);
   a.mtime_ns = ToNs(st.st_mtim);
   a.ctime_ns = ToNs(st.st_ctim);
+  const auto clamped = [](int64_t ns) { return ns == INT64_MAX || ns == INT64_MIN; };
+  if ((clamped(a.atime_ns) || clamped(a.mtime_ns)) && opts.skipped) {
+    opts.skipped(src,
+                 "a time outside 1677-2262, which a store cannot hold: kept as the nearer end");
+  }
   return a;
 }
 
@@ -140,7 +146,7 @@ Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::st
     if (ctx.opts.skipped) ctx.opts.skipped(src, "the store itself, skipped");
     return Status::Ok();
   }
-  NewAttr attr = AttrOf(st);
+  NewAttr attr = AttrOf(st, src, ctx.opts);
   attr.xattrs = ReadXattrs(src);
   if (S_ISREG(st.st_mode)) {
     if (st.st_nlink > 1) {  // as cp -a keeps hard links
@@ -246,7 +252,7 @@ Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint6
         walked = Walk(**bulk, src, top, source.name, ctx, summary);
       } else if ((walked = WalkChildren(**bulk, src, top, ctx, summary)).ok()) {
         // As cp -a SRC/. DEST: DEST takes SRC's attributes (its times after its entries).
-        NewAttr attr = AttrOf(st);
+        NewAttr attr = AttrOf(st, src, opts);
         attr.xattrs = ReadXattrs(src);
         walked = (*bulk)->SetDirAttr(top, attr);
       }

@@ -29,7 +29,8 @@ struct ImportOptions {
   // A commit group closes after this long (BulkAddOptions::commit_interval_ms); 0 commits every
   // entry on its own.
   uint32_t commit_interval_ms = BulkAddOptions{}.commit_interval_ms;
-  // Told about each special file skipped (sockets, devices, fifos).
+  // Told about each special file skipped (sockets, devices, fifos), and each entry whose times
+  // the store cannot hold (before 1677 or after 2262: kept as the nearest end of that range).
   std::function<void(const std::string& path, const std::string& why)> skipped;
   // With this set, an entry of the tree that cannot be imported (it vanished, or cannot be read
   // or listed, or changed while it was read) is told here and left out, and the import goes on,

@@ -306,11 +306,19 @@ TEST_F(ImportTest, TimesBeyondTheStoresRangeAreClamped) {
   auto store = Open(true);
   ASSERT_TRUE(store);
   TreeSummary summary;
-  ASSERT_TRUE(ImportTree(*store, path, kRootInode, "future", {}, summary).ok());
+  ImportOptions io;
+  std::vector<std::string> told;  // (it was silent)
+  io.skipped = [&](const std::string& p, const std::string& why) {
+    told.push_back(p + ": " + why);
+  };
+  ASSERT_TRUE(ImportTree(*store, path, kRootInode, "future", io, summary).ok());
   Result<InodeAttr> a = store->LookupPath("/future");
   ASSERT_TRUE(a.ok());
   EXPECT_EQ(a->atime_ns, INT64_MAX);
   EXPECT_EQ(a->mtime_ns, 1600000000000000005);
+  ASSERT_EQ(told.size(), 1u);
+  EXPECT_NE(told[0].find(path + ": a time outside 1677-2262"), std::string::npos) << told[0];
+  EXPECT_EQ(summary.skipped, 0u);
 }
 
 // Importing again where an entry changed kind, as cp -a does: a file and a symlink replace each
