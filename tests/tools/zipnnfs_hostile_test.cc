@@ -209,6 +209,8 @@ TEST_P(ZipnnfsCycleTest, FsckAndStatsFailWithAMessageAndRepairFixes) {
   CliRun fsck = Zipnnfs({"fsck", store_});
   ASSERT_TRUE(FailedWithMessage(fsck));
   EXPECT_NE(fsck.out.find("directory"), std::string::npos) << Show(fsck);
+  // A problem of an inode is named without a byte range (it printed "bytes [0, 0)").
+  EXPECT_EQ(fsck.out.find("bytes [0, 0)"), std::string::npos) << Show(fsck);
   CliRun quick = Zipnnfs({"fsck", "--quick", store_});
   EXPECT_TRUE(FailedWithMessage(quick));
   CliRun stats = Zipnnfs({"stats", store_});
