@@ -34,6 +34,12 @@ Status Error(int rc, std::string_view what) {
   if (rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND || rc == MDB_INVALID) {
     return Status::Corrupt(std::move(msg));
   }
+  // LMDB fails every call of a transaction after one met a damaged page: say what that means.
+  if (rc == MDB_BAD_TXN) {
+    return Status::Corrupt(msg +
+                           " (a page of the index could not be read: it may be damaged; "
+                           "zipnnfs fsck tells)");
+  }
   if (rc == MDB_VERSION_MISMATCH) return Status::Unsupported(std::move(msg));
   return Status::Io(std::move(msg));
 }

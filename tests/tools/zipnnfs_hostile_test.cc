@@ -363,13 +363,14 @@ TEST_F(ZipnnfsHostileTest, FlippedIndexBitsNeverKillTheToolAndRepairCleans) {
 }
 
 // A node offset changed in a branch page sends LMDB to a branch page where it wants a leaf, and
-// LMDB's assertion aborted fsck, repair and stats (SIGABRT). Each now says the index is damaged.
+// LMDB's assertion aborted fsck, repair and stats (SIGABRT). Each now says the index is damaged;
+// so does a transaction LMDB fails after such a read (MDB_BAD_TXN, unexplained before).
 TEST_F(ZipnnfsHostileTest, LmdbAssertionsGiveAMessageNotAnAbort) {
   const std::string pristine = ImportManyFiles();
   ASSERT_FALSE(pristine.empty());
   const std::string index = test::ReadAll(store_ + "/index/data.mdb");
   constexpr size_t kPage = 4096;
-  int branches = 0, asserted = 0;
+  int branches = 0, asserted = 0, bad_txn = 0;
   for (size_t page = 2; page < index.size() / kPage && branches < 6; ++page) {
     if ((index[page * kPage + 10] & 0xff) != 0x01) continue;  // mp_flags: P_BRANCH
     ++branches;
@@ -387,10 +388,16 @@ TEST_F(ZipnnfsHostileTest, LmdbAssertionsGiveAMessageNotAnAbort) {
         EXPECT_EQ(r.exit_code, 1) << Show(r);
         EXPECT_NE(r.err.find("data.mdb: damaged"), std::string::npos) << Show(r);
       }
+      // Every call after the one that met the damage fails: that must not read as a mystery.
+      if (r.err.find("MDB_BAD_TXN") != std::string::npos) {
+        ++bad_txn;
+        EXPECT_NE(r.err.find("may be damaged"), std::string::npos) << Show(r);
+      }
     }
   }
   EXPECT_GT(branches, 0) << "no branch page in the index";
   EXPECT_GT(asserted, 0) << "no damage reached an LMDB assertion";
+  EXPECT_GT(bad_txn, 0) << "no damage made LMDB fail a transaction";
 }
 
 }  // namespace
