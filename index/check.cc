@@ -209,8 +209,13 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
       if (a.kind != InodeKind::kDirectory || out.damaged_inodes.count(ino) != 0) continue;
       const uint32_t count = 2 + subdirs[ino];
       if (a.nlink == count) continue;
+      // (The root's count includes the directories repair links under it: say so.)
+      const std::string linked =
+          ino == kRootInode && !moved.empty()
+              ? " once repair links " + std::to_string(moved.size()) + " lost ones under it"
+              : "";
       problem("link count " + std::to_string(a.nlink) + " but " + std::to_string(count - 2) +
-                  " subdirectories",
+                  " subdirectories" + linked,
               ino);
       a.nlink = count;
       out.fixed_inodes[ino] = a;
@@ -366,7 +371,9 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
       out.pack_lengths[id] = length = size;  // frames past its end are lost
     }
   }
+  // (A chunk no file uses is reported too: an import that meets its content again reuses it.)
   auto damaged = [&](const ChunkHash& h, const std::string& what) {
+    if (uses[h].empty()) problem("unreferenced chunk (gc drops it): " + what);
     for (const Use& u : uses[h]) {
       problem(what, u.ino, u.offset, u.offset + u.raw_size);
       out.damaged_inodes.insert(u.ino);
@@ -395,7 +402,7 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
       out.bad_chunks.push_back(h);
       continue;
     }
-    if (verify_frames && used) to_verify.emplace_back(&h, FrameLocation(h, c));
+    if (verify_frames) to_verify.emplace_back(&h, FrameLocation(h, c));
   }
   // Frames are decoded on all cores (a store is read many times faster than one core decodes);
   // what is found is reported in chunk order, as it would be one by one.

@@ -125,8 +125,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bench->add_option("--scratch", bench_opts.scratch, "Directory for the temporary stores")
       ->capture_default_str();
-  bench->add_option("--synthetic-mb", bench_opts.synthetic_mb,
-                    "Instead of SRC: generated BF16 models of about this many MB");
+  bench->add_option(
+      "--synthetic-mb", bench_opts.synthetic_mb,
+      "Instead of SRC: generated BF16 models of 200 MB each, this many MB rounded up");
 
   // Anything else with a store and a mount point: the sshfs form, `zipnnfs STORE MOUNTPOINT`,
   // options anywhere (`zipnnfs -f -o cache_size=2G STORE MOUNTPOINT`, as sshfs takes them).

@@ -131,6 +131,31 @@ TEST_F(RepairTest, CopyLeftBetweenTheRenamesIsAdopted) {
   ExpectClean(*store);
 }
 
+// A damaged frame of a chunk no file uses any more (its file was replaced): fsck checked only the
+// frames files use and said clean, and an import of the old content reused the chunk, storing a
+// file that did not read back. fsck reports it, repair drops the record, and the re-import codes
+// the chunk anew.
+TEST_F(RepairTest, DamagedUnreferencedFrameIsFoundAndNotReused) {
+  const Bytes a = Compressible(300000, 1), a2 = Compressible(1000, 3);
+  AddClosed("a", a);
+  AddClosed("a", a2);  // a's first chunks are unreferenced now, at the start of the pack
+  zipnn::test::FlipByte(store_dir_ + "/packs/pack-000001.znp", 100);
+  auto store = Open();
+  ASSERT_TRUE(store);
+  Result<CheckReport> check = store->Check(true);
+  ASSERT_TRUE(check.ok());
+  ASSERT_EQ(check->problems.size(), 1u);
+  EXPECT_NE(check->problems[0].what.find("unreferenced chunk"), std::string::npos)
+      << check->problems[0].what;
+  Result<RepairReport> r = store->Repair(true);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  Add(*store, "b", a);
+  ExpectFile(*store, "b", a);
+  ExpectFile(*store, "a", a2);
+  EXPECT_TRUE(store->Check(true)->clean());
+}
+
 TEST_F(RepairTest, DamagedFrameRemovesOnlyItsFile) {
   const Bytes a = Compressible(300000, 1), b = Compressible(200000, 2);
   const uint64_t a_ino = AddClosed("a", a);
@@ -496,6 +521,39 @@ TEST_F(RepairTest, InodeInNoDirectoryIsLinkedUnderTheRoot) {
   auto store = OpenDamagedAndRepair(true);
   ASSERT_TRUE(store);
   ExpectFile(*store, "lost+found-" + std::to_string(ino), a);
+}
+
+// A directory in no directory goes under the root too, and the root's link count with it; fsck
+// says why the count it reports differs from the subdirectories the root has now.
+TEST_F(RepairTest, DirectoryInNoDirectoryCountsInTheRootsLinks) {
+  uint64_t d = 0, e = 0;
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Result<InodeAttr> dir = store->Mkdir(kRootInode, "d", {});
+    ASSERT_TRUE(dir.ok());
+    d = dir->ino;
+    Result<InodeAttr> sub = store->Mkdir(d, "e", {});
+    ASSERT_TRUE(sub.ok());
+    e = sub->ino;
+  }
+  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+    ASSERT_TRUE(txn.Del(env.dbi(kDirents), lmdb::Val(rec::NamedKey(d, "e"))).ok());
+  });
+  {
+    auto store = Open();
+    ASSERT_TRUE(store);
+    Result<CheckReport> check = store->Check(false);
+    ASSERT_TRUE(check.ok());
+    EXPECT_TRUE(std::any_of(check->problems.begin(), check->problems.end(), [](const auto& p) {
+      return p.what.find("once repair links 1 lost ones under it") != std::string::npos;
+    })) << check->problems[0].what;
+  }
+  auto store = OpenDamagedAndRepair(false);
+  ASSERT_TRUE(store);
+  EXPECT_TRUE(store->LookupPath("lost+found-" + std::to_string(e)).ok());
+  EXPECT_EQ(store->GetAttr(kRootInode)->nlink, 4u);
+  EXPECT_EQ(store->GetAttr(d)->nlink, 2u);
 }
 
 // Records whose inode is gone or of another kind: a deleted file inode's extents (which keep its
