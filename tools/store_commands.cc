@@ -351,6 +351,12 @@ int Stats(const std::string& store_dir, std::vector<std::string> paths, bool jso
     }
     Result<std::string> live = zipnn::fs::ReadMountStats(store_dir);
     if (live.ok()) {
+      // (Its daemon's figures, JSON always: there is nothing per file to give.)
+      if (!paths.empty()) {
+        return Fail(Status::InvalidArgument(store_dir +
+                                            ": a mount point: its live figures have no per-path "
+                                            "part (give the store's directory for PATHs)"));
+      }
       std::fputs(live->c_str(), stdout);
       return 0;
     }

@@ -82,6 +82,10 @@ TEST_F(FsTest, CorruptedChunkGivesEioOnItsRangeOnly) {
   const nlohmann::json j = nlohmann::json::parse(stats.out);
   EXPECT_EQ(j["bad_chunks"].get<uint64_t>(), 1u) << "one damaged chunk, however often read";
   EXPECT_GE(j["read_errors"].get<uint64_t>(), 3u);
+  // PATHs are a store's: of a mount they were ignored without a word.
+  const CommandResult paths = RunCommand(kZipnnfs, {"stats", m.path(), "/f"});
+  EXPECT_EQ(paths.exit_code, 1);
+  EXPECT_NE(paths.err.find("no per-path part"), std::string::npos) << paths.err;
   EXPECT_TRUE(m.Unmount());
 }
 
