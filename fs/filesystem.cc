@@ -110,7 +110,9 @@ FileSystem::FileSystem(index::Store& store, const FileSystemOptions& opts)
     : store_(store),
       opts_(opts),
       reader_(store, opts.reader),
-      store_disk_bytes_(DiskBytes(opts.store_dir)) {}
+      store_disk_bytes_(DiskBytes(opts.store_dir)) {
+  if (::statvfs(opts.store_dir.c_str(), &store_vfs_) != 0) store_vfs_errno_ = errno;
+}
 
 FileSystem* FileSystem::Self(fuse_req_t req) {
   auto* self = static_cast<FileSystem*>(fuse_req_userdata(req));
@@ -450,11 +452,11 @@ void FileSystem::ReleaseDir(fuse_req_t req, fuse_file_info* fi) {
 // The read-only mount's figures, as squashfuse gives its image's: its size is what the store
 // takes on disk, and nothing is free (the host's free space was no room for writes here).
 void FileSystem::StatFs(fuse_req_t req) {
-  struct statvfs st;
-  if (::statvfs(opts_.store_dir.c_str(), &st) != 0) {
-    fuse_reply_err(req, errno);
+  if (store_vfs_errno_ != 0) {
+    fuse_reply_err(req, store_vfs_errno_);
     return;
   }
+  struct statvfs st = store_vfs_;
   const uint64_t bytes = store_disk_bytes_;
   const uint64_t unit = st.f_frsize ? st.f_frsize : 4096;
   st.f_blocks = static_cast<fsblkcnt_t>((bytes + unit - 1) / unit);

@@ -7,6 +7,7 @@
 
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
+#include <sys/statvfs.h>
 
 #include <atomic>
 #include <cstdint>
@@ -93,6 +94,10 @@ class FileSystem {
   std::mutex data_bytes_mu_;
   std::unordered_map<uint64_t, uint64_t> data_bytes_;
   const uint64_t store_disk_bytes_;  // for statfs: what the store takes on disk
+  // For statfs, taken before the mount: a mount over the store (or its parent) hides its path,
+  // and a statvfs of it then reached this file system itself, every worker waiting on another.
+  struct statvfs store_vfs_ {};
+  int store_vfs_errno_ = 0;
   // Open directories' listings, owned here (fi->fh points at one) so that those the kernel
   // never releases (an unmount with a directory open) are freed with the file system.
   std::mutex dirs_mu_;

@@ -26,7 +26,10 @@ Result<std::unique_ptr<BulkAdd>> Store::BeginBulkAdd(const BulkAddOptions&) {
 
 Result<std::unique_ptr<BulkAdd>> StoreImpl::BeginBulkAdd(const BulkAddOptions& opts) {
   if (!pack_writer_) return Status::InvalidArgument("store is open read-only");
-  ZIPNN_RETURN_IF_ERROR(RefuseIfFramesLost());
+  {
+    std::lock_guard lock(write_mutex_);  // (a repair clears it under the lock)
+    ZIPNN_RETURN_IF_ERROR(RefuseIfFramesLost());
+  }
   auto bulk = std::make_unique<BulkAddImpl>(*this, opts);
   ZIPNN_RETURN_IF_ERROR(bulk->Start());
   return std::unique_ptr<BulkAdd>(std::move(bulk));

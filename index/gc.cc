@@ -21,8 +21,8 @@ namespace zipnn::index {
 
 Result<GcReport> StoreImpl::Gc(double live_fraction) {
   if (!pack_writer_) return Status::InvalidArgument("store is open read-only");
-  ZIPNN_RETURN_IF_ERROR(RefuseIfFramesLost());
   std::lock_guard lock(write_mutex_);
+  ZIPNN_RETURN_IF_ERROR(RefuseIfFramesLost());
   GcReport report;
   std::vector<std::pair<ChunkHash, rec::Chunk>> chunks;
   std::map<uint32_t, uint64_t> pack_length, pack_live;

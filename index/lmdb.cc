@@ -3,6 +3,7 @@
 #include <errno.h>  // program_invocation_short_name
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -18,10 +19,14 @@ namespace {
 void OnAssert(MDB_env* env, const char* what) {
   const char* dir = nullptr;
   if (mdb_env_get_path(env, &dir) != MDB_SUCCESS || dir == nullptr) dir = "index";
-  std::fprintf(stderr,
-               "%s: %s/data.mdb: damaged (LMDB: %s); stopping. Restore the index from a backup, "
-               "or re-import into a new store.\n",
-               program_invocation_short_name, dir, what);
+  char msg[1024];
+  std::snprintf(msg, sizeof msg,
+                "%s/data.mdb: damaged (LMDB: %s); stopping. Restore the index from a backup, or "
+                "re-import into a new store.",
+                dir, what);
+  std::fprintf(stderr, "%s: %s\n", program_invocation_short_name, msg);
+  // A mount daemon's stderr is /dev/null: its log is syslog.
+  ::syslog(LOG_ERR, "%s", msg);
   ::_exit(1);
 }
 

@@ -114,6 +114,11 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
           {"directory entry of inode " + std::to_string(r.child) + ": kind set to its inode's",
            r.child});
     }
+    // Malformed records go first: a root made anew takes the key of a malformed one.
+    for (const std::string& key : scan.bad_inode_keys) {
+      ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kInodes), lmdb::Val(key)));
+      actions.emplace_back("deleted a malformed inode record");
+    }
     for (const auto& [ino, a] : scan.fixed_inodes) {
       if (scan.damaged_inodes.count(ino) != 0) continue;  // removed below
       ZIPNN_RETURN_IF_ERROR(PutInode(txn, dbi(kInodes), a));
@@ -128,10 +133,6 @@ Result<RepairReport> StoreImpl::Repair(bool verify_frames) {
     if (scan.current_pack) {
       ZIPNN_RETURN_IF_ERROR(PutU32(txn, dbi(kMeta), rec::kMetaCurrentPack, *scan.current_pack));
       actions.push_back("current pack set to " + std::to_string(*scan.current_pack));
-    }
-    for (const std::string& key : scan.bad_inode_keys) {
-      ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kInodes), lmdb::Val(key)));
-      actions.emplace_back("deleted a malformed inode record");
     }
     for (const std::string& key : scan.bad_dirents) {
       ZIPNN_RETURN_IF_ERROR(txn.Del(dbi(kDirents), lmdb::Val(key)));

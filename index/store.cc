@@ -326,6 +326,23 @@ Status StoreImpl::OpenPacksForWriting() {
     }
   }
   ::closedir(d);
+  // A pack the index says holds committed frames, and the directory lacks, lost them all.
+  {
+    Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kMeta));
+    if (!cur.ok()) return cur.status();
+    MDB_val k = lmdb::Val(std::string_view("pack/")), v;
+    Status st;
+    for (bool have = cur->Get(k, v, MDB_SET_RANGE, st); have && lost_frames_.empty();
+         have = cur->Get(k, v, MDB_NEXT, st)) {
+      if (k.mv_size != 9 || std::memcmp(k.mv_data, "pack/", 5) != 0) break;
+      const uint32_t id = rec::GetBE32(static_cast<const uint8_t*>(k.mv_data) + 5);
+      if (v.mv_size == 8 && rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data)) > 0 &&
+          std::find(ids.begin(), ids.end(), id) == ids.end()) {
+        lost_frames_ = PackPath(packs_dir, id) + ": missing, but the index says it holds frames";
+      }
+    }
+    ZIPNN_RETURN_IF_ERROR(st);
+  }
   // The pack to append to; without a record of it (damage fsck reports), the newest one.
   MDB_val v;
   Status got = txn->Get(dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), v);

@@ -69,6 +69,10 @@ Status ValidateTarget(std::string_view target) {
   if (target.empty() || target.size() > 4095) {
     return Status::InvalidArgument("symlink target must have 1 to 4095 bytes");
   }
+  // (No symlink on a host holds one; fsck takes one for damage.)
+  if (target.find('\0') != std::string_view::npos) {
+    return Status::InvalidArgument("symlink target holds a NUL byte");
+  }
   return Status::Ok();
 }
 

@@ -488,7 +488,7 @@ void PrintProblems(const CheckReport& report,
     }
     std::string name = NamesOf(p.ino, files);
     if (name.empty()) name = "inode " + std::to_string(p.ino);
-    if (p.begin == p.end) {  // a problem of the inode, not of a byte range (was "bytes [0, 0)")
+    if (p.begin == 0 && p.end == 0) {  // of the inode, not of a byte range (was "bytes [0, 0)")
       std::printf("%s: %s\n", name.c_str(), p.what.c_str());
       continue;
     }

@@ -36,14 +36,19 @@ class RepairTest : public test::StoreDirTest {
     return OpenStore(true, opts);
   }
 
-  void Add(Store& store, const std::string& name, const Bytes& data) {
+  // Adds `data` as file `name` in the root; how that went.
+  Status TryAdd(Store& store, const std::string& name, const Bytes& data) {
     const std::string path = dir_ + "/" + name;
     test::WriteAll(path, data);
     const int fd = ::open(path.c_str(), O_RDONLY);
-    ASSERT_GE(fd, 0);
+    if (fd < 0) return Status::FromErrno(errno, path);
     Result<AddResult> r = store.AddFile(kRootInode, name, fd, {});
     ::close(fd);
-    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    return r.status();
+  }
+  void Add(Store& store, const std::string& name, const Bytes& data) {
+    const Status st = TryAdd(store, name, data);
+    ASSERT_TRUE(st.ok()) << st.ToString();
   }
 
   void ExpectFile(Store& store, const std::string& name, const Bytes& data) {
@@ -255,13 +260,9 @@ TEST_F(RepairTest, TruncatedPack) {
   ASSERT_TRUE(store);
   // Until the repair, writers refuse: a copy of b took b's lost chunks as stored (dedup), and was
   // unreadable from its import on.
-  test::WriteAll(dir_ + "/c", b);
-  const int fd = ::open((dir_ + "/c").c_str(), O_RDONLY);
-  ASSERT_GE(fd, 0);
-  Result<AddResult> added = store->AddFile(kRootInode, "c", fd, {});
-  ::close(fd);
-  EXPECT_EQ(added.status().code(), StatusCode::kCorrupt) << added.status().ToString();
-  EXPECT_NE(added.status().message().find("fsck --repair"), std::string::npos);
+  const Status added = TryAdd(*store, "c", b);
+  EXPECT_EQ(added.code(), StatusCode::kCorrupt) << added.ToString();
+  EXPECT_NE(added.message().find("fsck --repair"), std::string::npos);
   EXPECT_EQ(store->Gc(0.5).status().code(), StatusCode::kCorrupt);
   Result<RepairReport> r = store->Repair(true);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
@@ -276,6 +277,36 @@ TEST_F(RepairTest, TruncatedPack) {
   for (const auto& e : fs::directory_iterator(store_dir_ + "/packs")) files += e.file_size();
   EXPECT_EQ(u->pack_bytes, files);
   EXPECT_TRUE(store->Check(true)->clean());
+}
+
+// A pack other than the current one lost whole (its file deleted): writers refused a pack cut
+// short, but not one gone, and an import deduplicated onto its frames.
+TEST_F(RepairTest, MissingPackKeepsWritersOutUntilRepaired) {
+  const Bytes a = Compressible(100000, 22), b = Compressible(100000, 23);
+  AddClosed("a", a);
+  EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {  // new frames go to pack 2 from here on
+    uint8_t two[4];
+    rec::PutLE<uint32_t>(two, 2);
+    ASSERT_TRUE(txn.Put(env.dbi(kMeta), lmdb::Val(rec::kMetaCurrentPack), lmdb::Val(two)).ok());
+  });
+  AddClosed("b", b);
+  ASSERT_TRUE(fs::exists(store_dir_ + "/packs/pack-000002.znp"));
+  fs::remove(store_dir_ + "/packs/pack-000001.znp");
+  auto store = Open();
+  ASSERT_TRUE(store);
+  const Status added = TryAdd(*store, "c", a);
+  EXPECT_EQ(added.code(), StatusCode::kCorrupt) << added.ToString();
+  EXPECT_NE(added.message().find("pack-000001.znp: missing"), std::string::npos) << added.message();
+  Result<RepairReport> r = store->Repair(true);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
+  Add(*store, "c", a);
+  ExpectFile(*store, "c", a);
+  ExpectFile(*store, "b", b);
+  store.reset();
+  store = Open();  // and a writer opening it anew is not refused
+  ASSERT_TRUE(store);
+  Add(*store, "d", b);
 }
 
 // A pack length record lowered, or deleted with the current pack moved on: opening the store for
@@ -449,14 +480,24 @@ TEST_F(RepairTest, MissingRootIsMadeAnew) {
   EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
     ASSERT_TRUE(txn.Del(env.dbi(kInodes), lmdb::Val(rec::InodeKey(kRootInode).bytes())).ok());
   });
-  auto store = OpenDamagedAndRepair(false);
-  ASSERT_TRUE(store);
-  ExpectFile(*store, "a", a);
-  Result<InodeAttr> root = store->GetAttr(kRootInode);
-  ASSERT_TRUE(root.ok());
-  EXPECT_EQ(root->kind, InodeKind::kDirectory);
-  EXPECT_EQ(root->nlink, 3u);
-  EXPECT_TRUE(store->LookupPath("d").ok());
+  // Deleted, or malformed (then repair made the root and deleted the malformed key after it).
+  for (const std::string& bad : {std::string(), std::string("x")}) {
+    if (!bad.empty()) {
+      EditIndex([&](lmdb::Env& env, lmdb::Txn& txn) {
+        ASSERT_TRUE(
+            txn.Put(env.dbi(kInodes), lmdb::Val(rec::InodeKey(kRootInode).bytes()), lmdb::Val(bad))
+                .ok());
+      });
+    }
+    auto store = OpenDamagedAndRepair(false);
+    ASSERT_TRUE(store);
+    ExpectFile(*store, "a", a);
+    Result<InodeAttr> root = store->GetAttr(kRootInode);
+    ASSERT_TRUE(root.ok()) << "record " << bad.size() << " bytes";
+    EXPECT_EQ(root->kind, InodeKind::kDirectory);
+    EXPECT_EQ(root->nlink, 3u);
+    EXPECT_TRUE(store->LookupPath("d").ok());
+  }
 }
 
 // A directory's link count (2 + subdirectories, as find and ls -l read it) went unchecked: fsck
@@ -545,6 +586,7 @@ TEST_F(RepairTest, DirectoryInNoDirectoryCountsInTheRootsLinks) {
     ASSERT_TRUE(store);
     Result<CheckReport> check = store->Check(false);
     ASSERT_TRUE(check.ok());
+    ASSERT_FALSE(check->problems.empty());
     EXPECT_TRUE(std::any_of(check->problems.begin(), check->problems.end(), [](const auto& p) {
       return p.what.find("once repair links 1 lost ones under it") != std::string::npos;
     })) << check->problems[0].what;
