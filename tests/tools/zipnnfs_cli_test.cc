@@ -74,6 +74,17 @@ TEST_F(ZipnnfsCliTest, ImportExportCatStats) {
   }
   EXPECT_FALSE(fs::exists(store_ + "/packs/new"));
   EXPECT_FALSE(fs::exists(store_ + "/models"));
+  // Nor through a bind mount of it (a check by name let that through); nor onto one of its files.
+  fs::create_directory(Path("bound"));
+  if (::mount(store_.c_str(), Path("bound").c_str(), nullptr, MS_BIND, nullptr) == 0) {
+    test::ToolRun bound = Run({"export", store_, Path("bound/x")});
+    ::umount2(Path("bound").c_str(), MNT_DETACH);
+    EXPECT_EQ(bound.exit_code, 1) << bound.err;
+    EXPECT_NE(bound.err.find("inside the store"), std::string::npos) << bound.err;
+  }
+  test::ToolRun onto = Run({"export", store_, store_ + "/FORMAT"});
+  EXPECT_EQ(onto.exit_code, 1) << onto.err;
+  EXPECT_FALSE(fs::exists(store_ + "/x"));
 
   const std::string a = test::ReadAll(model + "/a.safetensors");
   test::ToolRun cat =
