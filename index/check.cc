@@ -328,20 +328,11 @@ Status StoreImpl::Scan(bool verify_frames, ScanResult& out) {
         chunks[h] = *c;
       }
     }
-    {
-      Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kMeta));
-      if (!cur.ok()) return cur.status();
-      const std::string prefix = "pack/";
-      k = lmdb::Val(prefix);
-      for (bool have = cur->Get(k, v, MDB_SET_RANGE, st); have;
-           have = cur->Get(k, v, MDB_NEXT, st)) {
-        if (k.mv_size != 9 || std::memcmp(k.mv_data, "pack/", 5) != 0) break;
-        if (v.mv_size != 8) continue;
-        pack_lengths[rec::GetBE32(static_cast<const uint8_t*>(k.mv_data) + 5)] =
-            rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data));
-      }
-    }
     if (!st.ok()) return st;
+    Result<std::map<uint32_t, std::optional<uint64_t>>> lengths = PackLengths(*txn, dbi(kMeta));
+    if (!lengths.ok()) return lengths.status();
+    for (const auto& [id, length] : *lengths)
+      if (length) pack_lengths[id] = *length;
     for (const auto& [ino, a] : inodes) out.kinds[ino] = a.kind;
   }  // the read transaction ends here: packs are checked without it
 
@@ -489,18 +480,10 @@ Result<StoreUsage> StoreImpl::GetStoreUsage() {
       u.chunk_raw_bytes += c->raw_size;
     }
   }
-  {
-    Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kMeta));
-    if (!cur.ok()) return cur.status();
-    const std::string prefix = "pack/";
-    k = lmdb::Val(prefix);
-    for (bool have = cur->Get(k, v, MDB_SET_RANGE, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
-      if (k.mv_size != 9 || std::memcmp(k.mv_data, prefix.data(), 5) != 0) break;
-      if (v.mv_size == 8)
-        u.pack_bytes += rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data));
-    }
-  }
   if (!st.ok()) return st;
+  Result<std::map<uint32_t, std::optional<uint64_t>>> lengths = PackLengths(*txn, dbi(kMeta));
+  if (!lengths.ok()) return lengths.status();
+  for (const auto& [id, length] : *lengths) u.pack_bytes += length.value_or(0);
   return u;
 }
 

@@ -60,17 +60,12 @@ Result<GcReport> StoreImpl::Gc(double live_fraction) {
       }
       ZIPNN_RETURN_IF_ERROR(st);
     }
-    Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kMeta));
-    if (!cur.ok()) return cur.status();
-    const std::string prefix = "pack/";
-    k = lmdb::Val(prefix);
-    for (bool have = cur->Get(k, v, MDB_SET_RANGE, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
-      if (k.mv_size != 9 || std::memcmp(k.mv_data, "pack/", 5) != 0) break;
-      if (v.mv_size != 8) return Status::Corrupt("bad pack length record");
-      pack_length[rec::GetBE32(static_cast<const uint8_t*>(k.mv_data) + 5)] =
-          rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data));
+    Result<std::map<uint32_t, std::optional<uint64_t>>> lengths = PackLengths(*txn, dbi(kMeta));
+    if (!lengths.ok()) return lengths.status();
+    for (const auto& [id, length] : *lengths) {
+      if (!length) return Status::Corrupt("bad pack length record");
+      pack_length[id] = *length;
     }
-    ZIPNN_RETURN_IF_ERROR(st);
   }
 
   std::set<uint32_t> victims;

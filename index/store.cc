@@ -303,15 +303,14 @@ Status StoreImpl::OpenImpl() {
 Status StoreImpl::OpenPacksForWriting() {
   Result<lmdb::Txn> txn = env_->BeginRead();
   if (!txn.ok()) return txn.status();
+  Result<std::map<uint32_t, std::optional<uint64_t>>> lengths = PackLengths(*txn, dbi(kMeta));
+  if (!lengths.ok()) return lengths.status();
   // A pack's committed length; -1 for a pack the index does not know.
   auto committed = [&](uint32_t id) -> Result<int64_t> {
-    MDB_val v;
-    const std::string key = rec::PackLengthKey(id);
-    Status st = txn->Get(dbi(kMeta), lmdb::Val(key), v);
-    if (st.code() == StatusCode::kNotFound) return int64_t{-1};
-    if (!st.ok()) return st;
-    if (v.mv_size != 8) return Status::Corrupt("pack length record");
-    return rec::GetLE<int64_t>(static_cast<const uint8_t*>(v.mv_data));
+    auto it = lengths->find(id);
+    if (it == lengths->end()) return int64_t{-1};
+    if (!it->second) return Status::Corrupt("pack length record");
+    return static_cast<int64_t>(*it->second);
   };
 
   const std::string packs_dir = dir_ + "/packs";
@@ -327,21 +326,11 @@ Status StoreImpl::OpenPacksForWriting() {
   }
   ::closedir(d);
   // A pack the index says holds committed frames, and the directory lacks, lost them all.
-  {
-    Result<lmdb::Cursor> cur = lmdb::Cursor::Open(*txn, dbi(kMeta));
-    if (!cur.ok()) return cur.status();
-    MDB_val k = lmdb::Val(std::string_view("pack/")), v;
-    Status st;
-    for (bool have = cur->Get(k, v, MDB_SET_RANGE, st); have && lost_frames_.empty();
-         have = cur->Get(k, v, MDB_NEXT, st)) {
-      if (k.mv_size != 9 || std::memcmp(k.mv_data, "pack/", 5) != 0) break;
-      const uint32_t id = rec::GetBE32(static_cast<const uint8_t*>(k.mv_data) + 5);
-      if (v.mv_size == 8 && rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data)) > 0 &&
-          std::find(ids.begin(), ids.end(), id) == ids.end()) {
-        lost_frames_ = PackPath(packs_dir, id) + ": missing, but the index says it holds frames";
-      }
+  for (const auto& [id, length] : *lengths) {
+    if (length.value_or(0) > 0 && std::find(ids.begin(), ids.end(), id) == ids.end()) {
+      lost_frames_ = PackPath(packs_dir, id) + ": missing, but the index says it holds frames";
+      break;
     }
-    ZIPNN_RETURN_IF_ERROR(st);
   }
   // The pack to append to; without a record of it (damage fsck reports), the newest one.
   MDB_val v;

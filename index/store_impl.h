@@ -194,6 +194,9 @@ Result<uint64_t> GetU64(lmdb::Txn& txn, MDB_dbi dbi, std::string_view key);
 Status PutU64(lmdb::Txn& txn, MDB_dbi dbi, std::string_view key, uint64_t value);
 Status PutU32(lmdb::Txn& txn, MDB_dbi dbi, std::string_view key, uint32_t value);
 Status PutInode(lmdb::Txn& txn, MDB_dbi dbi, const InodeAttr& a);
+// Every pack length record of the meta database `meta`: pack id -> committed length, or nullopt
+// for a record of the wrong size (each caller takes that as damage in its own way).
+Result<std::map<uint32_t, std::optional<uint64_t>>> PackLengths(lmdb::Txn& txn, MDB_dbi meta);
 // Records in `ends`, per pack, where chunk record `c`'s frame ends if it lies past what is there
 // (a record whose end overflows is skipped: fsck reports it on its own).
 inline void NoteFrameEnd(const rec::Chunk& c, std::map<uint32_t, uint64_t>& ends) {

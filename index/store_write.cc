@@ -16,6 +16,23 @@ Result<uint64_t> GetU64(lmdb::Txn& txn, MDB_dbi dbi, std::string_view key) {
   return rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data));
 }
 
+Result<std::map<uint32_t, std::optional<uint64_t>>> PackLengths(lmdb::Txn& txn, MDB_dbi meta) {
+  Result<lmdb::Cursor> cur = lmdb::Cursor::Open(txn, meta);
+  if (!cur.ok()) return cur.status();
+  std::map<uint32_t, std::optional<uint64_t>> lengths;
+  const std::string prefix = rec::PackLengthKey(0).substr(0, 5);  // "pack/"
+  MDB_val k = lmdb::Val(prefix), v;
+  Status st;
+  for (bool have = cur->Get(k, v, MDB_SET_RANGE, st); have; have = cur->Get(k, v, MDB_NEXT, st)) {
+    if (k.mv_size != 9 || std::memcmp(k.mv_data, prefix.data(), 5) != 0) break;
+    std::optional<uint64_t>& length =
+        lengths[rec::GetBE32(static_cast<const uint8_t*>(k.mv_data) + 5)];
+    if (v.mv_size == 8) length = rec::GetLE<uint64_t>(static_cast<const uint8_t*>(v.mv_data));
+  }
+  ZIPNN_RETURN_IF_ERROR(st);
+  return lengths;
+}
+
 Status PutU64(lmdb::Txn& txn, MDB_dbi dbi, std::string_view key, uint64_t value) {
   uint8_t b[8];
   rec::PutLE<uint64_t>(b, value);
