@@ -67,6 +67,9 @@ class UniqueFd {
 Status PreadFull(int fd, uint64_t offset, std::span<uint8_t> out);
 Status WriteFull(int fd, std::span<const uint8_t> bytes);
 Status PwriteFull(int fd, uint64_t offset, std::span<const uint8_t> bytes);
+// Whether a file read up to `size` ends there: one that grew while it was read, or one that does
+// not report its size (/proc files have size 0 and yet content), would be copied cut short.
+Status CheckEndsAt(int fd, uint64_t size);
 
 // Whether a file's blocks cover less than half its size: it has holes, most likely (cp's
 // --sparse=auto asks for less than all). Reading a hole makes the kernel allocate and clear

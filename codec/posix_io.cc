@@ -58,6 +58,20 @@ Status PreadSparse(int fd, uint64_t offset, std::span<uint8_t> out) {
   return Status::Ok();
 }
 
+Status CheckEndsAt(int fd, uint64_t size) {
+  uint8_t byte;
+  ssize_t n;
+  do {
+    n = ::pread(fd, &byte, 1, static_cast<off_t>(size));
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return Status::FromErrno(errno, "read");
+  if (n > 0) {
+    return Status::Io("holds more than its size of " + std::to_string(size) +
+                      " bytes (did it grow? a /proc file?)");
+  }
+  return Status::Ok();
+}
+
 Status WriteFull(int fd, std::span<const uint8_t> bytes) {
   return TransferAll(bytes.size(), "write", [&](size_t done) {
     return ::write(fd, bytes.data() + done, bytes.size() - done);

@@ -295,18 +295,9 @@ Status BulkAddImpl::Consume(BulkTask& t) {
       after.st_mtim.tv_nsec != before.st_mtim.tv_nsec) {
     return FileFailed(t, Status::Busy("changed while it was being imported"));
   }
-  // Nor may it hold more than its size said: a /proc file has size 0 and yet content, and would be
-  // stored empty (a byte past the end is the cheap test; a read error there fails it too).
-  uint8_t past_end;
-  ssize_t n;
-  do {
-    n = ::pread(t.job->fd.get(), &past_end, 1, before.st_size);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return FileFailed(t, Status::FromErrno(errno, "read"));
-  if (n > 0) {
-    return FileFailed(t, Status::Io("holds more than its size of " +
-                                    std::to_string(before.st_size) + " bytes (a /proc file?)"));
-  }
+  // Nor may it hold more than its size said (a /proc file would be stored empty).
+  if (Status ends = CheckEndsAt(t.job->fd.get(), before.st_size); !ends.ok())
+    return FileFailed(t, ends);
   group_bytes_ += current_->size;
   ++progress_.files;
   group_.push_back({t.entry, t.e, std::move(current_), {}, {}, false});

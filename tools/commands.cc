@@ -47,23 +47,6 @@ void PrintSummary(const std::string& from, const std::string& to, uint64_t from_
                seconds > 0 ? original / 1e6 / seconds : 0.0);
 }
 
-// Whether the input ends where its size said when it was opened: a file that grew while it was
-// read, or one that does not report its size (/proc files have size 0 and yet content), would
-// otherwise be compressed cut short, and that exits 0 with bytes missing.
-Status CheckInputEnds(int fd, uint64_t size, const std::string& path) {
-  uint8_t byte;
-  ssize_t n;
-  do {
-    n = ::pread(fd, &byte, 1, static_cast<off_t>(size));
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return Status::FromErrno(errno, path);
-  if (n > 0) {
-    return Status::Io(path + ": holds more than its size of " + std::to_string(size) +
-                      " bytes (did it grow? a /proc file?)");
-  }
-  return Status::Ok();
-}
-
 Result<ContainerReader> OpenContainer(const std::string& path, mode_t* mode) {
   Result<InputFile> in = OpenInput(path);
   if (!in.ok()) return in.status();
@@ -138,7 +121,7 @@ Status Compress(const CompressOptions& opts) {
         out->Wrote(frame.size());
         return Status::Ok();
       }));
-  ZIPNN_RETURN_IF_ERROR(CheckInputEnds(fd, in->size, opts.input));
+  ZIPNN_RETURN_IF_ERROR(WithPath(opts.input, CheckEndsAt(fd, in->size)));
   ZIPNN_RETURN_IF_ERROR(WithPath(out_path, writer.Finish()));
   ZIPNN_RETURN_IF_ERROR(out->Commit());
   if (!opts.quiet) {
