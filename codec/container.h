@@ -70,6 +70,10 @@ Status PwriteFull(int fd, uint64_t offset, std::span<const uint8_t> bytes);
 // Whether a file read up to `size` ends there: one that grew while it was read, or one that does
 // not report its size (/proc files have size 0 and yet content), would be copied cut short.
 Status CheckEndsAt(int fd, uint64_t size);
+// Whether host path `path` (or, where it does not exist yet, its nearest existing ancestor) is
+// directory `dir` or lies in it: symlinks resolved, and compared by identity, so that a bind mount
+// of `dir` is `dir`.
+bool PathIsWithin(const std::string& path, const std::string& dir);
 
 // Whether a file's blocks cover less than half its size: it has holes, most likely (cp's
 // --sparse=auto asks for less than all). Reading a hole makes the kernel allocate and clear

@@ -1,10 +1,12 @@
 // Whole reads and writes of descriptors (container.h): EINTR and short transfers retried, the
 // end of a file that shrank named as such.
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <filesystem>
 
 #include "codec/container.h"
 
@@ -70,6 +72,29 @@ Status CheckEndsAt(int fd, uint64_t size) {
                       " bytes (did it grow? a /proc file?)");
   }
   return Status::Ok();
+}
+
+bool PathIsWithin(const std::string& path, const std::string& dir) {
+  struct stat target;
+  if (::stat(dir.c_str(), &target) != 0) return false;
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::absolute(path, ec);
+  while (!ec && !std::filesystem::exists(p, ec) && p.has_relative_path()) p = p.parent_path();
+  p = std::filesystem::canonical(p, ec);  // (symlinks resolved)
+  if (ec) return false;
+  if (!std::filesystem::is_directory(p, ec)) p = p.parent_path();  // (a file: its directory)
+  // Up through "..", by identity rather than by name: a bind mount of `dir` is `dir`.
+  UniqueFd at(::open(p.c_str(), O_PATH | O_CLOEXEC));
+  while (at.valid()) {
+    struct stat st, up;
+    if (::fstat(at.get(), &st) != 0) return false;
+    if (st.st_dev == target.st_dev && st.st_ino == target.st_ino) return true;
+    UniqueFd parent(::openat(at.get(), "..", O_PATH | O_CLOEXEC));
+    if (!parent.valid() || ::fstat(parent.get(), &up) != 0) return false;
+    if (up.st_dev == st.st_dev && up.st_ino == st.st_ino) return false;  // the root
+    at = std::move(parent);
+  }
+  return false;
 }
 
 Status WriteFull(int fd, std::span<const uint8_t> bytes) {

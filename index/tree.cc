@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <climits>
 #include <map>
 #include <string_view>
 #include <vector>
@@ -220,10 +219,7 @@ Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint6
     summary.new_frame_bytes += r.new_frame_bytes;
   };
   struct stat store_st;
-  char real_store[PATH_MAX];
-  const bool have_store = !opts.store_dir.empty() &&
-                          ::stat(opts.store_dir.c_str(), &store_st) == 0 &&
-                          ::realpath(opts.store_dir.c_str(), real_store) != nullptr;
+  const bool have_store = !opts.store_dir.empty() && ::stat(opts.store_dir.c_str(), &store_st) == 0;
   if (have_store) {
     ctx.store_dev = store_st.st_dev;
     ctx.store_ino = store_st.st_ino;
@@ -240,10 +236,7 @@ Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint6
       walked = Failed(ctx, src, Status::FromErrno(errno, "lstat"), summary);
     } else if (source.name.empty() && !S_ISDIR(st.st_mode)) {
       walked = Failed(ctx, src, Status::InvalidArgument("not a directory"), summary);
-    } else if (char real_src[PATH_MAX];
-               have_store && ::realpath(src.c_str(), real_src) != nullptr &&
-               (std::string_view(real_src) == real_store ||
-                std::string_view(real_src).starts_with(std::string(real_store) + "/"))) {
+    } else if (have_store && PathIsWithin(src, opts.store_dir)) {
       // The store, or a source inside it (its packs, say), is read while the import writes it.
       walked = Failed(ctx, src, Status::InvalidArgument("is inside the store"), summary);
     } else {

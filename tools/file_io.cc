@@ -13,7 +13,6 @@
 #include <chrono>
 #include <climits>
 #include <cstring>
-#include <filesystem>
 #include <optional>
 #include <string_view>
 #include <utility>
@@ -116,27 +115,6 @@ void HoldStandardDescriptors() {
 bool PathExists(const std::string& path) {
   struct stat st;
   return ::lstat(path.c_str(), &st) == 0;
-}
-
-bool PathIsWithin(const std::string& path, const std::string& dir) {
-  struct stat target;
-  if (::stat(dir.c_str(), &target) != 0) return false;
-  std::error_code ec;
-  std::filesystem::path p = std::filesystem::absolute(path, ec);
-  while (!ec && !std::filesystem::exists(p, ec) && p.has_relative_path()) p = p.parent_path();
-  if (!std::filesystem::is_directory(p, ec)) p = p.parent_path();  // (a file: its directory)
-  // Up through "..", by identity rather than by name: a bind mount or a symlink of `dir` is `dir`.
-  UniqueFd at(::open(p.c_str(), O_PATH | O_CLOEXEC));
-  while (at.valid()) {
-    struct stat st, up;
-    if (::fstat(at.get(), &st) != 0) return false;
-    if (st.st_dev == target.st_dev && st.st_ino == target.st_ino) return true;
-    UniqueFd parent(::openat(at.get(), "..", O_PATH | O_CLOEXEC));
-    if (!parent.valid() || ::fstat(parent.get(), &up) != 0) return false;
-    if (up.st_dev == st.st_dev && up.st_ino == st.st_ino) return false;  // the root
-    at = std::move(parent);
-  }
-  return false;
 }
 
 // ---- AtomicOutputFile ------------------------------------------------------------------------

@@ -48,9 +48,6 @@ struct InputFile {
 Result<InputFile> OpenInput(const std::string& path);
 
 bool PathExists(const std::string& path);
-// Whether host path `path`, or where it does not exist yet its nearest existing ancestor, is
-// directory `dir` or lies in it (symlinks resolved).
-bool PathIsWithin(const std::string& path, const std::string& dir);
 
 // Occupies whichever of descriptors 0, 1 and 2 the caller left closed (/dev/null, read-only: a
 // write there still fails, and is reported), so that no file the tool opens becomes its stdout.
