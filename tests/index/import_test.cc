@@ -595,7 +595,6 @@ TEST_F(ImportTest, HolesOfSparseFilesAreNotRead) {
   ExpectClean(*store);
 }
 
-// A full disk: a clear error, a consistent store, and room again once the tail is cut.
 // A gc that runs out of space while copying live frames to its new pack: it failed, but left the
 // partial pack until the next writer opened the store. It removes it, and the store is as before.
 TEST_F(ImportTest, GcOnAFullDiskLeavesNoPartialPack) {
@@ -629,6 +628,7 @@ TEST_F(ImportTest, GcOnAFullDiskLeavesNoPartialPack) {
   ExpectClean(*store);
 }
 
+// A full disk: a clear error, a consistent store, and room again once the tail is cut.
 TEST_F(ImportTest, DiskFullDuringImport) {
   const std::unique_ptr<zipnn::test::SmallTmpfs> tmpfs = StoreOnSmallTmpfs();
   if (!tmpfs->mounted()) {
