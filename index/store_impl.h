@@ -171,8 +171,9 @@ class StoreImpl final : public Store {
   std::mutex write_mutex_;
   std::optional<PackWriter> pack_writer_;
   // A pack found shorter than its committed length when the store opened: its lost frames'
-  // records stay until a repair, so writers refuse (an import would take them as stored, and
-  // its files would be unreadable from the start).
+  // records stay until a repair, so every writer refuses (an import would take them as stored,
+  // and its files would be unreadable from the start; `import --to` would make its directories
+  // before the refusal).
   std::string lost_frames_;
   Status RefuseIfFramesLost() const {
     if (lost_frames_.empty()) return Status::Ok();

@@ -224,6 +224,8 @@ Status StoreImpl::SetTimesIn(lmdb::Txn& txn, uint64_t ino, int64_t atime_ns, int
 Result<InodeAttr> StoreImpl::Mkdir(uint64_t parent, std::string_view name, const NewAttr& attr) {
   ZIPNN_RETURN_IF_ERROR(ValidateName(name));
   std::lock_guard lock(write_mutex_);
+  // (As every writer: `import --to` must not make its directories, then be refused.)
+  ZIPNN_RETURN_IF_ERROR(RefuseIfFramesLost());
   InodeAttr created;
   Status st = env_->Update([&](lmdb::Txn& txn) -> Status {
     Result<InodeAttr> a = MkdirIn(txn, parent, name, attr, false);
@@ -239,6 +241,7 @@ Result<InodeAttr> StoreImpl::Symlink(uint64_t parent, std::string_view name,
   ZIPNN_RETURN_IF_ERROR(ValidateName(name));
   ZIPNN_RETURN_IF_ERROR(ValidateTarget(target));
   std::lock_guard lock(write_mutex_);
+  ZIPNN_RETURN_IF_ERROR(RefuseIfFramesLost());
   InodeAttr created;
   Status st = env_->Update([&](lmdb::Txn& txn) -> Status {
     Result<InodeAttr> a = SymlinkIn(txn, parent, name, target, attr, false);
@@ -251,6 +254,7 @@ Result<InodeAttr> StoreImpl::Symlink(uint64_t parent, std::string_view name,
 
 Status StoreImpl::SetTimes(uint64_t ino, int64_t atime_ns, int64_t mtime_ns) {
   std::lock_guard lock(write_mutex_);
+  ZIPNN_RETURN_IF_ERROR(RefuseIfFramesLost());
   return env_->Update(
       [&](lmdb::Txn& txn) -> Status { return SetTimesIn(txn, ino, atime_ns, mtime_ns); });
 }

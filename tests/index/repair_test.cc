@@ -264,6 +264,9 @@ TEST_F(RepairTest, TruncatedPack) {
   EXPECT_EQ(added.code(), StatusCode::kCorrupt) << added.ToString();
   EXPECT_NE(added.message().find("fsck --repair"), std::string::npos);
   EXPECT_EQ(store->Gc(0.5).status().code(), StatusCode::kCorrupt);
+  EXPECT_EQ(store->Mkdir(kRootInode, "d", {}).status().code(), StatusCode::kCorrupt);
+  EXPECT_EQ(store->Symlink(kRootInode, "l", "a", {}).status().code(), StatusCode::kCorrupt);
+  EXPECT_EQ(store->LookupPath("d").status().code(), StatusCode::kNotFound);
   Result<RepairReport> r = store->Repair(true);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_TRUE(r->after.clean()) << r->after.problems[0].what;
