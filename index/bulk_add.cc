@@ -134,11 +134,12 @@ Status BulkAddImpl::Symlink(BulkDir parent, std::string_view name, std::string_v
   return Queue(std::move(e)).status();
 }
 
-Result<BulkFile> BulkAddImpl::AddFile(BulkDir parent, std::string_view name,
-                                      const std::string& host_path, const NewAttr& attr) {
+Result<BulkFile> BulkAddImpl::AddFile(BulkDir parent, std::string_view name, const HostPath& source,
+                                      const NewAttr& attr) {
   std::unique_ptr<BulkEntry> e = MakeEntry(BulkEntry::Kind::kFile, parent, name, attr);
-  e->label = host_path;
-  e->target = host_path;
+  e->label = source.label;
+  e->target = source.name;
+  e->host_dir = source.dir;
   Result<size_t> id = Queue(std::move(e));
   if (!id.ok()) return id.status();
   return BulkFile{*id, parent, std::string(name)};
@@ -275,8 +276,10 @@ Result<std::shared_ptr<FileJob>> BulkAddImpl::OpenJob(size_t entry, BulkEntry& e
   } else {
     // O_NONBLOCK: a path that became a fifo since it was listed must not block the import
     // forever in open (it is refused below); reads of regular files ignore the flag.
+    const int dir = e.host_dir ? e.host_dir->get() : AT_FDCWD;
     job->fd.Reset(
-        ::open(e.target.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
+        ::openat(dir, e.target.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
+    e.host_dir.reset();  // (descriptors are few: a directory's goes with its last file's open)
     if (!job->fd.valid()) {
       if (errno == ENOENT) return Status::NotFound("vanished before it could be imported");
       // Out of descriptors or memory: this process's failure, not the file's.

@@ -39,7 +39,8 @@ struct BulkEntry {
   std::string name;
   std::string label;   // names the entry in messages
   NewAttr attr;        // kTimes: atime_ns and mtime_ns only
-  std::string target;  // symlink target; file: host path, when `fd` is not given
+  std::string target;  // symlink target; file: its name in host_dir, when `fd` is not given
+  std::shared_ptr<const UniqueFd> host_dir;  // file: null, or the directory `target` is in
   UniqueFd fd;
   BulkFile link;  // kLink: the file it is another name for
 };
@@ -106,7 +107,7 @@ class BulkAddImpl final : public BulkAdd {
                         const std::string& host_path) override;
   Status Symlink(BulkDir parent, std::string_view name, std::string_view target,
                  const NewAttr& attr, const std::string& host_path) override;
-  Result<BulkFile> AddFile(BulkDir parent, std::string_view name, const std::string& host_path,
+  Result<BulkFile> AddFile(BulkDir parent, std::string_view name, const HostPath& source,
                            const NewAttr& attr) override;
   Status Link(BulkDir parent, std::string_view name, const BulkFile& file,
               const std::string& host_path) override;

@@ -36,6 +36,10 @@
 #include "codec/codec.h"
 #include "codec/status.h"
 
+namespace zipnn {
+class UniqueFd;  // codec/container.h
+}  // namespace zipnn
+
 namespace zipnn::index {
 
 inline constexpr uint32_t kStoreFormatVersion = 1;
@@ -193,6 +197,15 @@ struct BulkDir {
   bool queued = false;  // `id` is a BulkAdd::Mkdir handle, not an inode number
 };
 
+// An entry of the host file system: `name` in the directory open as `dir`, or with `dir` null,
+// `name` is a path (from the working directory). Named below an open directory, an entry of a
+// tree deeper than PATH_MAX is still reachable, and a directory renamed or replaced by a symlink
+// during a walk is not followed elsewhere. `label` is its whole path, for messages.
+struct HostPath {
+  std::shared_ptr<const UniqueFd> dir;
+  std::string name, label;
+};
+
 // A file queued by BulkAdd::AddFile, for BulkAdd::Link: its queue position and its place.
 struct BulkFile {
   size_t id = 0;
@@ -257,9 +270,9 @@ class BulkAdd {
                          const NewAttr& attr, const std::string& host_path) = 0;
   // A regular file from the host, opened when its turn comes (a file gone by then fails);
   // it replaces a file of that name, like Store::AddFile. Messages and progress name it by
-  // `host_path`.
-  virtual Result<BulkFile> AddFile(BulkDir parent, std::string_view name,
-                                   const std::string& host_path, const NewAttr& attr) = 0;
+  // `source.label`. The bulk add keeps `source.dir` open until then.
+  virtual Result<BulkFile> AddFile(BulkDir parent, std::string_view name, const HostPath& source,
+                                   const NewAttr& attr) = 0;
   // Another name for a file queued earlier (a hard link): `name` in `parent` names the same
   // inode. An existing file or symlink of that name is replaced; if `file` was left out, so is
   // the link (told to file_failed, or to link_orphaned where set).

@@ -9,11 +9,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <map>
 #include <string_view>
 #include <vector>
 
 #include "codec/container.h"
+#include "index/host_path.h"
 
 namespace zipnn::index {
 
@@ -44,23 +46,24 @@ NewAttr AttrOf(const struct stat& st, const std::string& src, const ImportOption
   return a;
 }
 
-// The extended attributes of `path` (not following a symlink). Attributes the filesystem will not
+// The extended attributes of `p` (not following a symlink). Attributes the filesystem will not
 // show us are simply not copied.
-std::vector<std::pair<std::string, std::string>> ReadXattrs(const std::string& path) {
+std::vector<std::pair<std::string, std::string>> ReadXattrs(const HostPath& p) {
   std::vector<std::pair<std::string, std::string>> out;
-  const ssize_t size = ::llistxattr(path.c_str(), nullptr, 0);
+  const HostXattrs x(p);
+  const ssize_t size = x.List(nullptr, 0);
   if (size <= 0) return out;
   std::string names(static_cast<size_t>(size), '\0');
-  const ssize_t n = ::llistxattr(path.c_str(), names.data(), names.size());
+  const ssize_t n = x.List(names.data(), names.size());
   if (n <= 0) return out;
   names.resize(static_cast<size_t>(n));
   for (size_t pos = 0; pos < names.size();) {
     const std::string name(names.c_str() + pos);
     pos += name.size() + 1;
-    const ssize_t vsize = ::lgetxattr(path.c_str(), name.c_str(), nullptr, 0);
+    const ssize_t vsize = x.Get(name.c_str(), nullptr, 0);
     if (vsize < 0) continue;
     std::string value(static_cast<size_t>(vsize), '\0');
-    const ssize_t got = ::lgetxattr(path.c_str(), name.c_str(), value.data(), value.size());
+    const ssize_t got = x.Get(name.c_str(), value.data(), value.size());
     if (got < 0) continue;
     value.resize(static_cast<size_t>(got));
     out.emplace_back(name, std::move(value));
@@ -68,9 +71,12 @@ std::vector<std::pair<std::string, std::string>> ReadXattrs(const std::string& p
   return out;
 }
 
-Result<std::vector<std::string>> ListHostDir(const std::string& path) {
-  DIR* d = ::opendir(path.c_str());
+// The names in open directory `dir`, sorted.
+Result<std::vector<std::string>> ListHostDir(const UniqueFd& dir) {
+  UniqueFd fd(::fcntl(dir.get(), F_DUPFD_CLOEXEC, 0));  // (closedir closes it)
+  DIR* d = fd.valid() ? ::fdopendir(fd.get()) : nullptr;
   if (d == nullptr) return Status::FromErrno(errno, "opendir");
+  fd.Release();
   std::vector<std::string> names;
   for (;;) {
     errno = 0;  // (the end of the listing and a failure both return null)
@@ -111,66 +117,73 @@ Status Failed(const WalkContext& ctx, const std::string& src, const Status& why,
   return Status::Ok();
 }
 
-Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::string& name,
+Status Walk(BulkAdd& bulk, const HostPath& src, BulkDir parent, const std::string& name,
             WalkContext& ctx, TreeSummary& summary);
 
 // Queues the entries of host directory `src` in `dir`.
-Status WalkChildren(BulkAdd& bulk, const std::string& src, BulkDir dir, WalkContext& ctx,
+Status WalkChildren(BulkAdd& bulk, const HostPath& src, BulkDir dir, WalkContext& ctx,
                     TreeSummary& summary) {
-  Result<std::vector<std::string>> names = ListHostDir(src);
+  std::shared_ptr<const UniqueFd> fd = OpenDir(src, O_RDONLY);
+  Result<std::vector<std::string>> names =
+      fd ? ListHostDir(*fd) : Result<std::vector<std::string>>(Status::FromErrno(errno, "opendir"));
   if (!names.ok()) {  // (as cp -a does, the directory itself is kept)
-    ZIPNN_RETURN_IF_ERROR(Failed(ctx, src, names.status(), summary));
+    ZIPNN_RETURN_IF_ERROR(Failed(ctx, src.label, names.status(), summary));
     names = std::vector<std::string>{};
   }
   for (const std::string& child : *names) {
-    ZIPNN_RETURN_IF_ERROR(Walk(bulk, src + "/" + child, dir, child, ctx, summary));
+    ZIPNN_RETURN_IF_ERROR(Walk(bulk, ChildOf(fd, src.label, child), dir, child, ctx, summary));
   }
   return Status::Ok();
 }
 
-// Queues host path `src` as `name` in `parent`; directories recursively, their times last (as
+// Queues host entry `src` as `name` in `parent`; directories recursively, their times last (as
 // cp -a does: adding children would have changed a live directory's times).
-Status Walk(BulkAdd& bulk, const std::string& src, BulkDir parent, const std::string& name,
+Status Walk(BulkAdd& bulk, const HostPath& src, BulkDir parent, const std::string& name,
             WalkContext& ctx, TreeSummary& summary) {
+  const std::string& label = src.label;
   struct stat st;
-  if (::lstat(src.c_str(), &st) != 0) {
+  if (::fstatat(DirFd(src), src.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
     // Listed by its directory a moment ago: it went away while the import ran.
     if (errno == ENOENT) {
-      return Failed(ctx, src, Status::NotFound("vanished before it could be imported"), summary);
+      return Failed(ctx, label, Status::NotFound("vanished before it could be imported"), summary);
     }
-    return Failed(ctx, src, Status::FromErrno(errno, "lstat"), summary);
+    return Failed(ctx, label, Status::FromErrno(errno, "lstat"), summary);
   }
   if (ctx.store_ino != 0 && st.st_dev == ctx.store_dev && st.st_ino == ctx.store_ino) {
     // (Not counted: leaving the store out is the copy asked for, not a loss.)
-    if (ctx.opts.skipped) ctx.opts.skipped(src, "the store itself, skipped");
+    if (ctx.opts.skipped) ctx.opts.skipped(label, "the store itself, skipped");
     return Status::Ok();
   }
-  NewAttr attr = AttrOf(st, src, ctx.opts);
+  NewAttr attr = AttrOf(st, label, ctx.opts);
   attr.xattrs = ReadXattrs(src);
   if (S_ISREG(st.st_mode)) {
     if (st.st_nlink > 1) {  // as cp -a keeps hard links
       auto it = ctx.linked.find({st.st_dev, st.st_ino});
-      if (it != ctx.linked.end()) return bulk.Link(parent, name, it->second, src);
+      if (it != ctx.linked.end()) return bulk.Link(parent, name, it->second, label);
     }
-    Result<BulkFile> file = bulk.AddFile(parent, name, src, attr);
+    // Queued by its path where that is usable: a descriptor held for each directory with files
+    // in the queue could pass the process's limit in a wide tree.
+    const bool by_path = src.label.size() < PATH_MAX;
+    Result<BulkFile> file =
+        bulk.AddFile(parent, name, by_path ? HostPath{nullptr, label, label} : src, attr);
     if (!file.ok()) return file.status();
     if (st.st_nlink > 1) ctx.linked.emplace(std::pair{st.st_dev, st.st_ino}, std::move(*file));
     return Status::Ok();
   }
   if (S_ISLNK(st.st_mode)) {
     std::string target(static_cast<size_t>(st.st_size) + 1, '\0');
-    const ssize_t n = ::readlink(src.c_str(), target.data(), target.size());
-    if (n < 0) return Failed(ctx, src, Status::FromErrno(errno, "readlink"), summary);
+    const ssize_t n = ::readlinkat(DirFd(src), src.name.c_str(), target.data(), target.size());
+    if (n < 0) return Failed(ctx, label, Status::FromErrno(errno, "readlink"), summary);
     target.resize(static_cast<size_t>(n));
-    return bulk.Symlink(parent, name, target, attr, src);
+    return bulk.Symlink(parent, name, target, attr, label);
   }
   if (S_ISDIR(st.st_mode)) {
-    Result<BulkDir> dir = bulk.Mkdir(parent, name, attr, src);
+    Result<BulkDir> dir = bulk.Mkdir(parent, name, attr, label);
     if (!dir.ok()) return dir.status();
     ZIPNN_RETURN_IF_ERROR(WalkChildren(bulk, src, *dir, ctx, summary));
     return bulk.SetTimes(*dir, attr.atime_ns, attr.mtime_ns);
   }
-  Skip(ctx, src, "special file (device, fifo or socket) skipped", summary);
+  Skip(ctx, label, "special file (device, fifo or socket) skipped", summary);
   return Status::Ok();
 }
 
@@ -241,12 +254,13 @@ Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint6
       walked = Failed(ctx, src, Status::InvalidArgument("is inside the store"), summary);
     } else {
       const BulkDir top{parent, false};
+      const HostPath whole{nullptr, src, src};
       if (!source.name.empty()) {
-        walked = Walk(**bulk, src, top, source.name, ctx, summary);
-      } else if ((walked = WalkChildren(**bulk, src, top, ctx, summary)).ok()) {
+        walked = Walk(**bulk, whole, top, source.name, ctx, summary);
+      } else if ((walked = WalkChildren(**bulk, whole, top, ctx, summary)).ok()) {
         // As cp -a SRC/. DEST: DEST takes SRC's attributes (its times after its entries).
         NewAttr attr = AttrOf(st, src, opts);
-        attr.xattrs = ReadXattrs(src);
+        attr.xattrs = ReadXattrs(whole);
         walked = (*bulk)->SetDirAttr(top, attr);
       }
     }
@@ -264,7 +278,9 @@ Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint6
     ctx.linked.clear();
     Status again;
     for (const Orphan& o : orphans) {
-      again = Walk(**bulk, o.host_path, BulkDir{o.parent, false}, o.name, ctx, summary);
+      // (By path: a name past PATH_MAX fails here, and is told.)
+      again = Walk(**bulk, HostPath{nullptr, o.host_path, o.host_path}, BulkDir{o.parent, false},
+                   o.name, ctx, summary);
       if (!again.ok()) break;
     }
     done = (*bulk)->Finish();

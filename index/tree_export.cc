@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <functional>
+#include <optional>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
 #include "codec/container.h"
+#include "index/host_path.h"
 #include "index/tree.h"
 
 namespace zipnn::index {
@@ -129,19 +131,21 @@ Status EntryDone(ExportContext& ctx, const Status& s) {
   return Status::Ok();
 }
 
-// What is at `path` now: 0 for nothing, else its st_mode's type bits.
-Result<mode_t> KindAt(const std::string& path) {
+// What is at `p` now: 0 for nothing, else its st_mode's type bits.
+Result<mode_t> KindAt(const HostPath& p) {
   struct stat st;
-  if (::lstat(path.c_str(), &st) == 0) return st.st_mode & S_IFMT;
+  if (::fstatat(DirFd(p), p.name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    return st.st_mode & S_IFMT;
+  }
   if (errno == ENOENT) return mode_t{0};
-  return Status::FromErrno(errno, path);
+  return Status::FromErrno(errno, p.label);
 }
 
 // A file or symlink is not put where a directory is (cp -a refuses too).
-Status CheckNotDirectory(const std::string& dest) {
+Status CheckNotDirectory(const HostPath& dest) {
   Result<mode_t> kind = KindAt(dest);
   if (!kind.ok()) return kind.status();
-  if (*kind == S_IFDIR) return Status::Exists(dest + ": cannot overwrite a directory");
+  if (*kind == S_IFDIR) return Status::Exists(dest.label + ": cannot overwrite a directory");
   return Status::Ok();
 }
 
@@ -152,12 +156,13 @@ Status CheckNotDirectory(const std::string& dest) {
 // entry has (made exclusively, retried while taken), removed again unless committed.
 class NewEntry {
  public:
-  NewEntry(ExportContext& ctx, const std::string& dest) : ctx_(ctx), dest_(dest) {
-    const size_t slash = dest.rfind('/');
-    dir_ = slash == std::string::npos ? std::string() : dest.substr(0, slash + 1);
+  NewEntry(ExportContext& ctx, const HostPath& dest) : ctx_(ctx), dest_(dest) {
+    // (A path given whole: its temporary is beside it, so in its directory.)
+    const size_t slash = dest.dir ? std::string::npos : dest.name.rfind('/');
+    prefix_ = slash == std::string::npos ? std::string() : dest.name.substr(0, slash + 1);
   }
   ~NewEntry() {
-    if (named_ && !done_) ::unlink(temp_.c_str());
+    if (named_ && !done_) ::unlinkat(DirFd(dest_), temp_.c_str(), 0);
   }
   NewEntry(const NewEntry&) = delete;
   NewEntry& operator=(const NewEntry&) = delete;
@@ -165,40 +170,51 @@ class NewEntry {
   // The new file's descriptor (this object's).
   Result<int> CreateFile() {
     if (ctx_.unnamed_files) {
-      fd_.Reset(::open(dir_.empty() ? "." : dir_.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
+      fd_.Reset(::openat(DirFd(dest_), prefix_.empty() ? "." : prefix_.c_str(),
+                         O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
       if (fd_.valid()) return fd_.get();
     }
     ZIPNN_RETURN_IF_ERROR(Named([&](const std::string& p) {
-      fd_.Reset(::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+      fd_.Reset(::openat(DirFd(dest_), p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
       return fd_.valid() ? 0 : -1;
     }));
     return fd_.get();
   }
   Status CreateSymlink(const std::string& target) {
-    return Named([&](const std::string& p) { return ::symlink(target.c_str(), p.c_str()); });
+    return Named(
+        [&](const std::string& p) { return ::symlinkat(target.c_str(), DirFd(dest_), p.c_str()); });
   }
+  // (`existing` is a path: past PATH_MAX, the link fails, and the caller copies.)
   Status CreateLink(const std::string& existing) {
-    return Named([&](const std::string& p) { return ::link(existing.c_str(), p.c_str()); });
+    return Named([&](const std::string& p) {
+      return ::linkat(AT_FDCWD, existing.c_str(), DirFd(dest_), p.c_str(), 0);
+    });
   }
-  // The entry's path until committed (named entries only).
-  const std::string& temp() const { return temp_; }
+  // The entry until committed (named entries only).
+  HostPath temp() const { return HostPath{dest_.dir, temp_, dest_.label}; }
 
   Status Commit() {
     if (!named_) {  // an unnamed file gets its temporary name now
       const std::string self = "/proc/self/fd/" + std::to_string(fd_.get());
       ZIPNN_RETURN_IF_ERROR(Named([&](const std::string& p) {
-        if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, p.c_str(), AT_SYMLINK_FOLLOW) == 0) return 0;
+        const int dir = DirFd(dest_);
+        if (::linkat(AT_FDCWD, self.c_str(), dir, p.c_str(), AT_SYMLINK_FOLLOW) == 0) return 0;
         if (errno == EEXIST) return -1;  // (no /proc: root may name the descriptor itself)
-        return ::linkat(fd_.get(), "", AT_FDCWD, p.c_str(), AT_EMPTY_PATH);
+        return ::linkat(fd_.get(), "", dir, p.c_str(), AT_EMPTY_PATH);
       }));
     }
     ZIPNN_RETURN_IF_ERROR(CheckNotDirectory(dest_));
-    if (::rename(temp_.c_str(), dest_.c_str()) != 0) return Status::FromErrno(errno, dest_);
+    const int dir = DirFd(dest_);
+    if (::renameat(dir, temp_.c_str(), dir, dest_.name.c_str()) != 0) {
+      return Status::FromErrno(errno, dest_.label);
+    }
     done_ = true;
     // Where both names were links to one file (another export into the same place made it),
     // rename does nothing: the temporary name, ours, goes.
     struct stat st;
-    if (::lstat(temp_.c_str(), &st) == 0) ::unlink(temp_.c_str());
+    if (::fstatat(dir, temp_.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      ::unlinkat(dir, temp_.c_str(), 0);
+    }
     return Status::Ok();
   }
 
@@ -207,38 +223,42 @@ class NewEntry {
   // errno set (EEXIST: the name is taken).
   Status Named(const std::function<int(const std::string&)>& make) {
     for (int attempt = 0; attempt < 1000; ++attempt) {
-      std::string name = dir_ + ".zipnnfs-export." + std::to_string(::getpid()) + "." +
+      std::string name = prefix_ + ".zipnnfs-export." + std::to_string(::getpid()) + "." +
                          std::to_string(ctx_.temps++);
       if (make(name) == 0) {
         temp_ = std::move(name);
         named_ = true;
         return Status::Ok();
       }
-      if (errno != EEXIST) return Status::FromErrno(errno, dest_);
+      if (errno != EEXIST) return Status::FromErrno(errno, dest_.label);
     }
-    return Status::Exists(dest_ + ": no free temporary name beside it");
+    return Status::Exists(dest_.label + ": no free temporary name beside it");
   }
 
   ExportContext& ctx_;
-  std::string dest_, dir_, temp_;
+  const HostPath dest_;        // (holds its directory open)
+  std::string prefix_, temp_;  // temp_: relative to dest_'s directory
   UniqueFd fd_;
   bool named_ = false, done_ = false;
 };
 
 // Sets the stored owner, extended attributes, mode and times of what `fd` is (else `path`, not
-// followed; messages name it `label`), as cp -a does: each that fails is reported (the first
+// followed; messages name it `path.label`), as cp -a does: each that fails is reported (the first
 // failure is returned) and the rest still set. Root sets the owner; another user can only keep the
 // group, where they belong to it. Where the owner cannot be kept, the set-id and sticky bits are
 // dropped (a set-uid file must not run as whoever exported it).
 Status SetAttributes(ExportContext& ctx, uint64_t ino, const InodeAttr& a, int fd,
-                     const std::string& path, const std::string& label) {
+                     const HostPath& path) {
+  const std::string& label = path.label;
+  const int dir = DirFd(path);
+  const char* name = path.name.c_str();
   Status first;
   auto fail = [&](const std::string& what) {
     if (first.ok()) first = Status::FromErrno(errno, label + ": " + what);
   };
   const bool link = a.kind == InodeKind::kSymlink;
   auto chown = [&](uid_t uid, gid_t gid) {
-    return fd >= 0 ? ::fchown(fd, uid, gid) : ::lchown(path.c_str(), uid, gid);
+    return fd >= 0 ? ::fchown(fd, uid, gid) : ::fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW);
   };
   // Owner first, then attributes: chown drops security.capability (and set-id bits, which the
   // chmod after it puts back), as cp -a's order avoids.
@@ -254,43 +274,44 @@ Status SetAttributes(ExportContext& ctx, uint64_t ino, const InodeAttr& a, int f
 
   std::vector<std::string> names;
   if (Status st = ctx.store.ListXattr(ino, names); !st.ok()) return first.ok() ? st : first;
-  for (const std::string& name : names) {
-    Result<std::string> value = ctx.store.GetXattr(ino, name);
+  std::optional<HostXattrs> host;  // (for an entry without `fd`)
+  if (fd < 0) host.emplace(path);
+  for (const std::string& x : names) {
+    Result<std::string> value = ctx.store.GetXattr(ino, x);
     if (!value.ok()) return first.ok() ? value.status() : first;
-    const int r = fd >= 0
-                      ? ::fsetxattr(fd, name.c_str(), value->data(), value->size(), 0)
-                      : ::lsetxattr(path.c_str(), name.c_str(), value->data(), value->size(), 0);
+    const int r = fd >= 0 ? ::fsetxattr(fd, x.c_str(), value->data(), value->size(), 0)
+                          : host->Set(x.c_str(), value->data(), value->size());
     // Namespaces the destination does not support or lets us write (trusted.*, security.* as
     // non-root) are skipped, as cp -a skips them.
-    if (r != 0 && errno != ENOTSUP && errno != EPERM) fail("xattr " + name);
+    if (r != 0 && errno != ENOTSUP && errno != EPERM) fail("xattr " + x);
   }
   // ACLs the destination's default ACL gave a new entry, where the source had none, go: as cp -a
   // makes them, the entry's permissions are its mode's alone.
   for (const char* acl : {"system.posix_acl_access", "system.posix_acl_default"}) {
     if (link || std::find(names.begin(), names.end(), acl) != names.end()) continue;
-    const int r = fd >= 0 ? ::fremovexattr(fd, acl) : ::lremovexattr(path.c_str(), acl);
+    const int r = fd >= 0 ? ::fremovexattr(fd, acl) : host->Remove(acl);
     if (r != 0 && errno != ENODATA && errno != ENOTSUP && errno != EPERM) fail("removing an ACL");
   }
-  if (!link && (fd >= 0 ? ::fchmod(fd, mode) : ::chmod(path.c_str(), mode)) != 0) fail("chmod");
+  if (!link && (fd >= 0 ? ::fchmod(fd, mode) : ::fchmodat(dir, name, mode, 0)) != 0) fail("chmod");
   const timespec times[2] = {FromNs(a.atime_ns), FromNs(a.mtime_ns)};
-  if ((fd >= 0 ? ::futimens(fd, times)
-               : ::utimensat(AT_FDCWD, path.c_str(), times, AT_SYMLINK_NOFOLLOW)) != 0) {
+  if ((fd >= 0 ? ::futimens(fd, times) : ::utimensat(dir, name, times, AT_SYMLINK_NOFOLLOW)) != 0) {
     fail("setting times");
   }
   return first;
 }
 
-Status ExportNode(ExportContext& ctx, uint64_t ino, const std::string& dest);
+Status ExportNode(ExportContext& ctx, uint64_t ino, const HostPath& dest);
 
 // Exports the entries of directory `ino` into directory `dest`.
-Status ExportEntries(ExportContext& ctx, uint64_t ino, const std::string& dest) {
+Status ExportEntries(ExportContext& ctx, uint64_t ino, const HostPath& dest) {
+  const std::shared_ptr<const UniqueFd> dir = OpenDir(dest, O_PATH);
+  if (!dir) return Status::FromErrno(errno, dest.label);
   return ForEachDirEntry(ctx.store, ino, [&](const DirEntry& e) {
-    return EntryDone(ctx, ExportNode(ctx, e.ino, dest + "/" + e.name));
+    return EntryDone(ctx, ExportNode(ctx, e.ino, ChildOf(dir, dest.label, e.name)));
   });
 }
 
-Status ExportFile(ExportContext& ctx, uint64_t ino, const InodeAttr& attr,
-                  const std::string& dest) {
+Status ExportFile(ExportContext& ctx, uint64_t ino, const InodeAttr& attr, const HostPath& dest) {
   ZIPNN_RETURN_IF_ERROR(CheckNotDirectory(dest));  // before the work, not after
   auto it = attr.nlink > 1 ? ctx.linked.find(ino) : ctx.linked.end();
   if (it != ctx.linked.end()) {  // another name of a file exported already: a link, as cp -a
@@ -304,18 +325,20 @@ Status ExportFile(ExportContext& ctx, uint64_t ino, const InodeAttr& attr,
   NewEntry file(ctx, dest);
   Result<int> fd = file.CreateFile();
   if (!fd.ok()) return fd.status();
-  ZIPNN_RETURN_IF_ERROR(WriteRange(ctx.store, ctx.pool, ino, 0, attr.size, *fd, dest, true));
-  if (::ftruncate(*fd, static_cast<off_t>(attr.size)) != 0) return Status::FromErrno(errno, dest);
+  ZIPNN_RETURN_IF_ERROR(WriteRange(ctx.store, ctx.pool, ino, 0, attr.size, *fd, dest.label, true));
+  if (::ftruncate(*fd, static_cast<off_t>(attr.size)) != 0) {
+    return Status::FromErrno(errno, dest.label);
+  }
   // The data is whole: it takes its place even where attributes cannot all be set (reported).
-  const Status attributes = SetAttributes(ctx, ino, attr, *fd, dest, dest);
+  const Status attributes = SetAttributes(ctx, ino, attr, *fd, dest);
   ZIPNN_RETURN_IF_ERROR(file.Commit());
-  if (attr.nlink > 1) ctx.linked.emplace(ino, dest);
+  if (attr.nlink > 1) ctx.linked.emplace(ino, dest.label);
   ++ctx.summary.files;
   ctx.summary.raw_bytes += attr.size;
   return attributes;
 }
 
-Status ExportNode(ExportContext& ctx, uint64_t ino, const std::string& dest) {
+Status ExportNode(ExportContext& ctx, uint64_t ino, const HostPath& dest) {
   Result<InodeAttr> attr = ctx.store.GetAttr(ino);
   if (!attr.ok()) return attr.status();
   switch (attr->kind) {
@@ -327,26 +350,28 @@ Status ExportNode(ExportContext& ctx, uint64_t ino, const std::string& dest) {
       ZIPNN_RETURN_IF_ERROR(CheckNotDirectory(dest));
       NewEntry link(ctx, dest);
       ZIPNN_RETURN_IF_ERROR(link.CreateSymlink(*target));
-      const Status attributes = SetAttributes(ctx, ino, *attr, -1, link.temp(), dest);
+      const Status attributes = SetAttributes(ctx, ino, *attr, -1, link.temp());
       ZIPNN_RETURN_IF_ERROR(link.Commit());
       ++ctx.summary.symlinks;
       return attributes;
     }
     case InodeKind::kDirectory: {
       if (!ctx.dirs.insert(ino).second) {
-        return Status::Corrupt(dest + ": directory inode " + std::to_string(ino) +
+        return Status::Corrupt(dest.label + ": directory inode " + std::to_string(ino) +
                                " is in the tree twice (damaged index: see zipnnfs fsck)");
       }
       // An existing directory is merged into, as cp -a does (and gets the stored attributes).
       Result<mode_t> kind = KindAt(dest);
       if (!kind.ok()) return kind.status();
       if (*kind != 0 && *kind != S_IFDIR) {
-        return Status::Exists(dest + ": cannot overwrite a non-directory with a directory");
+        return Status::Exists(dest.label + ": cannot overwrite a non-directory with a directory");
       }
-      if (*kind == 0 && ::mkdir(dest.c_str(), 0700) != 0) return Status::FromErrno(errno, dest);
+      if (*kind == 0 && ::mkdirat(DirFd(dest), dest.name.c_str(), 0700) != 0) {
+        return Status::FromErrno(errno, dest.label);
+      }
       const Status listed = ExportEntries(ctx, ino, dest);
       // Attributes last (its entries changed its times), even after a failure of the listing.
-      const Status attributes = SetAttributes(ctx, ino, *attr, -1, dest, dest);
+      const Status attributes = SetAttributes(ctx, ino, *attr, -1, dest);
       ZIPNN_RETURN_IF_ERROR(listed);
       ++ctx.summary.directories;
       return attributes;
@@ -361,14 +386,14 @@ Status ExportTree(Store& store, uint64_t ino, const std::string& dest, TreeSumma
                   const ExportOptions& opts) {
   ThreadPool pool(0);
   ExportContext ctx(store, pool, opts, summary);
-  return EntryDone(ctx, ExportNode(ctx, ino, dest));
+  return EntryDone(ctx, ExportNode(ctx, ino, HostPath{nullptr, dest, dest}));
 }
 
 Status ExportTreeEntries(Store& store, uint64_t ino, const std::string& dest, TreeSummary& summary,
                          const ExportOptions& opts) {
   ThreadPool pool(0);
   ExportContext ctx(store, pool, opts, summary);
-  return EntryDone(ctx, ExportEntries(ctx, ino, dest));
+  return EntryDone(ctx, ExportEntries(ctx, ino, HostPath{nullptr, dest, dest}));
 }
 
 Status WriteFileRange(Store& store, uint64_t ino, uint64_t begin, uint64_t end, int fd,

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -109,6 +110,14 @@ void HoldStandardDescriptors() {
       const int held = ::open("/dev/null", O_RDONLY);  // (the lowest free descriptor: fd)
       if (held >= 0 && held != fd) ::close(held);
     }
+  }
+}
+
+void RaiseDescriptorLimit() {
+  struct rlimit lim;
+  if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &lim);
   }
 }
 

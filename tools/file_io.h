@@ -53,6 +53,10 @@ bool PathExists(const std::string& path);
 // write there still fails, and is reported), so that no file the tool opens becomes its stdout.
 // Else `zipnnfs import ... >&-` would write its report into the store's first file.
 void HoldStandardDescriptors();
+// Raises this process's soft limit of open descriptors to its hard limit: an import holds a
+// descriptor per host directory with files queued (see index::HostPath), more than the usual
+// soft limit of 1024 where a large file holds up the workers. (Nothing here uses select().)
+void RaiseDescriptorLimit();
 
 // A new file, unnamed until complete where the file system allows (O_TMPFILE: even a kill -9
 // leaves nothing behind), else under a temporary name (path.tmp.XXXXXX, same directory, the name

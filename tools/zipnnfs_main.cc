@@ -44,6 +44,7 @@ const CLI::Validator kByteCount(
 
 int main(int argc, char** argv) {
   zipnn::tool::HoldStandardDescriptors();
+  zipnn::tool::RaiseDescriptorLimit();
   // Mounting follows the conventions of sshfs and squashfuse (`zipnnfs STORE MOUNTPOINT -o ...`),
   // parsed by libfuse; the store tools are subcommands.
   if (argc >= 2 && std::string_view(argv[1]) == "mount") {

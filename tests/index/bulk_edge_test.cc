@@ -30,7 +30,7 @@ TEST_F(BulkEdgeTest, FifoQueuedAsFileIsRefusedNotWaitedOn) {
   ASSERT_TRUE(store);
   Result<std::unique_ptr<BulkAdd>> bulk = store->BeginBulkAdd();
   ASSERT_TRUE(bulk.ok());
-  ASSERT_TRUE((*bulk)->AddFile(BulkDir{}, "f", fifo, NewAttr{}).ok());
+  ASSERT_TRUE((*bulk)->AddFile(BulkDir{}, "f", {nullptr, fifo, fifo}, NewAttr{}).ok());
   Result<BulkSummary> done = (*bulk)->Finish();
   ASSERT_FALSE(done.ok());
   EXPECT_NE(done.status().message().find("not a regular file"), std::string::npos)

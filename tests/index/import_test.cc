@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -428,6 +429,83 @@ TEST_F(ImportTest, HardLinksAreKept) {
   ExpectClean(*store);
 }
 
+// A tree deeper than PATH_MAX (4096 bytes) has no usable paths below that depth: import and
+// export reach its entries from their open directories (cp -a of this tree fails there).
+TEST_F(ImportTest, TreeDeeperThanPathMaxRoundTrips) {
+  const std::string level(250, 'd');
+  const int kLevels = 20;  // about 5 KB of path
+  // Creates (or with make false, opens) the deepest directory below `top`, level by level.
+  auto deepest = [&](const std::string& top, bool make) {
+    UniqueFd at(::open(top.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    for (int i = 0; i < kLevels && at.valid(); ++i) {
+      if (make) {
+        EXPECT_EQ(::mkdirat(at.get(), level.c_str(), 0750), 0);
+      }
+      at = UniqueFd(::openat(at.get(), level.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    }
+    return at;
+  };
+  const std::string src = dir_ + "/src";
+  fs::create_directories(src);
+  const Bytes data = RandomBytes(300000, 3);
+  {
+    UniqueFd d = deepest(src, true);
+    ASSERT_TRUE(d.valid());
+    UniqueFd f(::openat(d.get(), "f", O_WRONLY | O_CREAT | O_CLOEXEC, 0640));
+    ASSERT_TRUE(f.valid());
+    ASSERT_TRUE(WriteFull(f.get(), data).ok());
+    ASSERT_EQ(::symlinkat("f", d.get(), "l"), 0);
+    ASSERT_EQ(::linkat(d.get(), "f", d.get(), "h", 0), 0);
+    ASSERT_TRUE(::fsetxattr(f.get(), "user.k", "v", 1, 0) == 0 || errno == ENOTSUP);
+  }
+  auto store = Open(true);
+  ASSERT_TRUE(store);
+  TreeSummary summary;
+  ImportOptions io;
+  io.failed = [](const std::string& path, const Status& why) {
+    ADD_FAILURE() << path.substr(0, 80) << "...: " << why.ToString();
+  };
+  ASSERT_TRUE(ImportTree(*store, src, kRootInode, "src", io, summary).ok());
+  EXPECT_EQ(summary.files, 1u);  // (h is another name of f)
+  EXPECT_EQ(summary.symlinks, 1u);
+  EXPECT_EQ(summary.directories, kLevels + 1u);
+  std::string deep = "/src";
+  for (int i = 0; i < kLevels; ++i) deep += "/" + level;
+  ExpectStored(*store, deep + "/f", data);
+  EXPECT_EQ(store->LookupPath(deep + "/h")->ino, store->LookupPath(deep + "/f")->ino);
+  ExpectClean(*store);
+
+  const std::string out = dir_ + "/out";
+  TreeSummary exported;
+  ExportOptions eo;
+  eo.failed = [](const Status& why) { ADD_FAILURE() << why.ToString().substr(0, 200); };
+  ASSERT_TRUE(ExportTree(*store, store->LookupPath("/src")->ino, out, exported, eo).ok());
+  UniqueFd d = deepest(out, false);
+  ASSERT_TRUE(d.valid());
+  for (const char* name : {"f", "h"}) {  // (h: a copy, as its first name has no usable path)
+    UniqueFd f(::openat(d.get(), name, O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(f.valid()) << name;
+    Bytes got(data.size() + 1);
+    EXPECT_EQ(::pread(f.get(), got.data(), got.size(), 0), static_cast<ssize_t>(data.size()));
+    got.resize(data.size());
+    EXPECT_TRUE(got == data) << name;
+    struct stat st;
+    ASSERT_EQ(::fstat(f.get(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0640u) << name;
+    char value[8];
+    const ssize_t n = ::fgetxattr(f.get(), "user.k", value, sizeof value);
+    if (n >= 0 || errno != ENOTSUP) {
+      EXPECT_EQ(std::string(value, n > 0 ? n : 0), "v") << name;
+    }
+  }
+  char target[16];
+  EXPECT_EQ(::readlinkat(d.get(), "l", target, sizeof target), 1);
+  EXPECT_EQ(target[0], 'f');
+  struct stat st;
+  ASSERT_EQ(::fstatat(d.get(), "", &st, AT_EMPTY_PATH), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0750u);
+}
+
 // A file whose first name is refused (a directory is in the way) keeps its other names, as cp -a
 // copies them: they become one file of their own, with its content and attributes.
 TEST_F(ImportTest, OtherNamesOfARefusedFileAreCopied) {
@@ -686,7 +764,8 @@ TEST_F(ImportTest, DedupAcrossFilesInFlightAndGroupedCommits) {
   Result<BulkDir> d = (*bulk)->Mkdir(BulkDir{}, "src", {}, "");
   ASSERT_TRUE(d.ok());
   for (const auto& e : fs::directory_iterator(src)) {
-    ASSERT_TRUE((*bulk)->AddFile(*d, e.path().filename().string(), e.path().string(), {}).ok());
+    const std::string path = e.path().string();
+    ASSERT_TRUE((*bulk)->AddFile(*d, e.path().filename().string(), {nullptr, path, path}, {}).ok());
   }
   Result<BulkSummary> done = (*bulk)->Finish();
   ASSERT_TRUE(done.ok()) << done.status().ToString();
