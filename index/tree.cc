@@ -162,7 +162,9 @@ Status Walk(BulkAdd& bulk, const HostPath& src, BulkDir parent, const std::strin
       if (it != ctx.linked.end()) return bulk.Link(parent, name, it->second, label);
     }
     // Queued by its path where that is usable: a descriptor held for each directory with files
-    // in the queue could pass the process's limit in a wide tree.
+    // in the queue could pass the process's limit in a wide tree. (Past PATH_MAX it is held: up
+    // to one per queued entry, under the hard limits of common systems, which zipnnfs raises
+    // its soft limit to.)
     const bool by_path = src.label.size() < PATH_MAX;
     Result<BulkFile> file =
         bulk.AddFile(parent, name, by_path ? HostPath{nullptr, label, label} : src, attr);

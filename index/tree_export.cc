@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <functional>
 #include <optional>
 #include <unordered_map>
@@ -114,7 +115,9 @@ struct ExportContext {
   // damaged index has) is an error, not an endless descent.
   std::unordered_set<uint64_t> dirs;
   // Files of several names (hard links) exported so far: their other names become links.
-  std::unordered_map<uint64_t, std::string> linked;
+  // Each is named by its path where that is usable (a descriptor held for every one could pass
+  // the process's limit), else below its open directory.
+  std::unordered_map<uint64_t, HostPath> linked;
   uint64_t temps = 0;  // temporary names tried so far
   bool root = ::geteuid() == 0;
   // Whether a file made unnamed (O_TMPFILE) can be named when complete: through /proc, else by
@@ -184,10 +187,9 @@ class NewEntry {
     return Named(
         [&](const std::string& p) { return ::symlinkat(target.c_str(), DirFd(dest_), p.c_str()); });
   }
-  // (`existing` is a path: past PATH_MAX, the link fails, and the caller copies.)
-  Status CreateLink(const std::string& existing) {
+  Status CreateLink(const HostPath& existing) {
     return Named([&](const std::string& p) {
-      return ::linkat(AT_FDCWD, existing.c_str(), DirFd(dest_), p.c_str(), 0);
+      return ::linkat(DirFd(existing), existing.name.c_str(), DirFd(dest_), p.c_str(), 0);
     });
   }
   // The entry until committed (named entries only).
@@ -332,7 +334,10 @@ Status ExportFile(ExportContext& ctx, uint64_t ino, const InodeAttr& attr, const
   // The data is whole: it takes its place even where attributes cannot all be set (reported).
   const Status attributes = SetAttributes(ctx, ino, attr, *fd, dest);
   ZIPNN_RETURN_IF_ERROR(file.Commit());
-  if (attr.nlink > 1) ctx.linked.emplace(ino, dest.label);
+  if (attr.nlink > 1) {
+    ctx.linked.emplace(
+        ino, dest.label.size() < PATH_MAX ? HostPath{nullptr, dest.label, dest.label} : dest);
+  }
   ++ctx.summary.files;
   ctx.summary.raw_bytes += attr.size;
   return attributes;

@@ -482,7 +482,12 @@ TEST_F(ImportTest, TreeDeeperThanPathMaxRoundTrips) {
   ASSERT_TRUE(ExportTree(*store, store->LookupPath("/src")->ino, out, exported, eo).ok());
   UniqueFd d = deepest(out, false);
   ASSERT_TRUE(d.valid());
-  for (const char* name : {"f", "h"}) {  // (h: a copy, as its first name has no usable path)
+  struct stat f_st, h_st;  // h is still another name of f
+  ASSERT_EQ(::fstatat(d.get(), "f", &f_st, 0), 0);
+  ASSERT_EQ(::fstatat(d.get(), "h", &h_st, 0), 0);
+  EXPECT_EQ(f_st.st_ino, h_st.st_ino);
+  EXPECT_EQ(f_st.st_nlink, 2u);
+  for (const char* name : {"f", "h"}) {
     UniqueFd f(::openat(d.get(), name, O_RDONLY | O_CLOEXEC));
     ASSERT_TRUE(f.valid()) << name;
     Bytes got(data.size() + 1);
