@@ -99,6 +99,9 @@ struct WalkContext {
   ino_t store_ino = 0;  // 0: no store directory to skip
   // Files of several names (hard links) met so far: their later names become links to them.
   std::map<std::pair<dev_t, ino_t>, BulkFile> linked;
+  // Those later names whose paths are unusable (past PATH_MAX), by label: where a file is left
+  // out, they are walked again.
+  std::map<std::string, HostPath> deep_links;
 };
 
 void Skip(const WalkContext& ctx, const std::string& src, const std::string& why,
@@ -159,7 +162,10 @@ Status Walk(BulkAdd& bulk, const HostPath& src, BulkDir parent, const std::strin
   if (S_ISREG(st.st_mode)) {
     if (st.st_nlink > 1) {  // as cp -a keeps hard links
       auto it = ctx.linked.find({st.st_dev, st.st_ino});
-      if (it != ctx.linked.end()) return bulk.Link(parent, name, it->second, label);
+      if (it != ctx.linked.end()) {
+        if (label.size() >= PATH_MAX) ctx.deep_links.emplace(label, src);
+        return bulk.Link(parent, name, it->second, label);
+      }
     }
     // Queued by its path where that is usable: a descriptor held for each directory with files
     // in the queue could pass the process's limit in a wide tree. (Past PATH_MAX it is held: up
@@ -193,7 +199,7 @@ Status Walk(BulkAdd& bulk, const HostPath& src, BulkDir parent, const std::strin
 
 Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint64_t parent,
                    const ImportOptions& opts, TreeSummary& summary) {
-  WalkContext ctx{opts, 0, 0, {}};
+  WalkContext ctx{opts, 0, 0, {}, {}};
   BulkAddOptions bulk_opts;
   bulk_opts.commit_interval_ms = opts.commit_interval_ms;
   const TreeSummary base = summary;  // the writer thread reports on top of this
@@ -280,9 +286,10 @@ Status ImportTrees(Store& store, const std::vector<ImportSource>& sources, uint6
     ctx.linked.clear();
     Status again;
     for (const Orphan& o : orphans) {
-      // (By path: a name past PATH_MAX fails here, and is told.)
-      again = Walk(**bulk, HostPath{nullptr, o.host_path, o.host_path}, BulkDir{o.parent, false},
-                   o.name, ctx, summary);
+      auto deep = ctx.deep_links.find(o.host_path);
+      const HostPath at =
+          deep != ctx.deep_links.end() ? deep->second : HostPath{nullptr, o.host_path, o.host_path};
+      again = Walk(**bulk, at, BulkDir{o.parent, false}, o.name, ctx, summary);
       if (!again.ok()) break;
     }
     done = (*bulk)->Finish();

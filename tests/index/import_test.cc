@@ -429,22 +429,27 @@ TEST_F(ImportTest, HardLinksAreKept) {
   ExpectClean(*store);
 }
 
-// A tree deeper than PATH_MAX (4096 bytes) has no usable paths below that depth: import and
-// export reach its entries from their open directories (cp -a of this tree fails there).
-TEST_F(ImportTest, TreeDeeperThanPathMaxRoundTrips) {
-  const std::string level(250, 'd');
-  const int kLevels = 20;  // about 5 KB of path
-  // Creates (or with make false, opens) the deepest directory below `top`, level by level.
-  auto deepest = [&](const std::string& top, bool make) {
-    UniqueFd at(::open(top.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    for (int i = 0; i < kLevels && at.valid(); ++i) {
-      if (make) {
-        EXPECT_EQ(::mkdirat(at.get(), level.c_str(), 0750), 0);
-      }
-      at = UniqueFd(::openat(at.get(), level.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+// 20 levels of 250-byte names: about 5 KB of path, past PATH_MAX (4096 bytes).
+const std::string kLevel(250, 'd');
+constexpr int kLevels = 20;
+
+// Creates (or with make false, opens) the deepest directory below `top`, level by level.
+UniqueFd Deepest(const std::string& top, bool make) {
+  UniqueFd at(::open(top.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  for (int i = 0; i < kLevels && at.valid(); ++i) {
+    if (make) {
+      EXPECT_EQ(::mkdirat(at.get(), kLevel.c_str(), 0750), 0);
     }
-    return at;
-  };
+    at = UniqueFd(::openat(at.get(), kLevel.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  }
+  return at;
+}
+
+// A tree deeper than PATH_MAX has no usable paths below that depth: import and export reach its
+// entries from their open directories (cp -a of this tree fails there).
+TEST_F(ImportTest, TreeDeeperThanPathMaxRoundTrips) {
+  const std::string& level = kLevel;
+  auto deepest = Deepest;
   const std::string src = dir_ + "/src";
   fs::create_directories(src);
   const Bytes data = RandomBytes(300000, 3);
@@ -509,6 +514,38 @@ TEST_F(ImportTest, TreeDeeperThanPathMaxRoundTrips) {
   struct stat st;
   ASSERT_EQ(::fstatat(d.get(), "", &st, AT_EMPTY_PATH), 0);
   EXPECT_EQ(st.st_mode & 07777, 0750u);
+}
+
+// The other name of a hard-linked file whose first name is refused is copied, past PATH_MAX too.
+TEST_F(ImportTest, OtherNameOfARefusedFileIsCopiedPastPathMax) {
+  const std::string old_tree = dir_ + "/old", src = dir_ + "/src";
+  const Bytes data = RandomBytes(2000, 4);
+  fs::create_directories(old_tree);
+  fs::create_directories(src);
+  {
+    UniqueFd old = Deepest(old_tree, true), d = Deepest(src, true);
+    ASSERT_TRUE(old.valid() && d.valid());
+    ASSERT_EQ(::mkdirat(old.get(), "a", 0755), 0);  // where the first name goes, a directory
+    UniqueFd f(::openat(d.get(), "a", O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+    ASSERT_TRUE(f.valid() && WriteFull(f.get(), data).ok());
+    ASSERT_EQ(::linkat(d.get(), "a", d.get(), "b", 0), 0);
+  }
+  auto store = Open(true);
+  ASSERT_TRUE(store);
+  TreeSummary first, second;
+  ASSERT_TRUE(ImportTree(*store, old_tree, kRootInode, "m", {}, first).ok());
+  std::vector<std::string> failed;
+  ImportOptions io;
+  io.failed = [&](const std::string& path, const Status& why) {
+    failed.push_back(path.substr(path.size() - 2) + ": " + why.message());
+  };
+  ASSERT_TRUE(ImportTree(*store, src, kRootInode, "m", io, second).ok());
+  EXPECT_EQ(failed.size(), 1u) << ::testing::PrintToString(failed);  // /a only
+  std::string deep = "/m";
+  for (int i = 0; i < kLevels; ++i) deep += "/" + kLevel;
+  EXPECT_EQ(store->LookupPath(deep + "/a")->kind, InodeKind::kDirectory);
+  ExpectStored(*store, deep + "/b", data);
+  ExpectClean(*store);
 }
 
 // A file whose first name is refused (a directory is in the way) keeps its other names, as cp -a
