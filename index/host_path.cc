@@ -4,6 +4,8 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <climits>
+
 namespace zipnn::index {
 
 int DirFd(const HostPath& p) { return p.dir ? p.dir->get() : AT_FDCWD; }
@@ -11,6 +13,10 @@ int DirFd(const HostPath& p) { return p.dir ? p.dir->get() : AT_FDCWD; }
 HostPath ChildOf(std::shared_ptr<const UniqueFd> dir, const std::string& dir_label,
                  const std::string& name) {
   return HostPath{std::move(dir), name, dir_label + "/" + name};
+}
+
+HostPath Kept(const HostPath& p) {
+  return p.label.size() < PATH_MAX ? HostPath{nullptr, p.label, p.label} : p;
 }
 
 std::shared_ptr<const UniqueFd> OpenDir(const HostPath& p, int flags) {

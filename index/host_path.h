@@ -17,6 +17,9 @@ int DirFd(const HostPath& p);
 // `name` inside directory `dir` (whose label is `dir_label`).
 HostPath ChildOf(std::shared_ptr<const UniqueFd> dir, const std::string& dir_label,
                  const std::string& name);
+// `p` to keep for later: by its whole path where that is usable, holding no descriptor (a wide
+// tree has more directories than a process may hold open), else as it is (past PATH_MAX).
+HostPath Kept(const HostPath& p);
 // Opens directory `p` (not following a symlink there, unless `p` is a path given whole) as a base
 // for the entries below it; `flags` adds O_PATH or O_RDONLY. Null, with errno set, on failure.
 std::shared_ptr<const UniqueFd> OpenDir(const HostPath& p, int flags);

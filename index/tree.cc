@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <climits>
 #include <map>
 #include <string_view>
 #include <vector>
@@ -163,17 +162,13 @@ Status Walk(BulkAdd& bulk, const HostPath& src, BulkDir parent, const std::strin
     if (st.st_nlink > 1) {  // as cp -a keeps hard links
       auto it = ctx.linked.find({st.st_dev, st.st_ino});
       if (it != ctx.linked.end()) {
-        if (label.size() >= PATH_MAX) ctx.deep_links.emplace(label, src);
+        if (HostPath kept = Kept(src); kept.dir) ctx.deep_links.emplace(label, std::move(kept));
         return bulk.Link(parent, name, it->second, label);
       }
     }
-    // Queued by its path where that is usable: a descriptor held for each directory with files
-    // in the queue could pass the process's limit in a wide tree. (Past PATH_MAX it is held: up
-    // to one per queued entry, under the hard limits of common systems, which zipnnfs raises
-    // its soft limit to.)
-    const bool by_path = src.label.size() < PATH_MAX;
-    Result<BulkFile> file =
-        bulk.AddFile(parent, name, by_path ? HostPath{nullptr, label, label} : src, attr);
+    // (Past PATH_MAX the queue holds a descriptor per entry at most, under the hard limits of
+    // common systems, which zipnnfs raises its soft limit to.)
+    Result<BulkFile> file = bulk.AddFile(parent, name, Kept(src), attr);
     if (!file.ok()) return file.status();
     if (st.st_nlink > 1) ctx.linked.emplace(std::pair{st.st_dev, st.st_ino}, std::move(*file));
     return Status::Ok();

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <climits>
 #include <functional>
 #include <optional>
 #include <unordered_map>
@@ -115,8 +114,7 @@ struct ExportContext {
   // damaged index has) is an error, not an endless descent.
   std::unordered_set<uint64_t> dirs;
   // Files of several names (hard links) exported so far: their other names become links.
-  // Each is named by its path where that is usable (a descriptor held for every one could pass
-  // the process's limit), else below its open directory.
+  // (Kept: by path where that is usable.)
   std::unordered_map<uint64_t, HostPath> linked;
   uint64_t temps = 0;  // temporary names tried so far
   bool root = ::geteuid() == 0;
@@ -334,10 +332,7 @@ Status ExportFile(ExportContext& ctx, uint64_t ino, const InodeAttr& attr, const
   // The data is whole: it takes its place even where attributes cannot all be set (reported).
   const Status attributes = SetAttributes(ctx, ino, attr, *fd, dest);
   ZIPNN_RETURN_IF_ERROR(file.Commit());
-  if (attr.nlink > 1) {
-    ctx.linked.emplace(
-        ino, dest.label.size() < PATH_MAX ? HostPath{nullptr, dest.label, dest.label} : dest);
-  }
+  if (attr.nlink > 1) ctx.linked.emplace(ino, Kept(dest));
   ++ctx.summary.files;
   ctx.summary.raw_bytes += attr.size;
   return attributes;

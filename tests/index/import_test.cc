@@ -3,6 +3,7 @@
 // Real LMDB and real files in temp dirs.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -514,6 +515,34 @@ TEST_F(ImportTest, TreeDeeperThanPathMaxRoundTrips) {
   struct stat st;
   ASSERT_EQ(::fstatat(d.get(), "", &st, AT_EMPTY_PATH), 0);
   EXPECT_EQ(st.st_mode & 07777, 0750u);
+}
+
+// Queued files hold no descriptor where their paths are usable: a wide tree, its files queued
+// behind a large one, imports whole under a low limit of open descriptors.
+TEST_F(ImportTest, WideTreeImportsUnderALowDescriptorLimit) {
+  const std::string src = dir_ + "/src";
+  fs::create_directories(src);
+  const Bytes big = RandomBytes(32u << 20, 5);
+  WriteAll(src + "/0-big", big);  // first: the workers are busy on it while the walk queues
+  constexpr int kDirs = 300;
+  for (int i = 0; i < kDirs; ++i) {
+    fs::create_directories(src + "/d" + std::to_string(i));
+    WriteAll(src + "/d" + std::to_string(i) + "/f", RandomBytes(100, 10 + i));
+  }
+  auto store = Open(true, SmallBatches());
+  ASSERT_TRUE(store);
+  struct rlimit saved;
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  struct rlimit low = saved;
+  low.rlim_cur = 128;  // the store and the walk need a few dozen
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  TreeSummary summary;
+  Status st = ImportTree(*store, src, kRootInode, "src", {}, summary);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(summary.files, kDirs + 1u);
+  ExpectStored(*store, "/src/0-big", big);
+  ExpectStored(*store, "/src/d299/f", RandomBytes(100, 10 + 299));
 }
 
 // The other name of a hard-linked file whose first name is refused is copied, past PATH_MAX too.
